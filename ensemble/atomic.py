@@ -1,0 +1,59 @@
+"""Atomic file writes: a crash or a full disk leaves the previous file intact, never half a file.
+
+Every write goes to a temporary file in the destination's folder, is flushed and fsync'ed, and
+then replaces the destination with :func:`os.replace` (atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it.
+
+    Use for writers that want a file name (``numpy.save``, ``safetensors.torch.save_file``).
+    The temporary name keeps the destination's suffix so such writers do not append their own.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp{path.suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file for writing that atomically becomes ``path`` when the block exits cleanly."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Atomically write ``obj`` as indented JSON to ``path``."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame) -> None:
+    """Atomically write a pandas DataFrame to ``path`` without its index."""
+    with atomic_open(path, "w") as fh:
+        frame.to_csv(fh, index=False)

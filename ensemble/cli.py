@@ -1,0 +1,153 @@
+"""The ``ens`` command line: a thin layer that parses options and calls the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+
+from . import atomic, competition, recipe as recipe_mod
+from .audio import AudioError
+from .blend import BlendError
+from .corpora import ravdess
+from .models import BackboneError
+from .train import RunConflictError
+
+app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Build a competition folder from a public corpus.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DEFAULT_RECIPE = Path("recipes/ravdess.toml")
+RecipeOption = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="Recipe TOML file.")
+KNOWN_ERRORS = (recipe_mod.RecipeError, competition.CompetitionError, AudioError, BackboneError, BlendError,
+                ravdess.RavdessError, RunConflictError)
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _load_recipe(path: Path) -> recipe_mod.Recipe:
+    try:
+        return recipe_mod.load(path)
+    except recipe_mod.RecipeError as err:
+        _fail(err)
+
+
+@data_app.command("ravdess")
+def data_ravdess(
+    source: Optional[Path] = typer.Option(None, help="Folder holding Actor_01 ... Actor_24 (.wav or .flac). Default: ../shared/data/ravdess when it exists."),
+    out: Path = typer.Option(Path("data/ravdess"), help="Competition folder to write."),
+    download: bool = typer.Option(False, "--download", help="Fetch the official speech archive from Zenodo (needs internet)."),
+    test_actors: str = typer.Option("21,22,23,24", help="Comma-separated actors held out as the hidden test set."),
+    n_splits: int = typer.Option(5, "--folds", help="Number of speaker-grouped folds written to folds.csv."),
+    seed: int = typer.Option(42, help="Seed of the folds and of the test ids' order."),
+) -> None:
+    """Write a Kaggle-style RAVDESS competition folder (train/test/sample_submission/solution/folds)."""
+    try:
+        if download:
+            source = ravdess.download(out / "source")
+        elif source is None:
+            source = Path("../shared/data/ravdess")
+            if not source.is_dir():
+                raise ravdess.RavdessError("no RAVDESS source: ../shared/data/ravdess does not exist; pass --source DIR or --download.")
+        actors = tuple(int(a) for a in test_actors.split(",") if a.strip())
+        tables = ravdess.build(source, out, actors, seed)
+        comp = competition.load(recipe_mod.CompetitionConfig(dir=str(out), classes=ravdess.CLASSES))
+        folds = competition.make_folds(comp, n_splits, seed)
+        atomic.write_csv(out / competition.FOLDS, folds)
+    except (ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"{out}: {len(tables[competition.TRAIN])} training clips in {n_splits} speaker-grouped folds, "
+               f"{len(tables[competition.TEST])} test clips of actors {list(actors)} (labels in {competition.SOLUTION}).")
+
+
+def _parse_folds(fold: str, n_splits: int) -> list[int]:
+    if fold == "all":
+        return list(range(n_splits))
+    try:
+        return [int(f) for f in fold.split(",")]
+    except ValueError:
+        _fail(ValueError(f"--fold {fold!r}: give a fold number 0..{n_splits - 1}, a comma-separated list, or 'all'."))
+
+
+@app.command()
+def train(
+    backbone: str = typer.Option("all", "--backbone", "-b", help="timm model name, comma-separated names, or 'all' (the recipe's backbones)."),
+    fold: str = typer.Option("all", "--fold", "-f", help="Fold number, comma-separated folds, or 'all'."),
+    recipe: Path = RecipeOption,
+    epochs: Optional[int] = typer.Option(None, help="Override [train].epochs."),
+    weights_dir: Optional[str] = typer.Option(None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [train].weights_dir and $ENS_WEIGHTS_DIR."),
+    no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Train from random initialisation."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [train].device."),
+    force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped."""
+    from . import train as train_mod
+
+    r = _load_recipe(recipe)
+    if epochs is not None:
+        r.train.epochs = epochs
+    if weights_dir is not None:
+        r.train.weights_dir = weights_dir
+    if no_pretrained:
+        r.train.pretrained = False
+    if device is not None:
+        r.train.device = device
+    try:
+        recipe_mod.validate(r, f"{recipe} with command-line overrides")
+        backbones = r.backbones if backbone == "all" else [b.strip() for b in backbone.split(",")]
+        folds = _parse_folds(fold, r.folds.n_splits)
+        data = train_mod.load_data(r, progress=not quiet)
+        for name in backbones:
+            for k in folds:
+                report = train_mod.train_fold(r, data, name, k, force=force, progress=not quiet)
+                typer.echo(f"{name} fold {k}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+                           f"UAR {report['uar']:.4f}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}")
+    except KNOWN_ERRORS + (ValueError,) as err:
+        _fail(err)
+
+
+@app.command()
+def blend(
+    recipe: Path = RecipeOption,
+    method: Optional[str] = typer.Option(None, help="mean or caruana; overrides [blend].method."),
+    name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
+) -> None:
+    """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
+    from . import blend as blend_mod, train as train_mod
+
+    r = _load_recipe(recipe)
+    try:
+        data = train_mod.load_data(r, progress=False)
+        result = blend_mod.blend(r, data, method, name)
+    except KNOWN_ERRORS + (ValueError,) as err:
+        _fail(err)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 120):
+        typer.echo(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    typer.echo(f"\nwrote {result.submission}  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})")
+    if (data.competition.root / competition.SOLUTION).exists():
+        typer.echo(f"score it against the hidden labels: ens score {result.submission}")
+
+
+@app.command()
+def score(
+    submission_csv: Path = typer.Argument(..., help="Submission CSV to score."),
+    recipe: Path = RecipeOption,
+) -> None:
+    """Score a submission against the competition's hidden solution.csv."""
+    from . import submission
+
+    r = _load_recipe(recipe)
+    try:
+        result = submission.score(competition.load(r.competition), submission_csv)
+    except KNOWN_ERRORS + (OSError,) as err:
+        _fail(err)
+    typer.echo(f"{submission_csv}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+
+

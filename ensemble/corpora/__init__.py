@@ -1,0 +1,1 @@
+"""Public corpora turned into competition folders (``ens data <corpus>``)."""

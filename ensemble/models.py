@@ -1,0 +1,90 @@
+"""Backbones: timm models with ImageNet weights from a local ``local-dir:`` folder or the hub.
+
+Weights are looked for, in order: ``weights_dir/<backbone>/`` in timm's local-folder format
+(``config.json`` + ``model.safetensors``), where ``weights_dir`` is the recipe's / ``--weights-dir``
+value, else ``$ENS_WEIGHTS_DIR``, else ``../shared/weights`` when it exists; then the Hugging Face
+hub, as plain ``timm.create_model(name, pretrained=True)`` does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+WEIGHTS_ENV = "ENS_WEIGHTS_DIR"
+DEFAULT_WEIGHTS_DIR = Path("../shared/weights")
+
+
+class BackboneError(ValueError):
+    """An unknown backbone name, or pretrained weights that cannot be found anywhere."""
+
+
+def weights_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The folder of local weights: ``explicit``, else ``$ENS_WEIGHTS_DIR``, else ``../shared/weights`` if it exists."""
+    for candidate in (explicit, os.environ.get(WEIGHTS_ENV)):
+        if candidate:
+            return Path(candidate)
+    return DEFAULT_WEIGHTS_DIR if DEFAULT_WEIGHTS_DIR.is_dir() else None
+
+
+def create(
+    backbone: str,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+) -> nn.Module:
+    """Create a timm backbone with a fresh ``num_classes`` head.
+
+    Args:
+        backbone: a timm model name, e.g. ``efficientnet_b0`` or ``tf_efficientnet_lite0``.
+        num_classes: output logits.
+        in_chans: input channels; timm adapts a pretrained 3-channel stem to other counts
+            (``timm.models.adapt_input_conv``).
+        pretrained: load ImageNet weights (local folder first, then the hub); False: random init.
+        weights: folder of local weights (see :func:`weights_dir`).
+
+    Returns:
+        the model; it takes ``(batch, in_chans, height, frames)`` and returns ``(batch, num_classes)`` logits.
+
+    Raises:
+        BackboneError: ``backbone`` is not a timm model, or pretrained weights are in neither place.
+    """
+    if not timm.is_model(backbone):
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
+        raise BackboneError(f"unknown backbone {backbone!r}; did you mean {close}? `timm.list_models('*name*')` lists them.")
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans)
+    if not pretrained:
+        return timm.create_model(backbone, pretrained=False, **kwargs)
+    folder = weights_dir(weights)
+    local = folder / backbone if folder else None
+    if local is not None and (local / "config.json").is_file():
+        return timm.create_model(f"local-dir:{local}", pretrained=True, **kwargs)
+    try:
+        return timm.create_model(backbone, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise BackboneError(
+            f"no pretrained weights for {backbone!r}: not in a local folder ({local or 'none set'}: "
+            f"pass --weights-dir DIR or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
+            f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Use --no-pretrained to train from scratch."
+        ) from err
+
+
+def normalization(model: nn.Module, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's pretraining mean and std as ``(1, in_chans, 1, 1)`` tensors.
+
+    Taken from ``model.pretrained_cfg`` (ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225)
+    for most timm models, 0.5 / 0.5 for TF ports). With ``in_chans != 3`` the three values are
+    averaged, matching how timm sums a pretrained stem's RGB filters into other channel counts.
+    """
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
+    if in_chans != len(mean):
+        mean, std = mean.mean().repeat(in_chans), std.mean().repeat(in_chans)
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)

@@ -1,0 +1,247 @@
+"""Recipes: one TOML file holds every setting of a competition run (data, folds, features, training, blend).
+
+A recipe has the sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]`` and ``[blend]``
+plus a top-level ``backbones`` list. Every key has a default, so an empty file is a valid recipe;
+unknown keys are refused (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class RecipeError(ValueError):
+    """A recipe file is missing, unreadable, or has an unknown key or a bad value."""
+
+
+@dataclass
+class CompetitionConfig:
+    """Where the competition folder is and how its tables are named.
+
+    Attributes:
+        dir: the folder holding ``train.csv``, ``test.csv``, ``sample_submission.csv`` (and
+            optionally ``solution.csv``, the hidden test labels).
+        id_col, path_col, label_col: column names in ``train.csv`` / ``test.csv``.
+        group_col: the column folds are grouped by (the speaker); ``""`` or absent column means
+            plain stratified folds, with a warning that speakers may leak across folds.
+        audio_root: folder the ``path`` column is relative to; ``""`` means ``dir``.
+        classes: class names in output-column order; empty means the class columns of
+            ``sample_submission.csv`` if it has them, else the sorted labels of ``train.csv``.
+    """
+
+    dir: str = "data/ravdess"
+    id_col: str = "id"
+    path_col: str = "path"
+    label_col: str = "label"
+    group_col: str = "group"
+    audio_root: str = ""
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FoldsConfig:
+    """k-fold split: label-stratified and grouped by ``group_col`` (scikit-learn's StratifiedGroupKFold)."""
+
+    n_splits: int = 5
+    seed: int = 42
+
+
+@dataclass
+class FeatureConfig:
+    """How a clip becomes an image of shape ``(len(channels), height, frames)``.
+
+    Attributes:
+        sample_rate: target rate in Hz; clips are resampled to it (soxr, via librosa).
+        duration: fixed clip length in seconds after silence trimming (centre crop or centre pad).
+        trim_db: leading/trailing frames quieter than ``trim_db`` dB below the peak are dropped
+            (``librosa.effects.trim``); 0 disables trimming.
+        channels: any of ``mel``, ``chroma``, ``stft``, ``mfcc``, one image channel each, in order.
+        n_fft, hop_length: STFT window and hop in samples (1024 / 320 = 64 ms / 20 ms at 16 kHz).
+        n_mels, fmin, fmax: mel filterbank size and band edges in Hz (fmax 0 = Nyquist).
+        n_mfcc: number of MFCC coefficients for the ``mfcc`` channel.
+        height: every channel is resized (linear interpolation along frequency) to this many rows.
+        top_db: dynamic range in dB of the log channels (``mel``, ``stft``), mapped to [0, 1].
+    """
+
+    sample_rate: int = 16000
+    duration: float = 3.5
+    trim_db: float = 40.0
+    channels: list[str] = field(default_factory=lambda: ["mel", "chroma", "stft"])
+    n_fft: int = 1024
+    hop_length: int = 320
+    n_mels: int = 128
+    fmin: float = 20.0
+    fmax: float = 0.0
+    n_mfcc: int = 40
+    height: int = 128
+    top_db: float = 80.0
+
+    def key(self) -> str:
+        """A short hash of every setting: the feature cache's folder name."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning of one (backbone, fold).
+
+    Attributes:
+        epochs, batch_size: schedule length and mini-batch size.
+        lr, weight_decay: AdamW (timm ``create_optimizer_v2``) learning rate and decoupled decay.
+        warmup_epochs, min_lr: linear warm-up then cosine decay (timm ``create_scheduler_v2``),
+            stepped per update.
+        label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016), 0 disables.
+        metric: fold metric used to pick the best epoch: ``accuracy``, ``macro_f1`` or ``uar``.
+        select: ``best`` keeps the epoch with the best fold metric, ``last`` the final one.
+        pretrained: start from ImageNet weights (local folder or hub); False trains from scratch.
+        weights_dir: folder of timm ``local-dir:`` weights, one sub-folder per backbone;
+            ``""`` means ``$ENS_WEIGHTS_DIR`` or ``../shared/weights`` when either exists.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU.
+    """
+
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    label_smoothing: float = 0.1
+    metric: str = "uar"
+    select: str = "best"
+    pretrained: bool = True
+    weights_dir: str = ""
+    device: str = "auto"
+    seed: int = 42
+
+
+@dataclass
+class BlendConfig:
+    """Blending of OOF predictions. ``method``: ``mean`` or ``caruana`` (greedy ensemble selection
+    with replacement, Caruana et al. 2004), ``iterations`` rounds of it."""
+
+    method: str = "caruana"
+    iterations: int = 50
+
+
+@dataclass
+class Recipe:
+    """A whole run: the named sections above plus the backbones to train and the output folders."""
+
+    name: str = "recipe"
+    backbones: list[str] = field(default_factory=lambda: ["efficientnet_b0"])
+    runs_dir: str = "runs"
+    submissions_dir: str = "submissions"
+    competition: CompetitionConfig = field(default_factory=CompetitionConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for ``config.json`` of a run)."""
+        return dataclasses.asdict(self)
+
+    def run_dir(self, backbone: str, fold: int) -> Path:
+        """``runs/<recipe>/<backbone>/fold<K>/``."""
+        return Path(self.runs_dir) / self.name / backbone / f"fold{fold}"
+
+
+_SECTIONS = {
+    "competition": CompetitionConfig,
+    "folds": FoldsConfig,
+    "features": FeatureConfig,
+    "train": TrainConfig,
+    "blend": BlendConfig,
+}
+
+
+def _check(cls, values: dict, where: str, source: str) -> dict:
+    """Refuse unknown keys and wrong types in ``values`` (keys of dataclass ``cls``); ints become floats where a float is due."""
+    known = {f.name for f in dataclasses.fields(cls) if f.name not in _SECTIONS}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise RecipeError(
+            f"{source}: unknown key(s) {unknown} in {where}; known keys are {sorted(known)}. Fix the spelling or remove them."
+        )
+    defaults = cls()
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise RecipeError(
+                f"{source}: {where}.{key} = {value!r} should be of type {expected.__name__}."
+            )
+    return {k: (float(v) if isinstance(getattr(defaults, k), float) else v) for k, v in values.items()}
+
+
+def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
+    """Build a :class:`Recipe` from a TOML-like dict.
+
+    Raises:
+        RecipeError: on an unknown section or key, or a value of the wrong type.
+    """
+    data = dict(data)
+    sections = {name: cls(**_check(cls, data.pop(name, {}), f"[{name}]", source)) for name, cls in _SECTIONS.items()}
+    recipe = Recipe(**_check(Recipe, data, "the top level", source), **sections)
+    validate(recipe, source)
+    return recipe
+
+
+def load(path: str | Path) -> Recipe:
+    """Read a recipe TOML file. The recipe's ``name`` defaults to the file's stem.
+
+    Raises:
+        RecipeError: the file does not exist, is not valid TOML, or has a bad key or value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist; pass --recipe with a TOML file such as recipes/ravdess.toml.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from err
+    data.setdefault("name", path.stem)
+    return from_dict(data, str(path))
+
+
+CHANNELS = ("mel", "chroma", "stft", "mfcc")
+METRICS = ("accuracy", "macro_f1", "uar")
+BLEND_METHODS = ("mean", "caruana")
+
+
+def validate(recipe: Recipe, source: str = "<recipe>") -> None:
+    """Check values that types alone do not catch.
+
+    Raises:
+        RecipeError: naming the key, the bad value and what is allowed.
+    """
+    f, t = recipe.features, recipe.train
+    checks = [
+        (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
+        (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),
+        (f.hop_length > 0 and f.n_fft >= f.hop_length, "[features].n_fft must be >= hop_length > 0"),
+        (f.height >= 8, "[features].height must be at least 8 rows"),
+        (t.metric in METRICS, f"[train].metric = {t.metric!r}: must be one of {METRICS}"),
+        (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
+        (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
+        (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),
+        (0 <= t.label_smoothing < 1, "[train].label_smoothing must be in [0, 1)"),
+        (recipe.folds.n_splits >= 2, "[folds].n_splits must be >= 2"),
+        (recipe.blend.method in BLEND_METHODS, f"[blend].method = {recipe.blend.method!r}: must be one of {BLEND_METHODS}"),
+        (bool(recipe.backbones), "backbones must name at least one timm model"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(f"{source}: {message}.")

@@ -1,0 +1,63 @@
+"""Shared fixtures: a small real RAVDESS subset from ../shared and a tiny competition built from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
+
+
+def pytest_configure(config):
+    if not RAVDESS.is_dir():
+        raise pytest.UsageError(f"the tests read real RAVDESS clips from {RAVDESS}; put the shared folder beside the checkout.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the hub
+
+
+def ravdess_clip(actor: int, emotion: int, statement: int = 1, repetition: int = 1, intensity: int = 1) -> Path:
+    """Path of one real RAVDESS clip in ../shared."""
+    return RAVDESS / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.flac"
+
+
+@pytest.fixture(scope="session")
+def small_source(tmp_path_factory) -> Path:
+    """A RAVDESS-layout folder of 48 real clips: actors 1-6, one clip of each of the 8 emotions."""
+    root = tmp_path_factory.mktemp("ravdess_small")
+    for actor in range(1, 7):
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir()
+        for emotion in range(1, 9):
+            clip = ravdess_clip(actor, emotion)
+            (folder / clip.name).symlink_to(clip)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe_text():
+    """Recipe TOML for a 2-fold, 1-epoch run of timm's tiny test_efficientnet on small images."""
+
+    def make(competition_dir: Path, runs_dir: Path, submissions_dir: Path) -> str:
+        return f"""
+name = "tiny"
+backbones = ["test_efficientnet", "test_resnet"]
+runs_dir = "{runs_dir}"
+submissions_dir = "{submissions_dir}"
+[competition]
+dir = "{competition_dir}"
+classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+[folds]
+n_splits = 2
+[features]
+duration = 2.0
+height = 32
+hop_length = 640
+[train]
+epochs = 1
+batch_size = 8
+pretrained = false
+"""
+
+    return make
