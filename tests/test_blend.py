@@ -1,0 +1,76 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble import blend, competition, submission
+from ensemble.recipe import CompetitionConfig
+
+
+def _dirichlet(rng, n, c, alpha=0.5):
+    return rng.dirichlet(np.full(c, alpha), size=n)
+
+
+def test_caruana_recovers_the_generating_mixture():
+    # Labels are drawn from 0.75 * A + 0.25 * B; a proper scoring rule (log-loss) is minimised
+    # by exactly that mixture, so ensemble selection must find weights near (0.75, 0.25, 0).
+    rng = np.random.default_rng(0)
+    n, c = 20000, 5
+    a, b, noise = _dirichlet(rng, n, c), _dirichlet(rng, n, c), _dirichlet(rng, n, c)
+    truth = 0.75 * a + 0.25 * b
+    y = np.array([rng.choice(c, p=p) for p in truth])
+    w = blend.caruana_weights(np.stack([a, b, noise]), y, iterations=40)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(0.75, abs=0.06) and w[1] == pytest.approx(0.25, abs=0.06) and w[2] <= 0.03
+
+
+def test_caruana_picks_the_informative_member_and_beats_the_mean():
+    rng = np.random.default_rng(1)
+    n, c = 3000, 4
+    y = rng.integers(0, c, n)
+    good = np.full((n, c), 0.1)
+    good[np.arange(n), y] = 0.7
+    noise = [_dirichlet(rng, n, c) for _ in range(3)]
+    oof = np.stack([*noise, good])
+    w = blend.caruana_weights(oof, y, iterations=20)
+    assert w[3] == 1.0
+    mean = np.tensordot(blend.weights("mean", oof, y), oof, axes=1)
+    sel = np.tensordot(w, oof, axes=1)
+    assert (sel.argmax(1) == y).mean() > (mean.argmax(1) == y).mean()
+    with pytest.raises(ValueError, match="unknown blend method 'median'"):
+        blend.weights("median", oof, y)
+
+
+def _competition(tmp_path, sample_columns):
+    classes = ["a", "b", "c"]
+    pd.DataFrame({"id": ["x1", "x2"], "path": ["1.wav", "2.wav"], "label": ["a", "b"]}).to_csv(tmp_path / "train.csv", index=False)
+    ids = ["t3", "t1", "t2"]
+    pd.DataFrame({"id": ids, "path": ["3.wav", "1.wav", "2.wav"]}).to_csv(tmp_path / "test.csv", index=False)
+    sample = pd.DataFrame({"id": ["t2", "t3", "t1"]})
+    for col in sample_columns:
+        sample[col] = "a" if col == "label" else 0.0
+    sample.to_csv(tmp_path / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": ["t1", "t2", "t3"], "label": ["b", "c", "a"]}).to_csv(tmp_path / "solution.csv", index=False)
+    return competition.load(CompetitionConfig(dir=str(tmp_path), classes=classes))
+
+
+def test_label_submission_matches_sample_exactly_and_scores(tmp_path):
+    comp = _competition(tmp_path, ["label"])
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])  # rows: t3, t1, t2
+    path = submission.write(comp, ["t3", "t1", "t2"], proba, tmp_path / "sub" / "s.csv")
+    written = pd.read_csv(path, dtype=str)
+    sample = pd.read_csv(tmp_path / "sample_submission.csv", dtype=str)
+    assert list(written.columns) == list(sample.columns)
+    assert list(written["id"]) == list(sample["id"]) == ["t2", "t3", "t1"]
+    assert list(written["label"]) == ["c", "a", "b"]
+    assert submission.score(comp, path) == {"accuracy": 1.0, "macro_f1": 1.0, "uar": 1.0, "n": 3}
+
+
+def test_probability_submission_keeps_sample_column_order(tmp_path):
+    comp = _competition(tmp_path, ["c", "a", "b"])
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
+    written = pd.read_csv(submission.write(comp, ["t3", "t1", "t2"], proba, tmp_path / "p.csv"), dtype={"id": str})
+    assert list(written.columns) == ["id", "c", "a", "b"]
+    assert written.iloc[0].tolist() == ["t2", 0.6, 0.2, 0.2]
+    with pytest.raises(competition.CompetitionError, match="ids differ"):
+        submission.write(comp, ["t3", "t1", "zz"], proba, tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()

@@ -1,0 +1,100 @@
+"""data -> features -> train -> blend -> score through the real CLI, on 48 real RAVDESS clips."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ensemble import atomic
+from ensemble.cli import app
+
+runner = CliRunner()
+
+
+def _ok(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def pipeline(small_source, tiny_recipe_text, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    comp, runs, subs = root / "comp", root / "runs", root / "subs"
+    recipe = root / "tiny.toml"
+    recipe.write_text(tiny_recipe_text(comp, runs, subs))
+    outputs = {
+        "data": _ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"]),
+        "train": _ok(["train", "--recipe", str(recipe), "--quiet"]),
+    }
+    outputs["retrain"] = _ok(["train", "--recipe", str(recipe), "--quiet"])
+    outputs["blend"] = _ok(["blend", "--recipe", str(recipe)])
+    outputs["score"] = _ok(["score", str(subs / "tiny-caruana.csv"), "--recipe", str(recipe)])
+    return {"comp": comp, "runs": runs / "tiny", "subs": subs, "recipe": recipe, **outputs}
+
+
+def test_every_run_folder_is_complete(pipeline):
+    train = pd.read_csv(pipeline["comp"] / "train.csv", dtype=str)
+    folds = pd.read_csv(pipeline["comp"] / "folds.csv", dtype={"id": str})
+    test = pd.read_csv(pipeline["comp"] / "test.csv", dtype=str)
+    classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    for backbone in ("test_efficientnet", "test_resnet"):
+        oof_ids = []
+        for fold in (0, 1):
+            run = pipeline["runs"] / backbone / f"fold{fold}"
+            assert {p.name for p in run.iterdir()} == {"config.json", "model.safetensors", "log.csv", "oof.csv", "test.csv", "metrics.json"}
+            oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+            assert list(oof.columns) == ["id", "fold", *classes]
+            assert set(oof["id"]) == set(folds["id"][folds["fold"] == fold])
+            np.testing.assert_allclose(oof[classes].sum(axis=1), 1.0, atol=1e-5)
+            oof_ids += list(oof["id"])
+            assert sorted(pd.read_csv(run / "test.csv", dtype={"id": str})["id"]) == sorted(test["id"])
+            metrics = json.loads((run / "metrics.json").read_text())
+            assert 0 <= metrics["uar"] <= 1 and np.array(metrics["confusion_matrix"]).sum() == len(oof)
+            assert set(metrics["per_class_accuracy"]) == set(classes)
+        assert sorted(oof_ids) == sorted(train["id"])  # OOF covers every training clip once
+
+
+def test_finished_runs_are_skipped(pipeline):
+    assert pipeline["retrain"].count("->") == 4
+    for backbone in ("test_efficientnet", "test_resnet"):
+        log = pd.read_csv(pipeline["runs"] / backbone / "fold0" / "log.csv")
+        assert len(log) == 1  # not trained twice
+
+
+def test_blend_writes_the_sample_layout_and_a_leaderboard(pipeline):
+    assert "blend: caruana" in pipeline["blend"] and "test_resnet" in pipeline["blend"]
+    sub = pd.read_csv(pipeline["subs"] / "tiny-caruana.csv", dtype=str)
+    sample = pd.read_csv(pipeline["comp"] / "sample_submission.csv", dtype=str)
+    assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
+    board = pd.read_csv(pipeline["runs"] / "blend" / "leaderboard.csv")
+    assert list(board["model"]) == ["test_efficientnet", "test_resnet", "blend: mean", "blend: caruana"]
+    assert "accuracy" in pipeline["score"] and "n 16" in pipeline["score"]
+
+
+def test_blend_refuses_runs_trained_on_other_folds(pipeline):
+    folds_path = pipeline["comp"] / "folds.csv"
+    original = folds_path.read_text()
+    folds = pd.read_csv(folds_path, dtype={"id": str})
+    folds["fold"] = 1 - folds["fold"]
+    atomic.write_csv(folds_path, folds)
+    try:
+        result = runner.invoke(app, ["blend", "--recipe", str(pipeline["recipe"])])
+        assert result.exit_code == 2
+        assert "trained on another fold assignment" in result.output
+    finally:
+        folds_path.write_text(original)
+
+
+def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
+    result = runner.invoke(app, ["train", "--recipe", str(pipeline["recipe"]), "--epochs", "2", "--backbone", "test_resnet", "--fold", "0", "--quiet"])
+    assert result.exit_code == 2 and "different configuration" in result.output and "--force" in result.output
+
+
+def test_bad_options_are_clear_errors(pipeline):
+    result = runner.invoke(app, ["train", "--recipe", str(pipeline["recipe"]), "--fold", "7", "--quiet"])
+    assert result.exit_code == 2 and "fold 7 is not one of 0..1" in result.output
+    result = runner.invoke(app, ["train", "--recipe", "missing.toml"])
+    assert result.exit_code == 2 and "recipe file missing.toml does not exist" in result.output

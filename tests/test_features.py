@@ -1,0 +1,81 @@
+import librosa
+import numpy as np
+import pytest
+
+from ensemble import audio, features
+from ensemble.recipe import FeatureConfig
+
+from .conftest import ravdess_clip
+
+CLIPS = [ravdess_clip(1, 5), ravdess_clip(2, 4), ravdess_clip(3, 3)]
+
+
+def test_load_gives_fixed_length_mono_at_target_rate():
+    for rate in (16000, 22050):
+        y = audio.load(CLIPS[0], rate, 3.5, trim_db=40)
+        assert y.shape == (int(round(3.5 * rate)),) and y.dtype == np.float32
+        assert np.isfinite(y).all() and np.abs(y).max() > 0.01
+
+
+def test_fix_length_centres_crop_and_pad():
+    y = np.arange(10, dtype=np.float32)
+    assert audio.fix_length(y, 4).tolist() == [3, 4, 5, 6]
+    assert audio.fix_length(y[:2], 6).tolist() == [0, 0, 0, 1, 0, 0]
+
+
+def test_render_shape_range_and_channel_order_on_real_clip():
+    config = FeatureConfig()
+    y = audio.load(CLIPS[0], config.sample_rate, config.duration, config.trim_db)
+    image = features.render(y, config)
+    assert image.shape == (3, 128, features.frames(config)) == (3, 128, 176)
+    assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
+
+    # channel 0 is the log-Mel: librosa computed directly, mapped from [-80, 0] dB to [0, 1]
+    mel = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=1024, hop_length=320, n_mels=128, fmin=20)
+    expected = (librosa.power_to_db(mel, ref=np.max, top_db=80) + 80) / 80
+    np.testing.assert_allclose(image[0], expected, atol=1e-4)
+    # channel 1 is the chromagram: 12 pitch-class bands repeated to 128 rows
+    chroma = librosa.feature.chroma_stft(y=y, sr=16000, n_fft=1024, hop_length=320, tuning=0.0)
+    rows = np.floor(np.arange(128) * 12 / 128).astype(int)
+    np.testing.assert_allclose(image[1], chroma[rows], atol=1e-5)
+    # channel 2 is the log-STFT magnitude, 513 bins shrunk to 128: its top row is the highest band
+    stft_db = (librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=1024, hop_length=320)), ref=np.max, top_db=80) + 80) / 80
+    assert abs(image[2].mean() - stft_db.mean()) < 0.02
+
+    swapped = features.render(y, FeatureConfig(channels=["stft", "mel"]))
+    np.testing.assert_array_equal(swapped[1], image[0])
+    np.testing.assert_array_equal(swapped[0], image[2])
+    mfcc = features.render(y, FeatureConfig(channels=["mfcc"], height=40))
+    assert mfcc.shape == (1, 40, 176) and mfcc.min() == 0 and mfcc.max() == 1
+
+
+def test_cache_renders_each_clip_once(tmp_path, monkeypatch):
+    config = FeatureConfig(height=32)
+    cache = features.FeatureCache(tmp_path, config)
+    first = cache.get(CLIPS[:2], progress=False)
+    assert first.shape == (2, 3, 32, 176) and first.dtype == np.float16
+
+    calls = []
+    real = features.render_file
+    monkeypatch.setattr(features, "render_file", lambda p, c: calls.append(p) or real(p, c))
+    again = features.FeatureCache(tmp_path, config).get(CLIPS[:2], progress=False)
+    assert calls == [] and np.array_equal(again, first)
+    grown = cache.get(CLIPS[::-1], progress=False)  # one new clip, order of the request kept
+    assert calls == [CLIPS[2]]
+    np.testing.assert_array_equal(grown[1], first[1])
+    np.testing.assert_array_equal(grown[2], first[0])
+    assert len(list(cache.dir.glob("*.npy"))) == 1  # the superseded array was removed
+
+    other = features.FeatureCache(tmp_path, FeatureConfig(height=16))
+    assert other.dir != cache.dir and other.get(CLIPS[:1], progress=False).shape == (1, 3, 16, 176)
+
+
+def test_missing_and_unreadable_audio_name_the_file(tmp_path):
+    cache = features.FeatureCache(tmp_path / "cache", FeatureConfig())
+    with pytest.raises(audio.AudioError, match="nope.wav: audio file does not exist"):
+        cache.get([CLIPS[0], tmp_path / "nope.wav"], progress=False)
+    fake = tmp_path / "text.wav"
+    fake.write_text("this is not audio")
+    with pytest.raises(audio.AudioError, match="text.wav: cannot read audio"):
+        cache.get([CLIPS[0], fake], progress=False)
+    assert not (cache.dir / "index.json").exists()  # a failed render adds nothing to the cache

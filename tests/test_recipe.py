@@ -1,0 +1,45 @@
+import pytest
+
+from ensemble import recipe
+
+from .conftest import ROOT
+
+
+def test_shipped_ravdess_recipe_names_the_five_offline_backbones():
+    r = recipe.load(ROOT / "recipes" / "ravdess.toml")
+    assert r.name == "ravdess"
+    assert sorted(r.backbones) == sorted(["tf_efficientnet_lite0", "mobilenetv2_100", "mobilenetv1_100", "regnetx_002", "tf_mobilenetv3_small_100"])
+    assert r.features.channels == ["mel", "chroma", "stft"] and r.folds.n_splits == 5
+    assert r.competition.group_col == "group"
+
+
+def test_feature_key_changes_with_any_setting():
+    base = recipe.FeatureConfig()
+    assert recipe.FeatureConfig().key() == base.key()
+    assert recipe.FeatureConfig(hop_length=256).key() != base.key()
+    assert recipe.FeatureConfig(channels=["chroma", "mel", "stft"]).key() != base.key()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"train": {"epoch": 3}}, r"unknown key\(s\) \['epoch'\] in \[train\]"),
+    ({"features": {"channels": ["mel", "cqt"]}}, r"\[features\].channels = \['mel', 'cqt'\]: each must be one of"),
+    ({"train": {"lr": "fast"}}, r"\[train\].lr = 'fast' should be of type float"),
+    ({"blend": {"method": "vote"}}, r"\[blend\].method = 'vote'"),
+    ({"colour": "red"}, r"unknown key\(s\) \['colour'\] in the top level"),
+])
+def test_bad_recipes_are_refused_naming_the_key(data, message):
+    with pytest.raises(recipe.RecipeError, match=message):
+        recipe.from_dict(data)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(recipe.RecipeError, match="does not exist"):
+        recipe.load(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 1")
+    with pytest.raises(recipe.RecipeError, match="bad.toml: not valid TOML"):
+        recipe.load(bad)
+    good = tmp_path / "mine.toml"
+    good.write_text("[train]\nepochs = 2\nlr = 1\n")
+    loaded = recipe.load(good)
+    assert loaded.name == "mine" and loaded.train.lr == 1.0 and isinstance(loaded.train.lr, float)
