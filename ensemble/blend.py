@@ -15,7 +15,6 @@ Methods:
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,21 +85,22 @@ def load_member(recipe: Recipe, data: Data, backbone: str) -> Member:
     return Member(backbone, oof, test / recipe.folds.n_splits)
 
 
-def collect(recipe: Recipe, data: Data) -> list[Member]:
-    """Members for every backbone of the recipe whose folds are all finished; others are skipped with a warning.
+def collect(recipe: Recipe, data: Data) -> tuple[list[Member], dict[str, str]]:
+    """Members for every backbone of the recipe whose folds are all finished, and the skipped
+    backbones with the reason (the first unfinished fold).
 
     Raises:
         BlendError: no backbone is finished, or a run disagrees with the competition (see :func:`load_member`).
     """
-    members = []
+    members, skipped = [], {}
     for backbone in recipe.backbones:
         try:
             members.append(load_member(recipe, data, backbone))
         except FileNotFoundError as err:
-            warnings.warn(f"skipping {backbone}: {err}", stacklevel=2)
+            skipped[backbone] = str(err)
     if not members:
         raise BlendError(f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {Path(recipe.runs_dir) / recipe.name}; run `ens train` first.")
-    return members
+    return members, skipped
 
 
 def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -144,13 +144,14 @@ def weights(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50) -
 @dataclass
 class BlendResult:
     """A blend: the leaderboard (one row per member and per method), the chosen method's weights
-    by backbone, its test probabilities ``(n_test, classes)`` and the submission path."""
+    by backbone, its test probabilities ``(n_test, classes)``, the submission path, and the
+    backbones left out because a fold is unfinished (with the reason)."""
 
     leaderboard: pd.DataFrame
     weights: dict[str, float]
     test: np.ndarray
     submission: Path
-    members: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | None = None) -> BlendResult:
@@ -161,7 +162,7 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     in ``weights.json``.
     """
     method = method or recipe.blend.method
-    members = collect(recipe, data)
+    members, skipped = collect(recipe, data)
     oof = np.stack([m.oof for m in members])
     test = np.stack([m.test for m in members])
     rows = [{"model": m.backbone, **metrics.scores(data.y, m.oof)} for m in members]
@@ -182,4 +183,4 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     atomic.write_json(out_dir / "weights.json", {"method": method, "weights": weight_map})
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     path = submission.write(data.competition, test_ids, test_proba, Path(recipe.submissions_dir) / f"{name or f'{recipe.name}-{method}'}.csv")
-    return BlendResult(board, weight_map, test_proba, path, [m.backbone for m in members])
+    return BlendResult(board, weight_map, test_proba, path, skipped)

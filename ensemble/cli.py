@@ -128,6 +128,8 @@ def blend(
         result = blend_mod.blend(r, data, method, name)
     except KNOWN_ERRORS + (ValueError,) as err:
         _fail(err)
+    for backbone, reason in result.skipped.items():
+        typer.secho(f"skipped {backbone}: {reason}", fg=typer.colors.YELLOW, err=True)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         typer.echo(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     typer.echo(f"\nwrote {result.submission}  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})")

@@ -98,3 +98,13 @@ def test_bad_options_are_clear_errors(pipeline):
     assert result.exit_code == 2 and "fold 7 is not one of 0..1" in result.output
     result = runner.invoke(app, ["train", "--recipe", "missing.toml"])
     assert result.exit_code == 2 and "recipe file missing.toml does not exist" in result.output
+
+
+def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline):
+    from ensemble import blend, recipe as recipe_mod, train
+
+    r = recipe_mod.load(pipeline["recipe"])
+    r.backbones = ["test_efficientnet", "test_resnet", "test_convnext"]
+    result = blend.blend(r, train.load_data(r, progress=False), name="partial")
+    assert list(result.skipped) == ["test_convnext"] and "fold0 is not finished" in result.skipped["test_convnext"]
+    assert set(result.weights) == {"test_efficientnet", "test_resnet"}
