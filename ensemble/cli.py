@@ -118,11 +118,14 @@ def blend(
     recipe: Path = RecipeOption,
     method: Optional[str] = typer.Option(None, help="mean or caruana; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend (default: the recipe's)."),
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
     from . import blend as blend_mod, train as train_mod
 
     r = _load_recipe(recipe)
+    if backbone:
+        r.backbones = [b.strip() for b in backbone.split(",")]
     try:
         data = train_mod.load_data(r, progress=False)
         result = blend_mod.blend(r, data, method, name)
