@@ -166,15 +166,14 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     oof = np.stack([m.oof for m in members])
     test = np.stack([m.test for m in members])
     rows = [{"model": m.backbone, **metrics.scores(data.y, m.oof)} for m in members]
-    chosen = None
+    by_method = {}
     for candidate in ("mean", "caruana"):
-        w = weights(candidate, oof, data.y, recipe.blend.iterations)
+        w = by_method[candidate] = weights(candidate, oof, data.y, recipe.blend.iterations)
         rows.append({"model": f"blend: {candidate}", **metrics.scores(data.y, np.tensordot(w, oof, axes=1)),
                      "weights": " ".join(f"{m.backbone}={x:.2f}" for m, x in zip(members, w))})
-        if candidate == method:
-            chosen = w
-    if chosen is None:
-        chosen = weights(method, oof, data.y, recipe.blend.iterations)
+    if method not in by_method:
+        raise ValueError(f"unknown blend method {method!r}; choose mean or caruana.")
+    chosen = by_method[method]
     board = pd.DataFrame(rows)
     test_proba = np.tensordot(chosen, test, axes=1)
     out_dir = Path(recipe.runs_dir) / recipe.name / "blend"

@@ -90,6 +90,7 @@ class Competition:
 
     @property
     def has_groups(self) -> bool:
+        """Whether ``train.csv`` has the recipe's group (speaker) column."""
         return bool(self.config.group_col) and self.config.group_col in self.train.columns
 
 

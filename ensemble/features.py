@@ -109,13 +109,14 @@ class FeatureCache:
         self.config = config
         self.dir = Path(root) / config.key()
 
-    def _read(self) -> tuple[dict[str, int], np.ndarray | None]:
+    def _read(self) -> tuple[dict[str, int], np.ndarray | None, str | None]:
+        """Cached clip keys -> row, the memory-mapped array, and the array's file name."""
         index_path = self.dir / "index.json"
         if not index_path.exists():
-            return {}, None
+            return {}, None, None
         index = json.loads(index_path.read_text())
         array = np.load(self.dir / index["array"], mmap_mode="r")
-        return {key: row for row, key in enumerate(index["keys"])}, array
+        return {key: row for row, key in enumerate(index["keys"])}, array, index["array"]
 
     def get(self, paths: list[Path], progress: bool = True) -> np.ndarray:
         """Images of ``paths``, rendering (and adding to the cache) only clips not cached yet.
@@ -131,7 +132,7 @@ class FeatureCache:
             if not p.is_file():
                 raise audio.AudioError(f"{p}: audio file does not exist; check the path column and [competition].audio_root.")
         keys = [_clip_key(p) for p in paths]
-        rows, cached = self._read()
+        rows, cached, old_array = self._read()
         todo = sorted({k: p for k, p in zip(keys, paths) if k not in rows}.items())
         if todo:
             fresh = np.stack(
@@ -143,9 +144,8 @@ class FeatureCache:
             name = f"features-{len(all_keys)}-{os.getpid()}.npy"
             with atomic.atomic_path(self.dir / name) as tmp:
                 np.save(tmp, merged)
-            old_array = None if cached is None else json.loads((self.dir / "index.json").read_text())["array"]
             atomic.write_json(self.dir / "index.json", {"config": self.config.__dict__, "array": name, "keys": all_keys})
             if old_array and old_array != name:
                 (self.dir / old_array).unlink(missing_ok=True)
-            rows, cached = self._read()
+            rows, cached, _ = self._read()
         return np.asarray(cached[[rows[k] for k in keys]])

@@ -5,10 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss
 
-#: metrics where larger is better, by the names used in recipes (``[train].metric``) and tables.
-HIGHER_IS_BETTER = ("accuracy", "macro_f1", "uar")
-
-
 def _clip(proba: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Probabilities clipped to [eps, 1] and renormalised, so a log-loss stays finite."""
     proba = np.clip(proba, eps, 1.0)

@@ -71,7 +71,7 @@ def score(competition: Competition, path: str | os.PathLike) -> dict[str, float]
     if set(competition.classes) <= set(sub.columns):
         proba = sub[competition.classes].to_numpy(dtype=float)
         return {**metrics.scores(y, proba), "n": len(y)}
-    label_col = [c for c in sub.columns][0]
+    label_col = sub.columns[0]
     unknown = sorted(set(sub[label_col]) - set(index))
     if unknown:
         raise CompetitionError(f"{path}: labels {unknown[:3]} are not among the classes {competition.classes}.")

@@ -79,3 +79,15 @@ def test_missing_and_unreadable_audio_name_the_file(tmp_path):
     with pytest.raises(audio.AudioError, match="text.wav: cannot read audio"):
         cache.get([CLIPS[0], fake], progress=False)
     assert not (cache.dir / "index.json").exists()  # a failed render adds nothing to the cache
+
+
+def test_stereo_wav_at_44100_hz_loads_like_the_mono_flac(tmp_path):
+    import soundfile as sf
+
+    mono, rate = audio.read(CLIPS[0])
+    stereo44 = librosa.resample(mono, orig_sr=rate, target_sr=44100)
+    sf.write(tmp_path / "clip.wav", np.stack([stereo44, stereo44], axis=1), 44100, subtype="PCM_24")
+    a = audio.load(CLIPS[0], 16000, 3.5, 40)
+    b = audio.load(tmp_path / "clip.wav", 16000, 3.5, 40)
+    assert b.shape == a.shape
+    assert np.corrcoef(a, b)[0, 1] > 0.99
