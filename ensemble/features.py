@@ -20,17 +20,22 @@ path, size and modification time; clips already in it are never rendered again.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from . import atomic, audio
-from .recipe import FeatureConfig
+from .augment import augment_waveform
+from .recipe import AugmentConfig, FeatureConfig
 
 
 def frames(config: FeatureConfig) -> int:
@@ -88,14 +93,27 @@ def render(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
     return np.clip(np.stack(images), 0.0, 1.0).astype(np.float32)
 
 
-def render_file(path: str | os.PathLike, config: FeatureConfig) -> np.ndarray:
-    """:func:`audio.load` then :func:`render`. Raises :class:`audio.AudioError` naming the file."""
-    return render(audio.load(path, config.sample_rate, config.duration, config.trim_db), config)
+def render_file(path: str | os.PathLike, config: FeatureConfig, augment: AugmentConfig | None = None, copy: int = 0) -> np.ndarray:
+    """:func:`audio.load`, then for ``copy >= 1`` augmented copy number ``copy`` of the waveform
+    (:func:`ensemble.augment.augment_waveform`, seeded by file name and copy, so reproducible),
+    then :func:`render`. Raises :class:`audio.AudioError` naming the file."""
+    y = audio.load(path, config.sample_rate, config.duration, config.trim_db)
+    if copy:
+        seed = zlib.crc32(f"{Path(path).name}|{copy}|{augment.waveform_key()}".encode())
+        y = augment_waveform(y, config.sample_rate, augment, seed)
+    return render(y, config)
 
 
-def _clip_key(path: Path) -> str:
+def _render_one(job) -> np.ndarray:
+    path, config, augment, copy = job
+    with threadpool_limits(1):  # one BLAS thread per worker (librosa's mel matmul)
+        return render_file(path, config, augment, copy).astype(np.float16)
+
+
+def _clip_key(path: Path, augment: AugmentConfig | None, copy: int) -> str:
     stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{key}|aug{copy}:{augment.waveform_key()}" if copy else key
 
 
 class FeatureCache:
@@ -118,8 +136,15 @@ class FeatureCache:
         array = np.load(self.dir / index["array"], mmap_mode="r")
         return {key: row for row, key in enumerate(index["keys"])}, array, index["array"]
 
-    def get(self, paths: list[Path], progress: bool = True) -> np.ndarray:
+    def get(self, paths: list[Path], progress: bool = True, augment: AugmentConfig | None = None, copy: int = 0,
+            workers: int | None = None) -> np.ndarray:
         """Images of ``paths``, rendering (and adding to the cache) only clips not cached yet.
+
+        Args:
+            paths: audio files.
+            augment, copy: ``copy = 0`` is the clean rendering; ``copy = k >= 1`` the k-th augmented
+                rendering under ``augment``'s waveform settings (cached separately per setting).
+            workers: rendering processes (default: one per CPU core); 1 renders in this process.
 
         Returns:
             float16 array ``(len(paths), channels, height, frames)``.
@@ -131,13 +156,19 @@ class FeatureCache:
         for p in paths:
             if not p.is_file():
                 raise audio.AudioError(f"{p}: audio file does not exist; check the path column and [competition].audio_root.")
-        keys = [_clip_key(p) for p in paths]
+        keys = [_clip_key(p, augment, copy) for p in paths]
         rows, cached, old_array = self._read()
         todo = sorted({k: p for k, p in zip(keys, paths) if k not in rows}.items())
         if todo:
-            fresh = np.stack(
-                [render_file(p, self.config).astype(np.float16) for _, p in tqdm(todo, desc="render features", unit="clip", disable=not progress)]
-            )
+            jobs = [(p, self.config, augment, copy) for _, p in todo]
+            workers = min(workers or os.cpu_count() or 1, len(jobs))
+            desc = f"render features{f' (augmented copy {copy})' if copy else ''}"
+            if workers > 1:
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    images = list(tqdm(pool.map(_render_one, jobs, chunksize=16), total=len(jobs), desc=desc, unit="clip", disable=not progress))
+            else:
+                images = [_render_one(job) for job in tqdm(jobs, desc=desc, unit="clip", disable=not progress)]
+            fresh = np.stack(images)
             old_keys = list(rows)
             merged = fresh if cached is None else np.concatenate([np.asarray(cached), fresh])
             all_keys = old_keys + [k for k, _ in todo]

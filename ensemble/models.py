@@ -38,6 +38,7 @@ def create(
     in_chans: int = 3,
     pretrained: bool = True,
     weights: str | os.PathLike | None = None,
+    **kwargs,
 ) -> nn.Module:
     """Create a timm backbone with a fresh ``num_classes`` head.
 
@@ -48,6 +49,7 @@ def create(
             (``timm.models.adapt_input_conv``).
         pretrained: load ImageNet weights (local folder first, then the hub); False: random init.
         weights: folder of local weights (see :func:`weights_dir`).
+        **kwargs: passed to the model, e.g. ``drop_rate``, ``drop_path_rate``.
 
     Returns:
         the model; it takes ``(batch, in_chans, height, frames)`` and returns ``(batch, num_classes)`` logits.
@@ -58,7 +60,7 @@ def create(
     if not timm.is_model(backbone):
         close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
         raise BackboneError(f"unknown backbone {backbone!r}; did you mean {close}? `timm.list_models('*name*')` lists them.")
-    kwargs = dict(num_classes=num_classes, in_chans=in_chans)
+    kwargs.update(num_classes=num_classes, in_chans=in_chans)
     if not pretrained:
         return timm.create_model(backbone, pretrained=False, **kwargs)
     folder = weights_dir(weights)

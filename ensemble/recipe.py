@@ -1,6 +1,7 @@
 """Recipes: one TOML file holds every setting of a competition run (data, folds, features, training, blend).
 
-A recipe has the sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]`` and ``[blend]``
+A recipe has the sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]``, ``[augment]``
+and ``[blend]``
 plus a top-level ``backbones`` list. Every key has a default, so an empty file is a valid recipe;
 unknown keys are refused (a typo must not silently fall back to a default).
 """
@@ -93,6 +94,63 @@ class FeatureConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Audio-safe augmentation (see :mod:`ensemble.augment`). Every part is off by default.
+
+    Waveform (audiomentations, applied to the fixed-length clip before rendering; ``copies``
+    augmented renderings of each training clip are cached and one of the ``copies + 1`` versions,
+    the clean one included, is drawn per clip per epoch):
+
+    Attributes:
+        copies: augmented renderings per training clip; 0 disables waveform augmentation.
+        noise_p, snr_min_db, snr_max_db: ``AddGaussianSNR`` probability and SNR range in dB.
+        shift_p, shift_max: ``Shift`` probability and largest shift as a fraction of the clip
+            (no rollover: what leaves the clip is replaced by silence).
+        gain_p, gain_db: ``Gain`` probability and range (+-dB).
+        stretch_p, stretch_min, stretch_max: ``TimeStretch`` (signalsmith, length kept) and its rate range.
+        pitch_p, pitch_semitones: ``PitchShift`` probability and range (+- semitones).
+
+    On the batch of images:
+
+    Attributes:
+        freq_mask, time_mask: SpecAugment (Park et al. 2019) widest frequency mask in rows and
+            time mask in frames (torchaudio ``FrequencyMasking`` / ``TimeMasking``); 0 disables.
+        n_masks: masks of each kind per image.
+        time_roll: largest random circular shift along time, as a fraction of the frames; 0 disables.
+        mixup_alpha: Beta(alpha, alpha) mixup (Zhang et al. 2018) through timm's ``Mixup``; 0 disables.
+        image: albumentations transforms, each ``{name = "XYMasking", ...params}``, checked
+            against the audio-safe allowlist (:data:`ensemble.augment.SAFE_IMAGE_TRANSFORMS`).
+    """
+
+    copies: int = 0
+    noise_p: float = 0.5
+    snr_min_db: float = 15.0
+    snr_max_db: float = 40.0
+    shift_p: float = 0.5
+    shift_max: float = 0.1
+    gain_p: float = 0.5
+    gain_db: float = 6.0
+    stretch_p: float = 0.5
+    stretch_min: float = 0.9
+    stretch_max: float = 1.1
+    pitch_p: float = 0.5
+    pitch_semitones: float = 2.0
+    freq_mask: int = 0
+    time_mask: int = 0
+    n_masks: int = 2
+    time_roll: float = 0.0
+    mixup_alpha: float = 0.0
+    image: list[dict] = field(default_factory=list)
+
+    def waveform_key(self) -> str:
+        """A short hash of the waveform settings: augmented renderings are cached under it."""
+        keys = ("noise_p", "snr_min_db", "snr_max_db", "shift_p", "shift_max", "gain_p", "gain_db",
+                "stretch_p", "stretch_min", "stretch_max", "pitch_p", "pitch_semitones")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+@dataclass
 class TrainConfig:
     """Fine-tuning of one (backbone, fold).
 
@@ -102,6 +160,12 @@ class TrainConfig:
         warmup_epochs, min_lr: linear warm-up then cosine decay (timm ``create_scheduler_v2``),
             stepped per update.
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016), 0 disables.
+        class_weights: ``none``, ``balanced`` (n / (classes * count), scikit-learn's convention),
+            or ``given`` (the list ``class_weight_values`` in class order) for the loss.
+        drop_rate, drop_path_rate: dropout before the classifier and stochastic depth (timm kwargs).
+        ema_decay: keep an exponential moving average of the weights (timm ``ModelEmaV3``) and
+            validate / save it; 0 disables.
+        patience: stop when the fold metric has not improved for this many epochs; 0 disables.
         metric: fold metric used to pick the best epoch: ``accuracy``, ``macro_f1`` or ``uar``.
         select: ``best`` keeps the epoch with the best fold metric, ``last`` the final one.
         pretrained: start from ImageNet weights (local folder or hub); False trains from scratch.
@@ -118,6 +182,12 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr: float = 1e-6
     label_smoothing: float = 0.1
+    class_weights: str = "none"
+    class_weight_values: list[float] = field(default_factory=list)
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    ema_decay: float = 0.0
+    patience: int = 0
     metric: str = "uar"
     select: str = "best"
     pretrained: bool = True
@@ -147,6 +217,7 @@ class Recipe:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
 
     def to_dict(self) -> dict:
@@ -163,6 +234,7 @@ _SECTIONS = {
     "folds": FoldsConfig,
     "features": FeatureConfig,
     "train": TrainConfig,
+    "augment": AugmentConfig,
     "blend": BlendConfig,
 }
 
@@ -199,19 +271,37 @@ def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
-def load(path: str | Path) -> Recipe:
-    """Read a recipe TOML file. The recipe's ``name`` defaults to the file's stem.
-
-    Raises:
-        RecipeError: the file does not exist, is not valid TOML, or has a bad key or value.
-    """
-    path = Path(path)
+def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file's dict with its ``extends = "other.toml"`` base merged under it (section by section)."""
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist; pass --recipe with a TOML file such as recipes/ravdess.toml.")
+    if path.resolve() in chain:
+        raise RecipeError(f"{path}: 'extends' forms a cycle through {[str(p) for p in chain]}.")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{path}: not valid TOML: {err}") from err
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    base = _read_toml(path.parent / base_name, chain + (path.resolve(),))
+    base.pop("name", None)
+    for key, value in data.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return base
+
+
+def load(path: str | Path) -> Recipe:
+    """Read a recipe TOML file. The recipe's ``name`` defaults to the file's stem.
+
+    A recipe may start with ``extends = "base.toml"`` (a path relative to it): the base's settings
+    apply, and each section of this file overrides the base's keys it names.
+
+    Raises:
+        RecipeError: the file (or a base) does not exist, is not valid TOML, or has a bad key or value.
+    """
+    path = Path(path)
+    data = _read_toml(path)
     data.setdefault("name", path.stem)
     return from_dict(data, str(path))
 
@@ -227,7 +317,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     Raises:
         RecipeError: naming the key, the bad value and what is allowed.
     """
-    f, t = recipe.features, recipe.train
+    f, t, a = recipe.features, recipe.train, recipe.augment
     checks = [
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
         (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),
@@ -239,6 +329,14 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),
         (0 <= t.label_smoothing < 1, "[train].label_smoothing must be in [0, 1)"),
         (recipe.folds.n_splits >= 2, "[folds].n_splits must be >= 2"),
+        (t.class_weights in ("none", "balanced", "given"), f"[train].class_weights = {t.class_weights!r}: must be none, balanced or given"),
+        (t.class_weights != "given" or len(t.class_weight_values) > 0, "[train].class_weights = 'given' needs class_weight_values = [...] in class order"),
+        (0 <= t.ema_decay < 1 and t.patience >= 0, "[train].ema_decay must be in [0, 1) and patience >= 0"),
+        (a.copies >= 0 and a.freq_mask >= 0 and a.time_mask >= 0 and a.n_masks >= 0, "[augment] copies, freq_mask, time_mask and n_masks must be >= 0"),
+        (0 < a.stretch_min <= a.stretch_max, "[augment] needs 0 < stretch_min <= stretch_max"),
+        (a.snr_min_db <= a.snr_max_db, "[augment] needs snr_min_db <= snr_max_db"),
+        (0 <= a.time_roll < 1 and 0 <= a.shift_max < 1, "[augment].time_roll and shift_max are fractions in [0, 1)"),
+        (a.mixup_alpha >= 0, "[augment].mixup_alpha must be >= 0"),
         (recipe.blend.method in BLEND_METHODS, f"[blend].method = {recipe.blend.method!r}: must be one of {BLEND_METHODS}"),
         (bool(recipe.backbones), "backbones must name at least one timm model"),
     ]

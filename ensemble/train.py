@@ -27,11 +27,13 @@ import torch
 from safetensors.torch import save_file
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import atomic, competition as comp_mod, features, metrics, models
-from .recipe import Recipe
+from .augment import image_pipeline, mixup, spec_augment
+from .recipe import Recipe, from_dict
 
 
 class RunConflictError(RuntimeError):
@@ -48,6 +50,8 @@ class Data:
         x_train: float16 ``(n_train, channels, height, frames)`` images in [0, 1].
         x_test: float16 ``(n_test, channels, height, frames)``.
         y: int64 ``(n_train,)`` labels.
+        x_aug: float16 ``(copies, n_train, channels, height, frames)`` augmented renderings of the
+            training clips (``[augment].copies``), or None.
     """
 
     competition: comp_mod.Competition
@@ -55,6 +59,7 @@ class Data:
     x_train: np.ndarray
     x_test: np.ndarray
     y: np.ndarray
+    x_aug: np.ndarray | None = None
 
     @property
     def folds_hash(self) -> str:
@@ -69,7 +74,12 @@ def load_data(recipe: Recipe, progress: bool = True) -> Data:
     cache = features.FeatureCache(competition.root / ".ens_cache", recipe.features)
     x_train = cache.get(competition.audio_paths(competition.train), progress=progress)
     x_test = cache.get(competition.audio_paths(competition.test), progress=progress)
-    return Data(competition, folds, x_train, x_test, competition.y)
+    copies = recipe.augment.copies
+    x_aug = None
+    if copies:
+        train_paths = competition.audio_paths(competition.train)
+        x_aug = np.stack([cache.get(train_paths, progress=progress, augment=recipe.augment, copy=k) for k in range(1, copies + 1)])
+    return Data(competition, folds, x_train, x_test, competition.y, x_aug)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -105,27 +115,56 @@ def build_model(recipe: Recipe, backbone: str, num_classes: int) -> Normalize:
     """The backbone (:func:`ensemble.models.create`) wrapped with its input normalisation."""
     in_chans = len(recipe.features.channels)
     t = recipe.train
-    net = models.create(backbone, num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=t.weights_dir or None)
+    extra = {k: v for k, v in (("drop_rate", t.drop_rate), ("drop_path_rate", t.drop_path_rate)) if v > 0}
+    net = models.create(backbone, num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=t.weights_dir or None, **extra)
     return Normalize(net, *models.normalization(net, in_chans))
 
 
-def _batches(x: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, channels_last: bool):
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = torch.from_numpy(np.asarray(x[idx], dtype=np.float32)).to(device, non_blocking=True)
-        yield idx, (batch.contiguous(memory_format=torch.channels_last) if channels_last else batch)
+def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    batch = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(device, non_blocking=True)
+    return batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
     """Softmax probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``."""
     model.eval()
-    cuda = device.type == "cuda"
     out = []
-    for _, batch in _batches(x, np.arange(len(x)), batch_size, device, cuda):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            out.append(model(batch).float().softmax(dim=1).cpu())
+    for start in range(0, len(x), batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(_to_device(x[start : start + batch_size], device)).float().softmax(dim=1).cpu())
     return torch.cat(out).numpy().astype(np.float64)
+
+
+def gather(data: Data, idx: np.ndarray, variant: np.ndarray | None) -> np.ndarray:
+    """Training images ``(len(idx), channels, height, frames)`` float32: for each row the clean
+    rendering (variant 0) or augmented copy ``variant`` (1..copies)."""
+    out = np.asarray(data.x_train[idx], dtype=np.float32)
+    if variant is not None:
+        for k in range(1, len(data.x_aug) + 1):
+            chosen = variant == k
+            out[chosen] = data.x_aug[k - 1][idx[chosen]]
+    return out
+
+
+def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    """Loss weights ``(classes,)`` from ``[train].class_weights``: ``balanced`` gives
+    ``n / (classes * count)`` over ``y`` (scikit-learn's ``compute_class_weight`` convention).
+
+    Raises:
+        ValueError: ``given`` weights of the wrong length, or a class absent from ``y`` under ``balanced``.
+    """
+    t = recipe.train
+    if t.class_weights == "none":
+        return None
+    if t.class_weights == "given":
+        if len(t.class_weight_values) != num_classes:
+            raise ValueError(f"[train].class_weight_values has {len(t.class_weight_values)} values for {num_classes} classes.")
+        return torch.tensor(t.class_weight_values, dtype=torch.float32)
+    counts = np.bincount(y, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError("[train].class_weights = 'balanced' needs every class in the training folds.")
+    return torch.tensor(len(y) / (num_classes * counts), dtype=torch.float32)
 
 
 def _proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.DataFrame:
@@ -151,8 +190,11 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     """Fine-tune ``backbone`` on every fold but ``fold``, validate on ``fold``, write the run folder.
 
     Recipe ``[train]``: AdamW (timm ``create_optimizer_v2``), linear warm-up + cosine decay stepped
-    per update (timm ``create_scheduler_v2``), cross-entropy with label smoothing; on CUDA bf16
-    autocast and channels_last. Seeded: the same recipe gives the same run on CPU.
+    per update (timm ``create_scheduler_v2``), cross-entropy with label smoothing and optional
+    class weights, optional EMA of the weights (validated and saved instead of the raw weights)
+    and early stopping; ``[augment]``: a random clean-or-augmented rendering per clip per epoch,
+    albumentations image transforms, SpecAugment / time roll, mixup. On CUDA bf16 autocast and
+    channels_last. Seeded: the same recipe gives the same run on CPU.
 
     Returns:
         the ``metrics.json`` dict (OOF scores of the selected epoch), also when the run was
@@ -166,6 +208,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     config = run_config(recipe, data, backbone, fold)
     if (out / "metrics.json").exists() and not force:
         previous = json.loads((out / "config.json").read_text())
+        # re-read through today's Recipe: settings added since the run was made take their defaults
+        previous["recipe"] = from_dict(previous["recipe"], str(out / "config.json")).to_dict()
         if previous == json.loads(json.dumps(config)):
             return json.loads((out / "metrics.json").read_text())
         raise RunConflictError(
@@ -194,34 +238,56 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         optimizer, "cosine", num_epochs=t.epochs, warmup_epochs=t.warmup_epochs, warmup_lr=t.lr * 0.01,
         min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    a = recipe.augment
+    mix = mixup(a, t.label_smoothing, len(classes))
+    weight = class_weights(recipe, data.y[train_idx], len(classes))
+    # with mixup the targets are soft and already smoothed; CrossEntropyLoss takes them as probabilities
+    criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=0.0 if mix else t.label_smoothing)
+    spec = spec_augment(a).to(device)
+    images = image_pipeline(a.image)
+    copies = 0 if data.x_aug is None else len(data.x_aug)
+    ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay > 0 else None
     y = torch.as_tensor(np.array(data.y))
-    log, best, best_score, best_proba = [], None, -np.inf, None
+    log, best, best_score, best_proba, stale = [], None, -np.inf, None, 0
     desc = f"{backbone} fold {fold}"
     for epoch in range(t.epochs):
         model.train()
+        spec.train()
         started = time.time()
         order = torch.randperm(len(train_idx), generator=generator).numpy()[: updates_per_epoch * batch_size]
+        variants = torch.randint(0, copies + 1, (len(train_idx),), generator=generator).numpy() if copies else None
         losses = []
-        bar = tqdm(_batches(data.x_train, train_idx[order], batch_size, device, cuda), total=updates_per_epoch,
-                   desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=not progress)
-        for idx, batch in bar:
+        bar = tqdm(range(updates_per_epoch), desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=not progress)
+        for step in bar:
+            pos = order[step * batch_size : (step + 1) * batch_size]
+            idx = train_idx[pos]
+            x = gather(data, idx, None if variants is None else variants[pos])
+            if images is not None:
+                x = np.stack([images(image=img.transpose(1, 2, 0))["image"].transpose(2, 0, 1) for img in x])
+            batch, target = spec(_to_device(x, device)), y[idx].to(device)
+            if mix is not None:
+                batch, target = mix(batch, target)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = criterion(model(batch).float(), y[idx].to(device))
+                loss = criterion(model(batch).float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step_update(epoch * updates_per_epoch + len(losses) + 1)
+            num_updates = epoch * updates_per_epoch + step + 1
+            scheduler.step_update(num_updates)
+            if ema is not None:
+                ema.update(model, step=num_updates)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        proba = predict(model, data.x_train[valid_idx], device)
+        evaluated = model if ema is None else ema.module
+        proba = predict(evaluated, data.x_train[valid_idx], device)
         scores = metrics.scores(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in scores.items()},
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
         improved = t.select == "last" or scores[t.metric] > best_score
+        stale = 0 if improved else stale + 1
         if improved:
             best_score, best_proba = scores[t.metric], proba
-            best = copy.deepcopy(model.state_dict())
+            best = copy.deepcopy(evaluated.state_dict())
             with atomic.atomic_path(out / "model.safetensors") as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(tmp), metadata={"backbone": backbone, "epoch": str(epoch + 1)})
         row["selected"] = bool(improved)
@@ -230,6 +296,10 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         if progress:
             tqdm.write(f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
                        f"acc {scores['accuracy']:.3f}  macro-F1 {scores['macro_f1']:.3f}  UAR {scores['uar']:.3f}{'  *' if improved else ''}")
+        if t.patience and stale >= t.patience:
+            if progress:
+                tqdm.write(f"{desc}: early stop, no {t.metric} gain in {t.patience} epochs")
+            break
 
     model.load_state_dict(best)
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()

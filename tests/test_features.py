@@ -57,7 +57,7 @@ def test_cache_renders_each_clip_once(tmp_path, monkeypatch):
 
     calls = []
     real = features.render_file
-    monkeypatch.setattr(features, "render_file", lambda p, c: calls.append(p) or real(p, c))
+    monkeypatch.setattr(features, "render_file", lambda path, *rest: calls.append(path) or real(path, *rest))
     again = features.FeatureCache(tmp_path, config).get(CLIPS[:2], progress=False)
     assert calls == [] and np.array_equal(again, first)
     grown = cache.get(CLIPS[::-1], progress=False)  # one new clip, order of the request kept
