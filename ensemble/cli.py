@@ -46,6 +46,8 @@ def data_ravdess(
     test_actors: str = typer.Option("21,22,23,24", help="Comma-separated actors held out as the hidden test set."),
     n_splits: int = typer.Option(5, "--folds", help="Number of speaker-grouped folds written to folds.csv."),
     seed: int = typer.Option(42, help="Seed of the folds and of the test ids' order."),
+    labels: str = typer.Option("emotion", help="Label scheme: emotion (8 classes) or gender_emotion (10: female/male x angry, calm, fearful, happy, sad)."),
+    song_source: Optional[Path] = typer.Option(None, help="Folder of the RAVDESS song set, pooled with the speech clips."),
 ) -> None:
     """Write a Kaggle-style RAVDESS competition folder (train/test/sample_submission/solution/folds)."""
     try:
@@ -56,8 +58,8 @@ def data_ravdess(
             if not source.is_dir():
                 raise ravdess.RavdessError("no RAVDESS source: ../shared/data/ravdess does not exist; pass --source DIR or --download.")
         actors = tuple(int(a) for a in test_actors.split(",") if a.strip())
-        tables = ravdess.build(source, out, actors, seed)
-        comp = competition.load(recipe_mod.CompetitionConfig(dir=str(out), classes=ravdess.CLASSES))
+        tables = ravdess.build(source, out, actors, seed, labels, song_source)
+        comp = competition.load(recipe_mod.CompetitionConfig(dir=str(out)))
         folds = competition.make_folds(comp, n_splits, seed)
         atomic.write_csv(out / competition.FOLDS, folds)
     except (ValueError, OSError) as err:

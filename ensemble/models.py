@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from . import cnns  # noqa: F401  (registers the seed CNNs with timm)
+
 WEIGHTS_ENV = "ENS_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path("../shared/weights")
 

@@ -62,3 +62,25 @@ def test_build_refuses_unknown_test_actor(small_source, tmp_path):
 def test_download_offline_says_so(tmp_path):
     with pytest.raises(ravdess.RavdessError, match="could not download RAVDESS.*--source"):
         ravdess.download(tmp_path, url="http://127.0.0.1:9/ravdess.zip", timeout=2)
+
+
+def test_gender_emotion_scheme_has_ten_classes_and_drops_other_emotions(small_source, tmp_path):
+    tables = ravdess.build(small_source, tmp_path / "ge", test_actors=(5, 6), labels="gender_emotion")
+    train, solution = tables["train.csv"], tables["solution.csv"]
+    assert set(train["emotion"]) == set(ravdess.GENDER_EMOTIONS)
+    assert set(train["label"]) == {f"{g}_{e}" for g in ("female", "male") for e in ravdess.GENDER_EMOTIONS}
+    assert (train["label"] == train["gender"] + "_" + train["emotion"]).all()
+    assert len(train) == 20 and len(solution) == 10
+    with pytest.raises(ravdess.RavdessError, match="unknown label scheme 'colour'"):
+        ravdess.label_of({"emotion": "sad", "gender": "male"}, "colour")
+
+
+def test_song_clips_pool_with_speech(small_source, tmp_path):
+    song = tmp_path / "song" / "Actor_01"
+    song.mkdir(parents=True)
+    speech = sorted((small_source / "Actor_01").iterdir())[:2]
+    for clip in speech:  # real audio under song names (vocal channel 02)
+        (song / clip.name.replace("03-01-", "03-02-", 1)).symlink_to(clip.resolve())
+    tables = ravdess.build(small_source, tmp_path / "pooled", test_actors=(5, 6), song_source=tmp_path / "song")
+    train = tables["train.csv"]
+    assert len(train) == 34 and (train["vocal_channel"] == "song").sum() == 2

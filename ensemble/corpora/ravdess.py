@@ -29,6 +29,25 @@ VOCAL_CHANNELS = {1: "speech", 2: "song"}
 AUDIO_SUFFIXES = (".wav", ".flac")
 ZENODO_SPEECH_URL = "https://zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip?download=1"
 DEFAULT_TEST_ACTORS = (21, 22, 23, 24)
+#: the 10-class gender x emotion task of one seed system: female/male x these five emotions.
+GENDER_EMOTIONS = ("angry", "calm", "fearful", "happy", "sad")
+LABEL_SCHEMES = ("emotion", "gender_emotion")
+
+
+def label_of(fields: dict, scheme: str) -> str | None:
+    """The class of a parsed clip under a label scheme, or None when the scheme leaves it out.
+
+    ``emotion``: the 8 emotions. ``gender_emotion``: ``"female_angry"`` ... ``"male_sad"``, 10
+    classes; clips of other emotions are left out.
+
+    Raises:
+        RavdessError: an unknown scheme.
+    """
+    if scheme == "emotion":
+        return fields["emotion"]
+    if scheme == "gender_emotion":
+        return f"{fields['gender']}_{fields['emotion']}" if fields["emotion"] in GENDER_EMOTIONS else None
+    raise RavdessError(f"unknown label scheme {scheme!r}; choose one of {LABEL_SCHEMES}.")
 
 
 class RavdessError(ValueError):
@@ -106,14 +125,19 @@ def build(
     out: str | os.PathLike,
     test_actors: tuple[int, ...] = DEFAULT_TEST_ACTORS,
     seed: int = 42,
+    labels: str = "emotion",
+    song_source: str | os.PathLike | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Write a competition folder from the RAVDESS clips below ``source``.
+    """Write a competition folder from the RAVDESS clips below ``source`` (and, pooled with them,
+    the song set below ``song_source``; its clips have vocal channel 02 in their names).
 
     Layout of ``out``: ``train/<name>`` and ``test/<id><suffix>`` audio, ``train.csv`` (id, path,
     label, group, and the parsed fields), ``test.csv`` (id, path), ``sample_submission.csv``
     (id, label), ``solution.csv`` (id, label, group, gender, intensity). ``group`` is the actor.
     The test split is every clip of ``test_actors``; no training actor has a test clip. Test ids
     are ``test_0000``... in a shuffled order (``seed``), so neither id nor order reveals a label.
+
+    ``labels`` picks the label scheme (:func:`label_of`); the ``emotion`` column always holds the emotion.
 
     Returns:
         the four tables by file name.
@@ -122,9 +146,11 @@ def build(
         RavdessError: a bad file name, no clips, a test actor with no clips, or every actor in test.
     """
     out = Path(out)
-    clips = find_clips(source)
+    clips = find_clips(source) + (find_clips(song_source) if song_source else [])
     rows = [{"name": p.name, "src": p, **parse_name(p)} for p in clips]
-    table = pd.DataFrame(rows)
+    for row in rows:
+        row["label"] = label_of(row, labels)
+    table = pd.DataFrame([row for row in rows if row["label"] is not None])
     actors = set(table["actor"])
     missing = sorted(set(test_actors) - actors)
     if missing:
@@ -141,10 +167,8 @@ def build(
 
     train_rows["id"] = train_rows["name"].map(lambda n: Path(n).stem)
     train_rows["path"] = "train/" + train_rows["name"]
-    train_rows["label"] = train_rows["emotion"]
     train_rows["group"] = train_rows["actor"].map(lambda a: f"actor_{a:02d}")
     test_rows["path"] = "test/" + test_rows["id"] + test_rows["src"].map(lambda p: p.suffix.lower())
-    test_rows["label"] = test_rows["emotion"]
     test_rows["group"] = test_rows["actor"].map(lambda a: f"actor_{a:02d}")
 
     for frame in (train_rows, test_rows):
@@ -155,7 +179,7 @@ def build(
     tables = {
         TRAIN: train_rows[["id", "path", "label", "group", *fields]],
         TEST: test_rows[["id", "path"]],
-        SAMPLE: pd.DataFrame({"id": test_rows["id"], "label": CLASSES[0]}),
+        SAMPLE: pd.DataFrame({"id": test_rows["id"], "label": sorted(table["label"].unique())[0]}),
         SOLUTION: test_rows[["id", "label", "group", "gender", "intensity"]],
     }
     for name, frame in tables.items():
