@@ -4,7 +4,8 @@
 
 - ``config.json``: the recipe, backbone, fold, classes and a hash of the fold assignment;
 - ``model.safetensors``: the selected epoch's weights (best fold metric, or last);
-- ``log.csv``: one row per epoch (train loss, validation loss and scores, learning rate, seconds);
+- ``log.csv``: one row per epoch (train loss, validation loss and scores, learning rate, training
+  images per second with augmentation included, seconds);
 - ``oof.csv``: ``id, fold`` and one probability column per class, for the fold's validation clips;
 - ``test.csv``: ``id`` and one probability column per class, for every test clip;
 - ``metrics.json``: :func:`ensemble.metrics.report` of the OOF predictions. Written last: a run
@@ -278,11 +279,13 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
                 ema.update(model, step=num_updates)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        train_seconds = time.time() - started
         evaluated = model if ema is None else ema.module
         proba = predict(evaluated, data.x_train[valid_idx], device)
         scores = metrics.scores(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in scores.items()},
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
+               "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
+               "seconds": round(time.time() - started, 2)}
         improved = t.select == "last" or scores[t.metric] > best_score
         stale = 0 if improved else stale + 1
         if improved:
