@@ -68,8 +68,9 @@ def test_unknown_transform_is_refused_and_safe_ones_run():
         augment.image_pipeline([{"name": "Blur"}])
     pipeline = augment.image_pipeline([{"name": "XYMasking", "num_masks_x": 2, "mask_x_length": 10, "mask_y_length": 128, "p": 1.0}])
     image = np.random.default_rng(0).random((128, 176, 3), dtype=np.float32) + 0.1
-    out = pipeline(image=image)["image"]
-    assert out.shape == image.shape and out.dtype == image.dtype and (out == 0).any()
+    outs = [pipeline(image=image)["image"] for _ in range(20)]
+    assert all(out.shape == image.shape and out.dtype == image.dtype for out in outs)
+    assert sum(bool((out == 0).any()) for out in outs) >= 10  # masks most draws (albumentations may draw an empty mask)
     assert augment.image_pipeline([]) is None
 
 
