@@ -127,19 +127,14 @@ class SpecAugment(nn.Module):
                 self.masks.append(T.TimeMasking(time_mask, iid_masks=True))
         self.time_roll = time_roll
 
-    @property
-    def active(self) -> bool:
-        """Whether any mask or roll is configured."""
-        return bool(len(self.masks)) or self.time_roll > 0
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Masked / rolled copy of ``x``; unchanged in eval mode."""
         if not self.training:
             return x
         if self.time_roll > 0:
             frames = x.shape[-1]
             limit = int(self.time_roll * frames)
-            shifts = torch.randint(-limit, limit + 1, (x.shape[0],), generator=generator)
+            shifts = torch.randint(-limit, limit + 1, (x.shape[0],))
             x = torch.stack([torch.roll(img, int(s), dims=-1) for img, s in zip(x, shifts)])
         if len(self.masks):
             b, _, h, w = x.shape

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import save_file
+from sklearn.utils.class_weight import compute_class_weight
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -150,7 +151,7 @@ def gather(data: Data, idx: np.ndarray, variant: np.ndarray | None) -> np.ndarra
 
 def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tensor | None:
     """Loss weights ``(classes,)`` from ``[train].class_weights``: ``balanced`` gives
-    ``n / (classes * count)`` over ``y`` (scikit-learn's ``compute_class_weight`` convention).
+    ``n / (classes * count)`` over ``y`` (scikit-learn's ``compute_class_weight``).
 
     Raises:
         ValueError: ``given`` weights of the wrong length, or a class absent from ``y`` under ``balanced``.
@@ -165,7 +166,7 @@ def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tens
     counts = np.bincount(y, minlength=num_classes)
     if (counts == 0).any():
         raise ValueError("[train].class_weights = 'balanced' needs every class in the training folds.")
-    return torch.tensor(len(y) / (num_classes * counts), dtype=torch.float32)
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(num_classes), y=y), dtype=torch.float32)
 
 
 def _proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.DataFrame:

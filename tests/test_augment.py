@@ -40,7 +40,7 @@ def test_specaugment_masks_and_rolls_in_training_only():
     assert zero.any() and not torch.equal(out, x)
     assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])  # same mask on every channel
     assert torch.equal(spec.eval()(x), x)
-    assert not augment.SpecAugment().active
+    assert torch.equal(augment.SpecAugment().train()(x), x)  # nothing configured: the batch passes unchanged
 
 
 def test_mixup_gives_soft_targets_that_sum_to_one():
@@ -78,3 +78,13 @@ def test_waveform_key_ignores_batch_settings():
     base = AugmentConfig()
     assert dataclasses.replace(base, freq_mask=30, mixup_alpha=0.2, copies=8).waveform_key() == base.waveform_key()
     assert dataclasses.replace(base, pitch_semitones=3.0).waveform_key() != base.waveform_key()
+
+
+def test_balanced_class_weights_follow_inverse_frequency():
+    from ensemble import recipe as recipe_mod, train
+
+    r = recipe_mod.from_dict({"train": {"class_weights": "balanced"}})
+    w = train.class_weights(r, np.array([0, 0, 0, 1]), 2)
+    torch.testing.assert_close(w, torch.tensor([4 / 6, 4 / 2]))
+    with pytest.raises(ValueError, match="needs every class"):
+        train.class_weights(r, np.array([0, 0]), 2)
