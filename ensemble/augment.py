@@ -57,8 +57,11 @@ UNSAFE_IMAGE_TRANSFORMS = {
 SAFE_IMAGE_TRANSFORMS = ("XYMasking", "FrequencyMasking", "TimeMasking", "CoarseDropout", "GridDropout", "GaussNoise")
 
 
-def image_pipeline(specs: list[dict]):
+def image_pipeline(specs: list[dict], seed: int | None = None):
     """An ``albumentations.Compose`` of ``specs`` (each ``{"name": ClassName, **params}``), or None if empty.
+
+    ``seed`` seeds the Compose's own random generator (albumentations >= 2), so a run's image
+    augmentations repeat exactly.
 
     Raises:
         UnsafeAugmentationError: a transform is unsafe for spectrograms (the message says why) or
@@ -80,7 +83,7 @@ def image_pipeline(specs: list[dict]):
                 "or SpecAugment / mixup / waveform augmentation in [augment]."
             )
         transforms.append(getattr(A, name)(**params))
-    return A.Compose(transforms)
+    return A.Compose(transforms, seed=seed)
 
 
 def waveform_pipeline(config: AugmentConfig):

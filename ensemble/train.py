@@ -246,7 +246,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     # with mixup the targets are soft and already smoothed; CrossEntropyLoss takes them as probabilities
     criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=0.0 if mix else t.label_smoothing)
     spec = spec_augment(a).to(device)
-    images = image_pipeline(a.image)
+    images = image_pipeline(a.image, seed=t.seed + fold)
     copies = 0 if data.x_aug is None else len(data.x_aug)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay > 0 else None
     y = torch.as_tensor(np.array(data.y))
