@@ -108,9 +108,11 @@ def train(
         data = train_mod.load_data(r, progress=not quiet)
         for name in backbones:
             for k in folds:
-                report = train_mod.train_fold(r, data, name, k, force=force, progress=not quiet)
+                done = None if force else train_mod.finished_run(r, data, name, k)
+                report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet)
                 typer.echo(f"{name} fold {k}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
-                           f"UAR {report['uar']:.4f}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}")
+                           f"UAR {report['uar']:.4f}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"
+                           + ("  [already finished, skipped]" if done else ""))
     except KNOWN_ERRORS + (ValueError,) as err:
         _fail(err)
 

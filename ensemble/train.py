@@ -177,15 +177,49 @@ def _proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.Data
     return frame
 
 
+_NOT_TRAINING = ("name", "backbones", "runs_dir", "blend")
+
+
+def _training_settings(recipe: Recipe) -> dict:
+    """The recipe's settings that shape a run: not its name, backbone list, output folder or blend."""
+    settings = recipe.to_dict()
+    for key in _NOT_TRAINING:
+        settings.pop(key)
+    return settings
+
+
 def run_config(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict:
-    """What a run is defined by; a finished run with another config is a conflict."""
+    """What a run is defined by; a finished run with another config is a conflict.
+
+    Renaming a recipe, editing its backbone list or its ``[blend]`` leaves finished runs valid.
+    """
     return {
-        "recipe": recipe.to_dict(),
+        "recipe": _training_settings(recipe),
         "backbone": backbone,
         "fold": fold,
         "classes": data.competition.classes,
         "folds_hash": data.folds_hash,
     }
+
+
+def finished_run(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict | None:
+    """The ``metrics.json`` of the finished run in ``recipe.run_dir(backbone, fold)``, or None if
+    there is none (a run without ``metrics.json`` is unfinished).
+
+    Raises:
+        RunConflictError: the finished run was made with another configuration.
+    """
+    out = recipe.run_dir(backbone, fold)
+    if not (out / "metrics.json").exists():
+        return None
+    previous = json.loads((out / "config.json").read_text())
+    # re-read through today's Recipe: settings added since the run was made take their defaults
+    previous["recipe"] = _training_settings(from_dict(previous["recipe"], str(out / "config.json")))
+    if previous != json.loads(json.dumps(run_config(recipe, data, backbone, fold))):
+        raise RunConflictError(
+            f"{out} holds a finished run with a different configuration; pass --force to overwrite it, or give the recipe another name."
+        )
+    return json.loads((out / "metrics.json").read_text())
 
 
 def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True) -> dict:
@@ -208,15 +242,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     """
     out = recipe.run_dir(backbone, fold)
     config = run_config(recipe, data, backbone, fold)
-    if (out / "metrics.json").exists() and not force:
-        previous = json.loads((out / "config.json").read_text())
-        # re-read through today's Recipe: settings added since the run was made take their defaults
-        previous["recipe"] = from_dict(previous["recipe"], str(out / "config.json")).to_dict()
-        if previous == json.loads(json.dumps(config)):
-            return json.loads((out / "metrics.json").read_text())
-        raise RunConflictError(
-            f"{out} holds a finished run with a different configuration; pass --force to overwrite it, or give the recipe another name."
-        )
+    if not force and (done := finished_run(recipe, data, backbone, fold)) is not None:
+        return done
     n_folds = recipe.folds.n_splits
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")

@@ -1,6 +1,7 @@
 """data -> features -> train -> blend -> score through the real CLI, on 48 real RAVDESS clips."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ def test_every_run_folder_is_complete(pipeline):
 
 
 def test_finished_runs_are_skipped(pipeline):
-    assert pipeline["retrain"].count("->") == 4
+    assert pipeline["retrain"].count("->") == 4 and pipeline["retrain"].count("[already finished, skipped]") == 4
     for backbone in ("test_efficientnet", "test_resnet"):
         log = pd.read_csv(pipeline["runs"] / backbone / "fold0" / "log.csv")
         assert len(log) == 1  # not trained twice
@@ -91,6 +92,20 @@ def test_blend_refuses_runs_trained_on_other_folds(pipeline):
 def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
     result = runner.invoke(app, ["train", "--recipe", str(pipeline["recipe"]), "--epochs", "2", "--backbone", "test_resnet", "--fold", "0", "--quiet"])
     assert result.exit_code == 2 and "different configuration" in result.output and "--force" in result.output
+
+
+def test_a_renamed_recipe_with_other_backbones_and_blend_reuses_finished_runs(pipeline, tmp_path):
+    text = pipeline["recipe"].read_text()
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\n\n[blend]\nmethod = "mean"\n')
+    runs = pipeline["runs"].parent / "renamed" / "test_resnet"
+    runs.parent.mkdir()
+    shutil.copytree(pipeline["runs"] / "test_resnet", runs)
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("*")}
+    output = _ok(["train", "--recipe", str(renamed), "--quiet"])
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*")} == before  # nothing retrained or rewritten
+    assert output.count("[already finished, skipped]") == 2  # both folds
+    assert pipeline["recipe"].read_text() == text
 
 
 def test_bad_options_are_clear_errors(pipeline):
