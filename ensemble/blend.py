@@ -178,6 +178,10 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     test_proba = np.tensordot(chosen, test, axes=1)
     out_dir = Path(recipe.runs_dir) / recipe.name / "blend"
     atomic.write_csv(out_dir / "leaderboard.csv", board)
+    train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
+    blended_oof = pd.DataFrame(np.tensordot(chosen, oof, axes=1), columns=data.competition.classes)
+    blended_oof.insert(0, "id", train_ids)
+    atomic.write_csv(out_dir / "oof.csv", blended_oof)
     weight_map = {m.backbone: float(x) for m, x in zip(members, chosen)}
     atomic.write_json(out_dir / "weights.json", {"method": method, "weights": weight_map})
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
