@@ -2,14 +2,9 @@
 
 Every backbone whose folds are all finished becomes one ensemble member: its OOF probabilities
 (each training clip predicted by the fold model that did not train on it) and its test
-probabilities averaged over folds. Blend weights are chosen on OOF only; note that the blend's
-OOF score is then in-sample for the weights (a small optimism; the hidden test set is the honest check).
-
-Methods:
-    ``mean``: equal weights.
-    ``caruana``: greedy forward ensemble selection with replacement (Caruana, Niculescu-Mizil,
-    Crew & Ksikes 2004, "Ensemble selection from libraries of models", ICML), minimising OOF
-    log-loss; weights are how often each member was picked.
+probabilities averaged over folds. The methods (mean, rank, geometric, Caruana selection,
+optimised weights, stacking) live in :mod:`ensemble.blenders`; a blend fitted on OOF rows and
+scored on them is optimistic, so the leaderboard also gives each method's cross-validated score.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, metrics, submission
+from . import atomic, blenders, metrics, submission
 from .recipe import Recipe
 from .train import Data, run_config
 
@@ -103,52 +98,14 @@ def collect(recipe: Recipe, data: Data) -> tuple[list[Member], dict[str, str]]:
     return members, skipped
 
 
-def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndarray:
-    """Greedy ensemble selection with replacement (Caruana et al. 2004) on OOF log-loss.
-
-    Starts from the single best member, then ``iterations`` times adds (again, if best) the member
-    whose inclusion gives the lowest log-loss of the running average. Ties go to the lower index.
-
-    Args:
-        oof: ``(members, n, classes)`` OOF probabilities.
-        y: ``(n,)`` integer labels.
-
-    Returns:
-        ``(members,)`` non-negative weights summing to 1 (pick counts / total picks).
-    """
-    m = oof.shape[0]
-    rows = np.arange(len(y))
-
-    def loss(p: np.ndarray) -> float:
-        return float(-np.log(np.clip(p[rows, y], 1e-15, None)).mean())
-
-    counts = np.zeros(m)
-    total = np.zeros_like(oof[0])
-    for step in range(iterations + 1):
-        candidates = [loss((total + oof[j]) / (step + 1)) for j in range(m)]
-        best = int(np.argmin(candidates))
-        counts[best] += 1
-        total += oof[best]
-    return counts / counts.sum()
-
-
-def weights(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndarray:
-    """Blend weights ``(members,)`` of ``method`` (``mean`` or ``caruana``)."""
-    if method == "mean":
-        return np.full(oof.shape[0], 1.0 / oof.shape[0])
-    if method == "caruana":
-        return caruana_weights(oof, y, iterations)
-    raise ValueError(f"unknown blend method {method!r}; choose mean or caruana.")
-
-
 @dataclass
 class BlendResult:
     """A blend: the leaderboard (one row per member and per method), the chosen method's weights
-    by backbone, its test probabilities ``(n_test, classes)``, the submission path, and the
+    by backbone (None for rank, geometric and stacking, which are not weighted means), its test probabilities ``(n_test, classes)``, the submission path, and the
     backbones left out because a fold is unfinished (with the reason)."""
 
     leaderboard: pd.DataFrame
-    weights: dict[str, float]
+    weights: dict[str, float] | None
     test: np.ndarray
     submission: Path
     skipped: dict[str, str] = field(default_factory=dict)
@@ -157,33 +114,49 @@ class BlendResult:
 def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | None = None) -> BlendResult:
     """Blend the finished runs of ``recipe``, write ``submissions/<name>.csv`` and the leaderboard.
 
-    The leaderboard (OOF accuracy, macro-F1, UAR, log-loss of every member, the mean blend and the
-    Caruana blend) is also written to ``runs/<recipe>/blend/leaderboard.csv`` with the weights
-    in ``weights.json``.
+    Every method of :data:`blenders.METHODS` is fitted and scored twice: in-sample (fitted and
+    scored on all OOF rows) and cross-validated (``cv_`` columns: fitted on the other folds,
+    scored on each held-out fold; see :func:`blenders.cross_validate`). Only ``method`` (default
+    the recipe's) is fitted on all rows for the submission. Written to ``runs/<recipe>/blend/``:
+    ``leaderboard.csv``, ``weights.json`` and ``oof.csv`` (the chosen method's cross-validated
+    OOF probabilities, the honest ones).
+
+    Raises:
+        BlendError: see :func:`collect`. ValueError: unknown method.
     """
     method = method or recipe.blend.method
+    if method not in blenders.METHODS:
+        raise ValueError(f"unknown blend method {method!r}; choose one of {blenders.METHODS}.")
+    b = recipe.blend
+    options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed}
     members, skipped = collect(recipe, data)
     oof = np.stack([m.oof for m in members])
     test = np.stack([m.test for m in members])
-    rows = [{"model": m.backbone, **metrics.scores(data.y, m.oof)} for m in members]
-    by_method = {}
-    for candidate in ("mean", "caruana"):
-        w = by_method[candidate] = weights(candidate, oof, data.y, recipe.blend.iterations)
-        rows.append({"model": f"blend: {candidate}", **metrics.scores(data.y, np.tensordot(w, oof, axes=1)),
-                     "weights": " ".join(f"{m.backbone}={x:.2f}" for m, x in zip(members, w))})
-    if method not in by_method:
-        raise ValueError(f"unknown blend method {method!r}; choose mean or caruana.")
-    chosen = by_method[method]
+    fold_of = data.folds["fold"].to_numpy()
+    rows = [{"model": m.backbone, **metrics.scores(data.y, m.oof), **_prefixed(metrics.scores(data.y, m.oof))} for m in members]
+    cv_oof = {}
+    for candidate in blenders.METHODS:
+        fitted = blenders.fit(candidate, oof, data.y, **options)
+        cv_oof[candidate] = blenders.cross_validate(candidate, oof, data.y, fold_of, **options)
+        weights_text = "" if fitted.weights is None else " ".join(f"{m.backbone}={x:.2f}" for m, x in zip(members, fitted.weights))
+        rows.append({"model": f"blend: {candidate}", **metrics.scores(data.y, fitted.combine(oof)),
+                     **_prefixed(metrics.scores(data.y, cv_oof[candidate])), "weights": weights_text})
+        if candidate == method:
+            chosen = fitted
     board = pd.DataFrame(rows)
-    test_proba = np.tensordot(chosen, test, axes=1)
+    test_proba = chosen.combine(test)
     out_dir = Path(recipe.runs_dir) / recipe.name / "blend"
     atomic.write_csv(out_dir / "leaderboard.csv", board)
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
-    blended_oof = pd.DataFrame(np.tensordot(chosen, oof, axes=1), columns=data.competition.classes)
+    blended_oof = pd.DataFrame(cv_oof[method], columns=data.competition.classes)
     blended_oof.insert(0, "id", train_ids)
     atomic.write_csv(out_dir / "oof.csv", blended_oof)
-    weight_map = {m.backbone: float(x) for m, x in zip(members, chosen)}
-    atomic.write_json(out_dir / "weights.json", {"method": method, "weights": weight_map})
+    weight_map = None if chosen.weights is None else {m.backbone: float(x) for m, x in zip(members, chosen.weights)}
+    atomic.write_json(out_dir / "weights.json", {"method": method, "members": [m.backbone for m in members], "weights": weight_map})
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     path = submission.write(data.competition, test_ids, test_proba, Path(recipe.submissions_dir) / f"{name or f'{recipe.name}-{method}'}.csv")
     return BlendResult(board, weight_map, test_proba, path, skipped)
+
+
+def _prefixed(scores: dict[str, float]) -> dict[str, float]:
+    return {f"cv_{k}": v for k, v in scores.items()}

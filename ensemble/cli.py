@@ -120,7 +120,7 @@ def train(
 @app.command()
 def blend(
     recipe: Path = RecipeOption,
-    method: Optional[str] = typer.Option(None, help="mean or caruana; overrides [blend].method."),
+    method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend (default: the recipe's)."),
 ) -> None:
@@ -139,7 +139,8 @@ def blend(
         typer.secho(f"skipped {backbone}: {reason}", fg=typer.colors.YELLOW, err=True)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         typer.echo(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    typer.echo(f"\nwrote {result.submission}  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})")
+    weights = "" if result.weights is None else f"  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})"
+    typer.echo(f"\nwrote {result.submission}{weights}\ncv_ columns: each blend fitted on the other folds and scored on the held-out fold (the honest figure).")
     if (data.competition.root / competition.SOLUTION).exists():
         typer.echo(f"score it against the hidden labels: ens score {result.submission}")
 

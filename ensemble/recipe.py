@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .blenders import METHODS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -198,11 +200,17 @@ class TrainConfig:
 
 @dataclass
 class BlendConfig:
-    """Blending of OOF predictions. ``method``: ``mean`` or ``caruana`` (greedy ensemble selection
-    with replacement, Caruana et al. 2004), ``iterations`` rounds of it."""
+    """Blending of OOF predictions (see :mod:`ensemble.blenders`). ``method``: one of
+    :data:`~ensemble.blenders.METHODS`. Caruana selection: ``iterations`` rounds in each of
+    ``bags`` bags of a random ``bag_fraction`` of the members (``bags = 0``: one unbagged run).
+    Stacking: inverse L2 strength ``stacking_c`` of the logistic regression. ``seed``: the bags' draw."""
 
     method: str = "caruana"
     iterations: int = 50
+    bags: int = 20
+    bag_fraction: float = 0.5
+    stacking_c: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -308,7 +316,6 @@ def load(path: str | Path) -> Recipe:
 
 CHANNELS = ("mel", "chroma", "stft", "mfcc")
 METRICS = ("accuracy", "macro_f1", "uar")
-BLEND_METHODS = ("mean", "caruana")
 
 
 def validate(recipe: Recipe, source: str = "<recipe>") -> None:
@@ -337,7 +344,9 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (a.snr_min_db <= a.snr_max_db, "[augment] needs snr_min_db <= snr_max_db"),
         (0 <= a.time_roll < 1 and 0 <= a.shift_max < 1, "[augment].time_roll and shift_max are fractions in [0, 1)"),
         (a.mixup_alpha >= 0, "[augment].mixup_alpha must be >= 0"),
-        (recipe.blend.method in BLEND_METHODS, f"[blend].method = {recipe.blend.method!r}: must be one of {BLEND_METHODS}"),
+        (recipe.blend.method in METHODS, f"[blend].method = {recipe.blend.method!r}: must be one of {METHODS}"),
+        (recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
+         "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0"),
         (bool(recipe.backbones), "backbones must name at least one timm model"),
     ]
     for ok, message in checks:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import atomic
+from ensemble import atomic, blenders
 from ensemble.cli import app
 
 runner = CliRunner()
@@ -71,7 +71,11 @@ def test_blend_writes_the_sample_layout_and_a_leaderboard(pipeline):
     sample = pd.read_csv(pipeline["comp"] / "sample_submission.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
     board = pd.read_csv(pipeline["runs"] / "blend" / "leaderboard.csv")
-    assert list(board["model"]) == ["test_efficientnet", "test_resnet", "blend: mean", "blend: caruana"]
+    assert list(board["model"]) == ["test_efficientnet", "test_resnet", *(f"blend: {m}" for m in blenders.METHODS)]
+    assert {"accuracy", "uar", "cv_accuracy", "cv_uar", "cv_log_loss"} <= set(board.columns)
+    members = board.iloc[:2]  # nothing is fitted for a single member: its CV score is its score
+    np.testing.assert_allclose(members["cv_log_loss"], members["log_loss"])
+    assert "cv_ columns" in pipeline["blend"]
     assert "accuracy" in pipeline["score"] and "n 16" in pipeline["score"]
 
 

@@ -2,42 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import blend, competition, submission
+from ensemble import competition, submission
 from ensemble.recipe import CompetitionConfig
-
-
-def _dirichlet(rng, n, c, alpha=0.5):
-    return rng.dirichlet(np.full(c, alpha), size=n)
-
-
-def test_caruana_recovers_the_generating_mixture():
-    # Labels are drawn from 0.75 * A + 0.25 * B; a proper scoring rule (log-loss) is minimised
-    # by exactly that mixture, so ensemble selection must find weights near (0.75, 0.25, 0).
-    rng = np.random.default_rng(0)
-    n, c = 20000, 5
-    a, b, noise = _dirichlet(rng, n, c), _dirichlet(rng, n, c), _dirichlet(rng, n, c)
-    truth = 0.75 * a + 0.25 * b
-    y = np.array([rng.choice(c, p=p) for p in truth])
-    w = blend.caruana_weights(np.stack([a, b, noise]), y, iterations=40)
-    assert w.sum() == pytest.approx(1.0)
-    assert w[0] == pytest.approx(0.75, abs=0.06) and w[1] == pytest.approx(0.25, abs=0.06) and w[2] <= 0.03
-
-
-def test_caruana_picks_the_informative_member_and_beats_the_mean():
-    rng = np.random.default_rng(1)
-    n, c = 3000, 4
-    y = rng.integers(0, c, n)
-    good = np.full((n, c), 0.1)
-    good[np.arange(n), y] = 0.7
-    noise = [_dirichlet(rng, n, c) for _ in range(3)]
-    oof = np.stack([*noise, good])
-    w = blend.caruana_weights(oof, y, iterations=20)
-    assert w[3] == 1.0
-    mean = np.tensordot(blend.weights("mean", oof, y), oof, axes=1)
-    sel = np.tensordot(w, oof, axes=1)
-    assert (sel.argmax(1) == y).mean() > (mean.argmax(1) == y).mean()
-    with pytest.raises(ValueError, match="unknown blend method 'median'"):
-        blend.weights("median", oof, y)
 
 
 def _competition(tmp_path, sample_columns):
