@@ -161,3 +161,17 @@ def score(
     typer.echo(f"{submission_csv}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
 
 
+@app.command()
+def report(
+    recipe: Path = RecipeOption,
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default runs/<recipe>/report.html)."),
+) -> None:
+    """Write one self-contained HTML report of the recipe's runs and blend (figures embedded)."""
+    from . import report as report_mod
+
+    r = _load_recipe(recipe)
+    try:
+        path = report_mod.build(r, out)
+    except KNOWN_ERRORS + (ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"wrote {path}")

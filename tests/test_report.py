@@ -1,0 +1,109 @@
+"""ens report on a tiny trained and blended competition (48 real RAVDESS clips, 2 folds, 1 epoch)."""
+
+import base64
+import html
+import re
+import shutil
+import struct
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ensemble import competition, features, metrics, recipe as recipe_mod, report
+from ensemble.cli import app
+
+runner = CliRunner()
+PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def _ok(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def trained(small_source, tiny_recipe_text, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    comp, runs, subs = root / "comp", root / "runs", root / "subs"
+    recipe = root / "tiny.toml"
+    recipe.write_text(tiny_recipe_text(comp, runs, subs))
+    _ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
+    # fill the feature cache in this process: on 48 clips a spawned worker pool costs more than it saves
+    r = recipe_mod.load(recipe)
+    loaded = competition.load(r.competition)
+    cache = features.FeatureCache(comp / ".ens_cache", r.features)
+    for frame in (loaded.train, loaded.test):
+        cache.get(loaded.audio_paths(frame), progress=False, workers=1)
+    _ok(["train", "--recipe", str(recipe), "--quiet"])
+    _ok(["blend", "--recipe", str(recipe)])
+    output = _ok(["report", "--recipe", str(recipe)])
+    page = runs / "tiny" / "report.html"
+    return {"root": root, "recipe": recipe, "runs": runs / "tiny", "output": output, "html": page.read_text()}
+
+
+def _pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in PNG.findall(page)]
+
+
+def test_report_has_every_section_and_the_leaderboard(trained):
+    page = trained["html"]
+    assert f"wrote {trained['runs'] / 'report.html'}" in trained["output"]
+    for title in report.SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    board = pd.read_csv(trained["runs"] / "blend" / "leaderboard.csv")
+    assert {"test_efficientnet", "test_resnet", "blend: caruana"} <= set(board["model"])
+    for model in board["model"]:
+        assert f"<td>{html.escape(model)}</td>" in page
+    assert page.count('<tr class="best">') == 1
+    assert "None: every backbone of the recipe has all folds finished." in page
+    assert "<script" not in page and "<link" not in page and "http" not in page  # self-contained, offline
+
+
+def test_every_embedded_image_is_a_real_png(trained):
+    images = _pngs(trained["html"])
+    # confusion matrix, per-class bars, 2 backbones' curves, blend weights, 8 classes' feature images
+    assert len(images) == 1 + 1 + 2 + 1 + 8
+    for data in images:
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width >= 300 and height >= 150 and len(data) > 5000
+
+
+def test_without_a_blend_the_leaderboard_pools_the_folds_and_unfinished_backbones_are_listed(trained, tmp_path):
+    partial = tmp_path / "partial.toml"
+    partial.write_text(f'extends = "{trained["recipe"]}"\nname = "partial"\n'
+                       'backbones = ["test_efficientnet", "test_resnet", "test_convnext"]\n')
+    runs = trained["runs"].parent / "partial"
+    for backbone in ("test_efficientnet", "test_resnet"):
+        shutil.copytree(trained["runs"] / backbone, runs / backbone)
+    (runs / "test_resnet" / "fold1" / "metrics.json").unlink()
+    r = recipe_mod.load(partial)
+    path = report.build(r, tmp_path / "out" / "partial.html", clips_per_class=1)
+    page = path.read_text()
+    assert "test_resnet</b>: fold(s) 1 of 2 not finished" in page
+    assert f"test_convnext</b>: not trained: {runs / 'test_convnext'} does not exist" in page
+    assert "no blend yet" in page and "weights.json yet: run ens blend" in page
+    assert "<td>test_efficientnet</td>" in page and "<td>test_resnet</td>" not in page
+    assert len(_pngs(page)) == 1 + 1 + 2 + 8  # no blend weights; the unfinished backbone's curves still drawn
+
+    # the pooled OOF of a finished backbone scores as blend's leaderboard says
+    comp = trained["root"] / "comp"
+    train = pd.read_csv(comp / "train.csv", dtype=str)
+    classes = r.competition.classes
+    y = train["label"].map(classes.index).to_numpy()
+    pooled = {b.name: b for b in report.backbone_runs(r, train["id"].to_numpy(), classes)}
+    assert pooled["test_resnet"].oof is None and pooled["test_convnext"].logs == {}
+    board = pd.read_csv(trained["runs"] / "blend" / "leaderboard.csv").set_index("model")
+    for key, value in metrics.scores(y, pooled["test_efficientnet"].oof).items():
+        assert board.loc["test_efficientnet", key] == pytest.approx(value)
+
+
+def test_a_recipe_without_runs_is_a_clear_error(trained, tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text(f'extends = "{trained["recipe"]}"\nname = "empty"\n')
+    result = runner.invoke(app, ["report", "--recipe", str(empty)])
+    assert result.exit_code == 2
+    assert f"no runs of recipe 'empty' under {trained['runs'].parent / 'empty'}" in result.output and "ens train" in result.output
+    assert not (trained["runs"].parent / "empty" / "report.html").exists()
