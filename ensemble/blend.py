@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, blenders, metrics, submission
+from . import atomic, blenders, metrics, multilabel, submission
 from .recipe import Recipe
 from .train import Data, run_config
 
@@ -119,28 +119,31 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     scored on each held-out fold; see :func:`blenders.cross_validate`). Only ``method`` (default
     the recipe's) is fitted on all rows for the submission. Written to ``runs/<recipe>/blend/``:
     ``leaderboard.csv``, ``weights.json`` and ``oof.csv`` (the chosen method's cross-validated
-    OOF probabilities, the honest ones).
+    OOF probabilities, the honest ones); for a multilabel task also ``thresholds.json``, per-class
+    thresholds tuned on that OOF (:func:`multilabel.tune_thresholds`), which make its label submissions.
 
     Raises:
         BlendError: see :func:`collect`. ValueError: unknown method.
     """
     method = method or recipe.blend.method
-    if method not in blenders.METHODS:
-        raise ValueError(f"unknown blend method {method!r}; choose one of {blenders.METHODS}.")
+    multilabel_task = data.competition.multilabel
+    methods, score = (blenders.MULTILABEL_METHODS, multilabel.scores) if multilabel_task else (blenders.METHODS, metrics.scores)
+    if method not in methods:
+        raise ValueError(f"unknown blend method {method!r} for a {data.competition.config.task} task; choose one of {methods}.")
     b = recipe.blend
     options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed}
     members, skipped = collect(recipe, data)
     oof = np.stack([m.oof for m in members])
     test = np.stack([m.test for m in members])
     fold_of = data.folds["fold"].to_numpy()
-    rows = [{"model": m.backbone, **metrics.scores(data.y, m.oof), **_prefixed(metrics.scores(data.y, m.oof))} for m in members]
+    rows = [{"model": m.backbone, **score(data.y, m.oof), **_prefixed(score(data.y, m.oof))} for m in members]
     cv_oof = {}
-    for candidate in blenders.METHODS:
+    for candidate in methods:
         fitted = blenders.fit(candidate, oof, data.y, **options)
         cv_oof[candidate] = blenders.cross_validate(candidate, oof, data.y, fold_of, **options)
         weights_text = "" if fitted.weights is None else " ".join(f"{m.backbone}={x:.2f}" for m, x in zip(members, fitted.weights))
-        rows.append({"model": f"blend: {candidate}", **metrics.scores(data.y, fitted.combine(oof)),
-                     **_prefixed(metrics.scores(data.y, cv_oof[candidate])), "weights": weights_text})
+        rows.append({"model": f"blend: {candidate}", **score(data.y, fitted.combine(oof)),
+                     **_prefixed(score(data.y, cv_oof[candidate])), "weights": weights_text})
         if candidate == method:
             chosen = fitted
     board = pd.DataFrame(rows)
@@ -153,8 +156,12 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     atomic.write_csv(out_dir / "oof.csv", blended_oof)
     weight_map = None if chosen.weights is None else {m.backbone: float(x) for m, x in zip(members, chosen.weights)}
     atomic.write_json(out_dir / "weights.json", {"method": method, "members": [m.backbone for m in members], "weights": weight_map})
+    thresholds = None
+    if multilabel_task:  # per-class F1-optimal thresholds on the honest (cross-validated) blend OOF
+        thresholds = multilabel.tune_thresholds(data.y, cv_oof[method])
+        atomic.write_json(out_dir / "thresholds.json", dict(zip(data.competition.classes, map(float, thresholds))))
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
-    path = submission.write(data.competition, test_ids, test_proba, Path(recipe.submissions_dir) / f"{name or f'{recipe.name}-{method}'}.csv")
+    path = submission.write(data.competition, test_ids, test_proba, Path(recipe.submissions_dir) / f"{name or f'{recipe.name}-{method}'}.csv", thresholds)
     return BlendResult(board, weight_map, test_proba, path, skipped)
 
 

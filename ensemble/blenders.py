@@ -18,6 +18,9 @@ Methods (:data:`METHODS`):
     ``stacking``: multinomial logistic regression (scikit-learn) on the members' log-probabilities
     concatenated, ``(n, members * classes)``.
 
+For a multilabel task (``y`` multi-hot ``(n, classes)``, rows not normalised) the methods of
+:data:`MULTILABEL_METHODS` blend in probability space, Caruana selection minimising mean BCE.
+
 A method fitted on all OOF rows and scored on them is optimistic: :func:`cross_validate` fits it
 on the other folds and predicts each held-out fold, the figure to trust.
 """
@@ -31,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 METHODS = ("mean", "rank", "geometric", "caruana", "optimize", "stacking")
+MULTILABEL_METHODS = ("mean", "caruana")  # weighted means of sigmoid outputs; Caruana on mean BCE
 EPS = 1e-7
 
 
@@ -39,6 +43,9 @@ class BlendWarning(UserWarning):
 
 
 def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
+    if y.ndim == 2:  # multi-hot: mean binary cross-entropy
+        p = np.clip(proba, 1e-15, 1 - 1e-15)
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, None)).mean())
 
 
@@ -81,7 +88,7 @@ def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.
 
     Args:
         oof: ``(members, n, classes)`` OOF probabilities.
-        y: ``(n,)`` integer labels.
+        y: ``(n,)`` integer labels, or multi-hot ``(n, classes)`` (then the loss is mean BCE).
 
     Returns:
         ``(members,)`` non-negative weights summing to 1 (pick counts / total picks).
@@ -160,12 +167,16 @@ def _stacking(oof: np.ndarray, y: np.ndarray, c: float, seed: int) -> Callable[[
 
 def fit(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20,
         bag_fraction: float = 0.5, stacking_c: float = 1.0, seed: int = 0) -> Blender:
-    """Fit blend ``method`` (one of :data:`METHODS`) on ``oof`` ``(members, n, classes)`` and ``y`` ``(n,)``.
+    """Fit blend ``method`` (one of :data:`METHODS`) on ``oof`` ``(members, n, classes)`` and ``y``
+    ``(n,)`` (multilabel: multi-hot ``(n, classes)``, methods of :data:`MULTILABEL_METHODS`).
 
     Raises:
-        ValueError: unknown method.
+        ValueError: unknown method, or one that does not fit the task.
     """
     m = oof.shape[0]
+    multilabel = y.ndim == 2
+    if multilabel and method not in MULTILABEL_METHODS:
+        raise ValueError(f"blend method {method!r} is for single-label tasks; a multilabel task takes one of {MULTILABEL_METHODS}.")
     if method in ("mean", "caruana", "optimize"):
         if method == "mean":
             w = np.full(m, 1.0 / m)
@@ -173,7 +184,8 @@ def fit(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags:
             w = bagged_caruana_weights(oof, y, iterations, bags, bag_fraction, seed)
         else:
             w = optimized_weights(oof, y)
-        return Blender(method, lambda probs: _weighted_mean(w, probs), w)
+        combine = (lambda probs: np.tensordot(w, probs, axes=1)) if multilabel else (lambda probs: _weighted_mean(w, probs))
+        return Blender(method, combine, w)
     if method == "rank":
         return Blender(method, lambda probs: _normalise(_ranks(probs).mean(axis=0)))
     if method == "geometric":
@@ -188,7 +200,7 @@ def cross_validate(method: str, oof: np.ndarray, y: np.ndarray, fold_of: np.ndar
     ``method`` fitted on the other folds only (no label of a fold is seen when it is predicted).
 
     Args:
-        oof: ``(members, n, classes)``; y: ``(n,)``; fold_of: ``(n,)`` fold index of each row;
+        oof: ``(members, n, classes)``; y: ``(n,)`` or multi-hot ``(n, classes)``; fold_of: ``(n,)`` fold index of each row;
         options: passed to :func:`fit`.
     """
     out = np.zeros(oof.shape[1:])

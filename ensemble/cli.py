@@ -24,6 +24,7 @@ DEFAULT_RECIPE = Path("recipes/ravdess.toml")
 RecipeOption = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="Recipe TOML file.")
 KNOWN_ERRORS = (recipe_mod.RecipeError, competition.CompetitionError, AudioError, BackboneError, BlendError,
                 ravdess.RavdessError, RunConflictError)
+HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
 
 
 def _fail(err: Exception) -> None:
@@ -110,8 +111,8 @@ def train(
             for k in folds:
                 done = None if force else train_mod.finished_run(r, data, name, k)
                 report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet)
-                typer.echo(f"{name} fold {k}: accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
-                           f"UAR {report['uar']:.4f}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"
+                headline = "  ".join(f"{key} {report[key]:.4f}" for key in HEADLINE[r.competition.task])
+                typer.echo(f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"
                            + ("  [already finished, skipped]" if done else ""))
     except KNOWN_ERRORS + (ValueError,) as err:
         _fail(err)
@@ -175,3 +176,43 @@ def report(
     except KNOWN_ERRORS + (ValueError, OSError) as err:
         _fail(err)
     typer.echo(f"wrote {path}")
+
+
+@app.command()
+def predict(
+    paths: list[Path] = typer.Argument(..., help="Audio files, or folders searched recursively for .wav .flac .mp3 .ogg."),
+    recipe: Path = RecipeOption,
+    window: Optional[float] = typer.Option(None, help="Seconds per window for files longer than it; at most (and by default) the duration set in the recipe's features section."),
+    hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default half the window)."),
+    timeline: bool = typer.Option(False, "--timeline", help="Also give one row per window (start_s, end_s in the file)."),
+    save_image: Optional[Path] = typer.Option(None, "--save-image", help="Folder to write each file's rendered image to (<name>.png, one panel per channel)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights)."""
+    from . import predict as predict_mod
+
+    r = _load_recipe(recipe)
+    try:
+        files = predict_mod.audio_files(paths)  # a bad path fails before the models load
+        ensemble = predict_mod.load_ensemble(r, device)
+        typer.echo(f"ensemble: {', '.join(f'{m.backbone} x{len(m.models)} folds ({m.weight:.2f})' for m in ensemble.members)}; "
+                   f"weights: {ensemble.weights_from}", err=True)
+        predictions = predict_mod.predict(ensemble, files, window, hop)
+        frame = predict_mod.table(predictions, ensemble.classes, timeline)
+        if out is not None:
+            atomic.write_csv(out, frame)
+        if save_image is not None:
+            for p, name in zip(predictions, predict_mod.image_names([p.path for p in predictions])):
+                predict_mod.save_image(p.path, r.features, save_image / name)
+    except KNOWN_ERRORS + (ValueError, OSError) as err:
+        _fail(err)
+    proba = frame[ensemble.classes]
+    shown = pd.DataFrame({"file": frame["path"], "class": proba.idxmax(axis=1), "probability": proba.max(axis=1)})
+    if timeline:
+        shown.insert(1, "seconds", [f"{a:.2f}-{b:.2f}" if pd.notna(a) else "whole file" for a, b in zip(frame["start_s"], frame["end_s"])])
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if out is not None:
+        typer.echo(f"wrote {out}")
+    if save_image is not None:
+        typer.echo(f"wrote {len(predictions)} image(s) to {save_image}")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import atomic
+from . import atomic, multilabel
 from .recipe import CompetitionConfig, FoldsConfig
 
 TRAIN, TEST, SAMPLE, SOLUTION, FOLDS = "train.csv", "test.csv", "sample_submission.csv", "solution.csv", "folds.csv"
@@ -83,10 +83,19 @@ class Competition:
         return [p if p.is_absolute() else self.audio_root / p for p in map(Path, frame[self.config.path_col])]
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the task is multilabel (space-separated labels, sigmoid outputs)."""
+        return self.config.task == "multilabel"
+
+    @property
     def y(self) -> np.ndarray:
-        """Integer labels of the training rows, shape ``(n_train,)``, indices into :attr:`classes`."""
+        """Labels of the training rows: integer class indices ``(n_train,)``, or for a multilabel
+        task multi-hot float32 ``(n_train, classes)``."""
+        labels = self.train[self.config.label_col]
+        if self.multilabel:
+            return multilabel.encode(labels, self.classes)
         index = {c: i for i, c in enumerate(self.classes)}
-        return self.train[self.config.label_col].map(index).to_numpy(dtype=np.int64)
+        return labels.map(index).to_numpy(dtype=np.int64)
 
     @property
     def has_groups(self) -> bool:
@@ -123,7 +132,12 @@ def load(config: CompetitionConfig) -> Competition:
         classes = sample_classes
     else:
         classes = sorted(train[c.label_col].unique())
-    unknown = ~train[c.label_col].isin(classes)
+    if c.task == "multilabel":
+        if not c.classes and len(sample_classes) <= 1:
+            classes = sorted({t for label in train[c.label_col] for t in multilabel.tokens(label)})
+        unknown = ~train[c.label_col].map(lambda label: set(multilabel.tokens(label)) <= set(classes))
+    else:
+        unknown = ~train[c.label_col].isin(classes)
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
         raise CompetitionError(
@@ -144,7 +158,7 @@ def load(config: CompetitionConfig) -> Competition:
 def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFrame:
     """Assign every training row a fold in ``0 .. n_splits-1``.
 
-    Label-stratified and grouped by ``group_col`` with scikit-learn's ``StratifiedGroupKFold``
+    Label-stratified (multilabel: on the first label in class order) and grouped by ``group_col`` with scikit-learn's ``StratifiedGroupKFold``
     (shuffled with ``seed``), so no speaker is in two folds. Without a group column it falls back
     to ``StratifiedKFold`` and warns (:class:`LeakageWarning`).
 
@@ -156,6 +170,8 @@ def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFra
     """
     train, c = competition.train, competition.config
     y = competition.y
+    if competition.multilabel:  # stratify on each clip's first label in class order
+        y = y.argmax(axis=1)
     if competition.has_groups:
         groups = train[c.group_col].to_numpy()
         if len(set(groups)) < n_splits:

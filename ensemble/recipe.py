@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .blenders import METHODS
+from . import multilabel
+from .blenders import METHODS, MULTILABEL_METHODS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,6 +41,8 @@ class CompetitionConfig:
         audio_root: folder the ``path`` column is relative to; ``""`` means ``dir``.
         classes: class names in output-column order; empty means the class columns of
             ``sample_submission.csv`` if it has them, else the sorted labels of ``train.csv``.
+        task: ``multiclass`` (one label per clip, softmax) or ``multilabel`` (space-separated
+            class names per clip, one sigmoid per class; see :mod:`ensemble.multilabel`).
     """
 
     dir: str = "data/ravdess"
@@ -49,6 +52,7 @@ class CompetitionConfig:
     group_col: str = "group"
     audio_root: str = ""
     classes: list[str] = field(default_factory=list)
+    task: str = "multiclass"
 
 
 @dataclass
@@ -168,7 +172,8 @@ class TrainConfig:
         ema_decay: keep an exponential moving average of the weights (timm ``ModelEmaV3``) and
             validate / save it; 0 disables.
         patience: stop when the fold metric has not improved for this many epochs; 0 disables.
-        metric: fold metric used to pick the best epoch: ``accuracy``, ``macro_f1`` or ``uar``.
+        metric: fold metric used to pick the best epoch: ``accuracy``, ``macro_f1`` or ``uar``;
+            for a multilabel task ``lwlrap``, ``map``, ``micro_f1`` or ``macro_f1``.
         select: ``best`` keeps the epoch with the best fold metric, ``last`` the final one.
         pretrained: start from ImageNet weights (local folder or hub); False trains from scratch.
         weights_dir: folder of timm ``local-dir:`` weights, one sub-folder per backbone;
@@ -316,6 +321,7 @@ def load(path: str | Path) -> Recipe:
 
 CHANNELS = ("mel", "chroma", "stft", "mfcc")
 METRICS = ("accuracy", "macro_f1", "uar")
+TASKS = ("multiclass", "multilabel")
 
 
 def validate(recipe: Recipe, source: str = "<recipe>") -> None:
@@ -325,12 +331,15 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         RecipeError: naming the key, the bad value and what is allowed.
     """
     f, t, a = recipe.features, recipe.train, recipe.augment
+    task = recipe.competition.task
+    metrics, methods = (multilabel.METRICS, MULTILABEL_METHODS) if task == "multilabel" else (METRICS, METHODS)
     checks = [
+        (task in TASKS, f"[competition].task = {task!r}: must be one of {TASKS}"),
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
         (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),
         (f.hop_length > 0 and f.n_fft >= f.hop_length, "[features].n_fft must be >= hop_length > 0"),
         (f.height >= 8, "[features].height must be at least 8 rows"),
-        (t.metric in METRICS, f"[train].metric = {t.metric!r}: must be one of {METRICS}"),
+        (t.metric in metrics, f"[train].metric = {t.metric!r}: must be one of {metrics} for a {task} task"),
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
         (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),
@@ -344,7 +353,8 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (a.snr_min_db <= a.snr_max_db, "[augment] needs snr_min_db <= snr_max_db"),
         (0 <= a.time_roll < 1 and 0 <= a.shift_max < 1, "[augment].time_roll and shift_max are fractions in [0, 1)"),
         (a.mixup_alpha >= 0, "[augment].mixup_alpha must be >= 0"),
-        (recipe.blend.method in METHODS, f"[blend].method = {recipe.blend.method!r}: must be one of {METHODS}"),
+        (recipe.blend.method in methods, f"[blend].method = {recipe.blend.method!r}: must be one of {methods} for a {task} task"),
+        (task == "multiclass" or t.class_weights == "none", "[train].class_weights works for multiclass tasks only; set it to 'none'"),
         (recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
          "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0"),
         (bool(recipe.backbones), "backbones must name at least one timm model"),

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import random
@@ -33,7 +34,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import atomic, competition as comp_mod, features, metrics, models
+from . import atomic, competition as comp_mod, features, metrics, models, multilabel
 from .augment import image_pipeline, mixup, spec_augment
 from .recipe import Recipe, from_dict
 
@@ -128,13 +129,15 @@ def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``."""
+def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False) -> np.ndarray:
+    """Probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``: softmax,
+    or with ``multilabel`` one sigmoid per class."""
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(_to_device(x[start : start + batch_size], device)).float().softmax(dim=1).cpu())
+            logits = model(_to_device(x[start : start + batch_size], device)).float()
+        out.append((logits.sigmoid() if multilabel else logits.softmax(dim=1)).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -268,10 +271,16 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
     )
     a = recipe.augment
-    mix = mixup(a, t.label_smoothing, len(classes))
-    weight = class_weights(recipe, data.y[train_idx], len(classes))
-    # with mixup the targets are soft and already smoothed; CrossEntropyLoss takes them as probabilities
-    criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=0.0 if mix else t.label_smoothing)
+    ml = data.competition.multilabel
+    score = multilabel.scores if ml else metrics.scores
+    if ml:  # one sigmoid per class; mixup takes the union of the labels
+        mix = functools.partial(multilabel.union_mixup, alpha=a.mixup_alpha) if a.mixup_alpha > 0 else None
+        criterion = functools.partial(multilabel.bce_loss, label_smoothing=t.label_smoothing)
+    else:
+        mix = mixup(a, t.label_smoothing, len(classes))
+        weight = class_weights(recipe, data.y[train_idx], len(classes))
+        # with mixup the targets are soft and already smoothed; CrossEntropyLoss takes them as probabilities
+        criterion = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=0.0 if mix else t.label_smoothing)
     spec = spec_augment(a).to(device)
     images = image_pipeline(a.image, seed=t.seed + fold)
     copies = 0 if data.x_aug is None else len(data.x_aug)
@@ -309,8 +318,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         train_seconds = time.time() - started
         evaluated = model if ema is None else ema.module
-        proba = predict(evaluated, data.x_train[valid_idx], device)
-        scores = metrics.scores(data.y[valid_idx], proba)
+        proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml)
+        scores = score(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in scores.items()},
                "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
                "seconds": round(time.time() - started, 2)}
@@ -325,8 +334,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         log.append(row)
         atomic.write_csv(out / "log.csv", pd.DataFrame(log))
         if progress:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
             tqdm.write(f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
-                       f"acc {scores['accuracy']:.3f}  macro-F1 {scores['macro_f1']:.3f}  UAR {scores['uar']:.3f}{'  *' if improved else ''}")
+                       f"{shown}{'  *' if improved else ''}")
         if t.patience and stale >= t.patience:
             if progress:
                 tqdm.write(f"{desc}: early stop, no {t.metric} gain in {t.patience} epochs")
@@ -336,8 +346,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     atomic.write_csv(out / "oof.csv", _proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
-    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, predict(model, data.x_test, device), classes))
-    report = {**metrics.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
+    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, predict(model, data.x_test, device, multilabel=ml), classes))
+    report = {**(multilabel.report if ml else metrics.report)(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
               "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
     return report

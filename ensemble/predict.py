@@ -1,0 +1,377 @@
+"""Predict new audio files with a recipe's trained ensemble.
+
+The ensemble is what ``ens blend`` blends: every backbone whose ``[folds].n_splits`` fold runs are
+finished (``runs/<recipe>/<backbone>/fold<K>/model.safetensors`` + ``metrics.json``) contributes
+the mean of its fold models' probabilities, weighted by ``runs/<recipe>/blend/weights.json`` when
+``ens blend`` wrote one (equally when there is none, or when the blend method is not a weighted mean).
+
+A file goes through the training pipeline: :func:`ensemble.audio.read`, resampling to
+``[features].sample_rate`` and silence trimming (the steps of :func:`ensemble.audio.load`), then
+:func:`ensemble.audio.fix_length` to ``[features].duration``, :func:`ensemble.features.render`,
+float16 rounding as the feature cache stores images, and the backbone's input normalisation
+(:class:`ensemble.train.Normalize`, inside the model). A file whose trimmed audio fits in one
+window (by default: is no longer than ``duration``) is thus one image identical to its cached
+training image. A longer file is cut into windows of ``window`` seconds every ``hop`` seconds
+(the last window ends at the end of the trimmed audio); each window is padded to ``duration``
+like a short clip, and the file's probabilities are the mean over its windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from . import atomic, audio, features, train
+from .recipe import FeatureConfig, Recipe, from_dict
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+
+
+class PredictError(ValueError):
+    """No trained ensemble, a path that is not audio, or a window/hop that does not fit the recipe."""
+
+
+@dataclass
+class Member:
+    """One backbone of the ensemble: its blend weight and its fold models (eval mode, on the device)."""
+
+    backbone: str
+    weight: float
+    models: list[nn.Module]
+
+
+@dataclass
+class Ensemble:
+    """A recipe's trained ensemble.
+
+    Attributes:
+        recipe: the recipe; its ``features`` are how every run of the ensemble was trained.
+        classes: class names in output-column order (from the runs' ``config.json``).
+        members: backbones with weights summing to 1.
+        weights_from: where the weights come from: ``runs/<recipe>/blend/weights.json`` and its
+            method, or equal weights and why.
+        device: where the models run.
+    """
+
+    recipe: Recipe
+    classes: list[str]
+    members: list[Member]
+    weights_from: str
+    device: torch.device
+
+    def predict_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Blended probabilities of rendered images.
+
+        Args:
+            images: ``(n, channels, height, frames)`` in [0, 1] (float16 or float32).
+
+        Returns:
+            float64 ``(n, classes)``, rows summing to 1: sum over members of weight x the mean of
+            its fold models' softmax (:func:`ensemble.train.predict`, batches of ``batch_size``).
+        """
+        total = np.zeros((len(images), len(self.classes)))
+        for member in self.members:
+            folds = [train.predict(model, images, self.device, batch_size) for model in member.models]
+            total += member.weight * np.mean(folds, axis=0)
+        return total
+
+
+def finished_backbones(recipe: Recipe) -> list[str]:
+    """The recipe's backbones whose ``n_splits`` fold runs all hold ``model.safetensors`` and ``metrics.json``."""
+    return [b for b in recipe.backbones if _trained(recipe, b)]
+
+
+def _trained(recipe: Recipe, backbone: str) -> bool:
+    runs = [recipe.run_dir(backbone, k) for k in range(recipe.folds.n_splits)]
+    return all((run / "model.safetensors").is_file() and (run / "metrics.json").is_file() for run in runs)
+
+
+def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
+    """Backbone -> weight (> 0, summing to 1) and where the weights come from.
+
+    ``weights.json`` is ``{"method": ..., "weights": {backbone: w}}``; a method that is not a
+    weighted mean (``"weights": null``) gives equal weights over its ``members`` (or, without
+    that list, over the finished backbones), and the returned description says so.
+
+    Raises:
+        PredictError: nothing is trained; ``weights.json`` is unreadable, gives no positive weight,
+            or weights a backbone whose folds are not all finished.
+    """
+    runs = Path(recipe.runs_dir) / recipe.name
+    path = runs / "blend" / "weights.json"
+    done = finished_backbones(recipe)
+    if not path.is_file():
+        if not done:
+            raise PredictError(f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {runs} "
+                               f"(model.safetensors + metrics.json); run `ens train --recipe ...` first.")
+        return {b: 1.0 / len(done) for b in done}, "equal weights (no blend/weights.json)"
+    try:
+        blend = json.loads(path.read_text())
+        method = blend["method"]
+        if blend["weights"] is None:
+            weights = {b: 1.0 for b in blend.get("members", done)}
+            source = f"equal weights over the members of {path}: its method {method!r} is not a weighted mean"
+        else:
+            weights = {b: float(w) for b, w in blend["weights"].items() if float(w) > 0}
+            source = f"{path} ({method})"
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise PredictError(f"{path} is not a blend's weights file ({err!r}); re-run `ens blend` or delete it for equal weights.") from err
+    unfinished = [b for b in weights if not _trained(recipe, b)]
+    if unfinished:
+        raise PredictError(f"{path} weights {unfinished}, whose {recipe.folds.n_splits} folds are not all finished under {runs}; "
+                           f"train them (`ens train --backbone {','.join(unfinished)}`) or re-run `ens blend`.")
+    if not weights:
+        raise PredictError(f"{path} gives no backbone a positive weight; re-run `ens blend`.")
+    total = sum(weights.values())
+    return {b: w / total for b, w in weights.items()}, source
+
+
+def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
+    """Load every fold model of the recipe's ensemble (see the module docstring for which backbones).
+
+    Each model is :func:`ensemble.train.build_model` with ``pretrained=False`` and the run's
+    ``model.safetensors`` loaded strictly.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.train.resolve_device`).
+
+    Raises:
+        PredictError: nothing is trained (names the runs folder), a run was trained with other
+            ``[features]`` than the recipe's or other classes than the other runs, or its weights
+            do not load.
+    """
+    weights, source = _member_weights(recipe)
+    no_download = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
+    torch_device = train.resolve_device(device)
+    classes, members = None, []
+    for backbone, weight in weights.items():
+        models = []
+        for fold in range(recipe.folds.n_splits):
+            run = recipe.run_dir(backbone, fold)
+            config = json.loads((run / "config.json").read_text())
+            if from_dict(config["recipe"], str(run / "config.json")).features != recipe.features:
+                raise PredictError(f"{run} was trained with other [features] than {recipe.name!r} has now; "
+                                   f"predict with the recipe it was trained with, or re-train it with `ens train --force`.")
+            if classes is None:
+                classes = config["classes"]
+            elif config["classes"] != classes:
+                raise PredictError(f"{run} was trained with classes {config['classes']}, other runs of the ensemble with {classes}.")
+            model = train.build_model(no_download, backbone, len(classes))
+            try:
+                model.load_state_dict(load_file(run / "model.safetensors"))
+            except (RuntimeError, SafetensorError) as err:
+                raise PredictError(f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
+                                   f"re-train it with `ens train --backbone {backbone} --fold {fold} --force`.") from err
+            models.append(model.to(torch_device).eval())
+        members.append(Member(backbone, weight, models))
+    return Ensemble(recipe, classes, members, source, torch_device)
+
+
+def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand ``paths``: files as given, folders searched recursively for ``AUDIO_EXTENSIONS`` (sorted).
+
+    Raises:
+        PredictError: a path does not exist, or a folder holds no audio file.
+    """
+    found = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            if not inside:
+                raise PredictError(f"{p}: folder holds no audio file ({', '.join(AUDIO_EXTENSIONS)}).")
+            found += inside
+        else:
+            raise PredictError(f"{p}: no such file or folder; give audio files or folders of them.")
+    return found
+
+
+def load_trimmed(path: str | os.PathLike, config: FeatureConfig) -> tuple[np.ndarray, int]:
+    """:func:`ensemble.audio.load` without its final fix_length: the whole file, resampled and trimmed.
+
+    Returns:
+        ``(y, start)``: float32 samples ``(n,)`` at ``config.sample_rate`` Hz, and the index in the
+        resampled file where ``y`` begins (what trimming dropped in front). ``audio.fix_length(y,
+        round(duration * sample_rate))`` equals ``audio.load(path, ...)``.
+
+    Raises:
+        AudioError: the file is missing or unreadable (see :func:`ensemble.audio.read`).
+    """
+    y, rate = audio.read(path)
+    if rate != config.sample_rate:
+        y = librosa.resample(y, orig_sr=rate, target_sr=config.sample_rate)
+    start = 0
+    if config.trim_db > 0 and np.abs(y).max() > 0:
+        y, (start, _) = librosa.effects.trim(y, top_db=config.trim_db)
+    return y.astype(np.float32, copy=False), int(start)
+
+
+def windows(n: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """``(start, end)`` sample spans covering ``n`` samples: ``[(0, n)]`` when ``n <= window``, else
+    windows of ``window`` samples every ``hop`` samples plus, when the last one falls short of the
+    end, one more ending at ``n``."""
+    if n <= window:
+        return [(0, n)]
+    spans = [(s, s + window) for s in range(0, n - window + 1, hop)]
+    if spans[-1][1] < n:
+        spans.append((n - window, n))
+    return spans
+
+
+def model_input(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """The image a model sees for waveform ``y`` ``(samples,)``: centre-cropped or padded to
+    ``duration`` (:func:`ensemble.audio.fix_length`), :func:`ensemble.features.render`ed and rounded
+    to float16 as the feature cache stores it. Returns float16 ``(channels, height, frames(config))``."""
+    return features.render(audio.fix_length(y, int(round(config.duration * config.sample_rate))), config).astype(np.float16)
+
+
+@dataclass
+class FilePrediction:
+    """One file's prediction.
+
+    Attributes:
+        path: the audio file.
+        proba: float64 ``(classes,)``, the mean of ``window_proba`` over windows.
+        spans: float64 ``(windows, 2)`` start and end of each window in seconds of the file
+            (trimmed silence counted, so times match the original recording).
+        window_proba: float64 ``(windows, classes)``.
+    """
+
+    path: Path
+    proba: np.ndarray
+    spans: np.ndarray
+    window_proba: np.ndarray
+
+
+def _samples(value: float | None, default: float, name: str, rate: int) -> int:
+    """``value`` (or ``default``) seconds as a whole number of samples at ``rate`` Hz, at least one."""
+    seconds = default if value is None else value
+    n = int(round(seconds * rate))
+    if n < 1:
+        raise PredictError(f"{name} {seconds}: give a positive number of seconds (at least one sample, 1/{rate} s).")
+    return n
+
+
+def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | None = None, hop: float | None = None) -> list[FilePrediction]:
+    """Predict audio files (see the module docstring for the preprocessing and windowing).
+
+    Args:
+        paths: audio files or folders (:func:`audio_files`).
+        window: seconds per window, at most ``[features].duration`` (the default).
+        hop: seconds between window starts, in (0, window]; default half the window.
+
+    Returns:
+        one :class:`FilePrediction` per file, in :func:`audio_files` order.
+
+    Raises:
+        PredictError: a bad path, or a window longer than ``duration`` or a hop outside (0, window].
+        AudioError: a file cannot be read as audio.
+    """
+    config = ensemble.recipe.features
+    rate = config.sample_rate
+    window_n = _samples(window, config.duration, "--window", rate)
+    if window_n > round(config.duration * rate):
+        raise PredictError(f"--window {window} s is longer than the recipe's [features].duration = {config.duration} s, the clip "
+                           f"length the models were trained on (each window would be cropped); give at most {config.duration}.")
+    hop_n = _samples(hop, window_n / 2 / rate, "--hop", rate)
+    if hop_n > window_n:
+        raise PredictError(f"--hop {hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
+    results = []
+    for path in audio_files(paths):
+        y, start = load_trimmed(path, config)
+        spans = windows(len(y), window_n, hop_n)
+        images = np.stack([model_input(y[a:b], config) for a, b in spans])
+        proba = ensemble.predict_images(images)
+        seconds = (np.array(spans, dtype=np.float64) + start) / rate
+        results.append(FilePrediction(path, proba.mean(axis=0), seconds, proba))
+    return results
+
+
+def table(predictions: list[FilePrediction], classes: list[str], timeline: bool = False) -> pd.DataFrame:
+    """Predictions as a table: ``path`` and one probability column per class, a row per file.
+
+    With ``timeline``, ``start_s, end_s`` columns follow ``path``: each file's row (empty start and
+    end) is followed by one row per window.
+    """
+    rows = []
+    for p in predictions:
+        rows.append({"path": str(p.path), **({"start_s": np.nan, "end_s": np.nan} if timeline else {}), **dict(zip(classes, p.proba))})
+        if timeline:
+            rows += [{"path": str(p.path), "start_s": a, "end_s": b, **dict(zip(classes, w))} for (a, b), w in zip(p.spans, p.window_proba)]
+    return pd.DataFrame(rows, columns=["path", *(["start_s", "end_s"] if timeline else []), *classes])
+
+
+def _panel(name: str, rows: np.ndarray, config: FeatureConfig) -> tuple[str, np.ndarray, tuple[float, float], str, tuple[float, float], str]:
+    """A channel's title, values in its own unit, y extent, y label, colour range and colour-bar label."""
+    db, db_range = rows * config.top_db - config.top_db, (-config.top_db, 0.0)
+    if name == "mel":
+        return "log-Mel", db, (0, config.n_mels), "mel band", db_range, "dB re clip peak"
+    if name == "stft":
+        return "log-STFT magnitude", db, (0, config.sample_rate / 2), "frequency (Hz)", db_range, "dB re clip peak"
+    if name == "chroma":
+        return "chroma", rows, (0, 12), "pitch class", (0.0, 1.0), "energy / frame max"
+    return "MFCC", rows, (0, config.n_mfcc), "coefficient", (0.0, 1.0), "scaled per clip"
+
+
+def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.PathLike) -> Path:
+    """Render ``path``'s feature image and write it as a PNG (matplotlib, Agg) atomically to ``out``.
+
+    One panel per ``config.channels`` entry (log-Mel and log-STFT in dB under the clip peak, chroma
+    0-1 with pitch-class ticks, MFCC scaled 0-1), time in seconds on x. A file that fits in
+    ``duration`` is drawn trimmed and centre-padded, exactly the model's input; a longer one whole
+    (trimmed), on one time axis.
+
+    Raises:
+        AudioError: the file cannot be read as audio.
+    """
+    y, start = load_trimmed(path, config)
+    image = features.render(audio.fix_length(y, max(len(y), int(round(config.duration * config.sample_rate)))), config)
+    step = config.hop_length / config.sample_rate
+    x_extent = (-step / 2, (image.shape[2] - 0.5) * step)
+    fig = Figure(figsize=(max(6.0, min(20.0, 2.0 * x_extent[1])), 2.2 * len(config.channels) + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(config.channels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, name, rows in zip(axes, config.channels, image):
+        title, values, y_extent, ylabel, (vmin, vmax), unit = _panel(name, rows, config)
+        shown = ax.imshow(values, origin="lower", aspect="auto", extent=(*x_extent, *y_extent), cmap="magma",
+                          vmin=vmin, vmax=vmax, interpolation="nearest")
+        fig.colorbar(shown, ax=ax, label=unit)
+        if name == "chroma":
+            ax.set_yticks(np.arange(12) + 0.5, PITCH_CLASSES, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, loc="left", fontsize=9)
+    axes[-1].set_xlabel("time (s) in the rendered audio")
+    how = (f"trimmed ({start / config.sample_rate:.2f}-{(start + len(y)) / config.sample_rate:.2f} s of the file), "
+           + (f"centre-padded to {config.duration} s" if len(y) <= round(config.duration * config.sample_rate) else "whole"))
+    fig.suptitle(f"{Path(path).name}\n{how}", fontsize=10)
+    out = Path(out)
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
+    return out
+
+
+def image_names(paths: list[Path]) -> list[str]:
+    """PNG file names for ``paths``: ``<stem>.png``, with ``-2``, ``-3``... for repeated stems."""
+    names: list[str] = []
+    for p in paths:
+        name, k = f"{p.stem}.png", 1
+        while name in names:
+            k += 1
+            name = f"{p.stem}-{k}.png"
+        names.append(name)
+    return names
