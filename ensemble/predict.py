@@ -150,10 +150,13 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
         device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.train.resolve_device`).
 
     Raises:
-        PredictError: nothing is trained (names the runs folder), a run was trained with other
-            ``[features]`` than the recipe's or other classes than the other runs, or its weights
-            do not load.
+        PredictError: the recipe's task is not multiclass; nothing is trained (names the runs
+            folder); a run was trained with other ``[features]`` than the recipe's or other classes
+            than the other runs; or its weights do not load.
     """
+    if recipe.competition.task != "multiclass":
+        raise PredictError(f"recipe {recipe.name!r} has [competition].task = {recipe.competition.task!r}; "
+                           f"ens predict gives single-label (softmax) probabilities and supports multiclass recipes only.")
     weights, source = _member_weights(recipe)
     no_download = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
     torch_device = train.resolve_device(device)
