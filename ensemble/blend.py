@@ -129,7 +129,7 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     multilabel_task = data.competition.multilabel
     methods, score = (blenders.MULTILABEL_METHODS, multilabel.scores) if multilabel_task else (blenders.METHODS, metrics.scores)
     if method not in methods:
-        raise ValueError(f"unknown blend method {method!r} for a {data.competition.config.task} task; choose one of {methods}.")
+        raise ValueError(f"blend method {method!r} is not one of {methods}, the methods for a {data.competition.config.task} task.")
     b = recipe.blend
     options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed}
     members, skipped = collect(recipe, data)

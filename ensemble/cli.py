@@ -47,7 +47,7 @@ def data_ravdess(
     test_actors: str = typer.Option("21,22,23,24", help="Comma-separated actors held out as the hidden test set."),
     n_splits: int = typer.Option(5, "--folds", help="Number of speaker-grouped folds written to folds.csv."),
     seed: int = typer.Option(42, help="Seed of the folds and of the test ids' order."),
-    labels: str = typer.Option("emotion", help="Label scheme: emotion (8 classes) or gender_emotion (10: female/male x angry, calm, fearful, happy, sad)."),
+    labels: str = typer.Option("emotion", help="Label scheme: emotion (8 classes), gender_emotion (10: female/male x angry, calm, fearful, happy, sad) or emotion_intensity (multilabel: the emotion plus \"strong\")."),
     song_source: Optional[Path] = typer.Option(None, help="Folder of the RAVDESS song set, pooled with the speech clips."),
 ) -> None:
     """Write a Kaggle-style RAVDESS competition folder (train/test/sample_submission/solution/folds)."""

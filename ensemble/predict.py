@@ -80,12 +80,14 @@ class Ensemble:
             images: ``(n, channels, height, frames)`` in [0, 1] (float16 or float32).
 
         Returns:
-            float64 ``(n, classes)``, rows summing to 1: sum over members of weight x the mean of
-            its fold models' softmax (:func:`ensemble.train.predict`, batches of ``batch_size``).
+            float64 ``(n, classes)``: sum over members of weight x the mean of its fold models'
+            softmax (rows sum to 1), or for a multilabel recipe their sigmoids
+            (:func:`ensemble.train.predict`, batches of ``batch_size``).
         """
         total = np.zeros((len(images), len(self.classes)))
+        multilabel = self.recipe.competition.task == "multilabel"
         for member in self.members:
-            folds = [train.predict(model, images, self.device, batch_size) for model in member.models]
+            folds = [train.predict(model, images, self.device, batch_size, multilabel=multilabel) for model in member.models]
             total += member.weight * np.mean(folds, axis=0)
         return total
 
@@ -150,13 +152,10 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
         device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.train.resolve_device`).
 
     Raises:
-        PredictError: the recipe's task is not multiclass; nothing is trained (names the runs
+        PredictError: nothing is trained (names the runs
             folder); a run was trained with other ``[features]`` than the recipe's or other classes
             than the other runs; or its weights do not load.
     """
-    if recipe.competition.task != "multiclass":
-        raise PredictError(f"recipe {recipe.name!r} has [competition].task = {recipe.competition.task!r}; "
-                           f"ens predict gives single-label (softmax) probabilities and supports multiclass recipes only.")
     weights, source = _member_weights(recipe)
     no_download = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
     torch_device = train.resolve_device(device)

@@ -138,7 +138,3 @@ def test_errors_name_the_path_or_folder_and_the_fix(trained, tmp_path):
     untrained.write_text(f'extends = "{recipe_path}"\nruns_dir = "{tmp_path / "no_runs"}"\n')
     result = runner.invoke(app, ["predict", str(trained["clip"]), "--recipe", str(untrained)])
     assert result.exit_code == 2 and str(tmp_path / "no_runs" / "untrained") in result.output and "ens train" in result.output
-    multilabel = tmp_path / "multilabel.toml"
-    multilabel.write_text(f'extends = "{recipe_path}"\n[competition]\ntask = "multilabel"\n[train]\nmetric = "lwlrap"\n[blend]\nmethod = "mean"\n')
-    result = runner.invoke(app, ["predict", str(trained["clip"]), "--recipe", str(multilabel)])
-    assert result.exit_code == 2 and "supports multiclass recipes only" in result.output

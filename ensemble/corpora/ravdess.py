@@ -31,20 +31,23 @@ ZENODO_SPEECH_URL = "https://zenodo.org/records/1188976/files/Audio_Speech_Actor
 DEFAULT_TEST_ACTORS = (21, 22, 23, 24)
 #: the 10-class gender x emotion task of one seed system: female/male x these five emotions.
 GENDER_EMOTIONS = ("angry", "calm", "fearful", "happy", "sad")
-LABEL_SCHEMES = ("emotion", "gender_emotion")
+LABEL_SCHEMES = ("emotion", "gender_emotion", "emotion_intensity")
 
 
 def label_of(fields: dict, scheme: str) -> str | None:
     """The class of a parsed clip under a label scheme, or None when the scheme leaves it out.
 
     ``emotion``: the 8 emotions. ``gender_emotion``: ``"female_angry"`` ... ``"male_sad"``, 10
-    classes; clips of other emotions are left out.
+    classes; clips of other emotions are left out. ``emotion_intensity``: multilabel, the
+    emotion plus ``strong`` for strong-intensity clips (``"angry strong"``), 9 classes.
 
     Raises:
         RavdessError: an unknown scheme.
     """
     if scheme == "emotion":
         return fields["emotion"]
+    if scheme == "emotion_intensity":
+        return f"{fields['emotion']} strong" if fields["intensity"] == "strong" else fields["emotion"]
     if scheme == "gender_emotion":
         return f"{fields['gender']}_{fields['emotion']}" if fields["emotion"] in GENDER_EMOTIONS else None
     raise RavdessError(f"unknown label scheme {scheme!r}; choose one of {LABEL_SCHEMES}.")
