@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pandas as pd
 import pytest
 
@@ -25,3 +28,13 @@ def test_atomic_path_keeps_suffix_for_writers_that_append_one(tmp_path):
         assert tmp.suffix == ".npy" and tmp.parent == tmp_path
         tmp.write_bytes(b"x")
     assert (tmp_path / "features.npy").read_bytes() == b"x"
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644
