@@ -2,9 +2,12 @@
 
 Every backbone whose folds are all finished becomes one ensemble member: its OOF probabilities
 (each training clip predicted by the fold model that did not train on it) and its test
-probabilities averaged over folds. The methods (mean, rank, geometric, Caruana selection,
-optimised weights, stacking) live in :mod:`ensemble.blenders`; a blend fitted on OOF rows and
-scored on them is optimistic, so the leaderboard also gives each method's cross-validated score.
+probabilities averaged over folds. Entries ``name@S`` of one timm model with several seeds
+(:meth:`Recipe.members`) are one member, named ``name``: the equal-weight mean of its seeds' OOF
+and test probabilities, finished when every fold of every seed is. The methods (mean, rank,
+geometric, Caruana selection, optimised weights, stacking) live in :mod:`ensemble.blenders`; a
+blend fitted on OOF rows and scored on them is optimistic, so the leaderboard also gives each
+method's cross-validated score.
 """
 
 from __future__ import annotations
@@ -27,10 +30,17 @@ class BlendError(ValueError):
 
 @dataclass
 class Member:
-    """One backbone's predictions. ``oof``: ``(n_train, classes)`` in ``train.csv`` order;
-    ``test``: ``(n_test, classes)`` in ``test.csv`` order, the mean over its fold models."""
+    """One backbone's predictions, the mean over its seeds.
+
+    Attributes:
+        backbone: the timm model name (the member's name in the leaderboard and ``weights.json``).
+        seeds: the ``[train].seed`` of each of its runs, in ``backbones`` order.
+        oof: ``(n_train, classes)`` in ``train.csv`` order.
+        test: ``(n_test, classes)`` in ``test.csv`` order, the mean over its fold models.
+    """
 
     backbone: str
+    seeds: list[int]
     oof: np.ndarray
     test: np.ndarray
 
@@ -45,8 +55,9 @@ def _probabilities(frame: pd.DataFrame, classes: list[str], path: Path) -> np.nd
     return values
 
 
-def load_member(recipe: Recipe, data: Data, backbone: str) -> Member:
-    """Read the finished runs of every fold of ``backbone``.
+def load_runs(recipe: Recipe, data: Data, backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read the finished runs of every fold of ``backbone`` (a ``backbones`` entry): its OOF
+    ``(n_train, classes)`` and its test probabilities ``(n_test, classes)``, the mean over folds.
 
     Raises:
         FileNotFoundError: a fold has no finished run (no ``metrics.json``).
@@ -77,20 +88,34 @@ def load_member(recipe: Recipe, data: Data, backbone: str) -> Member:
         if sorted(frame["id"]) != sorted(test_ids):
             raise BlendError(f"{run / 'test.csv'} does not hold exactly the ids of test.csv.")
         test += _probabilities(frame.set_index("id").loc[test_ids].reset_index(), classes, run / "test.csv")
-    return Member(backbone, oof, test / recipe.folds.n_splits)
+    return oof, test / recipe.folds.n_splits
+
+
+def load_member(recipe: Recipe, data: Data, backbone: str, entries: list[str]) -> Member:
+    """The member ``backbone`` (a timm model name): the mean of :func:`load_runs` over its
+    ``backbones`` entries ``entries`` (one per seed).
+
+    Raises:
+        FileNotFoundError: a fold of an entry has no finished run.
+        BlendError: see :func:`load_runs`.
+    """
+    runs = [load_runs(recipe, data, entry) for entry in entries]
+    seeds = [recipe.for_backbone(entry).train.seed for entry in entries]
+    return Member(backbone, seeds, np.mean([oof for oof, _ in runs], axis=0), np.mean([test for _, test in runs], axis=0))
 
 
 def collect(recipe: Recipe, data: Data) -> tuple[list[Member], dict[str, str]]:
-    """Members for every backbone of the recipe whose folds are all finished, and the skipped
-    backbones with the reason (the first unfinished fold).
+    """Members for every backbone of the recipe (:meth:`Recipe.members`) whose folds are all
+    finished for every seed, and the skipped backbones with the reason (the first unfinished fold).
 
     Raises:
-        BlendError: no backbone is finished, or a run disagrees with the competition (see :func:`load_member`).
+        BlendError: no backbone is finished, or a run disagrees with the competition (see :func:`load_runs`).
+        RecipeError: a malformed ``backbones`` entry.
     """
     members, skipped = [], {}
-    for backbone in recipe.backbones:
+    for backbone, entries in recipe.members().items():
         try:
-            members.append(load_member(recipe, data, backbone))
+            members.append(load_member(recipe, data, backbone, entries))
         except FileNotFoundError as err:
             skipped[backbone] = str(err)
     if not members:
@@ -114,9 +139,11 @@ class BlendResult:
 def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | None = None) -> BlendResult:
     """Blend the finished runs of ``recipe``, write ``submissions/<name>.csv`` and the leaderboard.
 
-    Every method of :data:`blenders.METHODS` is fitted and scored twice: in-sample (fitted and
-    scored on all OOF rows) and cross-validated (``cv_`` columns: fitted on the other folds,
-    scored on each held-out fold; see :func:`blenders.cross_validate`). Only ``method`` (default
+    The leaderboard has a row per member (and, when a member averages several seeds, a ``seeds``
+    column listing each member's seeds, e.g. ``42, 43``) and a row per method. Every method of
+    :data:`blenders.METHODS` is fitted and scored twice: in-sample (fitted and scored on all OOF
+    rows) and cross-validated (``cv_`` columns: fitted on the other folds, scored on each
+    held-out fold; see :func:`blenders.cross_validate`). Only ``method`` (default
     the recipe's) is fitted on all rows for the submission. Written to ``runs/<recipe>/blend/``:
     ``leaderboard.csv``, ``weights.json`` and ``oof.csv`` (the chosen method's cross-validated
     OOF probabilities, the honest ones); for a multilabel task also ``thresholds.json``, per-class
@@ -136,7 +163,9 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     oof = np.stack([m.oof for m in members])
     test = np.stack([m.test for m in members])
     fold_of = data.folds["fold"].to_numpy()
-    rows = [{"model": m.backbone, **score(data.y, m.oof), **_prefixed(score(data.y, m.oof))} for m in members]
+    seeded = any(len(m.seeds) > 1 for m in members)
+    rows = [{"model": m.backbone, **({"seeds": ", ".join(map(str, m.seeds))} if seeded else {}),
+             **score(data.y, m.oof), **_prefixed(score(data.y, m.oof))} for m in members]
     cv_oof = {}
     for candidate in methods:
         fitted = blenders.fit(candidate, oof, data.y, **options)

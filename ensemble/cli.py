@@ -80,7 +80,7 @@ def _parse_folds(fold: str, n_splits: int) -> list[int]:
 
 @app.command()
 def train(
-    backbone: str = typer.Option("all", "--backbone", "-b", help="timm model name, comma-separated names, or 'all' (the recipe's backbones)."),
+    backbone: str = typer.Option("all", "--backbone", "-b", help="timm model name (name@seed: with that [train].seed), comma-separated names, or 'all' (the recipe's backbones)."),
     fold: str = typer.Option("all", "--fold", "-f", help="Fold number, comma-separated folds, or 'all'."),
     recipe: Path = RecipeOption,
     epochs: Optional[int] = typer.Option(None, help="Override [train].epochs."),
@@ -102,12 +102,13 @@ def train(
         r.train.pretrained = False
     if device is not None:
         r.train.device = device
+    if backbone != "all":
+        r.backbones = [b.strip() for b in backbone.split(",")]
     try:
-        recipe_mod.validate(r, f"{recipe} with command-line overrides")
-        backbones = r.backbones if backbone == "all" else [b.strip() for b in backbone.split(",")]
+        recipe_mod.validate(r, f"{recipe} with command-line overrides")  # malformed name@seed entries fail before the data loads
         folds = _parse_folds(fold, r.folds.n_splits)
         data = train_mod.load_data(r, progress=not quiet)
-        for name in backbones:
+        for name in r.backbones:
             for k in folds:
                 done = None if force else train_mod.finished_run(r, data, name, k)
                 report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet)
@@ -123,7 +124,7 @@ def blend(
     recipe: Path = RecipeOption,
     method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend (default: the recipe's)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."),
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
     from . import blend as blend_mod, train as train_mod
@@ -178,6 +179,12 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+def _member_text(member) -> str:
+    """``name xN folds (weight)``, with the seeds when the member averages several."""
+    seeds = f" of seeds {', '.join(map(str, member.seeds))}" if len(member.seeds) > 1 else ""
+    return f"{member.backbone} x{len(member.models)} folds{seeds} ({member.weight:.2f})"
+
+
 @app.command()
 def predict(
     paths: list[Path] = typer.Argument(..., help="Audio files, or folders searched recursively for .wav .flac .mp3 .ogg."),
@@ -196,8 +203,8 @@ def predict(
     try:
         files = predict_mod.audio_files(paths)  # a bad path fails before the models load
         ensemble = predict_mod.load_ensemble(r, device)
-        typer.echo(f"ensemble: {', '.join(f'{m.backbone} x{len(m.models)} folds ({m.weight:.2f})' for m in ensemble.members)}; "
-                   f"weights: {ensemble.weights_from}", err=True)
+        shifts = f"; time-shift TTA {r.train.tta_shifts}" if r.train.tta_shifts else ""
+        typer.echo(f"ensemble: {', '.join(map(_member_text, ensemble.members))}; weights: {ensemble.weights_from}{shifts}", err=True)
         predictions = predict_mod.predict(ensemble, files, window, hop)
         frame = predict_mod.table(predictions, ensemble.classes, timeline)
         if out is not None:

@@ -4,6 +4,10 @@ The ensemble is what ``ens blend`` blends: every backbone whose ``[folds].n_spli
 finished (``runs/<recipe>/<backbone>/fold<K>/model.safetensors`` + ``metrics.json``) contributes
 the mean of its fold models' probabilities, weighted by ``runs/<recipe>/blend/weights.json`` when
 ``ens blend`` wrote one (equally when there is none, or when the blend method is not a weighted mean).
+Entries ``name@S`` of one timm model are one member named ``name`` (:meth:`Recipe.members`), the
+mean over the fold models of all its seeds, as in the blend. Each model's probabilities use the
+time-shift TTA of the recipe's ``[train].tta_shifts`` (:func:`ensemble.train.predict`), which
+must be the TTA its runs were made with.
 
 A file goes through the training pipeline: :func:`ensemble.audio.read`, resampling to
 ``[features].sample_rate`` and silence trimming (the steps of :func:`ensemble.audio.load`), then
@@ -19,6 +23,7 @@ like a short clip, and the file's probabilities are the mean over its windows.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -47,11 +52,13 @@ class PredictError(ValueError):
 
 @dataclass
 class Member:
-    """One backbone of the ensemble: its blend weight and its fold models (eval mode, on the device)."""
+    """One backbone of the ensemble: its blend weight, its fold models for every seed (eval mode,
+    on the device; seeds in ``backbones`` order, folds in order) and its seeds."""
 
     backbone: str
     weight: float
     models: list[nn.Module]
+    seeds: list[int]
 
 
 @dataclass
@@ -80,25 +87,32 @@ class Ensemble:
             images: ``(n, channels, height, frames)`` in [0, 1] (float16 or float32).
 
         Returns:
-            float64 ``(n, classes)``: sum over members of weight x the mean of its fold models'
-            softmax (rows sum to 1), or for a multilabel recipe their sigmoids
-            (:func:`ensemble.train.predict`, batches of ``batch_size``).
+            float64 ``(n, classes)``: sum over members of weight x the mean of its models' softmax
+            (rows sum to 1), or for a multilabel recipe their sigmoids, each with the recipe's
+            time-shift TTA (:func:`ensemble.train.predict`, batches of ``batch_size``).
         """
         total = np.zeros((len(images), len(self.classes)))
         multilabel = self.recipe.competition.task == "multilabel"
+        shifts = self.recipe.train.tta_shifts
         for member in self.members:
-            folds = [train.predict(model, images, self.device, batch_size, multilabel=multilabel) for model in member.models]
-            total += member.weight * np.mean(folds, axis=0)
+            probas = [train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts) for model in member.models]
+            total += member.weight * np.mean(probas, axis=0)
         return total
 
 
 def finished_backbones(recipe: Recipe) -> list[str]:
-    """The recipe's backbones whose ``n_splits`` fold runs all hold ``model.safetensors`` and ``metrics.json``."""
-    return [b for b in recipe.backbones if _trained(recipe, b)]
+    """The recipe's members (:meth:`Recipe.members`) whose ``n_splits`` fold runs of every seed
+    all hold ``model.safetensors`` and ``metrics.json``."""
+    return [b for b in recipe.members() if _trained(recipe, b)]
+
+
+def _entries(recipe: Recipe, backbone: str) -> list[str]:
+    """The ``backbones`` entries (one per seed) of member ``backbone``; a name the recipe does not list is its own entry."""
+    return recipe.members().get(backbone, [backbone])
 
 
 def _trained(recipe: Recipe, backbone: str) -> bool:
-    runs = [recipe.run_dir(backbone, k) for k in range(recipe.folds.n_splits)]
+    runs = [recipe.run_dir(entry, k) for entry in _entries(recipe, backbone) for k in range(recipe.folds.n_splits)]
     return all((run / "model.safetensors").is_file() and (run / "metrics.json").is_file() for run in runs)
 
 
@@ -111,7 +125,7 @@ def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
 
     Raises:
         PredictError: nothing is trained; ``weights.json`` is unreadable, gives no positive weight,
-            or weights a backbone whose folds are not all finished.
+            or weights a backbone whose folds (of every seed) are not all finished.
     """
     runs = Path(recipe.runs_dir) / recipe.name
     path = runs / "blend" / "weights.json"
@@ -134,8 +148,9 @@ def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
         raise PredictError(f"{path} is not a blend's weights file ({err!r}); re-run `ens blend` or delete it for equal weights.") from err
     unfinished = [b for b in weights if not _trained(recipe, b)]
     if unfinished:
+        entries = [entry for b in unfinished for entry in _entries(recipe, b)]
         raise PredictError(f"{path} weights {unfinished}, whose {recipe.folds.n_splits} folds are not all finished under {runs}; "
-                           f"train them (`ens train --backbone {','.join(unfinished)}`) or re-run `ens blend`.")
+                           f"train them (`ens train --backbone {','.join(entries)}`) or re-run `ens blend`.")
     if not weights:
         raise PredictError(f"{path} gives no backbone a positive weight; re-run `ens blend`.")
     total = sum(weights.values())
@@ -143,7 +158,7 @@ def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
 
 
 def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
-    """Load every fold model of the recipe's ensemble (see the module docstring for which backbones).
+    """Load every fold model of every seed of the recipe's ensemble (see the module docstring for which backbones).
 
     Each model is :func:`ensemble.train.build_model` with ``pretrained=False`` and the run's
     ``model.safetensors`` loaded strictly.
@@ -153,8 +168,8 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
 
     Raises:
         PredictError: nothing is trained (names the runs
-            folder); a run was trained with other ``[features]`` than the recipe's or other classes
-            than the other runs; or its weights do not load.
+            folder); a run was trained with other ``[features]`` or ``[train].tta_shifts`` than the
+            recipe's or other classes than the other runs; or its weights do not load.
     """
     weights, source = _member_weights(recipe)
     no_download = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
@@ -162,12 +177,17 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
     classes, members = None, []
     for backbone, weight in weights.items():
         models = []
-        for fold in range(recipe.folds.n_splits):
-            run = recipe.run_dir(backbone, fold)
+        for entry, fold in itertools.product(_entries(recipe, backbone), range(recipe.folds.n_splits)):
+            run = recipe.run_dir(entry, fold)
             config = json.loads((run / "config.json").read_text())
-            if from_dict(config["recipe"], str(run / "config.json")).features != recipe.features:
+            made_with = from_dict(config["recipe"], str(run / "config.json"))
+            if made_with.features != recipe.features:
                 raise PredictError(f"{run} was trained with other [features] than {recipe.name!r} has now; "
                                    f"predict with the recipe it was trained with, or re-train it with `ens train --force`.")
+            if made_with.train.tta_shifts != recipe.train.tta_shifts:
+                raise PredictError(f"{run} was made with [train].tta_shifts = {made_with.train.tta_shifts}, {recipe.name!r} has "
+                                   f"{recipe.train.tta_shifts} now (its OOF and so the blend weights used its TTA); set tta_shifts back, "
+                                   f"or re-train it with `ens train --force`.")
             if classes is None:
                 classes = config["classes"]
             elif config["classes"] != classes:
@@ -177,9 +197,10 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
                 model.load_state_dict(load_file(run / "model.safetensors"))
             except (RuntimeError, SafetensorError) as err:
                 raise PredictError(f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
-                                   f"re-train it with `ens train --backbone {backbone} --fold {fold} --force`.") from err
+                                   f"re-train it with `ens train --backbone {entry} --fold {fold} --force`.") from err
             models.append(model.to(torch_device).eval())
-        members.append(Member(backbone, weight, models))
+        seeds = [recipe.for_backbone(entry).train.seed for entry in _entries(recipe, backbone)]
+        members.append(Member(backbone, weight, models, seeds))
     return Ensemble(recipe, classes, members, source, torch_device)
 
 

@@ -4,6 +4,12 @@ A recipe has the sections ``[competition]``, ``[folds]``, ``[features]``, ``[tra
 and ``[blend]``
 plus a top-level ``backbones`` list. Every key has a default, so an empty file is a valid recipe;
 unknown keys are refused (a typo must not silently fall back to a default).
+
+A ``backbones`` entry is a timm model name, or ``"name@S"`` for that model trained with
+``[train].seed = S`` (:func:`split_backbone`): ``["regnetx_002", "regnetx_002@43"]`` trains
+regnetx_002 twice, with the recipe's seed and with seed 43, into ``runs/<recipe>/regnetx_002/``
+and ``runs/<recipe>/regnetx_002@43/``. Entries of one model are one blend member, the mean of
+its seeds (:meth:`Recipe.members`).
 """
 
 from __future__ import annotations
@@ -179,7 +185,13 @@ class TrainConfig:
         weights_dir: folder of timm ``local-dir:`` weights, one sub-folder per backbone;
             ``""`` means ``$ENS_WEIGHTS_DIR`` or ``../shared/weights`` when either exists.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU.
+        seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU. A
+            ``backbones`` entry ``"name@S"`` trains with seed ``S`` instead.
+        tta_shifts: time-shift test-time augmentation, each a fraction of the frame axis in
+            (-1, 1), non-zero: every prediction of a run (validation, ``oof.csv``, ``test.csv``)
+            and of ``ens predict`` is the mean of the probabilities of the image and of the image
+            rolled circularly along time by ``round(shift * frames)`` frames for each shift
+            (:func:`ensemble.train.predict`); empty (the default) predicts the image alone.
     """
 
     epochs: int = 15
@@ -201,6 +213,7 @@ class TrainConfig:
     weights_dir: str = ""
     device: str = "auto"
     seed: int = 42
+    tta_shifts: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -238,8 +251,47 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def run_dir(self, backbone: str, fold: int) -> Path:
-        """``runs/<recipe>/<backbone>/fold<K>/``."""
+        """``runs/<recipe>/<backbone>/fold<K>/`` for a ``backbones`` entry (``name`` or ``name@S``)."""
         return Path(self.runs_dir) / self.name / backbone / f"fold{fold}"
+
+    def for_backbone(self, backbone: str) -> Recipe:
+        """The recipe a ``backbones`` entry trains with: this one, with ``[train].seed = S`` for ``"name@S"``.
+
+        Raises:
+            RecipeError: a malformed entry (see :func:`split_backbone`).
+        """
+        seed = split_backbone(backbone)[1]
+        return self if seed is None else dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+
+    def members(self) -> dict[str, list[str]]:
+        """Blend members: each timm model name of ``backbones`` -> its entries (one per seed), in
+        the order the entries first appear; ``["a", "b", "a@7"]`` gives ``{"a": ["a", "a@7"], "b": ["b"]}``.
+
+        Raises:
+            RecipeError: a malformed entry (see :func:`split_backbone`).
+        """
+        groups: dict[str, list[str]] = {}
+        for entry in self.backbones:
+            groups.setdefault(split_backbone(entry)[0], []).append(entry)
+        return groups
+
+
+def split_backbone(entry: str) -> tuple[str, int | None]:
+    """A ``backbones`` entry as ``(timm model name, seed)``: ``"regnetx_002@43"`` -> ``("regnetx_002", 43)``,
+    ``"regnetx_002"`` -> ``("regnetx_002", None)`` (the recipe's ``[train].seed``).
+
+    Raises:
+        RecipeError: naming the entry, when the name or the seed after ``@`` is missing or the seed
+            is not an integer in ``[0, 2**32)`` (NumPy's seed range): ``"regnetx_002@"``,
+            ``"regnetx_002@x"``, ``"@43"``.
+    """
+    name, at, seed = entry.partition("@")
+    if not at:
+        return entry, None
+    if not name or not (seed.isascii() and seed.isdigit() and int(seed) < 2**32):
+        raise RecipeError(f"backbones entry {entry!r}: write a timm model name, or name@seed with an integer seed "
+                          f"in [0, 2**32), such as 'regnetx_002@43'.")
+    return name, int(seed)
 
 
 _SECTIONS = {
@@ -332,6 +384,11 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     """
     f, t, a = recipe.features, recipe.train, recipe.augment
     task = recipe.competition.task
+    try:
+        members = recipe.members()
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {err}") from err
+    repeated = [entries for entries in members.values() if len({recipe.for_backbone(e).train.seed for e in entries}) < len(entries)]
     metrics, methods = (multilabel.METRICS, MULTILABEL_METHODS) if task == "multilabel" else (METRICS, METHODS)
     checks = [
         (task in TASKS, f"[competition].task = {task!r}: must be one of {TASKS}"),
@@ -358,6 +415,10 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
          "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0"),
         (bool(recipe.backbones), "backbones must name at least one timm model"),
+        (not repeated, f"backbones {repeated[0] if repeated else []} train one model twice with one seed "
+                       f"(an entry without @seed uses [train].seed = {t.seed}); give each entry of a model its own seed"),
+        (all(isinstance(s, float) and 0 < abs(s) < 1 for s in t.tta_shifts),
+         f"[train].tta_shifts = {t.tta_shifts}: each shift is a non-zero fraction of the frames in (-1, 1), e.g. [-0.1, 0.1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -38,7 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from . import atomic, competition as comp_mod, features, metrics
-from .recipe import FeatureConfig, Recipe
+from .recipe import FeatureConfig, Recipe, split_backbone
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights",
             "Feature images", "Unfinished backbones")
@@ -384,7 +384,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         source = f"From {blend_dir / 'leaderboard.csv'} (written by ens blend): OOF scores over all {len(y)} training clips."
         if weights:
             source += f" The last ens blend submitted {blend_name}, whose OOF probabilities blend/oof.csv holds."
-        late = [name for name in finished if name not in set(board["model"].astype(str))]
+        late = [name for name in finished if split_backbone(name)[0] not in set(board["model"].astype(str))]  # name@S: member name
         if late:
             source += f" Finished since the last ens blend and not in it: {', '.join(late)}; re-run ens blend to include them."
     else:

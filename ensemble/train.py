@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, competition as comp_mod, features, metrics, models, multilabel
 from .augment import image_pipeline, mixup, spec_augment
-from .recipe import Recipe, from_dict
+from .recipe import Recipe, from_dict, split_backbone
 
 
 class RunConflictError(RuntimeError):
@@ -115,29 +116,51 @@ class Normalize(nn.Module):
 
 
 def build_model(recipe: Recipe, backbone: str, num_classes: int) -> Normalize:
-    """The backbone (:func:`ensemble.models.create`) wrapped with its input normalisation."""
+    """The backbone (:func:`ensemble.models.create`) wrapped with its input normalisation;
+    ``backbone`` is a ``backbones`` entry, ``name`` or ``name@seed`` (both build timm model ``name``).
+
+    Raises:
+        RecipeError: a malformed entry. BackboneError: see :func:`ensemble.models.create`.
+    """
     in_chans = len(recipe.features.channels)
     t = recipe.train
     extra = {k: v for k, v in (("drop_rate", t.drop_rate), ("drop_path_rate", t.drop_path_rate)) if v > 0}
-    net = models.create(backbone, num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=t.weights_dir or None, **extra)
+    net = models.create(split_backbone(backbone)[0], num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=t.weights_dir or None, **extra)
     return Normalize(net, *models.normalization(net, in_chans))
 
 
 def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    batch = torch.from_numpy(np.asarray(x, dtype=np.float32)).to(device, non_blocking=True)
+    return _layout(torch.from_numpy(np.asarray(x, dtype=np.float32)).to(device, non_blocking=True), device)
+
+
+def _layout(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` in channels_last memory order on CUDA (the models' order there), unchanged on CPU."""
     return batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False) -> np.ndarray:
+def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False,
+            shifts: Sequence[float] = ()) -> np.ndarray:
     """Probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``: softmax,
-    or with ``multilabel`` one sigmoid per class."""
+    or with ``multilabel`` one sigmoid per class, in batches of ``batch_size`` images.
+
+    With ``shifts`` (``[train].tta_shifts``: fractions of the frame axis) this is time-shift
+    test-time augmentation: the mean of the probabilities of each image and of the image rolled
+    circularly along time (the last axis, ``torch.roll``) by ``round(shift * frames)`` frames for
+    each shift, ``1 + len(shifts)`` forward passes per image.
+    """
     model.eval()
+    rolls = [0, *(round(s * x.shape[-1]) for s in shifts)]
     out = []
     for start in range(0, len(x), batch_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(_to_device(x[start : start + batch_size], device)).float()
-        out.append((logits.sigmoid() if multilabel else logits.softmax(dim=1)).cpu())
+        batch = _to_device(x[start : start + batch_size], device)
+        total = 0
+        for frames in rolls:
+            shifted = _layout(torch.roll(batch, frames, dims=-1), device) if frames else batch
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(shifted).float()
+            total = total + (logits.sigmoid() if multilabel else logits.softmax(dim=1))
+        out.append((total / len(rolls)).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -192,12 +215,13 @@ def _training_settings(recipe: Recipe) -> dict:
 
 
 def run_config(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict:
-    """What a run is defined by; a finished run with another config is a conflict.
+    """What a run is defined by; a finished run with another config is a conflict. ``backbone``
+    is a ``backbones`` entry: the settings are :meth:`Recipe.for_backbone`'s (its seed for ``name@S``).
 
     Renaming a recipe, editing its backbone list or its ``[blend]`` leaves finished runs valid.
     """
     return {
-        "recipe": _training_settings(recipe),
+        "recipe": _training_settings(recipe.for_backbone(backbone)),
         "backbone": backbone,
         "fold": fold,
         "classes": data.competition.classes,
@@ -226,14 +250,16 @@ def finished_run(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict |
 
 
 def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True) -> dict:
-    """Fine-tune ``backbone`` on every fold but ``fold``, validate on ``fold``, write the run folder.
+    """Fine-tune ``backbone`` (a ``backbones`` entry: timm model ``name``, or ``name@S`` trained
+    with ``[train].seed = S``) on every fold but ``fold``, validate on ``fold``, write the run folder.
 
     Recipe ``[train]``: AdamW (timm ``create_optimizer_v2``), linear warm-up + cosine decay stepped
     per update (timm ``create_scheduler_v2``), cross-entropy with label smoothing and optional
     class weights, optional EMA of the weights (validated and saved instead of the raw weights)
     and early stopping; ``[augment]``: a random clean-or-augmented rendering per clip per epoch,
     albumentations image transforms, SpecAugment / time roll, mixup. On CUDA bf16 autocast and
-    channels_last. Seeded: the same recipe gives the same run on CPU.
+    channels_last. Seeded: the same recipe gives the same run on CPU. Validation and the saved
+    ``oof.csv`` / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`predict`).
 
     Returns:
         the ``metrics.json`` dict (OOF scores of the selected epoch), also when the run was
@@ -242,7 +268,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     Raises:
         RunConflictError: a finished run with another config exists and ``force`` is False.
         ValueError: ``fold`` is not one of the folds.
+        RecipeError: a malformed ``backbone`` entry.
     """
+    recipe = recipe.for_backbone(backbone)
     out = recipe.run_dir(backbone, fold)
     config = run_config(recipe, data, backbone, fold)
     if not force and (done := finished_run(recipe, data, backbone, fold)) is not None:
@@ -318,7 +346,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         train_seconds = time.time() - started
         evaluated = model if ema is None else ema.module
-        proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml)
+        proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts)
         scores = score(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in scores.items()},
                "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
@@ -346,7 +374,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     atomic.write_csv(out / "oof.csv", _proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
-    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, predict(model, data.x_test, device, multilabel=ml), classes))
+    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts), classes))
     report = {**(multilabel.report if ml else metrics.report)(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
               "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
