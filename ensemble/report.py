@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, competition as comp_mod, features, metrics
+from . import atomic, competition as comp_mod, features, metrics, multilabel
 from .recipe import FeatureConfig, Recipe, split_backbone
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights",
@@ -196,21 +196,25 @@ def confusion_figure(y: np.ndarray, proba: np.ndarray, classes: list[str], title
 
 
 def per_class_figure(y: np.ndarray, probas: dict[str, np.ndarray], classes: list[str]) -> Figure:
-    """Grouped bars: recall of each class (x) for each model of ``probas`` (name -> ``(n, classes)``)."""
+    """Grouped bars: recall of each class (x) for each model of ``probas`` (name -> ``(n, classes)``);
+    for a multilabel task (``y`` multi-hot ``(n, classes)``) each class's average precision."""
+    ml = y.ndim == 2
     fig = Figure(figsize=(13, 4.2), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(probas)
     x = np.arange(len(classes))
     colors = [f"C{k}" for k in range(10)]
     for k, (name, proba) in enumerate(probas.items()):
-        report = metrics.report(y, proba, classes)
-        recall = [np.nan if v is None else v for v in report["per_class_accuracy"].values()]
-        ax.bar(x - 0.4 + width * (k + 0.5), recall, width, label=f"{name} (UAR {report['uar']:.3f})",
+        report = multilabel.report(y, proba, classes) if ml else metrics.report(y, proba, classes)
+        values = report["per_class_ap"] if ml else report["per_class_accuracy"]
+        headline = f"lwlrap {report['lwlrap']:.3f}" if ml else f"UAR {report['uar']:.3f}"
+        ax.bar(x - 0.4 + width * (k + 0.5), [np.nan if v is None else v for v in values.values()], width, label=f"{name} ({headline})",
                color="0.2" if name.startswith("blend") else colors[k % 10])
-    ax.axhline(1 / len(classes), color="0.5", linestyle=":", linewidth=1, label="chance")
+    if not ml:
+        ax.axhline(1 / len(classes), color="0.5", linestyle=":", linewidth=1, label="chance")
     ax.set_xticks(x, classes)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("recall (per-class accuracy)")
+    ax.set_ylabel("average precision" if ml else "recall (per-class accuracy)")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=9, frameon=False)
     return fig
@@ -308,11 +312,12 @@ def feature_figure(label: str, clips: list[tuple[str, np.ndarray]], config: Feat
 
 
 def example_clips(competition: comp_mod.Competition, per_class: int) -> dict[str, list[int]]:
-    """Class name -> the first ``per_class`` rows of ``train.csv`` with that label (classes without clips are left out)."""
-    labels = competition.train[competition.config.label_col].to_numpy()
+    """Class name -> the first ``per_class`` rows of ``train.csv`` carrying that label (for a
+    multilabel task: among their space-separated labels); classes without clips are left out."""
+    labels = competition.train[competition.config.label_col]
     out = {}
     for name in competition.classes:
-        rows = np.flatnonzero(labels == name)[:per_class]
+        rows = np.flatnonzero(labels.map(lambda label: name in multilabel.tokens(label)))[:per_class]
         if len(rows):
             out[name] = [int(r) for r in rows]
     return out
@@ -364,6 +369,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     classes, y = competition.classes, competition.y
     train_ids = competition.train[competition.config.id_col].astype(str).to_numpy()
     metric = recipe.train.metric
+    score = multilabel.scores if competition.multilabel else metrics.scores
     runs = backbone_runs(recipe, train_ids, classes)
     finished = {r.name: r.oof for r in runs if r.oof is not None}
 
@@ -388,7 +394,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         if late:
             source += f" Finished since the last ens blend and not in it: {', '.join(late)}; re-run ens blend to include them."
     else:
-        board = pd.DataFrame([{"model": name, **metrics.scores(y, oof)} for name, oof in finished.items()])
+        board = pd.DataFrame([{"model": name, **score(y, oof)} for name, oof in finished.items()])
         source = f"Pooled OOF scores of each finished backbone over all {len(y)} training clips (no blend yet: run ens blend)."
     best, by = best_row(board, metric) if len(board) else (None, None)
     body = _note(source) + (_table(board, best) if len(board) else _note("No backbone has every fold finished yet."))
@@ -400,13 +406,16 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     if blend_oof is not None:
         cm_name, cm_proba = blend_name, blend_oof
     elif finished:
-        cm_name = max(finished, key=lambda n: metrics.scores(y, finished[n])[metric])
+        cm_name = max(finished, key=lambda n: score(y, finished[n])[metric])
         cm_proba = finished[cm_name]
     else:
         cm_name, cm_proba = None, None
-    sections["Confusion matrix"] = (
-        _png(confusion_figure(y, cm_proba, classes, f"{cm_name}: OOF confusion matrix ({len(y)} clips)"), f"confusion matrix of {cm_name}")
-        if cm_proba is not None else _note("No finished backbone and no blend: nothing to show yet."))
+    if competition.multilabel:
+        sections["Confusion matrix"] = _note("A multilabel task has no confusion matrix: see each class's average precision below.")
+    else:
+        sections["Confusion matrix"] = (
+            _png(confusion_figure(y, cm_proba, classes, f"{cm_name}: OOF confusion matrix ({len(y)} clips)"), f"confusion matrix of {cm_name}")
+            if cm_proba is not None else _note("No finished backbone and no blend: nothing to show yet."))
 
     # 3. per-class accuracy
     probas = dict(finished)

@@ -105,5 +105,9 @@ def test_multilabel_end_to_end_on_real_clips(strong_source, tiny_recipe_text, tm
     assert predicted.exit_code == 0, predicted.output
     row = pd.read_csv(tmp_path / "p.csv")[CLASSES].to_numpy()[0]
     assert ((row > 0) & (row < 1)).all() and abs(row.sum() - 1) > 1e-3  # one sigmoid per class
+    report = runner.invoke(app, ["report", "--recipe", str(recipe)])
+    assert report.exit_code == 0, report.output
+    page = (runs / "tiny" / "report.html").read_text()
+    assert "no confusion matrix" in page and "average precision" in page and page.count("<img") >= 5
     bad = runner.invoke(app, ["blend", "--recipe", str(recipe), "--method", "stacking"])
     assert bad.exit_code == 2 and "'stacking' is not one of ('mean', 'caruana'), the methods for a multilabel task" in bad.output.replace("\n", " ")
