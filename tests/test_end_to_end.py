@@ -11,13 +11,9 @@ from typer.testing import CliRunner
 from ensemble import atomic, blenders
 from ensemble.cli import app
 
+from .conftest import cli_ok as _ok
+
 runner = CliRunner()
-
-
-def _ok(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,10 @@ from typer.testing import CliRunner
 from ensemble import audio, competition, features, predict, recipe as recipe_mod, train
 from ensemble.cli import app
 
-from .conftest import ravdess_clip
+from .conftest import cli_ok as _ok, ravdess_clip, tiny_competition
 
 runner = CliRunner()
 BACKBONES = ("test_efficientnet", "test_resnet")
-
-
-def _ok(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +24,10 @@ def trained(small_source, tiny_recipe_text, tmp_path_factory):
     """A 2-fold, 1-epoch run of both tiny backbones on the 48-clip competition (no blend yet)."""
     root = tmp_path_factory.mktemp("predict")
     comp = root / "comp"
-    recipe_path = root / "tiny.toml"
-    recipe_path.write_text(tiny_recipe_text(comp, root / "runs", root / "subs"))
-    _ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
+    recipe_path = tiny_competition(root / "tiny.toml", tiny_recipe_text(comp, root / "runs", root / "subs"), small_source)
     r = recipe_mod.load(recipe_path)
-    # fill the feature cache in this process: spawning render workers costs more than 48 short clips
     c = competition.load(r.competition)
     clips = c.audio_paths(c.train)
-    cache = features.FeatureCache(comp / ".ens_cache", r.features)
-    for table in (c.train, c.test):
-        cache.get(c.audio_paths(table), progress=False, workers=1)
     _ok(["train", "--recipe", str(recipe_path), "--quiet"])
     duration_n = round(r.features.duration * r.features.sample_rate)
     short = next(p for p in clips if len(predict.load_trimmed(p, r.features)[0]) <= duration_n)

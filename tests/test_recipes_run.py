@@ -1,7 +1,6 @@
 """Every shipped recipe builds and trains one short epoch on real RAVDESS clips."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +31,8 @@ def test_every_recipe_is_covered():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_builds_and_runs_one_epoch(path, competitions, tmp_path):
     r = recipe_mod.load(path)
-    scheme = "gender_emotion" if r.competition.dir.endswith("gender_emotion") else "emotion"
+    by_folder = {"ravdess_gender_emotion": "gender_emotion", "ravdess_multilabel": "emotion_intensity"}
+    scheme = by_folder.get(r.competition.dir.rstrip("/").split("/")[-1], "emotion")
     r.competition.dir = str(competitions[scheme])
     r.runs_dir = str(tmp_path / "runs")
     r.folds.n_splits = 2
@@ -44,8 +44,8 @@ def test_recipe_builds_and_runs_one_epoch(path, competitions, tmp_path):
     if r.augment.copies:
         assert data.x_aug.shape == (1, *data.x_train.shape)
     report = train.train_fold(r, data, r.backbones[0], 0, progress=False)
-    classes = 10 if scheme == "gender_emotion" else 8
-    assert len(report["per_class_accuracy"]) == classes
+    classes = {"gender_emotion": 10, "emotion_intensity": 9}.get(scheme, 8)
+    assert len(report["per_class_ap" if r.competition.task == "multilabel" else "per_class_accuracy"]) == classes
     run = r.run_dir(r.backbones[0], 0)
     log = [line for line in (run / "log.csv").read_text().splitlines()[1:]]
     assert len(log) == 1 and np.isfinite(json.loads((run / "metrics.json").read_text())["log_loss"])

@@ -10,32 +10,20 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import competition, features, metrics, recipe as recipe_mod, report
+from ensemble import metrics, recipe as recipe_mod, report
 from ensemble.cli import app
+
+from .conftest import cli_ok as _ok, tiny_competition
 
 runner = CliRunner()
 PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-
-def _ok(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture(scope="module")
 def trained(small_source, tiny_recipe_text, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     comp, runs, subs = root / "comp", root / "runs", root / "subs"
-    recipe = root / "tiny.toml"
-    recipe.write_text(tiny_recipe_text(comp, runs, subs))
-    _ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
-    # fill the feature cache in this process: on 48 clips a spawned worker pool costs more than it saves
-    r = recipe_mod.load(recipe)
-    loaded = competition.load(r.competition)
-    cache = features.FeatureCache(comp / ".ens_cache", r.features)
-    for frame in (loaded.train, loaded.test):
-        cache.get(loaded.audio_paths(frame), progress=False, workers=1)
+    recipe = tiny_competition(root / "tiny.toml", tiny_recipe_text(comp, runs, subs), small_source)
     _ok(["train", "--recipe", str(recipe), "--quiet"])
     _ok(["blend", "--recipe", str(recipe)])
     output = _ok(["report", "--recipe", str(recipe)])

@@ -12,19 +12,15 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import blend, blenders, competition, features, metrics, predict, recipe as recipe_mod, train
+from ensemble import blend, blenders, metrics, predict, recipe as recipe_mod, train
 from ensemble.cli import app
+
+from .conftest import cli_ok as _ok, tiny_competition
 
 runner = CliRunner()
 CPU = torch.device("cpu")
 SHIFTS = [-0.1, 0.1]
 BACKBONES = ["test_resnet", "test_efficientnet", "test_resnet@7"]  # test_resnet with seeds 42 and 7
-
-
-def _ok(args):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 def _tiny_model(seed: int = 0) -> torch.nn.Module:
@@ -65,15 +61,9 @@ def trained(small_source, tiny_recipe_text, tmp_path_factory):
     text = tiny_recipe_text(comp, root / "runs", subs)
     default_backbones = 'backbones = ["test_efficientnet", "test_resnet"]'
     assert default_backbones in text and text.rstrip().endswith("pretrained = false")  # [train] is the last section
-    recipe_path = root / "tiny.toml"
-    recipe_path.write_text(text.replace(default_backbones, f"backbones = {json.dumps(BACKBONES)}") + f"tta_shifts = {SHIFTS}\n")
-    _ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
+    text = text.replace(default_backbones, f"backbones = {json.dumps(BACKBONES)}") + f"tta_shifts = {SHIFTS}\n"
+    recipe_path = tiny_competition(root / "tiny.toml", text, small_source)
     r = recipe_mod.load(recipe_path)
-    # fill the feature cache in this process: spawning render workers costs more than 48 short clips
-    c = competition.load(r.competition)
-    cache = features.FeatureCache(comp / ".ens_cache", r.features)
-    for table in (c.train, c.test):
-        cache.get(c.audio_paths(table), progress=False, workers=1)
     outputs = {"seed": _ok(["train", "--recipe", str(recipe_path), "--backbone", "test_resnet@7", "--quiet"]),
                "all": _ok(["train", "--recipe", str(recipe_path), "--quiet"]),
                "blend": _ok(["blend", "--recipe", str(recipe_path), "--method", "mean"])}
