@@ -42,7 +42,7 @@ def main() -> None:
     load_average = os.getloadavg()[0]
 
     started = time.perf_counter()
-    from ensemble import atomic, predict, recipe as recipe_mod
+    from ensemble import atomic, audio, predict, recipe as recipe_mod
 
     import_s = time.perf_counter() - started
     recipe = recipe_mod.load(args.recipe)
@@ -64,7 +64,7 @@ def main() -> None:
             t0 = time.perf_counter()
             predict.predict(ensemble, [clip])
             t1 = time.perf_counter()
-            y, _ = predict.load_trimmed(clip, recipe.features)
+            y, _ = audio.load_trimmed(clip, recipe.features.sample_rate, recipe.features.trim_db)
             image = predict.model_input(y, recipe.features)[None]
             t2 = time.perf_counter()
             ensemble.predict_images(image)

@@ -46,15 +46,14 @@ def fix_length(y: np.ndarray, n: int) -> np.ndarray:
     return np.pad(y, (left, n - m - left))
 
 
-def load(path: str | os.PathLike, sample_rate: int, duration: float, trim_db: float = 0.0) -> np.ndarray:
-    """Load a clip ready for rendering.
-
-    Reads ``path`` (:func:`read`), resamples to ``sample_rate`` Hz (soxr through ``librosa.resample``),
-    trims leading/trailing audio quieter than ``trim_db`` dB under the peak (``librosa.effects.trim``;
-    0 keeps everything), then centre-crops or centre-pads to ``duration`` seconds.
+def load_trimmed(path: str | os.PathLike, sample_rate: int, trim_db: float = 0.0) -> tuple[np.ndarray, int]:
+    """Read ``path`` (:func:`read`), resample to ``sample_rate`` Hz (soxr through ``librosa.resample``)
+    and trim leading/trailing audio quieter than ``trim_db`` dB under the peak
+    (``librosa.effects.trim``; 0 keeps everything).
 
     Returns:
-        float32 array of shape ``(round(duration * sample_rate),)``.
+        ``(y, start)``: float32 samples ``(n,)`` at ``sample_rate`` Hz, and the index in the
+        resampled file where ``y`` begins (what trimming dropped in front).
 
     Raises:
         AudioError: see :func:`read`.
@@ -62,6 +61,21 @@ def load(path: str | os.PathLike, sample_rate: int, duration: float, trim_db: fl
     y, rate = read(path)
     if rate != sample_rate:
         y = librosa.resample(y, orig_sr=rate, target_sr=sample_rate)
+    start = 0
     if trim_db > 0 and np.abs(y).max() > 0:
-        y, _ = librosa.effects.trim(y, top_db=trim_db)
+        y, (start, _) = librosa.effects.trim(y, top_db=trim_db)
+    return y.astype(np.float32, copy=False), int(start)
+
+
+def load(path: str | os.PathLike, sample_rate: int, duration: float, trim_db: float = 0.0) -> np.ndarray:
+    """Load a clip ready for rendering: :func:`load_trimmed`, then centre-crop or centre-pad to
+    ``duration`` seconds (:func:`fix_length`).
+
+    Returns:
+        float32 array of shape ``(round(duration * sample_rate),)``.
+
+    Raises:
+        AudioError: see :func:`read`.
+    """
+    y, _ = load_trimmed(path, sample_rate, trim_db)
     return fix_length(y, int(round(duration * sample_rate))).astype(np.float32, copy=False)

@@ -9,8 +9,8 @@ mean over the fold models of all its seeds, as in the blend. Each model's probab
 time-shift TTA of the recipe's ``[train].tta_shifts`` (:func:`ensemble.train.predict`), which
 must be the TTA its runs were made with.
 
-A file goes through the training pipeline: :func:`ensemble.audio.read`, resampling to
-``[features].sample_rate`` and silence trimming (the steps of :func:`ensemble.audio.load`), then
+A file goes through the training pipeline: :func:`ensemble.audio.load_trimmed` (read, resample to
+``[features].sample_rate``, trim silence: the first steps of :func:`ensemble.audio.load`), then
 :func:`ensemble.audio.fix_length` to ``[features].duration``, :func:`ensemble.features.render`,
 float16 rounding as the feature cache stores images, and the backbone's input normalisation
 (:class:`ensemble.train.Normalize`, inside the model). A file whose trimmed audio fits in one
@@ -29,7 +29,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import librosa
 import numpy as np
 import pandas as pd
 import torch
@@ -224,26 +223,6 @@ def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def load_trimmed(path: str | os.PathLike, config: FeatureConfig) -> tuple[np.ndarray, int]:
-    """:func:`ensemble.audio.load` without its final fix_length: the whole file, resampled and trimmed.
-
-    Returns:
-        ``(y, start)``: float32 samples ``(n,)`` at ``config.sample_rate`` Hz, and the index in the
-        resampled file where ``y`` begins (what trimming dropped in front). ``audio.fix_length(y,
-        round(duration * sample_rate))`` equals ``audio.load(path, ...)``.
-
-    Raises:
-        AudioError: the file is missing or unreadable (see :func:`ensemble.audio.read`).
-    """
-    y, rate = audio.read(path)
-    if rate != config.sample_rate:
-        y = librosa.resample(y, orig_sr=rate, target_sr=config.sample_rate)
-    start = 0
-    if config.trim_db > 0 and np.abs(y).max() > 0:
-        y, (start, _) = librosa.effects.trim(y, top_db=config.trim_db)
-    return y.astype(np.float32, copy=False), int(start)
-
-
 def windows(n: int, window: int, hop: int) -> list[tuple[int, int]]:
     """``(start, end)`` sample spans covering ``n`` samples: ``[(0, n)]`` when ``n <= window``, else
     windows of ``window`` samples every ``hop`` samples plus, when the last one falls short of the
@@ -316,7 +295,7 @@ def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | 
         raise PredictError(f"--hop {hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
     results = []
     for path in audio_files(paths):
-        y, start = load_trimmed(path, config)
+        y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
         spans = windows(len(y), window_n, hop_n)
         images = np.stack([model_input(y[a:b], config) for a, b in spans])
         proba = ensemble.predict_images(images)
@@ -362,7 +341,7 @@ def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.Pat
     Raises:
         AudioError: the file cannot be read as audio.
     """
-    y, start = load_trimmed(path, config)
+    y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
     image = features.render(audio.fix_length(y, max(len(y), int(round(config.duration * config.sample_rate)))), config)
     step = config.hop_length / config.sample_rate
     x_extent = (-step / 2, (image.shape[2] - 0.5) * step)

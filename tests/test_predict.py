@@ -30,7 +30,7 @@ def trained(small_source, tiny_recipe_text, tmp_path_factory):
     clips = c.audio_paths(c.train)
     _ok(["train", "--recipe", str(recipe_path), "--quiet"])
     duration_n = round(r.features.duration * r.features.sample_rate)
-    short = next(p for p in clips if len(predict.load_trimmed(p, r.features)[0]) <= duration_n)
+    short = next(p for p in clips if len(audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0]) <= duration_n)
     return {"recipe_path": recipe_path, "recipe": r, "comp": comp, "clip": short}
 
 
@@ -48,7 +48,7 @@ def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
     r, clip = trained["recipe"], trained["clip"]
     cached = features.FeatureCache(trained["comp"] / ".ens_cache", r.features).get([clip], progress=False)
     f = r.features
-    y, _ = predict.load_trimmed(clip, f)
+    y, _ = audio.load_trimmed(clip, f.sample_rate, f.trim_db)
     loaded = audio.load(clip, f.sample_rate, f.duration, f.trim_db)
     np.testing.assert_array_equal(audio.fix_length(y, len(loaded)), loaded)
     np.testing.assert_array_equal(predict.model_input(y, r.features), cached[0])  # bit-identical model input
@@ -67,7 +67,7 @@ def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
 def test_blend_weights_weight_the_members(trained):
     r = trained["recipe"]
     weights_json = Path(r.runs_dir) / r.name / "blend" / "weights.json"
-    images = predict.model_input(predict.load_trimmed(trained["clip"], r.features)[0], r.features)[None]
+    images = predict.model_input(audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0], r.features)[None]
     a, b = (_fold_mean(r, backbone, images) for backbone in BACKBONES)
     try:
         weights_json.parent.mkdir(exist_ok=True)
