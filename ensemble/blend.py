@@ -164,8 +164,10 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     test = np.stack([m.test for m in members])
     fold_of = data.folds["fold"].to_numpy()
     seeded = any(len(m.seeds) > 1 for m in members)
-    rows = [{"model": m.backbone, **({"seeds": ", ".join(map(str, m.seeds))} if seeded else {}),
-             **score(data.y, m.oof), **_prefixed(score(data.y, m.oof))} for m in members]
+    rows = []
+    for m in members:  # nothing is fitted for one member: its cross-validated score is its score
+        scores = score(data.y, m.oof)
+        rows.append({"model": m.backbone, **({"seeds": ", ".join(map(str, m.seeds))} if seeded else {}), **scores, **_prefixed(scores)})
     cv_oof = {}
     for candidate in methods:
         fitted = blenders.fit(candidate, oof, data.y, **options)

@@ -33,6 +33,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import multilabel
+
 METHODS = ("mean", "rank", "geometric", "caruana", "optimize", "stacking")
 MULTILABEL_METHODS = ("mean", "caruana")  # weighted means of sigmoid outputs; Caruana on mean BCE
 EPS = 1e-7
@@ -43,9 +45,8 @@ class BlendWarning(UserWarning):
 
 
 def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
-    if y.ndim == 2:  # multi-hot: mean binary cross-entropy
-        p = np.clip(proba, 1e-15, 1 - 1e-15)
-        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    if y.ndim == 2:  # multi-hot: mean binary cross-entropy, as the leaderboard reports it
+        return multilabel.bce(y, proba)
     return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, None)).mean())
 
 

@@ -130,11 +130,11 @@ def load(config: CompetitionConfig) -> Competition:
         classes = list(c.classes)
     elif len(sample_classes) > 1:
         classes = sample_classes
+    elif c.task == "multilabel":
+        classes = sorted({t for label in train[c.label_col] for t in multilabel.tokens(label)})
     else:
         classes = sorted(train[c.label_col].unique())
     if c.task == "multilabel":
-        if not c.classes and len(sample_classes) <= 1:
-            classes = sorted({t for label in train[c.label_col] for t in multilabel.tokens(label)})
         unknown = ~train[c.label_col].map(lambda label: set(multilabel.tokens(label)) <= set(classes))
     else:
         unknown = ~train[c.label_col].isin(classes)
