@@ -75,12 +75,12 @@ def load_data(recipe: Recipe, progress: bool = True) -> Data:
     competition = comp_mod.load(recipe.competition)
     folds = comp_mod.folds(competition, recipe.folds)
     cache = features.FeatureCache(competition.root / ".ens_cache", recipe.features)
-    x_train = cache.get(competition.audio_paths(competition.train), progress=progress)
+    train_paths = competition.audio_paths(competition.train)
+    x_train = cache.get(train_paths, progress=progress)
     x_test = cache.get(competition.audio_paths(competition.test), progress=progress)
     copies = recipe.augment.copies
     x_aug = None
     if copies:
-        train_paths = competition.audio_paths(competition.train)
         x_aug = np.stack([cache.get(train_paths, progress=progress, augment=recipe.augment, copy=k) for k in range(1, copies + 1)])
     return Data(competition, folds, x_train, x_test, competition.y, x_aug)
 
