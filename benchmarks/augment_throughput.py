@@ -22,7 +22,7 @@ import torch
 
 from ensemble import atomic, recipe as recipe_mod, train
 
-ARMS = {"none": "recipes/ravdess.toml", "waveform": "recipes/ravdess_aug_wave.toml",
+ARMS = {"none": "recipes/ravdess_aug_none.toml", "waveform": "recipes/ravdess_aug_wave.toml",
         "spectrogram": "recipes/ravdess_aug_spec.toml", "both": "recipes/ravdess_aug_both.toml"}
 
 

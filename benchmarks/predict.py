@@ -65,7 +65,7 @@ def main() -> None:
             predict.predict(ensemble, [clip])
             t1 = time.perf_counter()
             y, _ = audio.load_trimmed(clip, recipe.features.sample_rate, recipe.features.trim_db)
-            image = predict.model_input(y, recipe.features)[None]
+            image = predict.model_inputs([y], recipe.features)
             t2 = time.perf_counter()
             ensemble.predict_images(image)
             t3 = time.perf_counter()

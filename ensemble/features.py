@@ -19,18 +19,20 @@ path, size and modification time; clips already in it are never rendered again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import atomic, audio
@@ -93,21 +95,144 @@ def render(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
     return np.clip(np.stack(images), 0.0, 1.0).astype(np.float32)
 
 
-def render_file(path: str | os.PathLike, config: FeatureConfig, augment: AugmentConfig | None = None, copy: int = 0) -> np.ndarray:
-    """:func:`audio.load`, then for ``copy >= 1`` augmented copy number ``copy`` of the waveform
-    (:func:`ensemble.augment.augment_waveform`, seeded by file name and copy, so reproducible),
-    then :func:`render`. Raises :class:`audio.AudioError` naming the file."""
+class Renderer(nn.Module):
+    """Batched torch rendering of the images :func:`render` makes, on CPU or CUDA.
+
+    One STFT (``torchaudio.transforms.Spectrogram``: periodic Hann window, centred with zero
+    padding, as ``librosa.stft``), then per channel: log-Mel through the mel filterbank
+    (``torchaudio.functional.melscale_fbanks`` with Slaney scale and norm, librosa's default
+    filterbank), chroma through ``librosa.filters.chroma``'s matrix with each frame divided by its
+    maximum, log-STFT magnitude, MFCC as the orthonormal DCT-II of the log-Mel
+    (``torchaudio.functional.create_dct``). dB values are taken relative to each clip's peak, as
+    librosa's ``ref=np.max``. The filterbanks are buffers, so ``.to(device)`` moves them.
+
+    :func:`render` (librosa, one clip at a time) is the reference; ``tests/test_features.py``
+    checks that both agree within 1e-3 on real RAVDESS clips (images are in [0, 1], and the
+    cache stores float16, whose step near 1 is 5e-4).
+
+    Args:
+        config: the feature settings; validated by the recipe.
+    """
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__()
+        import torchaudio
+
+        c = self.config = config
+        n_freqs = c.n_fft // 2 + 1
+        self.stft = torchaudio.transforms.Spectrogram(n_fft=c.n_fft, hop_length=c.hop_length, power=None, center=True, pad_mode="constant")
+        mel = torchaudio.functional.melscale_fbanks(n_freqs, c.fmin, c.fmax or c.sample_rate / 2, c.n_mels, c.sample_rate, norm="slaney", mel_scale="slaney")
+        self.register_buffer("mel_fb", mel.T.contiguous(), persistent=False)  # (n_mels, n_freqs)
+        chroma = librosa.filters.chroma(sr=c.sample_rate, n_fft=c.n_fft, tuning=0.0)
+        self.register_buffer("chroma_fb", torch.from_numpy(chroma).float(), persistent=False)  # (12, n_freqs)
+        self.register_buffer("dct", torchaudio.functional.create_dct(c.n_mfcc, c.n_mels, "ortho").T.contiguous(), persistent=False)
+
+    def _log(self, power: torch.Tensor, amin: float) -> torch.Tensor:
+        """``power`` ``(batch, rows, frames)`` in dB relative to each clip's peak, floored at ``-top_db``
+        (``librosa.power_to_db(S, ref=np.max, amin=amin, top_db=top_db)``)."""
+        db = 10.0 * torch.log10(power.clamp_min(amin))
+        db = db - db.amax(dim=(1, 2), keepdim=True)
+        return db.clamp_min(-self.config.top_db)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``: float32 waveforms ``(batch, samples)`` at ``config.sample_rate`` Hz ->
+        float32 images ``(batch, len(config.channels), config.height, 1 + samples // hop_length)`` in [0, 1]."""
+        c = self.config
+        spectrum = self.stft(y)  # complex (batch, n_freqs, frames)
+        power = spectrum.real.square() + spectrum.imag.square()
+        mel_db = None
+        images = []
+        for name in c.channels:
+            if name in ("mel", "mfcc") and mel_db is None:
+                mel_db = self._log(torch.matmul(self.mel_fb, power), 1e-10)
+            if name == "mel":
+                rows, nearest = (mel_db + c.top_db) / c.top_db, False
+            elif name == "stft":  # librosa.amplitude_to_db: power_to_db of magnitude**2 with amin 1e-5**2
+                rows, nearest = (self._log(power, 1e-10) + c.top_db) / c.top_db, False
+            elif name == "chroma":
+                raw = torch.matmul(self.chroma_fb, power)
+                peak = raw.amax(dim=1, keepdim=True)
+                rows, nearest = raw / torch.where(peak < torch.finfo(raw.dtype).tiny, torch.ones_like(peak), peak), True
+            elif name == "mfcc":
+                mfcc = torch.matmul(self.dct, mel_db)
+                low, high = mfcc.amin(dim=(1, 2), keepdim=True), mfcc.amax(dim=(1, 2), keepdim=True)
+                span = high - low
+                rows, nearest = (mfcc - low) / torch.where(span > 0, span, torch.ones_like(span)), False
+            else:  # validated by the recipe
+                raise ValueError(f"unknown channel {name!r}")
+            size = (c.height, rows.shape[-1])
+            rows = rows[:, None]
+            if nearest:
+                images.append(F.interpolate(rows, size=size, mode="nearest"))
+            else:
+                images.append(F.interpolate(rows, size=size, mode="bilinear", align_corners=False, antialias=True))
+        return torch.cat(images, dim=1).clamp_(0.0, 1.0)
+
+
+def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | torch.device = "cpu", batch_size: int | None = None) -> np.ndarray:
+    """:class:`Renderer` over ``waveforms`` in batches, without autograd.
+
+    Args:
+        waveforms: float32 ``(clips, samples)`` at ``config.sample_rate`` Hz.
+        device: where to render (``cpu`` or ``cuda``).
+        batch_size: clips per forward pass; default 8 on CPU (the STFT of a small batch stays in
+            the CPU cache: ``benchmarks/features.py`` measures batch sizes) and 256 on CUDA.
+
+    Returns:
+        float32 ``(clips, channels, height, 1 + samples // hop_length)`` in [0, 1].
+    """
+    device = torch.device(device)
+    batch_size = batch_size or (256 if device.type == "cuda" else 8)
+    renderer = Renderer(config).to(device)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(waveforms), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size], dtype=np.float32))
+            out.append(renderer(batch.to(device, non_blocking=True)).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(config.channels), config.height, frames(config)), np.float32)
+
+
+def load_waveform(path: str | os.PathLike, config: FeatureConfig, augment: AugmentConfig | None = None, copy: int = 0) -> np.ndarray:
+    """The waveform a clip is rendered from: :func:`audio.load` (``(round(duration * sample_rate),)``
+    float32), then for ``copy >= 1`` augmented copy number ``copy`` of it
+    (:func:`ensemble.augment.augment_waveform`, seeded by file name and copy, so reproducible).
+
+    Raises:
+        AudioError: the file cannot be loaded; the message names it.
+    """
     y = audio.load(path, config.sample_rate, config.duration, config.trim_db)
     if copy:
         seed = zlib.crc32(f"{Path(path).name}|{copy}|{augment.waveform_key()}".encode())
         y = augment_waveform(y, config.sample_rate, augment, seed)
-    return render(y, config)
+    return y
 
 
-def _render_one(job) -> np.ndarray:
-    path, config, augment, copy = job
-    with threadpool_limits(1):  # one BLAS thread per worker (librosa's mel matmul)
-        return render_file(path, config, augment, copy).astype(np.float16)
+def _load_one(job) -> np.ndarray:
+    return load_waveform(*job)
+
+
+# One thread per data worker: the workers already use every core, and a BLAS or OpenMP pool per
+# worker oversubscribes them (a 2-core machine loses up to 100x on small matrix products).
+_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A spawned process pool whose workers start with ``OPENBLAS_NUM_THREADS`` (and the OpenMP /
+    MKL equivalents) set to 1. The variables stay set while the pool lives (workers start on
+    demand) and are restored after; on an error, queued jobs are cancelled instead of awaited."""
+    saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _clip_key(path: Path, augment: AugmentConfig | None, copy: int) -> str:
@@ -117,11 +242,15 @@ def _clip_key(path: Path, augment: AugmentConfig | None, copy: int) -> str:
 
 
 class FeatureCache:
-    """One feature setting's cache: ``index.json`` (clip keys and the array's file name) + a ``.npy`` array.
+    """One feature setting's cache: a single float16 ``.npy`` array of every rendered clip,
+    memory-mapped when read, and ``index.json`` (each row's clip key and the array's file name).
 
-    The index is written last and atomically, so a crash leaves either the old or the new cache,
-    never a partial one.
+    A build writes a new array (old rows copied, new rows rendered into it chunk by chunk, so
+    memory holds one chunk of waveforms, not the corpus), then the index atomically, then removes
+    the old array: a crash leaves either the old or the new cache, never a partial one.
     """
+
+    CHUNK = 256  # clips loaded by the workers per rendering step
 
     def __init__(self, root: str | os.PathLike, config: FeatureConfig):
         self.config = config
@@ -136,47 +265,68 @@ class FeatureCache:
         array = np.load(self.dir / index["array"], mmap_mode="r")
         return {key: row for row, key in enumerate(index["keys"])}, array, index["array"]
 
-    def get(self, paths: list[Path], progress: bool = True, augment: AugmentConfig | None = None, copy: int = 0,
-            workers: int | None = None) -> np.ndarray:
+    def get(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
+            progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
         """Images of ``paths``, rendering (and adding to the cache) only clips not cached yet.
 
         Args:
-            paths: audio files.
-            augment, copy: ``copy = 0`` is the clean rendering; ``copy = k >= 1`` the k-th augmented
-                rendering under ``augment``'s waveform settings (cached separately per setting).
-            workers: rendering processes (default: one per CPU core); 1 renders in this process.
+            paths: audio files; one output row each, in this order.
+            copies: per path, 0 for the clean rendering or ``k >= 1`` for the k-th augmented
+                rendering under ``augment``'s waveform settings (cached separately per setting);
+                default all 0.
+            workers: audio-loading processes (default: one per CPU core); 1 loads in this process.
+            device: where :func:`render_batch` renders.
 
         Returns:
-            float16 array ``(len(paths), channels, height, frames)``.
+            float16 ``(len(paths), channels, height, frames)``: a read-only view of the
+            memory-mapped cache when the rows are stored in the requested order (a fresh cache
+            built by one call), else a copy in memory.
 
         Raises:
             AudioError: a clip cannot be loaded; nothing is added to the cache then.
         """
         paths = [Path(p) for p in paths]
+        copies = [0] * len(paths) if copies is None else list(copies)
         for p in paths:
             if not p.is_file():
                 raise audio.AudioError(f"{p}: audio file does not exist; check the path column and [competition].audio_root.")
-        keys = [_clip_key(p, augment, copy) for p in paths]
+        keys = [_clip_key(p, augment, k) for p, k in zip(paths, copies)]
         rows, cached, old_array = self._read()
-        todo = sorted({k: p for k, p in zip(keys, paths) if k not in rows}.items())
+        todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key not in rows}
         if todo:
-            jobs = [(p, self.config, augment, copy) for _, p in todo]
-            workers = min(workers or os.cpu_count() or 1, len(jobs))
-            desc = f"render features{f' (augmented copy {copy})' if copy else ''}"
-            if workers > 1:
-                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    images = list(tqdm(pool.map(_render_one, jobs, chunksize=16), total=len(jobs), desc=desc, unit="clip", disable=not progress))
-            else:
-                images = [_render_one(job) for job in tqdm(jobs, desc=desc, unit="clip", disable=not progress)]
-            fresh = np.stack(images)
-            old_keys = list(rows)
-            merged = fresh if cached is None else np.concatenate([np.asarray(cached), fresh])
-            all_keys = old_keys + [k for k, _ in todo]
-            name = f"features-{len(all_keys)}-{os.getpid()}.npy"
-            with atomic.atomic_path(self.dir / name) as tmp:
-                np.save(tmp, merged)
-            atomic.write_json(self.dir / "index.json", {"config": self.config.__dict__, "array": name, "keys": all_keys})
-            if old_array and old_array != name:
-                (self.dir / old_array).unlink(missing_ok=True)
+            self._build(rows, cached, old_array, todo, progress, workers, device)
             rows, cached, _ = self._read()
-        return np.asarray(cached[[rows[k] for k in keys]])
+        picked = np.array([rows[k] for k in keys], dtype=np.int64)
+        if len(picked) and (picked == np.arange(picked[0], picked[0] + len(picked))).all():
+            return cached[picked[0] : picked[0] + len(picked)]
+        return np.asarray(cached[picked])
+
+    def _build(self, rows: dict[str, int], cached: np.ndarray | None, old_array: str | None, todo: dict, progress: bool,
+               workers: int | None, device) -> None:
+        c = self.config
+        jobs = list(todo.values())
+        all_keys = list(rows) + list(todo)
+        name = f"features-{len(all_keys)}-{os.getpid()}.npy"
+        workers = min(workers or os.cpu_count() or 1, len(jobs))
+        bar = tqdm(total=len(jobs), desc="render features", unit="clip", disable=not progress)
+        with atomic.atomic_path(self.dir / name) as tmp, contextlib.ExitStack() as stack:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(all_keys), len(c.channels), c.height, frames(c)))
+            for start in range(0, len(rows), self.CHUNK):
+                stop = min(start + self.CHUNK, len(rows))
+                out[start:stop] = cached[start:stop]
+            if workers > 1:
+                waves = stack.enter_context(worker_pool(workers)).map(_load_one, jobs, chunksize=4)
+            else:
+                waves = map(_load_one, jobs)
+            row = len(rows)
+            for start in range(0, len(jobs), self.CHUNK):
+                chunk = np.stack([next(waves) for _ in jobs[start : start + self.CHUNK]])
+                out[row : row + len(chunk)] = render_batch(chunk, c, device)
+                row += len(chunk)
+                bar.update(len(chunk))
+            out.flush()
+            del out
+        bar.close()
+        atomic.write_json(self.dir / "index.json", {"config": c.__dict__, "array": name, "keys": all_keys})
+        if old_array and old_array != name:
+            (self.dir / old_array).unlink(missing_ok=True)

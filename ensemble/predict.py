@@ -11,7 +11,7 @@ must be the TTA its runs were made with.
 
 A file goes through the training pipeline: :func:`ensemble.audio.load_trimmed` (read, resample to
 ``[features].sample_rate``, trim silence: the first steps of :func:`ensemble.audio.load`), then
-:func:`ensemble.audio.fix_length` to ``[features].duration``, :func:`ensemble.features.render`,
+:func:`ensemble.audio.fix_length` to ``[features].duration``, :func:`ensemble.features.render_batch`,
 float16 rounding as the feature cache stores images, and the backbone's input normalisation
 (:class:`ensemble.train.Normalize`, inside the model). A file whose trimmed audio fits in one
 window (by default: is no longer than ``duration``) is thus one image identical to its cached
@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,11 +236,13 @@ def windows(n: int, window: int, hop: int) -> list[tuple[int, int]]:
     return spans
 
 
-def model_input(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """The image a model sees for waveform ``y`` ``(samples,)``: centre-cropped or padded to
-    ``duration`` (:func:`ensemble.audio.fix_length`), :func:`ensemble.features.render`ed and rounded
-    to float16 as the feature cache stores it. Returns float16 ``(channels, height, frames(config))``."""
-    return features.render(audio.fix_length(y, int(round(config.duration * config.sample_rate))), config).astype(np.float16)
+def model_inputs(clips: Sequence[np.ndarray], config: FeatureConfig) -> np.ndarray:
+    """The images a model sees for waveforms ``clips`` (each ``(samples,)``): each centre-cropped
+    or padded to ``duration`` (:func:`ensemble.audio.fix_length`), rendered in one batch
+    (:func:`ensemble.features.render_batch`, as the feature cache) and rounded to float16 as the
+    cache stores them. Returns float16 ``(len(clips), channels, height, frames(config))``."""
+    n = int(round(config.duration * config.sample_rate))
+    return features.render_batch(np.stack([audio.fix_length(y, n) for y in clips]), config).astype(np.float16)
 
 
 @dataclass
@@ -297,7 +300,7 @@ def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | 
     for path in audio_files(paths):
         y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
         spans = windows(len(y), window_n, hop_n)
-        images = np.stack([model_input(y[a:b], config) for a, b in spans])
+        images = model_inputs([y[a:b] for a, b in spans], config)
         proba = ensemble.predict_images(images)
         seconds = (np.array(spans, dtype=np.float64) + start) / rate
         results.append(FilePrediction(path, proba.mean(axis=0), seconds, proba))
@@ -342,7 +345,7 @@ def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.Pat
         AudioError: the file cannot be read as audio.
     """
     y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
-    image = features.render(audio.fix_length(y, max(len(y), int(round(config.duration * config.sample_rate)))), config)
+    image = features.render_batch(audio.fix_length(y, max(len(y), int(round(config.duration * config.sample_rate))))[None], config)[0]
     step = config.hop_length / config.sample_rate
     x_extent = (-step / 2, (image.shape[2] - 0.5) * step)
     fig = Figure(figsize=(max(6.0, min(20.0, 2.0 * x_extent[1])), 2.2 * len(config.channels) + 0.6), layout="constrained")

@@ -185,6 +185,10 @@ class TrainConfig:
         weights_dir: folder of timm ``local-dir:`` weights, one sub-folder per backbone;
             ``""`` means ``$ENS_WEIGHTS_DIR`` or ``../shared/weights`` when either exists.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        precision: on CUDA, ``bf16`` (default) or ``fp16`` autocast (fp16 with a gradient
+            scaler, ``torch.amp.GradScaler``), or ``fp32``; CPU runs always compute in fp32.
+        compile: wrap the training forward pass in ``torch.compile`` (the first epoch pays the
+            compilation; pays off on long GPU runs).
         seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU. A
             ``backbones`` entry ``"name@S"`` trains with seed ``S`` instead.
         tta_shifts: time-shift test-time augmentation, each a fraction of the frame axis in
@@ -212,6 +216,8 @@ class TrainConfig:
     pretrained: bool = True
     weights_dir: str = ""
     device: str = "auto"
+    precision: str = "bf16"
+    compile: bool = False
     seed: int = 42
     tta_shifts: list[float] = field(default_factory=list)
 
@@ -399,6 +405,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (t.metric in metrics, f"[train].metric = {t.metric!r}: must be one of {metrics} for a {task} task"),
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
         (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
+        (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),
         (0 <= t.label_smoothing < 1, "[train].label_smoothing must be in [0, 1)"),
         (recipe.folds.n_splits >= 2, "[folds].n_splits must be >= 2"),

@@ -12,7 +12,7 @@
 - **Training curves**: per backbone, one line per fold from ``log.csv`` (unfinished folds too).
 - **Blend weights**: ``blend/weights.json``.
 - **Feature images**: every channel of a few training clips per class, rendered with
-  :func:`ensemble.features.render_file` (the cache is neither read nor written).
+  :func:`ensemble.features.load_waveform` and :func:`ensemble.features.render_batch` (the cache is neither read nor written).
 - **Unfinished backbones**: the recipe's backbones without every fold finished, with the reason.
 
 A backbone's pooled OOF is the union of its folds' ``oof.csv``: every training clip predicted by
@@ -442,7 +442,8 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     paths = competition.audio_paths(competition.train)
     figures = []
     for label, rows in example_clips(competition, clips_per_class).items():
-        clips = [(str(train_ids[r]), features.render_file(paths[r], fc)) for r in rows]
+        images = features.render_batch(np.stack([features.load_waveform(paths[r], fc) for r in rows]), fc)
+        clips = [(str(train_ids[r]), image) for r, image in zip(rows, images)]
         figures.append(_png(feature_figure(label, clips, fc), f"feature images of {label}"))
     sections["Feature images"] = (
         _note(f"Channels {', '.join(fc.channels)} of the first {clips_per_class} training clip(s) of each class, "

@@ -20,7 +20,8 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,18 +72,26 @@ class Data:
 
 
 def load_data(recipe: Recipe, progress: bool = True) -> Data:
-    """Load the competition, its folds (made on first use) and the cached feature images."""
+    """Load the competition, its folds (made on first use) and the cached feature images.
+
+    Every image comes from one :meth:`ensemble.features.FeatureCache.get` call (training clips,
+    test clips, then each augmented copy of the training clips), so a fresh cache is built in one
+    pass and the arrays are views of its memory map, not copies in RAM. Rendering runs on
+    ``[train].device``.
+    """
     competition = comp_mod.load(recipe.competition)
     folds = comp_mod.folds(competition, recipe.folds)
     cache = features.FeatureCache(competition.root / ".ens_cache", recipe.features)
     train_paths = competition.audio_paths(competition.train)
-    x_train = cache.get(train_paths, progress=progress)
-    x_test = cache.get(competition.audio_paths(competition.test), progress=progress)
-    copies = recipe.augment.copies
-    x_aug = None
-    if copies:
-        x_aug = np.stack([cache.get(train_paths, progress=progress, augment=recipe.augment, copy=k) for k in range(1, copies + 1)])
-    return Data(competition, folds, x_train, x_test, competition.y, x_aug)
+    test_paths = competition.audio_paths(competition.test)
+    n_train, n_test, copies = len(train_paths), len(test_paths), recipe.augment.copies
+    images = cache.get(
+        train_paths + test_paths + train_paths * copies,
+        copies=[0] * (n_train + n_test) + [k for k in range(1, copies + 1) for _ in range(n_train)],
+        augment=recipe.augment, progress=progress, device=resolve_device(recipe.train.device),
+    )
+    x_aug = images[n_train + n_test :].reshape(copies, n_train, *images.shape[1:]) if copies else None
+    return Data(competition, folds, images[:n_train], images[n_train : n_train + n_test], competition.y, x_aug)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -128,13 +137,39 @@ def build_model(recipe: Recipe, backbone: str, num_classes: int) -> Normalize:
     return Normalize(net, *models.normalization(net, in_chans))
 
 
-def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return _layout(torch.from_numpy(np.asarray(x, dtype=np.float32)).to(device, non_blocking=True), device)
+def _to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float32 ``x`` on ``device``; on CUDA copied from pinned memory without blocking, in channels_last order."""
+    batch = torch.from_numpy(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+    if device.type == "cuda" and not batch.is_pinned():
+        batch = batch.pin_memory()
+    return _layout(batch.to(device, non_blocking=True), device)
 
 
 def _layout(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``batch`` in channels_last memory order on CUDA (the models' order there), unchanged on CPU."""
     return batch.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch
+
+
+def autocast(device: torch.device, precision: str = "bf16") -> torch.autocast:
+    """Mixed precision of ``[train].precision`` on CUDA (bf16 or fp16 autocast); disabled on CPU and for fp32."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda" and precision != "fp32")
+
+
+def ahead(jobs: Sequence[tuple], fn) -> Iterator:
+    """``fn(*job)`` for each job, in order, each computed in a background thread while the caller
+    works on the previous result: the next training batch is gathered, augmented and pinned
+    while the model trains on this one. One thread, so results are made in the jobs' order and a
+    seeded augmentation draws the same numbers as without prefetching."""
+    if not jobs:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(fn, *jobs[0])
+        for job in jobs[1:]:
+            result = pending.result()
+            pending = pool.submit(fn, *job)
+            yield result
+        yield pending.result()
 
 
 @torch.inference_mode()
@@ -156,7 +191,7 @@ def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: i
         total = 0
         for frames in rolls:
             shifted = _layout(torch.roll(batch, frames, dims=-1), device) if frames else batch
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device):
                 logits = model(shifted).float()
             total = total + (logits.sigmoid() if multilabel else logits.softmax(dim=1))
         out.append((total / len(rolls)).cpu())
@@ -165,12 +200,15 @@ def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: i
 
 def gather(data: Data, idx: np.ndarray, variant: np.ndarray | None) -> np.ndarray:
     """Training images ``(len(idx), channels, height, frames)`` float32: for each row the clean
-    rendering (variant 0) or augmented copy ``variant`` (1..copies)."""
-    out = np.asarray(data.x_train[idx], dtype=np.float32)
-    if variant is not None:
-        for k in range(1, len(data.x_aug) + 1):
-            chosen = variant == k
-            out[chosen] = data.x_aug[k - 1][idx[chosen]]
+    rendering (variant 0, or ``variant`` None) or augmented copy ``variant`` (1..copies), each row
+    read once from the (memory-mapped) cache."""
+    if variant is None:
+        return np.asarray(data.x_train[idx], dtype=np.float32)
+    out = np.empty((len(idx), *data.x_train.shape[1:]), dtype=np.float32)
+    for k in range(len(data.x_aug) + 1):
+        chosen = variant == k
+        if chosen.any():
+            out[chosen] = (data.x_train if k == 0 else data.x_aug[k - 1])[idx[chosen]]
     return out
 
 
@@ -313,41 +351,50 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     copies = 0 if data.x_aug is None else len(data.x_aug)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay > 0 else None
     y = torch.as_tensor(np.array(data.y))
+    forward = torch.compile(model) if t.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=cuda and t.precision == "fp16")
+
+    def batch_of(idx: np.ndarray, variant: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor]:
+        x = gather(data, idx, variant)
+        if images is not None:
+            x = np.stack([images(image=img.transpose(1, 2, 0))["image"].transpose(2, 0, 1) for img in x])
+        x = torch.from_numpy(x)
+        return idx, x.pin_memory() if cuda else x
+
     log, best, best_score, best_proba, stale = [], None, -np.inf, None, 0
     desc = f"{backbone} fold {fold}"
     for epoch in range(t.epochs):
         model.train()
         spec.train()
         started = time.time()
-        order = torch.randperm(len(train_idx), generator=generator).numpy()[: updates_per_epoch * batch_size]
+        order = torch.randperm(len(train_idx), generator=generator).numpy()[: updates_per_epoch * batch_size].reshape(updates_per_epoch, batch_size)
         variants = torch.randint(0, copies + 1, (len(train_idx),), generator=generator).numpy() if copies else None
+        jobs = [(train_idx[pos], None if variants is None else variants[pos]) for pos in order]
         losses = []
-        bar = tqdm(range(updates_per_epoch), desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=not progress)
-        for step in bar:
-            pos = order[step * batch_size : (step + 1) * batch_size]
-            idx = train_idx[pos]
-            x = gather(data, idx, None if variants is None else variants[pos])
-            if images is not None:
-                x = np.stack([images(image=img.transpose(1, 2, 0))["image"].transpose(2, 0, 1) for img in x])
-            batch, target = spec(_to_device(x, device)), y[idx].to(device)
+        bar = tqdm(ahead(jobs, batch_of), total=updates_per_epoch, desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="batch",
+                   leave=False, disable=not progress)
+        for step, (idx, x) in enumerate(bar):
+            batch, target = spec(_to_device(x, device)), y[idx].to(device, non_blocking=True)
             if mix is not None:
                 batch, target = mix(batch, target)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = criterion(model(batch).float(), target)
+            with autocast(device, t.precision):
+                loss = criterion(forward(batch).float(), target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             num_updates = epoch * updates_per_epoch + step + 1
             scheduler.step_update(num_updates)
             if ema is not None:
                 ema.update(model, step=num_updates)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+            losses.append(loss.detach())
+            if step % 10 == 9:  # .item() waits for the device: read the loss now and then, not every step
+                bar.set_postfix(loss=f"{torch.stack(losses).mean().item():.3f}")
         train_seconds = time.time() - started
         evaluated = model if ema is None else ema.module
         proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts)
         scores = score(data.y[valid_idx], proba)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **{f"valid_{k}": v for k, v in scores.items()},
+        row = {"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item(), **{f"valid_{k}": v for k, v in scores.items()},
                "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
                "seconds": round(time.time() - started, 2)}
         improved = t.select == "last" or scores[t.metric] > best_score

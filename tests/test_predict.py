@@ -51,7 +51,7 @@ def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
     y, _ = audio.load_trimmed(clip, f.sample_rate, f.trim_db)
     loaded = audio.load(clip, f.sample_rate, f.duration, f.trim_db)
     np.testing.assert_array_equal(audio.fix_length(y, len(loaded)), loaded)
-    np.testing.assert_array_equal(predict.model_input(y, r.features), cached[0])  # bit-identical model input
+    np.testing.assert_array_equal(predict.model_inputs([y], r.features)[0], cached[0])  # bit-identical model input
 
     out = tmp_path / "pred.csv"
     output = _ok(["predict", str(clip), "--recipe", str(trained["recipe_path"]), "--out", str(out)])
@@ -67,7 +67,7 @@ def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
 def test_blend_weights_weight_the_members(trained):
     r = trained["recipe"]
     weights_json = Path(r.runs_dir) / r.name / "blend" / "weights.json"
-    images = predict.model_input(audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0], r.features)[None]
+    images = predict.model_inputs([audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0]], r.features)
     a, b = (_fold_mean(r, backbone, images) for backbone in BACKBONES)
     try:
         weights_json.parent.mkdir(exist_ok=True)

@@ -138,7 +138,7 @@ def test_predict_averages_the_seeds_with_the_recipe_tta(trained, tmp_path):
     out = tmp_path / "pred.csv"
     output = _ok(["predict", str(clip), "--recipe", str(trained["recipe_path"]), "--out", str(out)])
     assert "test_resnet x4 folds of seeds 42, 7 (0.50)" in output and f"time-shift TTA {SHIFTS}" in output
-    image = predict.model_input(audio.load_trimmed(clip, r.features.sample_rate, r.features.trim_db)[0], r.features)[None]
+    image = predict.model_inputs([audio.load_trimmed(clip, r.features.sample_rate, r.features.trim_db)[0]], r.features)
 
     def mean_of(entries, backbone):
         probas = []
