@@ -251,6 +251,7 @@ class FeatureCache:
     """
 
     CHUNK = 256  # clips loaded by the workers per rendering step
+    POOL_MIN_AUGMENTED = 1000
 
     def __init__(self, root: str | os.PathLike, config: FeatureConfig):
         self.config = config
@@ -274,7 +275,10 @@ class FeatureCache:
             copies: per path, 0 for the clean rendering or ``k >= 1`` for the k-th augmented
                 rendering under ``augment``'s waveform settings (cached separately per setting);
                 default all 0.
-            workers: audio-loading processes (default: one per CPU core); 1 loads in this process.
+            workers: audio-loading processes; 1 loads in this process. Default: 1, or one per CPU
+                core when at least :attr:`POOL_MIN_AUGMENTED` augmented renderings are due (loading
+                a clean clip takes ~2 ms, augmenting one ~10 ms, and a spawned pool ~2 s to start:
+                ``benchmarks/features.py`` measures both builds).
             device: where :func:`render_batch` renders.
 
         Returns:
@@ -307,7 +311,10 @@ class FeatureCache:
         jobs = list(todo.values())
         all_keys = list(rows) + list(todo)
         name = f"features-{len(all_keys)}-{os.getpid()}.npy"
-        workers = min(workers or os.cpu_count() or 1, len(jobs))
+        if workers is None:
+            augmented = sum(1 for job in jobs if job[3])
+            workers = (os.cpu_count() or 1) if augmented >= self.POOL_MIN_AUGMENTED else 1
+        workers = min(workers, len(jobs))
         bar = tqdm(total=len(jobs), desc="render features", unit="clip", disable=not progress)
         with atomic.atomic_path(self.dir / name) as tmp, contextlib.ExitStack() as stack:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(all_keys), len(c.channels), c.height, frames(c)))

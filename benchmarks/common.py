@@ -1,0 +1,48 @@
+"""What every benchmark reports beside its figures: the machine, peak memory, medians, the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from ensemble import atomic
+
+
+def machine(device: str = "cpu") -> dict:
+    """The machine a figure was measured on: CPU, cores, torch threads, GPU name, load at the start."""
+    cuda = torch.device(device).type == "cuda"
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0], "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "device": device, "gpu": torch.cuda.get_device_name() if cuda else None,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def peak_rss_mib() -> dict:
+    """Peak resident memory in MiB: this process's high-water mark (``VmHWM`` of ``/proc/self/status``,
+    which starts afresh at ``exec``, unlike ``ru_maxrss``), and the largest ``ru_maxrss`` of its
+    finished children, an upper bound: Linux carries a parent's peak into the children it forks."""
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"process": round(hwm / 1024, 1), "children_upper_bound": round(children / 1024, 1)}
+
+
+def median(values: list[float], digits: int = 1) -> float:
+    """Median, rounded."""
+    return round(statistics.median(values), digits)
+
+
+def save(result: dict, out) -> None:
+    """Write ``result`` atomically as JSON to ``out`` and print it."""
+    atomic.write_json(out, result)
+    print(json.dumps(result, indent=2))
+    print(f"-> {out}")
