@@ -7,13 +7,18 @@ preprocessing (read, resample, trim, render) and the models. The clip is a real 
 of a hidden-test actor cut to its first 4.0 s (written to a temporary WAV at its own rate).
 
     python benchmarks/predict.py --recipe recipes/seed_pretrained_ensemble.toml [--repeats 20] [--device cpu]
+    python benchmarks/predict.py --untrained   # every backbone of the recipe, fold models not trained
+
+``--untrained`` builds the ensemble the recipe would have once fully trained (every backbone, one
+model per fold, equal weights) from randomly initialised models instead of loading runs: latency
+depends on the architectures, not on the weights, so it measures a 5-backbone x 5-fold ensemble
+before one is trained.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -21,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
+
+from common import machine, save
 
 CLIP = Path("../shared/data/ravdess/Actor_21/03-01-05-02-01-01-21.flac")
 SECONDS = 4.0
@@ -31,18 +37,31 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
+def untrained_ensemble(recipe, device: str):
+    """The recipe's full ensemble (every backbone, ``n_splits`` fold models, equal weights) with random weights."""
+    from ensemble import competition, predict, train
+
+    classes = competition.load(recipe.competition).classes
+    untrained = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
+    torch_device = train.resolve_device(device)
+    members = [predict.Member(b, 1 / len(recipe.backbones),
+                              [train.build_model(untrained, b, len(classes)).to(torch_device).eval() for _ in range(recipe.folds.n_splits)],
+                              [recipe.train.seed]) for b in recipe.backbones]
+    return predict.Ensemble(recipe, classes, members, "untrained models, equal weights (--untrained)", torch_device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess.toml"))
     parser.add_argument("--clip", type=Path, default=CLIP, help="Recording to cut the 4 s clip from (at least 4 s long).")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--untrained", action="store_true", help="Every backbone x fold of the recipe, randomly initialised.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/predict.json"))
     args = parser.parse_args()
-    load_average = os.getloadavg()[0]
 
     started = time.perf_counter()
-    from ensemble import atomic, audio, predict, recipe as recipe_mod
+    from ensemble import audio, predict, recipe as recipe_mod
 
     import_s = time.perf_counter() - started
     recipe = recipe_mod.load(args.recipe)
@@ -54,7 +73,7 @@ def main() -> None:
         sf.write(clip, samples[: int(SECONDS * rate)], rate)
 
         started = time.perf_counter()
-        ensemble = predict.load_ensemble(recipe, args.device)
+        ensemble = untrained_ensemble(recipe, args.device) if args.untrained else predict.load_ensemble(recipe, args.device)
         loaded = time.perf_counter()
         first = predict.predict(ensemble, [clip])[0]
         cold_s, load_s = time.perf_counter() - started, loaded - started
@@ -83,13 +102,10 @@ def main() -> None:
         "cold_breakdown_ms": {"load_ensemble": _ms(load_s), "first_predict": _ms(cold_s - load_s), "imports_before": _ms(import_s)},
         "warm_ms": {"median": _ms(statistics.median(calls)), "min": _ms(min(calls)), "max": _ms(max(calls)), "repeats": args.repeats},
         "warm_breakdown_median_ms": {"preprocess": _ms(statistics.median(preprocess)), "models": _ms(statistics.median(models))},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(ensemble.device),
-                    "cuda": torch.cuda.get_device_name() if ensemble.device.type == "cuda" else None,
-                    "load_average_1min_at_start": round(load_average, 2)},
+        "machine": machine(str(ensemble.device)),
         "top_class": ensemble.classes[int(np.argmax(first.proba))],
     }
-    atomic.write_json(args.out, result)
+    save(result, args.out)
     print(f"{args.recipe}: {sum(len(m.models) for m in ensemble.members)} fold models of {len(ensemble.members)} backbone(s); "
           f"cold {result['cold_ms']} ms (loading {result['cold_breakdown_ms']['load_ensemble']} ms), warm median "
           f"{result['warm_ms']['median']} ms (preprocess {result['warm_breakdown_median_ms']['preprocess']} ms, "

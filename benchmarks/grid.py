@@ -1,0 +1,73 @@
+"""Wall time and peak RAM of a recipe's whole training grid (backbones x folds), feature rendering included.
+
+Builds the features into a fresh cache (the competition's tables are copied into a temporary
+folder whose ``audio_root`` is the original one, so nothing is reused from earlier runs), then
+trains every (backbone, fold) of the recipe into a temporary runs folder with
+:func:`ensemble.train.train_fold`, exactly what ``ens train --recipe ...`` does. Reports the wall
+time of the feature build and of each run, the total, and the peak resident memory of the process.
+``--backbones``, ``--folds`` and ``--epochs`` shrink the grid (for a CPU); the JSON says which grid ran.
+
+    python benchmarks/grid.py [--recipe recipes/ravdess.toml] [--backbones a,b] [--folds 0,1] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ensemble import recipe as recipe_mod, train
+
+from common import machine, peak_rss_mib, save
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess.toml"))
+    parser.add_argument("--backbones", default="", help="Comma-separated subset of the recipe's backbones (default: all).")
+    parser.add_argument("--folds", default="", help="Comma-separated folds (default: all).")
+    parser.add_argument("--epochs", type=int, default=0, help="Epochs per run (default: the recipe's).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grid.json"))
+    args = parser.parse_args()
+
+    recipe = recipe_mod.load(args.recipe)
+    backbones = args.backbones.split(",") if args.backbones else recipe.backbones
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else list(range(recipe.folds.n_splits))
+    if args.epochs:
+        recipe.train.epochs = args.epochs
+    source = Path(recipe.competition.dir).resolve()
+    if not (source / "train.csv").exists():
+        raise SystemExit(f"{source} holds no competition: run `ens data ravdess` (or give another --recipe).")
+    with tempfile.TemporaryDirectory() as tmp:
+        competition = Path(tmp) / "competition"
+        competition.mkdir()
+        for table in source.glob("*.csv"):
+            shutil.copy(table, competition)
+        recipe.competition.audio_root = str(Path(recipe.competition.audio_root or source).resolve())
+        recipe.competition.dir, recipe.runs_dir = str(competition), str(Path(tmp) / "runs")
+
+        started = time.perf_counter()
+        data = train.load_data(recipe)
+        features_s = time.perf_counter() - started
+        runs = {}
+        for backbone in backbones:
+            for fold in folds:
+                t0 = time.perf_counter()
+                metrics = train.train_fold(recipe, data, backbone, fold)
+                runs[f"{backbone}/fold{fold}"] = {"seconds": round(time.perf_counter() - t0, 1), recipe.train.metric: round(metrics[recipe.train.metric], 4)}
+                print(f"{backbone} fold {fold}: {runs[f'{backbone}/fold{fold}']}", flush=True)
+        total_s = time.perf_counter() - started
+    full = backbones == recipe.backbones and len(folds) == recipe.folds.n_splits and not args.epochs
+    result = {
+        "recipe": str(args.recipe), "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full},
+        "clips": {"train": len(data.x_train), "test": len(data.x_test), "augmented_copies": recipe.augment.copies},
+        "feature_build_s": round(features_s, 1), "runs": runs, "total_s": round(total_s, 1), "total_min": round(total_s / 60, 2),
+        "peak_rss_mib": peak_rss_mib(), "machine": machine(str(train.resolve_device(recipe.train.device))),
+    }
+    save(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
