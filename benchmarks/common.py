@@ -36,6 +36,12 @@ def peak_rss_mib() -> dict:
     return {"process": round(hwm / 1024, 1), "children_upper_bound": round(children / 1024, 1)}
 
 
+def reset_peak() -> None:
+    """Start this process's ``VmHWM`` afresh from its current RSS (``/proc/self/clear_refs`` = 5,
+    Linux >= 4.0), so the next :func:`peak_rss_mib` measures the phase that follows."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def median(values: list[float], digits: int = 1) -> float:
     """Median, rounded."""
     return round(statistics.median(values), digits)

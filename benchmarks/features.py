@@ -7,6 +7,8 @@ On the same real RAVDESS clips (loaded once, fixed to ``[features].duration``), 
 - ``librosa_defaults``: what a notebook does per clip: ``melspectrogram``, ``chroma_stft`` (tuning
   estimated) and ``amplitude_to_db(|stft|)`` with librosa's default settings, each its own STFT;
 - ``torch_cpu_b<N>``: :func:`ensemble.features.render_batch` on CPU in batches of N clips;
+- ``torch_stft_only_b8``: only the renderer's STFT (power spectrum) in batches of 8, the floor
+  the renderer cannot go below on this device;
 - ``torch_cuda_all``: on CUDA (when present), every clip in batches of 256, waveforms already on
   the device, synchronised: the time for all ``--clips`` clips is reported too.
 
@@ -73,6 +75,15 @@ def main() -> None:
     waves = np.stack([audio.load(p, config.sample_rate, config.duration, config.trim_db) for p in paths])
     load_s = time.perf_counter() - started
 
+    stft = features.Renderer(config).stft
+    tensor = torch.from_numpy(waves)
+
+    def stft_only():
+        with torch.inference_mode():
+            for start in range(0, len(tensor), 8):
+                spectrum = stft(tensor[start : start + 8])
+                spectrum.real.square() + spectrum.imag.square()
+
     def run_torch(batch: int):
         return lambda: features.render_batch(waves, config, "cpu", batch)
 
@@ -80,6 +91,7 @@ def main() -> None:
         "librosa_reference": lambda: [features.render(y, config) for y in waves],
         "librosa_defaults": lambda: [librosa_defaults(y, config.sample_rate) for y in waves],
         **{f"torch_cpu_b{b}": run_torch(b) for b in (1, 8, 32, 256)},
+        "torch_stft_only_b8": stft_only,
     }
     cuda = torch.cuda.is_available()
     if cuda:

@@ -4,7 +4,8 @@ Builds the features into a fresh cache (the competition's tables are copied into
 folder whose ``audio_root`` is the original one, so nothing is reused from earlier runs), then
 trains every (backbone, fold) of the recipe into a temporary runs folder with
 :func:`ensemble.train.train_fold`, exactly what ``ens train --recipe ...`` does. Reports the wall
-time of the feature build and of each run, the total, and the peak resident memory of the process.
+time of the feature build and of each run, the total, and the peak resident memory of the process
+during the feature build and during training.
 ``--backbones``, ``--folds`` and ``--epochs`` shrink the grid (for a CPU); the JSON says which grid ran.
 
     python benchmarks/grid.py [--recipe recipes/ravdess.toml] [--backbones a,b] [--folds 0,1] [--epochs N]
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from ensemble import recipe as recipe_mod, train
 
-from common import machine, peak_rss_mib, save
+from common import machine, peak_rss_mib, reset_peak, save
 
 
 def main() -> None:
@@ -51,6 +52,8 @@ def main() -> None:
         started = time.perf_counter()
         data = train.load_data(recipe)
         features_s = time.perf_counter() - started
+        features_peak = peak_rss_mib()
+        reset_peak()
         runs = {}
         for backbone in backbones:
             for fold in folds:
@@ -64,7 +67,7 @@ def main() -> None:
         "recipe": str(args.recipe), "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full},
         "clips": {"train": len(data.x_train), "test": len(data.x_test), "augmented_copies": recipe.augment.copies},
         "feature_build_s": round(features_s, 1), "runs": runs, "total_s": round(total_s, 1), "total_min": round(total_s / 60, 2),
-        "peak_rss_mib": peak_rss_mib(), "machine": machine(str(train.resolve_device(recipe.train.device))),
+        "peak_rss_mib": {"feature_build": features_peak, "training": peak_rss_mib()}, "machine": machine(str(train.resolve_device(recipe.train.device))),
     }
     save(result, args.out)
 

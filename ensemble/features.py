@@ -246,7 +246,7 @@ class FeatureCache:
     memory-mapped when read, and ``index.json`` (each row's clip key and the array's file name).
 
     A build writes a new array (old rows copied, new rows rendered into it chunk by chunk, so
-    memory holds one chunk of waveforms, not the corpus), then the index atomically, then removes
+    memory holds two chunks of waveforms, the one rendered and the one loaded, not the corpus), then the index atomically, then removes
     the old array: a crash leaves either the old or the new cache, never a partial one.
     """
 
@@ -321,16 +321,16 @@ class FeatureCache:
             for start in range(0, len(rows), self.CHUNK):
                 stop = min(start + self.CHUNK, len(rows))
                 out[start:stop] = cached[start:stop]
-            if workers > 1:
-                waves = stack.enter_context(worker_pool(workers)).map(_load_one, jobs, chunksize=4)
-            else:
-                waves = map(_load_one, jobs)
-            row = len(rows)
-            for start in range(0, len(jobs), self.CHUNK):
-                chunk = np.stack([next(waves) for _ in jobs[start : start + self.CHUNK]])
-                out[row : row + len(chunk)] = render_batch(chunk, c, device)
-                row += len(chunk)
-                bar.update(len(chunk))
+            pool = stack.enter_context(worker_pool(workers)) if workers > 1 else None
+            chunks = [jobs[start : start + self.CHUNK] for start in range(0, len(jobs), self.CHUNK)]
+            load = (lambda chunk: pool.map(_load_one, chunk, chunksize=4)) if pool else (lambda chunk: map(_load_one, chunk))
+            pending, row = load(chunks[0]), len(rows)
+            for following in [*chunks[1:], None]:
+                current, pending = pending, (load(following) if following else None)  # the workers load the next chunk meanwhile
+                waves = np.stack(list(current))
+                out[row : row + len(waves)] = render_batch(waves, c, device)
+                row += len(waves)
+                bar.update(len(waves))
             out.flush()
             del out
         bar.close()
