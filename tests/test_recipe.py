@@ -25,6 +25,7 @@ def test_feature_key_changes_with_any_setting():
     ({"features": {"channels": ["mel", "cqt"]}}, r"\[features\].channels = \['mel', 'cqt'\]: each must be one of"),
     ({"train": {"lr": "fast"}}, r"\[train\].lr = 'fast' should be of type float"),
     ({"blend": {"method": "vote"}}, r"\[blend\].method = 'vote'"),
+    ({"train": {"precision": "fp8"}}, r"\[train\].precision = 'fp8': must be bf16, fp16 or fp32"),
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\] in the top level"),
 ])
 def test_bad_recipes_are_refused_naming_the_key(data, message):

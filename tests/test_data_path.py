@@ -1,0 +1,71 @@
+"""The training data path: one memory-mapped cache pass, single-threaded loading workers,
+batch prefetching, and torch.compile giving the run it would give without."""
+
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+
+from ensemble import features, recipe as recipe_mod, train
+from ensemble.recipe import AugmentConfig, FeatureConfig
+
+from .conftest import ravdess_clip, tiny_competition
+
+CLIPS = [ravdess_clip(1, 5), ravdess_clip(2, 4)]
+
+
+def test_clean_and_augmented_renderings_are_cached_in_one_pass_as_one_mapped_array(tmp_path):
+    config, augment = FeatureConfig(height=32), AugmentConfig(copies=1)
+    cache = features.FeatureCache(tmp_path, config)
+    images = cache.get(CLIPS + CLIPS, copies=[0, 0, 1, 1], augment=augment, progress=False)
+    assert isinstance(images, np.memmap) and images.shape == (4, 3, 32, 176)
+    assert len(list(cache.dir.glob("*.npy"))) == 1
+    for row, (path, copy) in enumerate(zip(CLIPS + CLIPS, [0, 0, 1, 1])):
+        expected = features.render_batch(features.load_waveform(path, config, augment, copy)[None], config)[0].astype(np.float16)
+        np.testing.assert_array_equal(images[row], expected)
+    assert np.abs(images[2].astype(np.float32) - images[0]).mean() > 0.01  # the augmented copy is another rendering
+
+
+def _thread_settings(_):
+    return os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_loading_workers_run_single_threaded_and_the_parent_keeps_its_settings(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "7")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with features.worker_pool(2) as pool:
+        assert set(pool.map(_thread_settings, range(4))) == {("1", "1")}
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "7" and "OMP_NUM_THREADS" not in os.environ
+
+
+def test_ahead_prepares_the_next_batch_while_the_caller_works_in_order():
+    second_started = threading.Event()
+
+    def prepare(k):
+        if k == 1:
+            second_started.set()
+        return k * 10
+
+    results = []
+    for value in train.ahead([(k,) for k in range(5)], prepare):
+        if value == 0:  # still busy with the first batch: the second is being prepared already
+            assert second_started.wait(timeout=10)
+        results.append(value)
+    assert results == [0, 10, 20, 30, 40]
+    assert list(train.ahead([], prepare)) == []
+
+
+def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_path):
+    text = tiny_recipe_text(tmp_path / "comp", tmp_path / "runs", tmp_path / "subs")
+    r = recipe_mod.load(tiny_competition(tmp_path / "tiny.toml", text, small_source))
+    data = train.load_data(r, progress=False)
+    assert isinstance(data.x_train, np.memmap) and isinstance(data.x_test, np.memmap)  # views of the cache, not copies
+    plain = train.train_fold(r, data, "test_resnet", 0, progress=False)
+    r.train.compile, r.name = True, "compiled"
+    compiled = train.train_fold(r, data, "test_resnet", 0, progress=False)
+    assert abs(compiled["log_loss"] - plain["log_loss"]) < 1e-3  # inductor's fused kernels round differently, barely
+    oof = [pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")]
+    r.name = "tiny"
+    oof.append(pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv"))
+    np.testing.assert_allclose(oof[0][data.competition.classes].to_numpy(), oof[1][data.competition.classes].to_numpy(), atol=1e-3)
