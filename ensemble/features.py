@@ -1,6 +1,7 @@
 """Feature rendering: a clip becomes an image of shape ``(channels, height, frames)`` in [0, 1], cached.
 
-Channels share one STFT, hence one time axis:
+Images are rendered in batches by :class:`Renderer` (torch, CPU or CUDA); :func:`render` is the
+per-clip librosa reference it matches within 1e-4. Channels share one STFT, hence one time axis:
 
 - ``mel``: log-Mel power, ``librosa.feature.melspectrogram`` + ``power_to_db`` (ref = clip peak).
 - ``chroma``: chromagram, ``librosa.feature.chroma_stft`` with ``tuning=0`` (12 pitch classes).
@@ -12,9 +13,9 @@ Log channels span ``top_db`` dB and are mapped linearly to [0, 1]; chroma is alr
 bilinear with anti-aliasing, except chroma, which is repeated (nearest) because its 12 rows are
 pitch classes, not a continuous axis. The backbone's ImageNet mean/std is applied later, on the batch.
 
-The cache holds one float16 array per competition folder and feature setting
+The cache holds one memory-mapped float16 array per competition folder and feature setting
 (``<competition>/.ens_cache/<FeatureConfig.key()>/``) and an index of the clips in it, keyed by
-path, size and modification time; clips already in it are never rendered again.
+path, size and modification time (and augmented copy); clips already in it are never rendered again.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import json
 import multiprocessing
 import os
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import librosa
@@ -107,7 +108,7 @@ class Renderer(nn.Module):
     librosa's ``ref=np.max``. The filterbanks are buffers, so ``.to(device)`` moves them.
 
     :func:`render` (librosa, one clip at a time) is the reference; ``tests/test_features.py``
-    checks that both agree within 1e-3 on real RAVDESS clips (images are in [0, 1], and the
+    checks that both agree within 1e-4 on real RAVDESS clips (images are in [0, 1], and the
     cache stores float16, whose step near 1 is 5e-4).
 
     Args:
@@ -127,10 +128,11 @@ class Renderer(nn.Module):
         self.register_buffer("chroma_fb", torch.from_numpy(chroma).float(), persistent=False)  # (12, n_freqs)
         self.register_buffer("dct", torchaudio.functional.create_dct(c.n_mfcc, c.n_mels, "ortho").T.contiguous(), persistent=False)
 
-    def _log(self, power: torch.Tensor, amin: float) -> torch.Tensor:
+    def _log(self, power: torch.Tensor) -> torch.Tensor:
         """``power`` ``(batch, rows, frames)`` in dB relative to each clip's peak, floored at ``-top_db``
-        (``librosa.power_to_db(S, ref=np.max, amin=amin, top_db=top_db)``)."""
-        db = 10.0 * torch.log10(power.clamp_min(amin))
+        (``librosa.power_to_db(S, ref=np.max, amin=1e-10, top_db=top_db)``; ``amplitude_to_db``'s
+        ``amin=1e-5`` on magnitudes is the same floor on power)."""
+        db = 10.0 * torch.log10(power.clamp_min(1e-10))
         db = db - db.amax(dim=(1, 2), keepdim=True)
         return db.clamp_min(-self.config.top_db)
 
@@ -144,11 +146,11 @@ class Renderer(nn.Module):
         images = []
         for name in c.channels:
             if name in ("mel", "mfcc") and mel_db is None:
-                mel_db = self._log(torch.matmul(self.mel_fb, power), 1e-10)
+                mel_db = self._log(torch.matmul(self.mel_fb, power))
             if name == "mel":
                 rows, nearest = (mel_db + c.top_db) / c.top_db, False
-            elif name == "stft":  # librosa.amplitude_to_db: power_to_db of magnitude**2 with amin 1e-5**2
-                rows, nearest = (self._log(power, 1e-10) + c.top_db) / c.top_db, False
+            elif name == "stft":
+                rows, nearest = (self._log(power) + c.top_db) / c.top_db, False
             elif name == "chroma":
                 raw = torch.matmul(self.chroma_fb, power)
                 peak = raw.amax(dim=1, keepdim=True)

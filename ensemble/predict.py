@@ -95,7 +95,8 @@ class Ensemble:
         multilabel = self.recipe.competition.task == "multilabel"
         shifts = self.recipe.train.tta_shifts
         for member in self.members:
-            probas = [train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts) for model in member.models]
+            probas = [train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts,
+                                    precision=self.recipe.train.precision) for model in member.models]
             total += member.weight * np.mean(probas, axis=0)
         return total
 

@@ -174,9 +174,10 @@ def ahead(jobs: Sequence[tuple], fn) -> Iterator:
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False,
-            shifts: Sequence[float] = ()) -> np.ndarray:
+            shifts: Sequence[float] = (), precision: str = "bf16") -> np.ndarray:
     """Probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``: softmax,
-    or with ``multilabel`` one sigmoid per class, in batches of ``batch_size`` images.
+    or with ``multilabel`` one sigmoid per class, in batches of ``batch_size`` images, under the
+    :func:`autocast` of ``precision`` (``[train].precision``).
 
     With ``shifts`` (``[train].tta_shifts``: fractions of the frame axis) this is time-shift
     test-time augmentation: the mean of the probabilities of each image and of the image rolled
@@ -191,7 +192,7 @@ def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: i
         total = 0
         for frames in rolls:
             shifted = _layout(torch.roll(batch, frames, dims=-1), device) if frames else batch
-            with autocast(device):
+            with autocast(device, precision):
                 logits = model(shifted).float()
             total = total + (logits.sigmoid() if multilabel else logits.softmax(dim=1))
         out.append((total / len(rolls)).cpu())
@@ -294,8 +295,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     per update (timm ``create_scheduler_v2``), cross-entropy with label smoothing and optional
     class weights, optional EMA of the weights (validated and saved instead of the raw weights)
     and early stopping; ``[augment]``: a random clean-or-augmented rendering per clip per epoch,
-    albumentations image transforms, SpecAugment / time roll, mixup. On CUDA bf16 autocast and
-    channels_last. Seeded: the same recipe gives the same run on CPU. Validation and the saved
+    albumentations image transforms, SpecAugment / time roll, mixup. On CUDA the autocast of
+    ``[train].precision`` and channels_last; ``[train].compile`` compiles the training forward
+    pass. Seeded: the same recipe gives the same run on CPU. Validation and the saved
     ``oof.csv`` / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`predict`).
 
     Returns:
@@ -392,7 +394,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
                 bar.set_postfix(loss=f"{torch.stack(losses).mean().item():.3f}")
         train_seconds = time.time() - started
         evaluated = model if ema is None else ema.module
-        proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts)
+        proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts, precision=t.precision)
         scores = score(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item(), **{f"valid_{k}": v for k, v in scores.items()},
                "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
@@ -420,7 +422,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     atomic.write_csv(out / "oof.csv", _proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
-    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts), classes))
+    test_proba = predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=t.precision)
+    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, test_proba, classes))
     report = {**(multilabel.report if ml else metrics.report)(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
               "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
     atomic.write_json(out / "metrics.json", report)

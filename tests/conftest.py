@@ -76,16 +76,12 @@ def cli_ok(args: list[str]) -> str:
 
 def tiny_competition(recipe_path: Path, recipe_text: str, source: Path) -> Path:
     """Write ``recipe_text`` to ``recipe_path``, build its competition from the RAVDESS-layout
-    ``source`` (actors 5 and 6 held out, 2 folds) and fill the feature cache in this process (on
-    48 short clips a spawned worker pool costs more than it saves). Returns ``recipe_path``."""
-    from ensemble import competition, features, recipe
+    ``source`` (actors 5 and 6 held out, 2 folds) and fill its feature cache. Returns ``recipe_path``."""
+    from ensemble import recipe, train
 
     recipe_path.write_text(recipe_text)
     r = recipe.load(recipe_path)
     comp = Path(r.competition.dir)
     cli_ok(["data", "ravdess", "--source", str(source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
-    loaded = competition.load(r.competition)
-    cache = features.FeatureCache(comp / ".ens_cache", r.features)
-    for table in (loaded.train, loaded.test):
-        cache.get(loaded.audio_paths(table), progress=False, workers=1)
+    train.load_data(r, progress=False)
     return recipe_path
