@@ -7,6 +7,7 @@ then replaces the destination with :func:`os.replace` (atomic on POSIX and Windo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -26,6 +27,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Use for writers that want a file name (``numpy.save``, ``safetensors.torch.save_file``).
     The temporary name keeps the destination's suffix so such writers do not append their own.
+
+    Raises:
+        OSError: a full disk, quota or file-size limit (ENOSPC, EDQUOT, EFBIG) is re-raised with a
+            message naming ``path`` and saying the previous file is kept; other OS errors as they are.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +43,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would have
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            kept = "the previous file is kept" if path.exists() else "nothing was written"
+            raise OSError(err.errno, f"{os.strerror(err.errno)} while writing {path}; {kept}. Free space on {path.parent} and run again.") from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

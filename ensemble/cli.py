@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,12 +24,29 @@ DEFAULT_RECIPE = Path("recipes/ravdess.toml")
 RecipeOption = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="Recipe TOML file.")
 KNOWN_ERRORS = (recipe_mod.RecipeError, competition.CompetitionError, AudioError, BackboneError, BlendError,
                 ravdess.RavdessError, RunConflictError)
+OnErrorOption = typer.Option("fail", "--on-error", help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
+                             "list them in runs/<recipe>/skipped.csv; skipped test clips are predicted as the training prior).")
 HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
 
 
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _load_data(r: recipe_mod.Recipe, progress: bool, on_error: str):
+    """:func:`ensemble.train.load_data`, its skipped-clips warning shown as a plain line."""
+    from . import train as train_mod
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", train_mod.SkippedClipsWarning)
+        data = train_mod.load_data(r, progress=progress, on_error=on_error)
+    for warning in caught:
+        if issubclass(warning.category, train_mod.SkippedClipsWarning):
+            typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return data
 
 
 def _load_recipe(path: Path) -> recipe_mod.Recipe:
@@ -87,6 +105,8 @@ def train(
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Train from random initialisation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [train].device."),
     force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
+    resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
+    on_error: str = OnErrorOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped."""
@@ -106,15 +126,15 @@ def train(
     try:
         recipe_mod.validate(r, f"{recipe} with command-line overrides")  # malformed name@seed entries fail before the data loads
         folds = _parse_folds(fold, r.folds.n_splits)
-        data = train_mod.load_data(r, progress=not quiet)
+        data = _load_data(r, not quiet, on_error)
         for name in r.backbones:
             for k in folds:
                 done = None if force else train_mod.finished_run(r, data, name, k)
-                report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet)
+                report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet, resume=resume)
                 headline = "  ".join(f"{key} {report[key]:.4f}" for key in HEADLINE[r.competition.task])
                 typer.echo(f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"
                            + ("  [already finished, skipped]" if done else ""))
-    except KNOWN_ERRORS + (ValueError,) as err:
+    except KNOWN_ERRORS + (ValueError, OSError) as err:
         _fail(err)
 
 
@@ -124,17 +144,18 @@ def blend(
     method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."),
+    on_error: str = OnErrorOption,
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
-    from . import blend as blend_mod, train as train_mod
+    from . import blend as blend_mod
 
     r = _load_recipe(recipe)
     if backbone:
         r.backbones = [b.strip() for b in backbone.split(",")]
     try:
-        data = train_mod.load_data(r, progress=False)
+        data = _load_data(r, False, on_error)
         result = blend_mod.blend(r, data, method, name)
-    except KNOWN_ERRORS + (ValueError,) as err:
+    except KNOWN_ERRORS + (ValueError, OSError) as err:
         _fail(err)
     for backbone, reason in result.skipped.items():
         typer.secho(f"skipped {backbone}: {reason}", fg=typer.colors.YELLOW, err=True)

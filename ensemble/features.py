@@ -16,6 +16,8 @@ pitch classes, not a continuous axis. The backbone's ImageNet mean/std is applie
 The cache holds one memory-mapped float16 array per competition folder and feature setting
 (``<competition>/.ens_cache/<FeatureConfig.key()>/``) and an index of the clips in it, keyed by
 path, size and modification time (and augmented copy); clips already in it are never rendered again.
+A clip that cannot be loaded is recorded in the index with its error (and a zero row), so a
+corpus with bad files is not re-read on every run; fixing the file changes its key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -209,8 +213,12 @@ def load_waveform(path: str | os.PathLike, config: FeatureConfig, augment: Augme
     return y
 
 
-def _load_one(job) -> np.ndarray:
-    return load_waveform(*job)
+def _load_one(job) -> tuple[np.ndarray | None, str | None]:
+    """``(waveform, None)``, or ``(None, message)`` when the clip cannot be loaded (:class:`AudioError`)."""
+    try:
+        return load_waveform(*job), None
+    except audio.AudioError as err:
+        return None, str(err)
 
 
 # One thread per data worker: the workers already use every core, and a BLAS or OpenMP pool per
@@ -243,33 +251,52 @@ def _clip_key(path: Path, augment: AugmentConfig | None, copy: int) -> str:
     return f"{key}|aug{copy}:{augment.waveform_key()}" if copy else key
 
 
+ON_ERROR = ("fail", "skip")
+
+
 class FeatureCache:
     """One feature setting's cache: a single float16 ``.npy`` array of every rendered clip,
-    memory-mapped when read, and ``index.json`` (each row's clip key and the array's file name).
+    memory-mapped when read, and ``index.json`` (each row's clip key, the array's file name, and
+    the error of each clip that could not be loaded; such a clip's row is zeros).
 
     A build writes a new array (old rows copied, new rows rendered into it chunk by chunk, so
-    memory holds two chunks of waveforms, the one rendered and the one loaded, not the corpus), then the index atomically, then removes
-    the old array: a crash leaves either the old or the new cache, never a partial one.
+    memory holds two chunks of waveforms, the one rendered and the one loaded, not the corpus), then
+    the index atomically, then removes every other array: a crash (even ``kill -9``) leaves either
+    the old or the new cache, never a partial one, and the next build deletes what the crashed one
+    left behind. An index whose array is missing or unreadable is rebuilt, with a warning.
+    One process writes a cache at a time.
     """
 
     CHUNK = 256  # clips loaded by the workers per rendering step
     POOL_MIN_AUGMENTED = 1000
+    _LEFTOVER = re.compile(r"^\.features-\d+-(\d+)\..*\.tmp\.npy$")  # atomic_path temporaries: .<stem>.<random>.npy.tmp.npy
 
     def __init__(self, root: str | os.PathLike, config: FeatureConfig):
         self.config = config
         self.dir = Path(root) / config.key()
 
-    def _read(self) -> tuple[dict[str, int], np.ndarray | None, str | None]:
-        """Cached clip keys -> row, the memory-mapped array, and the array's file name."""
+    def _read(self) -> tuple[dict[str, int], np.ndarray | None, str | None, dict[str, str]]:
+        """Cached clip keys -> row, the memory-mapped array, the array's file name, and the errors by key."""
         index_path = self.dir / "index.json"
         if not index_path.exists():
-            return {}, None, None
-        index = json.loads(index_path.read_text())
-        array = np.load(self.dir / index["array"], mmap_mode="r")
-        return {key: row for row, key in enumerate(index["keys"])}, array, index["array"]
+            return {}, None, None, {}
+        try:
+            index = json.loads(index_path.read_text())
+            array = np.load(self.dir / index["array"], mmap_mode="r")
+            if len(array) != len(index["keys"]):
+                raise ValueError(f"{len(array)} rows for {len(index['keys'])} clips")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"{self.dir}: the feature cache is unreadable ({err!r}); rendering it again.", stacklevel=3)
+            return {}, None, None, {}
+        return {key: row for row, key in enumerate(index["keys"])}, array, index["array"], index.get("errors", {})
+
+    @staticmethod
+    def _keys(paths: list[Path], copies: list[int], augment: AugmentConfig | None) -> list[str | None]:
+        """Each clip's cache key, or None for a file that does not exist."""
+        return [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(paths, copies)]
 
     def get(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
-            progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+            progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu", on_error: str = "fail") -> np.ndarray:
         """Images of ``paths``, rendering (and adding to the cache) only clips not cached yet.
 
         Args:
@@ -283,6 +310,9 @@ class FeatureCache:
                 (``benchmarks/features.py``); loading and augmenting a clip takes ~13.5 ms, so only
                 large augmented builds repay a pool's start-up.
             device: where :func:`render_batch` renders.
+            on_error: ``fail`` raises for clips that cannot be loaded (missing files before any
+                rendering; unreadable ones after the good clips are cached); ``skip`` returns zero
+                images for them: :meth:`failures` says which.
 
         Returns:
             float16 ``(len(paths), channels, height, frames)``: a read-only view of the
@@ -290,34 +320,63 @@ class FeatureCache:
             built by one call), else a copy in memory.
 
         Raises:
-            AudioError: a clip cannot be loaded; nothing is added to the cache then.
+            AudioError: under ``fail``, clips that cannot be loaded; the message lists each file and its problem.
+            ValueError: ``on_error`` is not ``fail`` or ``skip``.
         """
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
         paths = [Path(p) for p in paths]
         copies = [0] * len(paths) if copies is None else list(copies)
-        for p in paths:
-            if not p.is_file():
-                raise audio.AudioError(f"{p}: audio file does not exist; check the path column and [competition].audio_root.")
-        keys = [_clip_key(p, augment, k) for p, k in zip(paths, copies)]
-        rows, cached, old_array = self._read()
-        todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key not in rows}
+        keys = self._keys(paths, copies, augment)
+        missing = [p for p, key in zip(paths, keys) if key is None]
+        if missing and on_error == "fail":
+            raise audio.AudioError(_error_list(dict.fromkeys(missing, "audio file does not exist"), "check the path column and [competition].audio_root"))
+        rows, cached, old_array, errors = self._read()
+        todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key is not None and key not in rows}
         if todo:
-            self._build(rows, cached, old_array, todo, progress, workers, device)
-            rows, cached, _ = self._read()
+            self._build(rows, cached, old_array, errors, todo, progress, workers, device)
+            rows, cached, _, errors = self._read()
+        if on_error == "fail" and (failed := self._failures(keys, errors)):
+            raise audio.AudioError(_error_list({paths[i]: message for i, message in failed.items()}, "fix or remove these files, or pass --on-error skip"))
+        shape = (len(self.config.channels), self.config.height, frames(self.config))
+        if missing:  # only under skip: zero rows for files that do not exist
+            return np.stack([np.zeros(shape, np.float16) if key is None else cached[rows[key]] for key in keys])
         picked = np.array([rows[k] for k in keys], dtype=np.int64)
         if len(picked) and (picked == np.arange(picked[0], picked[0] + len(picked))).all():
             return cached[picked[0] : picked[0] + len(picked)]
-        return np.asarray(cached[picked])
+        return np.asarray(cached[picked]) if len(picked) else np.zeros((0, *shape), np.float16)
 
-    def _build(self, rows: dict[str, int], cached: np.ndarray | None, old_array: str | None, todo: dict, progress: bool,
-               workers: int | None, device) -> None:
+    def failures(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None,
+                 augment: AugmentConfig | None = None) -> dict[int, str]:
+        """Position in ``paths`` -> problem, for each clip that does not exist or failed to load
+        when it was cached (arguments as for :meth:`get`, after which this is meaningful)."""
+        paths = [Path(p) for p in paths]
+        return self._failures(self._keys(paths, [0] * len(paths) if copies is None else list(copies), augment), self._read()[3])
+
+    @staticmethod
+    def _failures(keys: list[str | None], errors: dict[str, str]) -> dict[int, str]:
+        return {i: "audio file does not exist" if key is None else errors[key] for i, key in enumerate(keys) if key is None or key in errors}
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary arrays of builds whose process is gone (killed mid-build)."""
+        for path in self.dir.glob(".features-*.tmp.npy"):
+            match = self._LEFTOVER.match(path.name)
+            if match and not _alive(int(match.group(1))):
+                path.unlink(missing_ok=True)
+
+    def _build(self, rows: dict[str, int], cached: np.ndarray | None, old_array: str | None, errors: dict[str, str], todo: dict,
+               progress: bool, workers: int | None, device) -> None:
         c = self.config
+        self._remove_leftovers()
         jobs = list(todo.values())
         all_keys = list(rows) + list(todo)
+        errors = dict(errors)
         name = f"features-{len(all_keys)}-{os.getpid()}.npy"
         if workers is None:
             augmented = sum(1 for job in jobs if job[3])
             workers = (os.cpu_count() or 1) if augmented >= self.POOL_MIN_AUGMENTED else 1
         workers = min(workers, len(jobs))
+        n_samples = int(round(c.duration * c.sample_rate))
         bar = tqdm(total=len(jobs), desc="render features", unit="clip", disable=not progress)
         with atomic.atomic_path(self.dir / name) as tmp, contextlib.ExitStack() as stack:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(all_keys), len(c.channels), c.height, frames(c)))
@@ -325,18 +384,43 @@ class FeatureCache:
                 stop = min(start + self.CHUNK, len(rows))
                 out[start:stop] = cached[start:stop]
             pool = stack.enter_context(worker_pool(workers)) if workers > 1 else None
-            chunks = [jobs[start : start + self.CHUNK] for start in range(0, len(jobs), self.CHUNK)]
-            load = (lambda chunk: pool.map(_load_one, chunk, chunksize=4)) if pool else (lambda chunk: map(_load_one, chunk))
+            chunks = [list(todo.items())[start : start + self.CHUNK] for start in range(0, len(jobs), self.CHUNK)]
+            load = (lambda chunk: pool.map(_load_one, [job for _, job in chunk], chunksize=4)) if pool else (lambda chunk: map(_load_one, [job for _, job in chunk]))
             pending, row = load(chunks[0]), len(rows)
-            for following in [*chunks[1:], None]:
+            for chunk, following in zip(chunks, [*chunks[1:], None]):
                 current, pending = pending, (load(following) if following else None)  # the workers load the next chunk meanwhile
-                waves = np.stack(list(current))
-                out[row : row + len(waves)] = render_batch(waves, c, device)
+                loaded = list(current)
+                for (key, _), (_, error) in zip(chunk, loaded):
+                    if error is not None:
+                        errors[key] = error
+                waves = np.stack([np.zeros(n_samples, np.float32) if wave is None else wave for wave, _ in loaded])
+                images = render_batch(waves, c, device)
+                images[[wave is None for wave, _ in loaded]] = 0.0
+                out[row : row + len(waves)] = images
                 row += len(waves)
                 bar.update(len(waves))
             out.flush()
             del out
         bar.close()
-        atomic.write_json(self.dir / "index.json", {"config": c.__dict__, "array": name, "keys": all_keys})
-        if old_array and old_array != name:
-            (self.dir / old_array).unlink(missing_ok=True)
+        atomic.write_json(self.dir / "index.json", {"config": c.__dict__, "array": name, "keys": all_keys, "errors": errors})
+        for path in self.dir.glob("features-*.npy"):  # the superseded array, and any a crashed build left unindexed
+            if path.name != name:
+                path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 probes without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _error_list(failed: dict[Path, str], fix: str, shown: int = 20) -> str:
+    """One line per file (the first ``shown``), e.g. for an :class:`AudioError` raised over many clips."""
+    lines = [message if message.startswith(str(path)) else f"{path}: {message}" for path, message in list(failed.items())[:shown]]
+    more = f"\n... and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f"{len(failed)} audio file(s) cannot be used ({fix}):\n" + "\n".join(lines) + more

@@ -8,6 +8,8 @@
   images per second with augmentation included, seconds);
 - ``oof.csv``: ``id, fold`` and one probability column per class, for the fold's validation clips;
 - ``test.csv``: ``id`` and one probability column per class, for every test clip;
+- ``checkpoint.pt``: while the run is unfinished, everything needed to continue it after the
+  last finished epoch (``ens train --resume``); deleted when the run finishes;
 - ``metrics.json``: :func:`ensemble.metrics.report` of the OOF predictions. Written last: a run
   folder with ``metrics.json`` is finished, and ``ens train`` skips it unless forced.
 """
@@ -15,14 +17,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +46,11 @@ from .recipe import Recipe, from_dict, split_backbone
 
 
 class RunConflictError(RuntimeError):
-    """A finished run exists with a different configuration; it is never overwritten silently."""
+    """A finished run (or a checkpoint to resume) exists with a different configuration; it is never overwritten silently."""
+
+
+class SkippedClipsWarning(UserWarning):
+    """Clips that cannot be loaded were skipped (``on_error="skip"``); the list is in ``skipped.csv``."""
 
 
 @dataclass
@@ -56,6 +65,10 @@ class Data:
         y: int64 ``(n_train,)`` labels.
         x_aug: float16 ``(copies, n_train, channels, height, frames)`` augmented renderings of the
             training clips (``[augment].copies``), or None.
+        skipped: the clips left out because they cannot be loaded (``on_error="skip"``): columns
+            ``table`` (train or test), ``id``, ``path``, ``error``. Skipped training rows are not
+            in ``competition.train``, ``folds`` or ``y``; skipped test rows stay (a submission
+            needs every id) and are predicted as :attr:`prior`, see :meth:`fill_skipped`.
     """
 
     competition: comp_mod.Competition
@@ -64,20 +77,46 @@ class Data:
     x_test: np.ndarray
     y: np.ndarray
     x_aug: np.ndarray | None = None
+    skipped: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=["table", "id", "path", "error"]))
 
     @property
     def folds_hash(self) -> str:
         """SHA-1 of the fold assignment; runs of one blend must share it."""
         return hashlib.sha1(self.folds.to_csv(index=False).encode()).hexdigest()
 
+    @property
+    def prior(self) -> np.ndarray:
+        """Class frequencies of the training labels ``(classes,)``: what a skipped test clip is predicted
+        (multilabel: each class's label rate)."""
+        if self.competition.multilabel:
+            return np.asarray(self.y, dtype=np.float64).mean(axis=0)
+        return np.bincount(self.y, minlength=len(self.competition.classes)) / len(self.y)
 
-def load_data(recipe: Recipe, progress: bool = True) -> Data:
+    def fill_skipped(self, proba: np.ndarray) -> np.ndarray:
+        """``proba`` ``(n_test, classes)`` with the rows of skipped test clips set to :attr:`prior`."""
+        ids = self.skipped.loc[self.skipped["table"] == "test", "id"]
+        if len(ids):
+            proba = proba.copy()
+            proba[self.competition.test[self.competition.config.id_col].isin(ids).to_numpy()] = self.prior
+        return proba
+
+
+def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> Data:
     """Load the competition, its folds (made on first use) and the cached feature images.
 
     Every image comes from one :meth:`ensemble.features.FeatureCache.get` call (training clips,
     test clips, then each augmented copy of the training clips), so a fresh cache is built in one
     pass and the arrays are views of its memory map, not copies in RAM. Rendering runs on
     ``[train].device``.
+
+    Args:
+        on_error: ``fail`` (default) refuses clips that do not exist or cannot be loaded, listing
+            each file and its problem; ``skip`` leaves them out (see :attr:`Data.skipped`), writes
+            their list to ``<runs_dir>/<recipe>/skipped.csv`` and warns (:class:`SkippedClipsWarning`).
+
+    Raises:
+        CompetitionError: a bad table (see :func:`ensemble.competition.load`), or under ``skip`` a
+            fold or the training set left empty. AudioError: under ``fail``, clips that cannot be loaded.
     """
     competition = comp_mod.load(recipe.competition)
     folds = comp_mod.folds(competition, recipe.folds)
@@ -85,13 +124,43 @@ def load_data(recipe: Recipe, progress: bool = True) -> Data:
     train_paths = competition.audio_paths(competition.train)
     test_paths = competition.audio_paths(competition.test)
     n_train, n_test, copies = len(train_paths), len(test_paths), recipe.augment.copies
-    images = cache.get(
-        train_paths + test_paths + train_paths * copies,
-        copies=[0] * (n_train + n_test) + [k for k in range(1, copies + 1) for _ in range(n_train)],
-        augment=recipe.augment, progress=progress, device=resolve_device(recipe.train.device),
-    )
+    paths = train_paths + test_paths + train_paths * copies
+    variant = [0] * (n_train + n_test) + [k for k in range(1, copies + 1) for _ in range(n_train)]
+    images = cache.get(paths, copies=variant, augment=recipe.augment, progress=progress, device=resolve_device(recipe.train.device), on_error=on_error)
     x_aug = images[n_train + n_test :].reshape(copies, n_train, *images.shape[1:]) if copies else None
-    return Data(competition, folds, images[:n_train], images[n_train : n_train + n_test], competition.y, x_aug)
+    data = Data(competition, folds, images[:n_train], images[n_train : n_train + n_test], competition.y, x_aug)
+    failed = cache.failures(paths, variant, recipe.augment) if on_error == "skip" else {}
+    return _skip(recipe, data, failed, paths) if failed else data
+
+
+def _skip(recipe: Recipe, data: Data, failed: dict[int, str], paths: list) -> Data:
+    """``data`` without the training rows whose clean or augmented clip failed (``failed``: position
+    in ``paths`` -> problem), the failures listed in :attr:`Data.skipped` and ``skipped.csv``."""
+    comp = data.competition
+    n_train, n_test, id_col = len(comp.train), len(comp.test), comp.config.id_col
+    train_bad = sorted({i % n_train if i >= n_train + n_test else i for i in failed if not n_train <= i < n_train + n_test})
+    test_bad = [i - n_train for i in failed if n_train <= i < n_train + n_test]
+    first = {}
+    for i, message in failed.items():  # one row per clip: its first problem
+        first.setdefault(i % n_train if i >= n_train + n_test else i, message)
+    skipped = pd.DataFrame(
+        [{"table": "train", "id": comp.train[id_col].iloc[i], "path": str(paths[i]), "error": first[i]} for i in train_bad]
+        + [{"table": "test", "id": comp.test[id_col].iloc[i], "path": str(paths[n_train + i]), "error": first[n_train + i]} for i in test_bad],
+        columns=["table", "id", "path", "error"])
+    keep = np.setdiff1d(np.arange(n_train), train_bad)
+    if not len(keep):
+        raise comp_mod.CompetitionError(f"none of the {n_train} training clips of {comp.root / comp_mod.TRAIN} can be loaded; see the errors with --on-error fail.")
+    folds = data.folds.iloc[keep].reset_index(drop=True)
+    empty = sorted(set(range(recipe.folds.n_splits)) - set(folds["fold"]))
+    if empty:
+        raise comp_mod.CompetitionError(f"skipping {len(train_bad)} unloadable training clips leaves fold(s) {empty} empty; fix the files or lower [folds].n_splits.")
+    kept = dataclasses.replace(comp, train=comp.train.iloc[keep].reset_index(drop=True))
+    out = Path(recipe.runs_dir) / recipe.name / "skipped.csv"
+    atomic.write_csv(out, skipped)
+    warnings.warn(f"skipped {len(train_bad)} training and {len(test_bad)} test clip(s) that cannot be loaded (listed in {out}); "
+                  "the test clips are predicted as the training prior.", SkippedClipsWarning, stacklevel=3)
+    x_aug = None if data.x_aug is None else data.x_aug[:, keep]
+    return Data(kept, folds, data.x_train[keep], data.x_test, kept.y, x_aug, skipped)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -287,7 +356,38 @@ def finished_run(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict |
     return json.loads((out / "metrics.json").read_text())
 
 
-def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True) -> dict:
+CHECKPOINT = "checkpoint.pt"
+
+
+def _rng_state(generator: torch.Generator, images) -> dict:
+    """Every random state training draws from: Python, NumPy, torch (CPU and CUDA), the shuffling
+    generator and the generators of the albumentations pipeline and of each of its transforms."""
+    return {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, "generator": generator.get_state(),
+        "albumentations": [(part.random_generator.bit_generator.state, part.py_random.getstate()) for part in _random_parts(images)],
+    }
+
+
+def _random_parts(images) -> list:
+    """The albumentations pipeline and its transforms: each holds its own generators (albumentations 2)."""
+    return [] if images is None else [images, *images.transforms]
+
+
+def _set_rng_state(state: dict, generator: torch.Generator, images) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+    for part, (bit_state, py_state) in zip(_random_parts(images), state["albumentations"], strict=True):
+        part.random_generator.bit_generator.state = bit_state
+        part.py_random.setstate(py_state)
+
+
+def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True,
+               resume: bool = False) -> dict:
     """Fine-tune ``backbone`` (a ``backbones`` entry: timm model ``name``, or ``name@S`` trained
     with ``[train].seed = S``) on every fold but ``fold``, validate on ``fold``, write the run folder.
 
@@ -298,14 +398,21 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     albumentations image transforms, SpecAugment / time roll, mixup. On CUDA the autocast of
     ``[train].precision`` and channels_last; ``[train].compile`` compiles the training forward
     pass. Seeded: the same recipe gives the same run on CPU. Validation and the saved
-    ``oof.csv`` / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`predict`).
+    ``oof.csv`` / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`predict`);
+    skipped test clips (:attr:`Data.skipped`) are given the prior.
+
+    After each epoch ``checkpoint.pt`` saves the model, optimizer, scheduler, EMA, gradient
+    scaler, every random state, the epoch log and the best epoch so far (atomically). With
+    ``resume`` an unfinished run continues from it, and on CPU ends with the same predictions as
+    an uninterrupted run; without ``resume`` (or without a checkpoint) the run starts afresh.
 
     Returns:
         the ``metrics.json`` dict (OOF scores of the selected epoch), also when the run was
         already finished with the same config and is skipped.
 
     Raises:
-        RunConflictError: a finished run with another config exists and ``force`` is False.
+        RunConflictError: a finished run with another config exists and ``force`` is False, or
+            the checkpoint to resume was made with another config.
         ValueError: ``fold`` is not one of the folds.
         RecipeError: a malformed ``backbone`` entry.
     """
@@ -317,6 +424,12 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     n_folds = recipe.folds.n_splits
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
+    config = json.loads(json.dumps(config))  # as stored: lists, not tuples
+    checkpoint = None
+    if resume and (out / CHECKPOINT).exists():
+        checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)  # written by this function
+        if checkpoint["config"] != config:
+            raise RunConflictError(f"{out / CHECKPOINT} was saved by a run with a different configuration; train without --resume to start afresh.")
     (out / "metrics.json").unlink(missing_ok=True)
     atomic.write_json(out / "config.json", config)
 
@@ -363,9 +476,22 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         x = torch.from_numpy(x)
         return idx, x.pin_memory() if cuda else x
 
-    log, best, best_score, best_proba, stale = [], None, -np.inf, None, 0
+    log, best, best_score, best_proba, stale, start = [], None, -np.inf, None, 0, 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        _set_rng_state(checkpoint["rng"], generator, images)
+        log, best, best_score, best_proba, stale, start = (checkpoint[k] for k in ("log", "best", "best_score", "best_proba", "stale", "epoch"))
     desc = f"{backbone} fold {fold}"
-    for epoch in range(t.epochs):
+    for epoch in range(start, t.epochs):
+        if t.patience and stale >= t.patience:
+            if progress:
+                tqdm.write(f"{desc}: early stop, no {t.metric} gain in {t.patience} epochs")
+            break
         model.train()
         spec.train()
         started = time.time()
@@ -409,22 +535,24 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         row["selected"] = bool(improved)
         log.append(row)
         atomic.write_csv(out / "log.csv", pd.DataFrame(log))
+        with atomic.atomic_path(out / CHECKPOINT) as tmp:
+            torch.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None if ema is None else ema.state_dict(),
+                        "rng": _rng_state(generator, images), "log": log, "best": best, "best_score": best_score,
+                        "best_proba": best_proba, "stale": stale}, tmp)
         if progress:
             shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
             tqdm.write(f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
                        f"{shown}{'  *' if improved else ''}")
-        if t.patience and stale >= t.patience:
-            if progress:
-                tqdm.write(f"{desc}: early stop, no {t.metric} gain in {t.patience} epochs")
-            break
 
     model.load_state_dict(best)
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     atomic.write_csv(out / "oof.csv", _proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
-    test_proba = predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=t.precision)
+    test_proba = data.fill_skipped(predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=t.precision))
     atomic.write_csv(out / "test.csv", _proba_frame(test_ids, test_proba, classes))
     report = {**(multilabel.report if ml else metrics.report)(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
               "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return report

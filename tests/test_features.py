@@ -1,3 +1,5 @@
+import json
+
 import librosa
 import numpy as np
 import pytest
@@ -90,15 +92,22 @@ def test_cache_renders_each_clip_once(tmp_path, monkeypatch):
     assert other.dir != cache.dir and other.get(CLIPS[:1], progress=False).shape == (1, 3, 16, 176)
 
 
-def test_missing_and_unreadable_audio_name_the_file(tmp_path):
+def test_missing_and_unreadable_audio_name_the_file_and_keep_the_good_clips(tmp_path):
     cache = features.FeatureCache(tmp_path / "cache", FeatureConfig())
-    with pytest.raises(audio.AudioError, match="nope.wav: audio file does not exist"):
+    with pytest.raises(audio.AudioError, match=r"1 audio file\(s\) cannot be used .*\n.*nope.wav: audio file does not exist"):
         cache.get([CLIPS[0], tmp_path / "nope.wav"], progress=False)
+    assert not (cache.dir / "index.json").exists()  # a missing file fails before anything is rendered
     fake = tmp_path / "text.wav"
     fake.write_text("this is not audio")
-    with pytest.raises(audio.AudioError, match="text.wav: cannot read audio"):
+    with pytest.raises(audio.AudioError, match=r"text.wav: .*not audio.*\n?.*") as caught:
         cache.get([CLIPS[0], fake], progress=False)
-    assert not (cache.dir / "index.json").exists()  # a failed render adds nothing to the cache
+    assert "--on-error skip" in str(caught.value)
+    index = json.loads((cache.dir / "index.json").read_text())
+    assert len(index["keys"]) == 2 and list(index["errors"]) == [index["keys"][1]]  # the good clip is kept, the error remembered
+    images = cache.get([CLIPS[0], fake, tmp_path / "nope.wav"], progress=False, on_error="skip")
+    assert images.shape[0] == 3 and images[0].any() and not images[1].any() and not images[2].any()
+    assert sorted(cache.failures([CLIPS[0], fake, tmp_path / "nope.wav"])) == [1, 2]
+    np.testing.assert_array_equal(images[0], features.FeatureCache(tmp_path / "fresh", FeatureConfig()).get(CLIPS[:1], progress=False)[0])
 
 
 def test_stereo_wav_at_44100_hz_loads_like_the_mono_flac(tmp_path):

@@ -1,0 +1,137 @@
+"""Determinism and crash recovery of training: a real `ens train` process killed with SIGKILL
+mid-run, then `ens train --resume`, ends with the same predictions as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+from typer.testing import CliRunner
+
+from ensemble import recipe as recipe_mod, train
+from ensemble.cli import app
+
+from .conftest import cli_ok, tiny_competition
+
+# every random part of training is on: waveform copies, SpecAugment, time roll, mixup, an
+# albumentations transform, dropout, EMA, label smoothing and balanced class weights
+AUGMENTED = """
+[augment]
+copies = 1
+freq_mask = 4
+time_mask = 6
+time_roll = 0.1
+mixup_alpha = 0.4
+image = [{ name = "GaussNoise", p = 0.5 }]
+[train]
+epochs = 4
+batch_size = 8
+pretrained = false
+drop_rate = 0.2
+ema_decay = 0.9
+class_weights = "balanced"
+"""
+EPOCHS = 4
+RUN = ["--backbone", "test_efficientnet", "--fold", "0", "--quiet"]
+
+
+def _recipe(tmp_path, text: str, runs: str):
+    path = tmp_path / f"{runs}.toml"
+    path.write_text(text.replace(str(tmp_path / "runs"), str(tmp_path / runs)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(small_source, tiny_recipe_text, tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    text = tiny_recipe_text(root / "comp", root / "runs", root / "subs").split("[train]")[0] + AUGMENTED
+    tiny_competition(root / "base.toml", text, small_source)  # builds the competition and its cache once
+    return root, text
+
+
+def _run_dir(recipe_path):
+    return recipe_mod.load(recipe_path).run_dir("test_efficientnet", 0)
+
+
+def _outputs(run):
+    log = pd.read_csv(run / "log.csv").drop(columns=["train_img_per_s", "seconds"])
+    return pd.read_csv(run / "oof.csv"), pd.read_csv(run / "test.csv"), log, load_file(run / "model.safetensors")
+
+
+def _assert_same(a, b):
+    for x, y in zip(a[:3], b[:3]):
+        pd.testing.assert_frame_equal(x, y, check_exact=True)
+    assert a[3].keys() == b[3].keys() and all(np.array_equal(a[3][k], b[3][k]) for k in a[3])
+
+
+def test_same_recipe_and_seed_give_identical_predictions(setup):
+    root, text = setup
+    first, second = _recipe(root, text, "first"), _recipe(root, text, "second")
+    cli_ok(["train", "--recipe", str(first), *RUN])
+    cli_ok(["train", "--recipe", str(second), *RUN])
+    _assert_same(_outputs(_run_dir(first)), _outputs(_run_dir(second)))
+    assert not (_run_dir(first) / train.CHECKPOINT).exists()  # a finished run keeps no checkpoint
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup):
+    root, text = setup
+    reference, killed = _recipe(root, text, "reference"), _recipe(root, text, "killed")
+    cli_ok(["train", "--recipe", str(reference), *RUN])
+
+    run = _run_dir(killed)
+    command = [sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(killed), *RUN]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": "0"})
+    deadline = time.time() + 300
+    while not (run / train.CHECKPOINT).exists():  # the first epoch is done
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (run / "metrics.json").exists(), "the run finished before it was killed"
+    epochs_done = len(pd.read_csv(run / "log.csv"))
+    assert 1 <= epochs_done < EPOCHS
+
+    # a checkpoint of another configuration is refused, not mixed in
+    result = CliRunner().invoke(app, ["train", "--recipe", str(killed), *RUN, "--epochs", "5", "--resume"])
+    assert result.exit_code == 2 and "different configuration" in result.output
+
+    cli_ok(["train", "--recipe", str(killed), *RUN, "--resume"])
+    assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
+    _assert_same(_outputs(run), _outputs(_run_dir(reference)))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
+    root, text = setup
+    path = _recipe(root, text, "afresh")
+    r = recipe_mod.load(path)
+    data = train.load_data(r, progress=False)
+    saved, crashed = [], []
+    real_save = train.torch.save
+
+    def save_then_crash_once_at_epoch_2(obj, f):
+        real_save(obj, f)
+        saved.append(obj["epoch"])
+        if obj["epoch"] == 2 and not crashed:
+            crashed.append(True)
+            raise Crash
+
+    monkeypatch.setattr(train.torch, "save", save_then_crash_once_at_epoch_2)
+    with pytest.raises(Crash):
+        train.train_fold(r, data, "test_efficientnet", 0, progress=False)
+    run = r.run_dir("test_efficientnet", 0)
+    assert (run / train.CHECKPOINT).exists() and len(pd.read_csv(run / "log.csv")) == 2
+    saved.clear()
+    train.train_fold(r, data, "test_efficientnet", 0, progress=False)  # no resume: all four epochs again
+    assert saved == [1, 2, 3, 4] and (run / "metrics.json").exists()
