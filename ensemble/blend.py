@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, blenders, metrics, multilabel, submission
+from . import atomic, blenders, competition, metrics, multilabel, submission
 from .recipe import Recipe
-from .train import Data, run_config
+from .train import Data
 
 
 class BlendError(ValueError):
@@ -45,49 +45,141 @@ class Member:
     test: np.ndarray
 
 
-def _probabilities(frame: pd.DataFrame, classes: list[str], path: Path) -> np.ndarray:
-    missing = [c for c in classes if c not in frame.columns]
-    if missing:
-        raise BlendError(f"{path} has no probability column(s) {missing}; it was trained with other classes.")
-    values = frame[classes].to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all() or (values < 0).any():
-        raise BlendError(f"{path} holds NaN, infinite or negative probabilities; re-train that run with --force.")
+def _run_table(path: Path, keys: list[str], classes: list[str], retrain: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A run's ``oof.csv`` or ``test.csv``, every cell a string (:func:`competition.read_csv`), and each row's line number.
+
+    Raises:
+        BlendError: the file is missing or not a readable CSV, or its columns are not the ``keys``
+            and exactly the ``classes`` (in any order: columns are matched by name).
+    """
+    try:
+        frame, lines = competition.read_csv(path)
+    except competition.CompetitionError as err:
+        raise BlendError(f"{err} The run is damaged; {retrain}.") from err
+    missing = [c for c in [*keys, *classes] if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in keys and c not in classes]
+    if missing or extra:
+        raise BlendError(f"{path} has columns {list(frame.columns)}: it lacks {missing} and has unknown {extra}, where a run table holds "
+                         f"{keys} and one column per class of the competition, {classes}; {retrain}.")
+    return frame, lines
+
+
+def _probabilities(frame: pd.DataFrame, lines: np.ndarray, classes: list[str], multilabel_task: bool, path: Path, retrain: str) -> np.ndarray:
+    """The ``classes`` columns of a run table as float64 ``(rows, classes)``, in ``classes`` order
+    whatever the file's column order (the realignment is by column name, exact).
+
+    Raises:
+        BlendError: naming the file, line and class, a cell that is not a number, is NaN or
+            infinite, or lies outside [0, 1]; for a multiclass task, a row whose probabilities do
+            not sum to 1 within 1e-3.
+    """
+    cells = frame[classes].to_numpy(dtype=object)
+    try:
+        values = cells.astype(np.float64)
+    except ValueError:
+        values = np.array([[_number(cell) for cell in row] for row in cells], dtype=np.float64).reshape(cells.shape)
+    problems = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if problems.any():
+        row, col = (int(k) for k in np.argwhere(problems)[0])
+        raise BlendError(f"{path}: line {lines[row]}, class {classes[col]!r} holds {cells[row, col]!r}, not a probability in [0, 1]; {retrain}.")
+    if not multilabel_task and len(values):
+        off = np.abs(values.sum(axis=1) - 1.0)
+        if (off > 1e-3).any():
+            row = int(np.argmax(off > 1e-3))
+            raise BlendError(f"{path}: the probabilities in line {lines[row]} sum to {values[row].sum():.6g}, not 1 (a multiclass run "
+                             f"writes softmax outputs); {retrain}.")
     return values
+
+
+def _number(cell: str) -> float:
+    """``float(cell)``, or NaN for a cell that is not a number (refused by :func:`_probabilities`)."""
+    try:
+        return float(cell)
+    except ValueError:
+        return np.nan
+
+
+def _rows(frame: pd.DataFrame, lines: np.ndarray, expected: np.ndarray, where: str, path: Path, retrain: str) -> np.ndarray:
+    """Positions in ``expected`` of the ``id`` column of a run table, which must list exactly the
+    ids ``expected`` (those of ``where``), each once.
+
+    Raises:
+        BlendError: naming the file and line, an id that repeats or is not one of ``where``'s, or ids of ``where`` it lacks.
+    """
+    ids = frame["id"]
+    rows = pd.Index(expected).get_indexer(ids)
+    repeated, unknown = np.flatnonzero(ids.duplicated().to_numpy()), np.flatnonzero(rows < 0)
+    if len(repeated):
+        raise BlendError(f"{path}: id {ids.iloc[repeated[0]]!r} in line {lines[repeated[0]]} appears more than once; {retrain}.")
+    if len(unknown):
+        raise BlendError(f"{path}: id {ids.iloc[unknown[0]]!r} in line {lines[unknown[0]]} is not one of the ids of {where}; {retrain}.")
+    if len(rows) != len(expected):
+        lacking = sorted(set(expected) - set(ids))
+        raise BlendError(f"{path} lacks {len(lacking)} id(s) of {where}, e.g. {lacking[:3]}; {retrain}.")
+    return rows
+
+
+def _run_config(run: Path, retrain: str) -> dict:
+    """The ``config.json`` of a finished run.
+
+    Raises:
+        BlendError: it is missing or not a JSON object with ``folds_hash`` and ``classes``.
+    """
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BlendError(f"{run / 'config.json'} cannot be read ({err}); the run is damaged: {retrain}.") from err
+    if not isinstance(config, dict) or not {"folds_hash", "classes"} <= set(config):
+        raise BlendError(f"{run / 'config.json'} has no folds_hash and classes; the run is damaged: {retrain}.")
+    return config
 
 
 def load_runs(recipe: Recipe, data: Data, backbone: str) -> tuple[np.ndarray, np.ndarray]:
     """Read the finished runs of every fold of ``backbone`` (a ``backbones`` entry): its OOF
     ``(n_train, classes)`` and its test probabilities ``(n_test, classes)``, the mean over folds.
 
+    Rows are matched by id and class columns by name, so a run table in another row or column
+    order is realigned exactly; anything else that does not fit the competition is refused.
+
     Raises:
         FileNotFoundError: a fold has no finished run (no ``metrics.json``).
-        BlendError: a run was trained on other folds, classes or ids than ``data`` holds.
+        BlendError: naming the run (file, line) and the fix: its ``config.json`` is unreadable or
+            records another fold assignment (``folds_hash``) or other classes than ``data``; its
+            ``oof.csv`` / ``test.csv`` is missing or unreadable, has missing or extra class
+            columns, invalid probabilities (see :func:`_probabilities`), repeated, unknown or
+            missing ids (``oof.csv``: those of its fold in ``folds.csv``; ``test.csv``: those of
+            ``test.csv``), or an ``oof.csv`` row of another fold.
     """
     id_col, classes = data.competition.config.id_col, data.competition.classes
+    multilabel_task = data.competition.multilabel
     train_ids = data.competition.train[id_col].to_numpy()
     test_ids = data.competition.test[id_col].to_numpy()
     fold_of = data.folds["fold"].to_numpy()
+    folds_path = data.competition.root / competition.FOLDS
     oof = np.full((len(train_ids), len(classes)), np.nan)
     test = np.zeros((len(test_ids), len(classes)))
     for fold in range(recipe.folds.n_splits):
         run = recipe.run_dir(backbone, fold)
         if not (run / "metrics.json").exists():
             raise FileNotFoundError(f"{run} is not finished; run `ens train --backbone {backbone} --fold {fold}`.")
-        config = json.loads((run / "config.json").read_text())
-        expected = run_config(recipe, data, backbone, fold)
-        if config["folds_hash"] != expected["folds_hash"]:
-            raise BlendError(f"{run} was trained on another fold assignment than {data.competition.root / 'folds.csv'}; re-train it with --force.")
+        retrain = f"re-train it with `ens train --backbone {backbone} --fold {fold} --force`"
+        config = _run_config(run, retrain)
+        if config["folds_hash"] != data.folds_hash:
+            raise BlendError(f"{run} was trained on another fold assignment than {folds_path}; {retrain}, or restore the folds.csv it was trained on.")
         if config["classes"] != classes:
-            raise BlendError(f"{run} was trained with classes {config['classes']}, the competition has {classes}.")
-        frame = pd.read_csv(run / "oof.csv", dtype={"id": str})
-        if sorted(frame["id"]) != sorted(train_ids[fold_of == fold]):
-            raise BlendError(f"{run / 'oof.csv'} does not hold exactly the ids of fold {fold} in folds.csv.")
-        rows = pd.Index(train_ids).get_indexer(frame["id"])
-        oof[rows] = _probabilities(frame, classes, run / "oof.csv")
-        frame = pd.read_csv(run / "test.csv", dtype={"id": str})
-        if sorted(frame["id"]) != sorted(test_ids):
-            raise BlendError(f"{run / 'test.csv'} does not hold exactly the ids of test.csv.")
-        test += _probabilities(frame.set_index("id").loc[test_ids].reset_index(), classes, run / "test.csv")
+            raise BlendError(f"{run} was trained with classes {config['classes']}, the competition has {classes} (names and order); {retrain}.")
+        path = run / "oof.csv"
+        frame, lines = _run_table(path, ["id", "fold"], classes, retrain)
+        fold_rows = np.flatnonzero(fold_of == fold)
+        rows = fold_rows[_rows(frame, lines, train_ids[fold_rows], f"fold {fold} in {folds_path}", path, retrain)]
+        other = np.flatnonzero((frame["fold"].str.strip() != str(fold)).to_numpy())
+        if len(other):
+            raise BlendError(f"{path}: line {lines[other[0]]} is of fold {frame['fold'].iloc[other[0]]!r}, the run of fold {fold}; {retrain}.")
+        oof[rows] = _probabilities(frame, lines, classes, multilabel_task, path, retrain)
+        path = run / "test.csv"
+        frame, lines = _run_table(path, ["id"], classes, retrain)
+        order = np.argsort(_rows(frame, lines, test_ids, data.competition.root / competition.TEST, path, retrain))
+        test += _probabilities(frame, lines, classes, multilabel_task, path, retrain)[order]
     return oof, test / recipe.folds.n_splits
 
 

@@ -7,6 +7,8 @@ once into the folder so every backbone trains on the same folds.
 
 from __future__ import annotations
 
+import csv
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,28 +31,85 @@ class LeakageWarning(UserWarning):
     """Folds are not grouped by speaker, so validation scores may be inflated."""
 
 
-def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
+def read_csv(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a CSV table (UTF-8, comma-separated, ``"``-quoted) with every cell kept as the exact
+    string written: ``001`` stays ``001``, ``NA`` stays ``NA`` and an empty cell is ``""``.
+
+    Blank lines are skipped; they and quoted line breaks still count towards line numbers.
+
+    Returns:
+        The table (one row per record, a plain 0..n-1 index) and each row's line number in the
+        file (the header is line 1 unless blank lines precede it).
+
+    Raises:
+        CompetitionError: naming the file (and the line) and the fix: it is not a file, is not
+            UTF-8 text or holds NUL bytes (a binary file), has no header line, repeats a column
+            name, has a line with more or fewer fields than the header, or has broken quoting.
+    """
     if not path.is_file():
-        raise CompetitionError(f"{path} does not exist. A competition folder needs {TRAIN}, {TEST} and {SAMPLE}; build one with `ens data ravdess`.")
+        raise CompetitionError(f"{path} does not exist or is not a file.")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise CompetitionError(f"{path} is not a readable CSV: {err}") from err
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CompetitionError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): is it a binary file? Save the table as a UTF-8 CSV.") from err
+    except OSError as err:
+        raise CompetitionError(f"{path} cannot be read: {err}") from err
+    if "\0" in text:
+        raise CompetitionError(f"{path} holds NUL bytes: it is a binary file, not a CSV table; replace it with the CSV.")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header, rows, lines, line = None, [], [], 1
+    try:
+        for record in reader:
+            start, line = line, reader.line_num + 1
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # a blank line
+            if header is None:
+                header, header_line = record, start
+            elif len(record) != len(header):
+                raise CompetitionError(
+                    f"{path}: line {start} has {len(record)} fields but the header (line {header_line}) has {len(header)}; "
+                    "every row needs one value per column (quote values that hold a comma)."
+                )
+            else:
+                rows.append(record)
+                lines.append(start)
+    except csv.Error as err:
+        raise CompetitionError(f"{path}: line {reader.line_num} is not valid CSV ({err}); check its quotes.") from err
+    if header is None:
+        raise CompetitionError(f"{path} is empty: a table needs a header line naming its columns.")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise CompetitionError(f"{path}: the header (line {header_line}) repeats column(s) {repeated}; give every column its own name.")
+    return pd.DataFrame(rows, columns=header, dtype=str), np.asarray(lines, dtype=np.int64)
+
+
+def _require_columns(frame: pd.DataFrame, required: list[str], path: Path, fix: str) -> None:
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise CompetitionError(
-            f"{path} has no column(s) {missing} (columns: {list(frame.columns)}); set the column names in the recipe's [competition] section."
-        )
-    return frame
+        raise CompetitionError(f"{path} has no column(s) {missing} (columns: {list(frame.columns)}); {fix}.")
 
 
-def _check_ids(frame: pd.DataFrame, id_col: str, path: Path) -> None:
-    empty = frame.index[frame[id_col].str.strip() == ""]
+def _require_filled(frame: pd.DataFrame, lines: np.ndarray, column: str, path: Path, what: str, id_col: str | None = None) -> None:
+    """Refuse an empty (or all-space) cell of ``column``, naming its line (and the row's id)."""
+    empty = np.flatnonzero(frame[column].str.strip().to_numpy() == "")
     if len(empty):
-        raise CompetitionError(f"{path}: empty id in row {int(empty[0]) + 2} (line numbers count the header as line 1).")
-    dup = frame[id_col][frame[id_col].duplicated()]
+        row = int(empty[0])
+        which = f" (id {frame[id_col].iloc[row]!r})" if id_col else ""
+        raise CompetitionError(f"{path}: empty {what} in line {lines[row]}{which}; fill it in or delete the row.")
+
+
+def _check_ids(frame: pd.DataFrame, lines: np.ndarray, id_col: str, path: Path) -> None:
+    """Refuse an empty or repeated id, naming its line."""
+    _require_filled(frame, lines, id_col, path, "id")
+    ids = frame[id_col]
+    dup = np.flatnonzero(ids.duplicated().to_numpy())
     if len(dup):
-        raise CompetitionError(f"{path}: id {dup.iloc[0]!r} appears more than once (line {int(dup.index[0]) + 2}); ids must be unique.")
+        row = int(dup[0])
+        first = int(np.flatnonzero((ids == ids.iloc[row]).to_numpy())[0])
+        raise CompetitionError(
+            f"{path}: id {ids.iloc[row]!r} appears more than once (line {lines[row]}), first in line {lines[first]}; "
+            "ids must be unique: delete or rename the repeat."
+        )
 
 
 @dataclass
@@ -104,45 +163,55 @@ class Competition:
 
 
 def load(config: CompetitionConfig) -> Competition:
-    """Read and check a competition folder.
+    """Read and check a competition folder, so that a bad table stops ``ens`` before any training.
+
+    The classes are ``[competition].classes``, else the class columns of ``sample_submission.csv``
+    when it has more than one column besides the id, else the sorted labels of ``train.csv``.
 
     Raises:
-        CompetitionError: a table is missing or unreadable, a column is missing, an id is empty or
-            duplicated, a label is empty or not among the classes, or the test ids differ from the
-            sample submission's.
+        CompetitionError: naming the file, the line or column, and the fix, when a table is
+            missing or not a readable CSV (see :func:`read_csv`); a column is missing;
+            ``train.csv`` or ``test.csv`` has no rows; an id is empty or repeated; a path or a
+            label is empty; the classes repeat a name, name an empty class, or (multiclass) are
+            fewer than two; a label (for a multilabel task, a space-separated name) is not one
+            of the classes; ``sample_submission.csv`` has neither one label column nor exactly
+            the classes as columns; or the test ids differ from the sample submission's.
     """
     root = Path(config.dir)
     c = config
-    train = _read_table(root / TRAIN, [c.id_col, c.path_col, c.label_col])
-    test = _read_table(root / TEST, [c.id_col, c.path_col])
-    sample = _read_table(root / SAMPLE, [c.id_col])
-    for frame, name in ((train, TRAIN), (test, TEST), (sample, SAMPLE)):
-        _check_ids(frame, c.id_col, root / name)
-    if len(train) == 0:
-        raise CompetitionError(f"{root / TRAIN} has no rows.")
+    tables = {}
+    for name, required in ((TRAIN, [c.id_col, c.path_col, c.label_col]), (TEST, [c.id_col, c.path_col]), (SAMPLE, [c.id_col])):
+        path = root / name
+        if not path.is_file():
+            raise CompetitionError(f"{path} does not exist. A competition folder needs {TRAIN}, {TEST} and {SAMPLE}; build one with `ens data ravdess`.")
+        frame, lines = read_csv(path)
+        _require_columns(frame, required, path, "set the column names in the recipe's [competition] section")
+        _check_ids(frame, lines, c.id_col, path)
+        if name != SAMPLE:
+            if len(frame) == 0:
+                raise CompetitionError(f"{path} has no rows; a competition needs {'training' if name == TRAIN else 'test'} clips.")
+            _require_filled(frame, lines, c.path_col, path, "path", c.id_col)
+        tables[name] = frame, lines
+    (train, train_lines), (test, _), (sample, _) = tables[TRAIN], tables[TEST], tables[SAMPLE]
+    _require_filled(train, train_lines, c.label_col, root / TRAIN, "label", c.id_col)
 
-    empty = train.index[train[c.label_col].str.strip() == ""]
-    if len(empty):
-        raise CompetitionError(f"{root / TRAIN}: empty label in line {int(empty[0]) + 2} (id {train[c.id_col].iloc[empty[0]]!r}).")
-
-    sample_classes = [col for col in sample.columns if col != c.id_col]
+    targets = [col for col in sample.columns if col != c.id_col]
     if c.classes:
-        classes = list(c.classes)
-    elif len(sample_classes) > 1:
-        classes = sample_classes
+        classes, source = list(c.classes), "the recipe's [competition].classes"
+    elif len(targets) > 1:
+        classes, source = targets, f"the columns of {root / SAMPLE}"
     elif c.task == "multilabel":
-        classes = sorted({t for label in train[c.label_col] for t in multilabel.tokens(label)})
+        classes, source = sorted({t for label in train[c.label_col] for t in multilabel.tokens(label)}), f"the labels of {root / TRAIN}"
     else:
-        classes = sorted(train[c.label_col].unique())
-    if c.task == "multilabel":
-        unknown = ~train[c.label_col].map(lambda label: set(multilabel.tokens(label)) <= set(classes))
-    else:
-        unknown = ~train[c.label_col].isin(classes)
-    if unknown.any():
-        row = int(np.flatnonzero(unknown)[0])
+        classes, source = sorted(train[c.label_col].unique()), f"the labels of {root / TRAIN}"
+    _check_classes(classes, source, c.task == "multilabel")
+    _check_labels(train, train_lines, c, classes, root / TRAIN)
+
+    label_submission = len(targets) == 1 and (targets[0] not in classes or len(classes) == 1)  # one column, not named after a class
+    if not label_submission and set(targets) != set(classes):  # nor a probability submission: the classes, in any order
         raise CompetitionError(
-            f"{root / TRAIN}: label {train[c.label_col].iloc[row]!r} in line {row + 2} is not one of the classes {classes}; "
-            "fix the label or the recipe's [competition].classes."
+            f"{root / SAMPLE}: columns {targets} besides {c.id_col!r} are neither one label column nor exactly the classes {classes} "
+            f"(from {source}); fix its header or [competition].classes."
         )
 
     test_ids, sample_ids = set(test[c.id_col]), set(sample[c.id_col])
@@ -153,6 +222,37 @@ def load(config: CompetitionConfig) -> Competition:
             "a submission must cover exactly the sample's ids."
         )
     return Competition(root=root, config=config, train=train, test=test, sample=sample, classes=classes)
+
+
+def _check_classes(classes: list[str], source: str, multilabel_task: bool) -> None:
+    """Refuse a class list (from ``source``) that repeats or leaves empty a name, has a name with
+    spaces in a multilabel task (labels are space-separated names), or gives a multiclass task fewer than two classes."""
+    repeated = sorted({name for name in classes if classes.count(name) > 1})
+    checks = [
+        (not repeated, f"repeat {repeated}"),
+        (all(name.strip() for name in classes), "include an empty name"),
+        (not multilabel_task or all(len(name.split()) == 1 for name in classes),
+         "include a name with spaces, which a space-separated multilabel label cannot hold"),
+        (multilabel_task or len(classes) >= 2, f"are only {classes}: a multiclass task needs at least two"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            raise CompetitionError(f"the classes {classes} (from {source}) {problem}; fix them there.")
+
+
+def _check_labels(train: pd.DataFrame, lines: np.ndarray, c: CompetitionConfig, classes: list[str], path: Path) -> None:
+    """Refuse a label (multilabel: a space-separated name) that is not one of ``classes``, naming its line."""
+    known = set(classes)
+    labels = train[c.label_col]
+    for row, label in enumerate(labels):
+        names = multilabel.tokens(label) if c.task == "multilabel" else [label]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            which = "" if unknown == [label] else f": {unknown[0]!r}"
+            raise CompetitionError(
+                f"{path}: label {label!r} in line {lines[row]}{which} is not one of the classes {classes}; "
+                "fix the label or the recipe's [competition].classes."
+            )
 
 
 def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFrame:
@@ -166,7 +266,8 @@ def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFra
         DataFrame with columns ``id`` and ``fold`` in ``train.csv`` order.
 
     Raises:
-        CompetitionError: fewer groups or fewer examples of a class than folds.
+        CompetitionError: fewer groups than folds, or with groups every class, without groups
+            some class, has fewer examples than folds.
     """
     train, c = competition.train, competition.config
     y = competition.y
@@ -176,6 +277,9 @@ def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFra
         groups = train[c.group_col].to_numpy()
         if len(set(groups)) < n_splits:
             raise CompetitionError(f"{competition.root / TRAIN}: {len(set(groups))} groups in column {c.group_col!r} cannot fill {n_splits} folds; lower [folds].n_splits.")
+        if np.bincount(y).max() < n_splits:
+            raise CompetitionError(f"{competition.root / TRAIN}: every class has fewer than {n_splits} examples, too few to stratify "
+                                   f"{n_splits} folds; lower [folds].n_splits.")
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(y)), y, groups)
     else:
@@ -198,11 +302,14 @@ def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
     """The competition's folds: read ``folds.csv``, or make and write it on first use.
 
     Returns:
-        DataFrame ``id, fold`` aligned row by row with ``competition.train``.
+        DataFrame ``id, fold`` (int64) aligned row by row with ``competition.train``.
 
     Raises:
-        CompetitionError: an existing ``folds.csv`` does not match ``train.csv`` or has another
-            number of folds than the recipe asks for.
+        CompetitionError: an existing ``folds.csv`` is not a readable CSV or lacks the ``id`` or
+            ``fold`` column, has an empty or repeated id, does not list exactly the ids of
+            ``train.csv``, has a fold that is not an integer, or does not have exactly the folds
+            ``0 .. n_splits-1`` of the recipe, each with rows (naming the line and the fix);
+            see :func:`make_folds` for a new one.
     """
     path = competition.root / FOLDS
     ids = competition.train[competition.config.id_col]
@@ -210,12 +317,28 @@ def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
         frame = make_folds(competition, config.n_splits, config.seed)
         atomic.write_csv(path, frame)
         return frame
-    frame = _read_table(path, ["id", "fold"])
-    if set(frame["id"]) != set(ids) or len(frame) != len(ids):
-        raise CompetitionError(f"{path} does not list exactly the ids of {competition.root / TRAIN}; delete it to re-make the folds.")
-    frame = frame.set_index("id").loc[ids].reset_index()
-    frame["fold"] = frame["fold"].astype(np.int64)
-    found = sorted(int(k) for k in frame["fold"].unique())
-    if found != list(range(config.n_splits)):
-        raise CompetitionError(f"{path} has folds {found} but the recipe asks for {config.n_splits}; delete it or set [folds].n_splits.")
-    return frame
+    remake = "delete it to re-make the folds (runs trained on the old folds must then be re-trained)"
+    frame, lines = read_csv(path)
+    _require_columns(frame, ["id", "fold"], path, remake)
+    _check_ids(frame, lines, "id", path)
+    only_folds, only_train = sorted(set(frame["id"]) - set(ids)), sorted(set(ids) - set(frame["id"]))
+    if only_folds or only_train:
+        raise CompetitionError(
+            f"{path} does not list exactly the ids of {competition.root / TRAIN} (only in {FOLDS}: {only_folds[:3]}, "
+            f"only in {TRAIN}: {only_train[:3]}); it was made for another training table: {remake}."
+        )
+    values = frame["fold"].str.strip()
+    bad = np.flatnonzero(~values.str.fullmatch(r"-?[0-9]+").to_numpy(dtype=bool))
+    if len(bad):
+        row = int(bad[0])
+        raise CompetitionError(f"{path}: fold {frame['fold'].iloc[row]!r} in line {lines[row]} is not an integer; {remake}.")
+    numbers = [int(v) for v in values]
+    expected = list(range(config.n_splits))
+    found = sorted(set(numbers))
+    if found != expected:
+        outside = [row for row, k in enumerate(numbers) if not 0 <= k < config.n_splits]
+        detail = (f"fold {numbers[outside[0]]} in line {lines[outside[0]]} is outside 0..{config.n_splits - 1}" if outside
+                  else f"fold {min(set(expected) - set(found))} has no rows")
+        raise CompetitionError(f"{path} has folds {found} but the recipe asks for {config.n_splits}: {detail}; {remake}, or set [folds].n_splits.")
+    fold_of = dict(zip(frame["id"], numbers))
+    return pd.DataFrame({"id": ids.to_numpy(), "fold": np.array([fold_of[i] for i in ids], dtype=np.int64)})
