@@ -270,7 +270,7 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
         if candidate == method:
             chosen = fitted
     board = pd.DataFrame(rows)
-    test_proba = chosen.combine(test)
+    test_proba = data.fill_skipped(chosen.combine(test))  # skipped test clips: the prior, whatever the method made of it
     out_dir = Path(recipe.runs_dir) / recipe.name / "blend"
     atomic.write_csv(out_dir / "leaderboard.csv", board)
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()

@@ -130,6 +130,9 @@ def train(
         for name in r.backbones:
             for k in folds:
                 done = None if force else train_mod.finished_run(r, data, name, k)
+                if not done and not resume and (r.run_dir(name, k) / train_mod.CHECKPOINT).exists():
+                    typer.secho(f"{name} fold {k}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.",
+                                fg=typer.colors.YELLOW, err=True)
                 report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet, resume=resume)
                 headline = "  ".join(f"{key} {report[key]:.4f}" for key in HEADLINE[r.competition.task])
                 typer.echo(f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"

@@ -1,0 +1,88 @@
+"""--on-error fail|skip: clips that cannot be loaded stop the run with a list of them, or are left
+out and listed, and a skipped test clip still gets a submission row (the training prior)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ensemble import blend, recipe as recipe_mod, train
+from ensemble.cli import app
+
+from .conftest import cli_ok, tiny_competition
+
+RUN = ["--backbone", "test_resnet", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def broken(small_source, tiny_recipe_text, tmp_path_factory):
+    """A tiny competition whose first training clip is a text file and whose first test clip does not exist."""
+    root = tmp_path_factory.mktemp("skip")
+    recipe = tiny_competition(root / "tiny.toml", tiny_recipe_text(root / "comp", root / "runs", root / "subs"), small_source)
+    comp = root / "comp"
+    (root / "notes.wav").write_text("recorded on the old phone, see notes")
+    for table, path in (("train.csv", root / "notes.wav"), ("test.csv", root / "gone.wav")):
+        frame = pd.read_csv(comp / table, dtype=str, keep_default_na=False)
+        frame.loc[0, "path"] = str(path)
+        frame.to_csv(comp / table, index=False)
+    frames = {name: pd.read_csv(comp / f"{name}.csv", dtype=str, keep_default_na=False) for name in ("train", "test")}
+    return {"root": root, "recipe": recipe, "bad_train": frames["train"]["id"][0], "bad_test": frames["test"]["id"][0]}
+
+
+def test_by_default_unloadable_clips_stop_training_with_each_file_named(broken):
+    result = CliRunner().invoke(app, ["train", "--recipe", str(broken["recipe"]), *RUN])
+    assert result.exit_code == 2
+    assert "gone.wav: audio file does not exist" in result.output and "--on-error skip" not in result.output  # missing files fail first
+    (broken["root"] / "gone.wav").write_bytes(b"")  # now it exists but is empty: both files are listed
+    try:
+        result = CliRunner().invoke(app, ["train", "--recipe", str(broken["recipe"]), *RUN])
+    finally:
+        (broken["root"] / "gone.wav").unlink()
+    assert result.exit_code == 2
+    assert "2 audio file(s) cannot be used" in result.output and "notes.wav" in result.output and "gone.wav" in result.output
+    assert "--on-error skip" in result.output
+    assert not (broken["root"] / "runs").exists()  # nothing trained
+
+
+def test_skip_leaves_bad_clips_out_lists_them_and_predicts_skipped_test_clips_as_the_prior(broken):
+    output = cli_ok(["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "skip"])
+    assert "skipped 1 training and 1 test clip(s)" in output
+    skipped = pd.read_csv(broken["root"] / "runs" / "tiny" / "skipped.csv", dtype=str)
+    assert skipped[["table", "id"]].values.tolist() == [["train", broken["bad_train"]], ["test", broken["bad_test"]]]
+    assert "notes.wav" in skipped["path"][0] and "not audio" in skipped["error"][0] and "does not exist" in skipped["error"][1]
+
+    r = recipe_mod.load(broken["recipe"])
+    r.backbones = ["test_resnet"]
+    with pytest.warns(train.SkippedClipsWarning):
+        data = train.load_data(r, progress=False, on_error="skip")
+    assert broken["bad_train"] not in set(data.competition.train["id"]) and len(data.y) == len(data.folds) == len(data.x_train) == 31
+    classes = data.competition.classes
+    prior = np.bincount(data.y, minlength=len(classes)) / len(data.y)
+    oof = pd.concat([pd.read_csv(r.run_dir("test_resnet", k) / "oof.csv", dtype={"id": str}) for k in (0, 1)])
+    assert len(oof) == 31 and broken["bad_train"] not in set(oof["id"])
+    for k in (0, 1):
+        test = pd.read_csv(r.run_dir("test_resnet", k) / "test.csv", dtype={"id": str}).set_index("id")
+        assert len(test) == 16
+        np.testing.assert_allclose(test.loc[broken["bad_test"], classes].to_numpy(dtype=float), prior)
+        assert not np.allclose(test.drop(index=broken["bad_test"])[classes].to_numpy(dtype=float), prior)
+
+    result = blend.blend(r, data, method="rank", name="skip")
+    rows = data.competition.test["id"] == broken["bad_test"]
+    np.testing.assert_allclose(result.test[rows.to_numpy()][0], prior)  # the prior, even after a rank blend
+    submission = pd.read_csv(result.submission, dtype=str)
+    assert sorted(submission["id"]) == sorted(data.competition.sample["id"])  # every id, the skipped one included
+
+
+def test_blend_needs_the_same_policy_as_training(broken):
+    cli_ok(["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "skip"])
+    result = CliRunner().invoke(app, ["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet"])
+    assert result.exit_code == 2 and "cannot be used" in result.output
+    output = cli_ok(["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet", "--on-error", "skip"])
+    assert "skipped 1 training and 1 test clip(s)" in output and "wrote" in output
+
+
+def test_unknown_policy_is_refused(broken):
+    result = CliRunner().invoke(app, ["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "ignore"])
+    assert result.exit_code == 2 and "ignore" in result.output and "fail" in result.output and "skip" in result.output
