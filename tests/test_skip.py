@@ -86,3 +86,21 @@ def test_blend_needs_the_same_policy_as_training(broken):
 def test_unknown_policy_is_refused(broken):
     result = CliRunner().invoke(app, ["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "ignore"])
     assert result.exit_code == 2 and "ignore" in result.output and "fail" in result.output and "skip" in result.output
+
+
+@pytest.mark.parametrize("broken_rows, message", [("fold 0", r"leaves fold\(s\) \[0\] empty"), ("all", "none of the 32 training clips")])
+def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp_path, broken_rows, message):
+    import shutil
+
+    comp = tmp_path / "comp"
+    shutil.copytree(broken["root"] / "comp", comp, ignore=shutil.ignore_patterns(".ens_cache"))
+    train_csv = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    folds = pd.read_csv(comp / "folds.csv", dtype=str).set_index("id").loc[train_csv["id"], "fold"].to_numpy()
+    rows = folds == "0" if broken_rows == "fold 0" else np.ones(len(train_csv), bool)
+    train_csv.loc[rows, "path"] = str(broken["root"] / "notes.wav")
+    train_csv.to_csv(comp / "train.csv", index=False)
+    r = recipe_mod.load(broken["recipe"])
+    r.competition.dir, r.runs_dir = str(comp), str(tmp_path / "runs")
+    with pytest.raises(train.comp_mod.CompetitionError, match=message):
+        train.load_data(r, progress=False, on_error="skip")
+    assert not (tmp_path / "runs").exists()
