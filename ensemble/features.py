@@ -275,11 +275,11 @@ class FeatureCache:
         self.config = config
         self.dir = Path(root) / config.key()
 
-    def _read(self) -> tuple[dict[str, int], np.ndarray | None, str | None, dict[str, str]]:
-        """Cached clip keys -> row, the memory-mapped array, the array's file name, and the errors by key."""
+    def _read(self) -> tuple[dict[str, int], np.ndarray | None, dict[str, str]]:
+        """Cached clip keys -> row, the memory-mapped array, and the errors by key."""
         index_path = self.dir / "index.json"
         if not index_path.exists():
-            return {}, None, None, {}
+            return {}, None, {}
         try:
             index = json.loads(index_path.read_text())
             array = np.load(self.dir / index["array"], mmap_mode="r")
@@ -287,8 +287,8 @@ class FeatureCache:
                 raise ValueError(f"{len(array)} rows for {len(index['keys'])} clips")
         except (OSError, ValueError, KeyError, TypeError) as err:
             warnings.warn(f"{self.dir}: the feature cache is unreadable ({err!r}); rendering it again.", stacklevel=3)
-            return {}, None, None, {}
-        return {key: row for row, key in enumerate(index["keys"])}, array, index["array"], index.get("errors", {})
+            return {}, None, {}
+        return {key: row for row, key in enumerate(index["keys"])}, array, index.get("errors", {})
 
     @staticmethod
     def _keys(paths: list[Path], copies: list[int], augment: AugmentConfig | None) -> list[str | None]:
@@ -331,11 +331,11 @@ class FeatureCache:
         missing = [p for p, key in zip(paths, keys) if key is None]
         if missing and on_error == "fail":
             raise audio.AudioError(_error_list(dict.fromkeys(missing, "audio file does not exist"), "check the path column and [competition].audio_root"))
-        rows, cached, old_array, errors = self._read()
+        rows, cached, errors = self._read()
         todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key is not None and key not in rows}
         if todo:
-            self._build(rows, cached, old_array, errors, todo, progress, workers, device)
-            rows, cached, _, errors = self._read()
+            self._build(rows, cached, errors, todo, progress, workers, device)
+            rows, cached, errors = self._read()
         if on_error == "fail" and (failed := self._failures(keys, errors)):
             raise audio.AudioError(_error_list({paths[i]: message for i, message in failed.items()}, "fix or remove these files, or pass --on-error skip"))
         shape = (len(self.config.channels), self.config.height, frames(self.config))
@@ -351,7 +351,7 @@ class FeatureCache:
         """Position in ``paths`` -> problem, for each clip that does not exist or failed to load
         when it was cached (arguments as for :meth:`get`, after which this is meaningful)."""
         paths = [Path(p) for p in paths]
-        return self._failures(self._keys(paths, [0] * len(paths) if copies is None else list(copies), augment), self._read()[3])
+        return self._failures(self._keys(paths, [0] * len(paths) if copies is None else list(copies), augment), self._read()[2])
 
     @staticmethod
     def _failures(keys: list[str | None], errors: dict[str, str]) -> dict[int, str]:
@@ -364,11 +364,12 @@ class FeatureCache:
             if match and not _alive(int(match.group(1))):
                 path.unlink(missing_ok=True)
 
-    def _build(self, rows: dict[str, int], cached: np.ndarray | None, old_array: str | None, errors: dict[str, str], todo: dict,
+    def _build(self, rows: dict[str, int], cached: np.ndarray | None, errors: dict[str, str], todo: dict,
                progress: bool, workers: int | None, device) -> None:
         c = self.config
         self._remove_leftovers()
-        jobs = list(todo.values())
+        items = list(todo.items())
+        jobs = [job for _, job in items]
         all_keys = list(rows) + list(todo)
         errors = dict(errors)
         name = f"features-{len(all_keys)}-{os.getpid()}.npy"
@@ -384,7 +385,7 @@ class FeatureCache:
                 stop = min(start + self.CHUNK, len(rows))
                 out[start:stop] = cached[start:stop]
             pool = stack.enter_context(worker_pool(workers)) if workers > 1 else None
-            chunks = [list(todo.items())[start : start + self.CHUNK] for start in range(0, len(jobs), self.CHUNK)]
+            chunks = [items[start : start + self.CHUNK] for start in range(0, len(items), self.CHUNK)]
             load = (lambda chunk: pool.map(_load_one, [job for _, job in chunk], chunksize=4)) if pool else (lambda chunk: map(_load_one, [job for _, job in chunk]))
             pending, row = load(chunks[0]), len(rows)
             for chunk, following in zip(chunks, [*chunks[1:], None]):
