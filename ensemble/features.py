@@ -251,9 +251,6 @@ def _clip_key(path: Path, augment: AugmentConfig | None, copy: int) -> str:
     return f"{key}|aug{copy}:{augment.waveform_key()}" if copy else key
 
 
-ON_ERROR = ("fail", "skip")
-
-
 class FeatureCache:
     """One feature setting's cache: a single float16 ``.npy`` array of every rendered clip,
     memory-mapped when read, and ``index.json`` (each row's clip key, the array's file name, and
@@ -290,13 +287,8 @@ class FeatureCache:
             return {}, None, {}
         return {key: row for row, key in enumerate(index["keys"])}, array, index.get("errors", {})
 
-    @staticmethod
-    def _keys(paths: list[Path], copies: list[int], augment: AugmentConfig | None) -> list[str | None]:
-        """Each clip's cache key, or None for a file that does not exist."""
-        return [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(paths, copies)]
-
     def get(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
-            progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu", on_error: str = "fail") -> np.ndarray:
+            progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
         """Images of ``paths``, rendering (and adding to the cache) only clips not cached yet.
 
         Args:
@@ -310,9 +302,6 @@ class FeatureCache:
                 (``benchmarks/features.py``); loading and augmenting a clip takes ~13.5 ms, so only
                 large augmented builds repay a pool's start-up.
             device: where :func:`render_batch` renders.
-            on_error: ``fail`` raises for clips that cannot be loaded (missing files before any
-                rendering; unreadable ones after the good clips are cached); ``skip`` returns zero
-                images for them: :meth:`failures` says which.
 
         Returns:
             float16 ``(len(paths), channels, height, frames)``: a read-only view of the
@@ -320,42 +309,44 @@ class FeatureCache:
             built by one call), else a copy in memory.
 
         Raises:
-            AudioError: under ``fail``, clips that cannot be loaded; the message lists each file and its problem.
-            ValueError: ``on_error`` is not ``fail`` or ``skip``.
+            AudioError: clips that cannot be loaded, the message listing each file and its
+                problem: missing files before anything is rendered, unreadable ones after the
+                good clips are cached (:meth:`get_skipping` leaves them out instead).
         """
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
+        images, failed = self._lookup(paths, copies, augment, progress, workers, device, skip=False)
+        if failed:
+            raise audio.AudioError(_error_list({Path(paths[i]): message for i, message in failed.items()},
+                                               "fix or remove these files, or pass --on-error skip"))
+        return images
+
+    def get_skipping(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
+                     progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> tuple[np.ndarray, dict[int, str]]:
+        """:meth:`get` for a corpus with bad files: the images, with a zero image for each clip that
+        does not exist or cannot be loaded, and those clips' positions in ``paths`` -> problem."""
+        return self._lookup(paths, copies, augment, progress, workers, device, skip=True)
+
+    def _lookup(self, paths, copies, augment, progress, workers, device, skip: bool) -> tuple[np.ndarray, dict[int, str]]:
+        """The images and the failures by position; without ``skip``, missing files raise AudioError before any rendering."""
         paths = [Path(p) for p in paths]
         copies = [0] * len(paths) if copies is None else list(copies)
-        keys = self._keys(paths, copies, augment)
-        missing = [p for p, key in zip(paths, keys) if key is None]
-        if missing and on_error == "fail":
-            raise audio.AudioError(_error_list(dict.fromkeys(missing, "audio file does not exist"), "check the path column and [competition].audio_root"))
+        keys = [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(paths, copies)]  # None: the file does not exist
+        missing = {i: "audio file does not exist" for i, key in enumerate(keys) if key is None}
+        if missing and not skip:
+            raise audio.AudioError(_error_list({paths[i]: message for i, message in missing.items()},
+                                               "check the path column and [competition].audio_root"))
         rows, cached, errors = self._read()
         todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key is not None and key not in rows}
         if todo:
             self._build(rows, cached, errors, todo, progress, workers, device)
             rows, cached, errors = self._read()
-        if on_error == "fail" and (failed := self._failures(keys, errors)):
-            raise audio.AudioError(_error_list({paths[i]: message for i, message in failed.items()}, "fix or remove these files, or pass --on-error skip"))
+        failed = {i: missing.get(i) or errors[key] for i, key in enumerate(keys) if i in missing or key in errors}
         shape = (len(self.config.channels), self.config.height, frames(self.config))
-        if missing:  # only under skip: zero rows for files that do not exist
-            return np.stack([np.zeros(shape, np.float16) if key is None else cached[rows[key]] for key in keys])
+        if missing:  # only when skipping: zero rows for files that do not exist
+            return np.stack([np.zeros(shape, np.float16) if key is None else cached[rows[key]] for key in keys]), failed
         picked = np.array([rows[k] for k in keys], dtype=np.int64)
         if len(picked) and (picked == np.arange(picked[0], picked[0] + len(picked))).all():
-            return cached[picked[0] : picked[0] + len(picked)]
-        return np.asarray(cached[picked]) if len(picked) else np.zeros((0, *shape), np.float16)
-
-    def failures(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None,
-                 augment: AugmentConfig | None = None) -> dict[int, str]:
-        """Position in ``paths`` -> problem, for each clip that does not exist or failed to load
-        when it was cached (arguments as for :meth:`get`, after which this is meaningful)."""
-        paths = [Path(p) for p in paths]
-        return self._failures(self._keys(paths, [0] * len(paths) if copies is None else list(copies), augment), self._read()[2])
-
-    @staticmethod
-    def _failures(keys: list[str | None], errors: dict[str, str]) -> dict[int, str]:
-        return {i: "audio file does not exist" if key is None else errors[key] for i, key in enumerate(keys) if key is None or key in errors}
+            return cached[picked[0] : picked[0] + len(picked)], failed
+        return (np.asarray(cached[picked]) if len(picked) else np.zeros((0, *shape), np.float16)), failed
 
     def _remove_leftovers(self) -> None:
         """Delete the temporary arrays of builds whose process is gone (killed mid-build)."""

@@ -45,6 +45,9 @@ from .augment import image_pipeline, mixup, spec_augment
 from .recipe import Recipe, from_dict, split_backbone
 
 
+ON_ERROR = ("fail", "skip")  # what load_data does with clips that cannot be loaded
+
+
 class RunConflictError(RuntimeError):
     """A finished run (or a checkpoint to resume) exists with a different configuration; it is never overwritten silently."""
 
@@ -117,7 +120,10 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     Raises:
         CompetitionError: a bad table (see :func:`ensemble.competition.load`), or under ``skip`` a
             fold or the training set left empty. AudioError: under ``fail``, clips that cannot be loaded.
+        ValueError: ``on_error`` is not ``fail`` or ``skip``.
     """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
     competition = comp_mod.load(recipe.competition)
     folds = comp_mod.folds(competition, recipe.folds)
     cache = features.FeatureCache(competition.root / ".ens_cache", recipe.features)
@@ -126,26 +132,28 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     n_train, n_test, copies = len(train_paths), len(test_paths), recipe.augment.copies
     paths = train_paths + test_paths + train_paths * copies
     variant = [0] * (n_train + n_test) + [k for k in range(1, copies + 1) for _ in range(n_train)]
-    images = cache.get(paths, copies=variant, augment=recipe.augment, progress=progress, device=resolve_device(recipe.train.device), on_error=on_error)
+    options = {"copies": variant, "augment": recipe.augment, "progress": progress, "device": resolve_device(recipe.train.device)}
+    images, failed = cache.get_skipping(paths, **options) if on_error == "skip" else (cache.get(paths, **options), {})
     x_aug = images[n_train + n_test :].reshape(copies, n_train, *images.shape[1:]) if copies else None
     data = Data(competition, folds, images[:n_train], images[n_train : n_train + n_test], competition.y, x_aug)
-    failed = cache.failures(paths, variant, recipe.augment) if on_error == "skip" else {}
     return _skip(recipe, data, failed, paths) if failed else data
 
 
 def _skip(recipe: Recipe, data: Data, failed: dict[int, str], paths: list) -> Data:
     """``data`` without the training rows whose clean or augmented clip failed (``failed``: position
-    in ``paths`` -> problem), the failures listed in :attr:`Data.skipped` and ``skipped.csv``."""
+    in ``paths`` -> problem; ``paths`` as :func:`load_data` lays them out: train, test, then each
+    augmented copy of train), the failures listed in :attr:`Data.skipped` and ``skipped.csv``."""
     comp = data.competition
     n_train, n_test, id_col = len(comp.train), len(comp.test), comp.config.id_col
-    train_bad = sorted({i % n_train if i >= n_train + n_test else i for i in failed if not n_train <= i < n_train + n_test})
-    test_bad = [i - n_train for i in failed if n_train <= i < n_train + n_test]
-    first = {}
-    for i, message in failed.items():  # one row per clip: its first problem
-        first.setdefault(i % n_train if i >= n_train + n_test else i, message)
+    problems: dict[tuple[str, int], str] = {}
+    for i, message in sorted(failed.items()):  # one entry per clip, its first problem: clean renderings come first
+        clip = ("train", i) if i < n_train else ("test", i - n_train) if i < n_train + n_test else ("train", (i - n_train - n_test) % n_train)
+        problems.setdefault(clip, message)
+    train_bad = sorted(row for table, row in problems if table == "train")
+    test_bad = sorted(row for table, row in problems if table == "test")
     skipped = pd.DataFrame(
-        [{"table": "train", "id": comp.train[id_col].iloc[i], "path": str(paths[i]), "error": first[i]} for i in train_bad]
-        + [{"table": "test", "id": comp.test[id_col].iloc[i], "path": str(paths[n_train + i]), "error": first[n_train + i]} for i in test_bad],
+        [{"table": "train", "id": comp.train[id_col].iloc[i], "path": str(paths[i]), "error": problems["train", i]} for i in train_bad]
+        + [{"table": "test", "id": comp.test[id_col].iloc[i], "path": str(paths[n_train + i]), "error": problems["test", i]} for i in test_bad],
         columns=["table", "id", "path", "error"])
     keep = np.setdiff1d(np.arange(n_train), train_bad)
     if not len(keep):

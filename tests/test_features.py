@@ -104,9 +104,9 @@ def test_missing_and_unreadable_audio_name_the_file_and_keep_the_good_clips(tmp_
     assert "--on-error skip" in str(caught.value)
     index = json.loads((cache.dir / "index.json").read_text())
     assert len(index["keys"]) == 2 and list(index["errors"]) == [index["keys"][1]]  # the good clip is kept, the error remembered
-    images = cache.get([CLIPS[0], fake, tmp_path / "nope.wav"], progress=False, on_error="skip")
+    images, failed = cache.get_skipping([CLIPS[0], fake, tmp_path / "nope.wav"], progress=False)
     assert images.shape[0] == 3 and images[0].any() and not images[1].any() and not images[2].any()
-    assert sorted(cache.failures([CLIPS[0], fake, tmp_path / "nope.wav"])) == [1, 2]
+    assert sorted(failed) == [1, 2] and "not audio" in failed[1] and failed[2] == "audio file does not exist"
     np.testing.assert_array_equal(images[0], features.FeatureCache(tmp_path / "fresh", FeatureConfig()).get(CLIPS[:1], progress=False)[0])
 
 

@@ -104,3 +104,15 @@ def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp
     with pytest.raises(train.comp_mod.CompetitionError, match=message):
         train.load_data(r, progress=False, on_error="skip")
     assert not (tmp_path / "runs").exists()
+
+
+def test_skip_with_augmented_copies_drops_only_the_bad_clip(broken, tmp_path):
+    r = recipe_mod.load(broken["recipe"])
+    r.augment.copies, r.runs_dir = 1, str(tmp_path / "runs")
+    with pytest.warns(train.SkippedClipsWarning, match="skipped 1 training and 1 test clip"):
+        data = train.load_data(r, progress=False, on_error="skip")
+    full = pd.read_csv(broken["root"] / "comp" / "train.csv", dtype=str, keep_default_na=False)
+    assert sorted(data.competition.train["id"]) == sorted(set(full["id"]) - {broken["bad_train"]})
+    assert data.x_aug.shape[:2] == (1, 31) and len(data.x_train) == len(data.y) == len(data.folds) == 31
+    skipped = pd.read_csv(tmp_path / "runs" / "tiny" / "skipped.csv", dtype=str)
+    assert skipped[["table", "id"]].values.tolist() == [["train", broken["bad_train"]], ["test", broken["bad_test"]]]
