@@ -7,6 +7,9 @@ On the same real RAVDESS clips (loaded once, fixed to ``[features].duration``), 
 - ``librosa_defaults``: what a notebook does per clip: ``melspectrogram``, ``chroma_stft`` (tuning
   estimated) and ``amplitude_to_db(|stft|)`` with librosa's default settings, each its own STFT;
 - ``torch_cpu_b<N>``: :func:`ensemble.features.render_batch` on CPU in batches of N clips;
+- ``torch_cpu_b8_dense_mel``: the same renderer with the mel filterbank multiplied densely (one
+  band spanning every filter and bin) instead of band by band, in batches of 8: the ablation of
+  :func:`ensemble.features._bands`;
 - ``torch_stft_only_b8``: only the renderer's STFT (power spectrum) in batches of 8, the floor
   the renderer cannot go below on this device;
 - ``torch_cuda_all``: on CUDA (when present), every clip in batches of 256, waveforms already on
@@ -77,6 +80,13 @@ def main() -> None:
 
     stft = features.Renderer(config).stft
     tensor = torch.from_numpy(waves)
+    dense = features.Renderer(config)
+    dense.mel_bands = [(0, config.n_mels, 0, config.n_fft // 2 + 1)]
+
+    def run_dense():
+        with torch.inference_mode():
+            for start in range(0, len(tensor), 8):
+                dense(tensor[start : start + 8])
 
     def stft_only():
         with torch.inference_mode():
@@ -91,6 +101,7 @@ def main() -> None:
         "librosa_reference": lambda: [features.render(y, config) for y in waves],
         "librosa_defaults": lambda: [librosa_defaults(y, config.sample_rate) for y in waves],
         **{f"torch_cpu_b{b}": run_torch(b) for b in (1, 8, 32, 256)},
+        "torch_cpu_b8_dense_mel": run_dense,
         "torch_stft_only_b8": stft_only,
     }
     cuda = torch.cuda.is_available()

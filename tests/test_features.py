@@ -3,6 +3,7 @@ import json
 import librosa
 import numpy as np
 import pytest
+import torch
 
 from ensemble import audio, features
 from ensemble.recipe import FeatureConfig
@@ -67,6 +68,27 @@ def test_torch_renderer_matches_librosa_reference_on_real_clips(config):
     assert batched.shape == expected.shape == (4, len(config.channels), config.height, features.frames(config))
     np.testing.assert_allclose(batched, expected, rtol=0, atol=PARITY_ATOL)
     assert np.abs(batched - expected).max() > 0  # two implementations, not one called twice
+
+
+@pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(sample_rate=22050, n_fft=2048, n_mels=64, fmin=50.0, fmax=8000.0)])
+def test_banded_mel_product_equals_dense_product_with_fewer_terms(config):
+    renderer = features.Renderer(config)
+    power = torch.from_numpy(np.stack([np.abs(librosa.stft(audio.load(p, config.sample_rate, config.duration, config.trim_db),
+                                                           n_fft=config.n_fft, hop_length=config.hop_length)) ** 2 for p in CLIPS]))
+    dense = torch.matmul(renderer.mel_fb, power)
+    torch.testing.assert_close(renderer._mel(power), dense, rtol=1e-5, atol=1e-7 * float(dense.max()))
+    touched = sum((r1 - r0) * (hi - lo) for r0, r1, lo, hi in renderer.mel_bands)
+    assert touched * 4 < renderer.mel_fb.numel()  # the point of the bands
+    assert [b[:2] for b in renderer.mel_bands] == [(r, min(r + 16, config.n_mels)) for r in range(0, config.n_mels, 16)]
+
+
+def test_bands_cover_every_nonzero_and_handle_an_empty_block():
+    matrix = torch.zeros(6, 10)
+    matrix[0, 1], matrix[1, 3], matrix[4, 9], matrix[5, 7] = 1.0, 2.0, 3.0, 4.0  # rows 2-3: no filter at all
+    assert features._bands(matrix, 2) == [(0, 2, 1, 4), (2, 4, 0, 0), (4, 6, 7, 10)]
+    x = torch.rand(2, 10, 5)
+    banded = torch.cat([torch.matmul(matrix[r0:r1, lo:hi], x[:, lo:hi]) for r0, r1, lo, hi in features._bands(matrix, 2)], dim=1)
+    torch.testing.assert_close(banded, torch.matmul(matrix, x))
 
 
 def test_cache_renders_each_clip_once(tmp_path, monkeypatch):
