@@ -216,7 +216,8 @@ def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | tor
     """:class:`Renderer` over ``waveforms`` in batches, without autograd.
 
     Args:
-        waveforms: float32 ``(clips, samples)`` at ``config.sample_rate`` Hz.
+        waveforms: float32 ``(clips, samples)`` at ``config.sample_rate`` Hz (usually
+            ``config.duration`` long; longer clips give wider images).
         device: where to render (``cpu`` or ``cuda``).
         batch_size: clips per forward pass; default 8 on CPU (the STFT of a small batch stays in
             the CPU cache: ``benchmarks/features.py`` measures batch sizes) and 256 on CUDA.
@@ -227,12 +228,12 @@ def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | tor
     device = torch.device(device)
     batch_size = batch_size or (256 if device.type == "cuda" else 8)
     renderer = Renderer(config).to(device)
-    out = []
+    out = np.empty((len(waveforms), len(config.channels), config.height, 1 + waveforms.shape[-1] // config.hop_length), np.float32)
     with torch.inference_mode():
         for start in range(0, len(waveforms), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size], dtype=np.float32))
-            out.append(renderer(batch.to(device, non_blocking=True)).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(config.channels), config.height, frames(config)), np.float32)
+            out[start : start + batch_size] = renderer(batch.to(device, non_blocking=True)).cpu().numpy()
+    return out
 
 
 def load_waveform(path: str | os.PathLike, config: FeatureConfig, augment: AugmentConfig | None = None, copy: int = 0) -> np.ndarray:
