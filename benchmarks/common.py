@@ -47,8 +47,9 @@ def median(values: list[float], digits: int = 1) -> float:
     return round(statistics.median(values), digits)
 
 
-def save(result: dict, out) -> None:
-    """Write ``result`` atomically as JSON to ``out`` and print it."""
+def save(result: dict, out, echo: bool = True) -> None:
+    """Write ``result`` atomically as JSON to ``out``; ``echo``: print it too."""
     atomic.write_json(out, result)
-    print(json.dumps(result, indent=2))
-    print(f"-> {out}")
+    if echo:
+        print(json.dumps(result, indent=2))
+        print(f"-> {out}")

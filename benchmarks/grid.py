@@ -7,8 +7,12 @@ trains every (backbone, fold) of the recipe into a temporary runs folder with
 time of the feature build and of each run, the total, and the peak resident memory of the process
 during the feature build and during training.
 ``--backbones``, ``--folds`` and ``--epochs`` shrink the grid (for a CPU); the JSON says which grid ran.
+``--no-pretrained`` starts every backbone from random weights: the same wall time, less loading,
+for a machine without the ImageNet weights and without internet. The JSON is saved after the
+feature build and after every run (``"finished": false`` until the last), so a grid killed by a
+time limit still leaves the times of the runs it finished.
 
-    python benchmarks/grid.py [--recipe recipes/ravdess.toml] [--backbones a,b] [--folds 0,1] [--epochs N]
+    python benchmarks/grid.py [--recipe recipes/ravdess.toml] [--backbones a,b] [--folds 0,1] [--epochs N] [--no-pretrained]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def main() -> None:
     parser.add_argument("--backbones", default="", help="Comma-separated subset of the recipe's backbones (default: all).")
     parser.add_argument("--folds", default="", help="Comma-separated folds (default: all).")
     parser.add_argument("--epochs", type=int, default=0, help="Epochs per run (default: the recipe's).")
+    parser.add_argument("--no-pretrained", action="store_true", help="Random initial weights (timing only).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grid.json"))
     args = parser.parse_args()
 
@@ -38,6 +43,12 @@ def main() -> None:
     folds = [int(f) for f in args.folds.split(",")] if args.folds else list(range(recipe.folds.n_splits))
     if args.epochs:
         recipe.train.epochs = args.epochs
+    if args.no_pretrained:
+        recipe.train.pretrained = False
+    full = backbones == recipe.backbones and len(folds) == recipe.folds.n_splits and not args.epochs
+    result = {"recipe": str(args.recipe), "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full,
+                                                  "pretrained": recipe.train.pretrained},
+              "finished": False, "machine": machine(str(train.resolve_device(recipe.train.device)))}
     source = Path(recipe.competition.dir).resolve()
     if not (source / "train.csv").exists():
         raise SystemExit(f"{source} holds no competition: run `ens data ravdess` (or give another --recipe).")
@@ -51,24 +62,22 @@ def main() -> None:
 
         started = time.perf_counter()
         data = train.load_data(recipe)
-        features_s = time.perf_counter() - started
-        features_peak = peak_rss_mib()
+        result["clips"] = {"train": len(data.x_train), "test": len(data.x_test), "augmented_copies": recipe.augment.copies}
+        result["feature_build_s"] = round(time.perf_counter() - started, 1)
+        result["peak_rss_mib"] = {"feature_build": peak_rss_mib()}
+        result["runs"] = runs = {}
+        save(result, args.out, echo=False)
         reset_peak()
-        runs = {}
         for backbone in backbones:
             for fold in folds:
                 t0 = time.perf_counter()
                 metrics = train.train_fold(recipe, data, backbone, fold)
                 runs[f"{backbone}/fold{fold}"] = {"seconds": round(time.perf_counter() - t0, 1), recipe.train.metric: round(metrics[recipe.train.metric], 4)}
+                result["peak_rss_mib"]["training"] = peak_rss_mib()
+                save(result, args.out, echo=False)
                 print(f"{backbone} fold {fold}: {runs[f'{backbone}/fold{fold}']}", flush=True)
         total_s = time.perf_counter() - started
-    full = backbones == recipe.backbones and len(folds) == recipe.folds.n_splits and not args.epochs
-    result = {
-        "recipe": str(args.recipe), "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full},
-        "clips": {"train": len(data.x_train), "test": len(data.x_test), "augmented_copies": recipe.augment.copies},
-        "feature_build_s": round(features_s, 1), "runs": runs, "total_s": round(total_s, 1), "total_min": round(total_s / 60, 2),
-        "peak_rss_mib": {"feature_build": features_peak, "training": peak_rss_mib()}, "machine": machine(str(train.resolve_device(recipe.train.device))),
-    }
+    result.update(finished=True, total_s=round(total_s, 1), total_min=round(total_s / 60, 2))
     save(result, args.out)
 
 
