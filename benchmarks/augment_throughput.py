@@ -11,16 +11,14 @@ augmented renderings are cached on first use.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from ensemble import atomic, recipe as recipe_mod, train
+from ensemble import recipe as recipe_mod, train
+
+from common import machine, median, save
 
 ARMS = {"none": "recipes/ravdess_aug_none.toml", "waveform": "recipes/ravdess_aug_wave.toml",
         "spectrogram": "recipes/ravdess_aug_spec.toml", "both": "recipes/ravdess_aug_both.toml"}
@@ -44,16 +42,14 @@ def main() -> None:
                 log = pd.read_csv(r.run_dir(args.backbone, 0) / "log.csv")
                 speeds[arm].append(float(log["train_img_per_s"].iloc[0]))
                 print(f"repeat {repeat + 1}: {arm:12s} {speeds[arm][-1]:7.1f} img/s", flush=True)
-    medians = {arm: statistics.median(v) for arm, v in speeds.items()}
+    medians = {arm: median(v) for arm, v in speeds.items()}
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "machine": machine(str(train.resolve_device(recipes["none"].train.device))),
         "backbone": args.backbone, "batch_size": recipes["none"].train.batch_size,
         "image": list(data["none"].x_train.shape[1:]), "img_per_s": speeds, "median_img_per_s": medians,
         "ratio_to_none": {arm: round(m / medians["none"], 3) for arm, m in medians.items()},
     }
-    atomic.write_json(args.out, result)
-    print(json.dumps({k: result[k] for k in ("median_img_per_s", "ratio_to_none")}, indent=2))
+    save(result, args.out)
 
 
 if __name__ == "__main__":
