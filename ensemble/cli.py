@@ -34,19 +34,26 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def _load_data(r: recipe_mod.Recipe, progress: bool, on_error: str):
-    """:func:`ensemble.train.load_data`, its skipped-clips warning shown as a plain line."""
+def _skips_shown(call, *args, **kwargs):
+    """``call(*args, **kwargs)``, each :class:`ensemble.train.SkippedClipsWarning` it raises shown as a plain line."""
     from . import train as train_mod
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", train_mod.SkippedClipsWarning)
-        data = train_mod.load_data(r, progress=progress, on_error=on_error)
+        result = call(*args, **kwargs)
     for warning in caught:
         if issubclass(warning.category, train_mod.SkippedClipsWarning):
             typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return data
+    return result
+
+
+def _load_data(r: recipe_mod.Recipe, progress: bool, on_error: str):
+    """:func:`ensemble.train.load_data`, its skipped-clips warning shown as a plain line."""
+    from . import train as train_mod
+
+    return _skips_shown(train_mod.load_data, r, progress=progress, on_error=on_error)
 
 
 def _load_recipe(path: Path) -> recipe_mod.Recipe:
@@ -218,6 +225,8 @@ def predict(
     save_image: Optional[Path] = typer.Option(None, "--save-image", help="Folder to write each file's rendered image to (<name>.png, one panel per channel)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    on_error: str = typer.Option("fail", "--on-error", help="Files that cannot be read as audio: fail (stop at the first) or skip "
+                                 "(leave them out and list them, each with its problem)."),
 ) -> None:
     """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights)."""
     from . import predict as predict_mod
@@ -228,7 +237,7 @@ def predict(
         ensemble = predict_mod.load_ensemble(r, device)
         shifts = f"; time-shift TTA {r.train.tta_shifts}" if r.train.tta_shifts else ""
         typer.echo(f"ensemble: {', '.join(map(_member_text, ensemble.members))}; weights: {ensemble.weights_from}{shifts}", err=True)
-        predictions = predict_mod.predict(ensemble, files, window, hop)
+        predictions = _skips_shown(predict_mod.predict, ensemble, files, window, hop, on_error)
         frame = predict_mod.table(predictions, ensemble.classes, timeline)
         if out is not None:
             atomic.write_csv(out, frame)

@@ -354,7 +354,7 @@ class FeatureCache:
         """
         images, failed = self._lookup(paths, copies, augment, progress, workers, device, skip=False)
         if failed:
-            raise audio.AudioError(_error_list({Path(paths[i]): message for i, message in failed.items()},
+            raise audio.AudioError(audio.error_list({Path(paths[i]): message for i, message in failed.items()},
                                                "fix or remove these files, or pass --on-error skip"))
         return images
 
@@ -371,7 +371,7 @@ class FeatureCache:
         keys = [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(paths, copies)]  # None: the file does not exist
         missing = {i: "audio file does not exist" for i, key in enumerate(keys) if key is None}
         if missing and not skip:
-            raise audio.AudioError(_error_list({paths[i]: message for i, message in missing.items()},
+            raise audio.AudioError(audio.error_list({paths[i]: message for i, message in missing.items()},
                                                "check the path column and [competition].audio_root"))
         rows, cached, errors = self._read()
         todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key is not None and key not in rows}
@@ -448,10 +448,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-def _error_list(failed: dict[Path, str], fix: str, shown: int = 20) -> str:
-    """One line per file (the first ``shown``), e.g. for an :class:`AudioError` raised over many clips."""
-    lines = [message if message.startswith(str(path)) else f"{path}: {message}" for path, message in list(failed.items())[:shown]]
-    more = f"\n... and {len(failed) - shown} more" if len(failed) > shown else ""
-    return f"{len(failed)} audio file(s) cannot be used ({fix}):\n" + "\n".join(lines) + more

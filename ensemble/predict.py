@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,21 +274,29 @@ def _samples(value: float | None, default: float, name: str, rate: int) -> int:
     return n
 
 
-def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | None = None, hop: float | None = None) -> list[FilePrediction]:
+def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | None = None, hop: float | None = None,
+            on_error: str = "fail") -> list[FilePrediction]:
     """Predict audio files (see the module docstring for the preprocessing and windowing).
 
     Args:
         paths: audio files or folders (:func:`audio_files`).
         window: seconds per window, at most ``[features].duration`` (the default).
         hop: seconds between window starts, in (0, window]; default half the window.
+        on_error: ``fail`` (default): the first file that cannot be read as audio stops the run;
+            ``skip``: such files are left out and listed in one
+            :class:`ensemble.train.SkippedClipsWarning` (file and problem each).
 
     Returns:
-        one :class:`FilePrediction` per file, in :func:`audio_files` order.
+        one :class:`FilePrediction` per file that was read, in :func:`audio_files` order.
 
     Raises:
-        PredictError: a bad path, or a window longer than ``duration`` or a hop outside (0, window].
-        AudioError: a file cannot be read as audio.
+        PredictError: a bad path, a window longer than ``duration`` or a hop outside (0, window],
+            or, under ``skip``, no file that can be read.
+        AudioError: under ``fail``, a file cannot be read as audio.
+        ValueError: ``on_error`` is not ``fail`` or ``skip``.
     """
+    if on_error not in train.ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: use one of {train.ON_ERROR}.")
     config = ensemble.recipe.features
     rate = config.sample_rate
     window_n = _samples(window, config.duration, "--window", rate)
@@ -297,14 +306,24 @@ def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | 
     hop_n = _samples(hop, window_n / 2 / rate, "--hop", rate)
     if hop_n > window_n:
         raise PredictError(f"--hop {hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
-    results = []
+    results, skipped = [], {}
     for path in audio_files(paths):
-        y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
+        try:
+            y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
+        except audio.AudioError as err:
+            if on_error == "fail":
+                raise
+            skipped[path] = str(err)
+            continue
         spans = windows(len(y), window_n, hop_n)
         images = model_inputs([y[a:b] for a, b in spans], config)
         proba = ensemble.predict_images(images)
         seconds = (np.array(spans, dtype=np.float64) + start) / rate
         results.append(FilePrediction(path, proba.mean(axis=0), seconds, proba))
+    if skipped and not results:
+        raise PredictError(audio.error_list(skipped, "no file left to predict; fix or replace them"))
+    if skipped:
+        warnings.warn(audio.error_list(skipped, "skipped: they have no prediction"), train.SkippedClipsWarning, stacklevel=2)
     return results
 
 

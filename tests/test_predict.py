@@ -126,3 +126,28 @@ def test_errors_name_the_path_or_folder_and_the_fix(trained, tmp_path):
     untrained.write_text(f'extends = "{recipe_path}"\nruns_dir = "{tmp_path / "no_runs"}"\n')
     result = runner.invoke(app, ["predict", str(trained["clip"]), "--recipe", str(untrained)])
     assert result.exit_code == 2 and str(tmp_path / "no_runs" / "untrained") in result.output and "ens train" in result.output
+
+
+def test_on_error_skip_predicts_the_readable_files_and_lists_the_others(trained, tmp_path):
+    recipe_path, clip = str(trained["recipe_path"]), trained["clip"]
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.wav").write_text("not audio\n")
+    args = ["predict", str(clip), str(tmp_path / "empty.wav"), str(tmp_path / "notes.wav"), "--recipe", recipe_path]
+
+    failed = runner.invoke(app, args + ["--out", str(tmp_path / "fail.csv")])  # the default stops at the first bad file
+    assert failed.exit_code == 2 and f"{tmp_path / 'empty.wav'}" in failed.output and not (tmp_path / "fail.csv").exists()
+
+    result = runner.invoke(app, args + ["--on-error", "skip", "--out", str(tmp_path / "skip.csv")])
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 audio file(s) cannot be used (skipped: they have no prediction)" in result.output
+    assert f"{tmp_path / 'empty.wav'}: " in result.output and f"{tmp_path / 'notes.wav'}: " in result.output
+    table = pd.read_csv(tmp_path / "skip.csv")
+    assert table["path"].tolist() == [str(clip)]
+    alone = runner.invoke(app, ["predict", str(clip), "--recipe", recipe_path, "--out", str(tmp_path / "alone.csv")])
+    assert alone.exit_code == 0
+    pd.testing.assert_frame_equal(table, pd.read_csv(tmp_path / "alone.csv"))  # the good file's row is unchanged
+
+    nothing = runner.invoke(app, ["predict", str(tmp_path / "empty.wav"), "--recipe", recipe_path, "--on-error", "skip"])
+    assert nothing.exit_code == 2 and "no file left to predict" in nothing.output
+    wrong = runner.invoke(app, args + ["--on-error", "ignore"])
+    assert wrong.exit_code == 2 and "on_error='ignore'" in wrong.output
