@@ -129,8 +129,9 @@ class Renderer(nn.Module):
     One STFT (``torchaudio.transforms.Spectrogram``: periodic Hann window, centred with zero
     padding, as ``librosa.stft``), then per channel: log-Mel through the mel filterbank
     (``torchaudio.functional.melscale_fbanks`` with Slaney scale and norm, librosa's default
-    filterbank, multiplied band by band over its non-zero bins), chroma through ``librosa.filters.chroma``'s matrix with each frame divided by its
-    maximum, log-STFT magnitude, MFCC as the orthonormal DCT-II of the log-Mel
+    filterbank, multiplied band by band over its non-zero bins), chroma through
+    ``librosa.filters.chroma``'s matrix with each frame divided by its maximum, log-STFT
+    magnitude, MFCC as the orthonormal DCT-II of the log-Mel
     (``torchaudio.functional.create_dct``). dB values are taken relative to each clip's peak, as
     librosa's ``ref=np.max``. The filterbanks are buffers, so ``.to(device)`` moves them.
 
