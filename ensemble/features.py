@@ -356,7 +356,7 @@ class FeatureCache:
         images, failed = self._lookup(paths, copies, augment, progress, workers, device, skip=False)
         if failed:
             raise audio.AudioError(audio.error_list({Path(paths[i]): message for i, message in failed.items()},
-                                               "fix or remove these files, or pass --on-error skip"))
+                                                     "fix or remove these files, or pass --on-error skip"))
         return images
 
     def get_skipping(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
@@ -373,7 +373,7 @@ class FeatureCache:
         missing = {i: "audio file does not exist" for i, key in enumerate(keys) if key is None}
         if missing and not skip:
             raise audio.AudioError(audio.error_list({paths[i]: message for i, message in missing.items()},
-                                               "check the path column and [competition].audio_root"))
+                                                     "check the path column and [competition].audio_root"))
         rows, cached, errors = self._read()
         todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key is not None and key not in rows}
         if todo:
