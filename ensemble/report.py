@@ -79,16 +79,24 @@ def read_oof(path: Path, train_ids: np.ndarray, classes: list[str], out: np.ndar
     ``out`` ``(n_train, classes)`` that hold its ids (``train_ids`` order).
 
     Raises:
-        ReportError: a class column is missing, or an id is not in ``train_ids``.
+        ReportError: the file is not a readable CSV (:func:`ensemble.competition.read_csv`, which
+            keeps ids exactly as written), a class column is missing or holds a non-number, or an
+            id is not in ``train_ids``.
     """
-    frame = pd.read_csv(path, dtype={"id": str})
+    try:
+        frame, _ = comp_mod.read_csv(path)
+    except comp_mod.CompetitionError as err:
+        raise ReportError(str(err)) from err
     missing = [c for c in classes if c not in frame.columns]
     if missing:
         raise ReportError(f"{path} has no probability column(s) {missing}; it was made with other classes than the competition's {classes}.")
     rows = pd.Index(train_ids).get_indexer(frame["id"])
     if (rows < 0).any():
         raise ReportError(f"{path} holds id {frame['id'][rows < 0].iloc[0]!r}, which is not in train.csv; it was made on another competition folder.")
-    out[rows] = frame[classes].to_numpy(dtype=np.float64)
+    try:
+        out[rows] = frame[classes].to_numpy(dtype=object).astype(np.float64)
+    except ValueError as err:
+        raise ReportError(f"{path} holds a probability that is not a number ({err}).") from err
 
 
 def backbone_runs(recipe: Recipe, train_ids: np.ndarray, classes: list[str]) -> list[BackboneRuns]:

@@ -6,6 +6,7 @@ import re
 import shutil
 import struct
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -95,3 +96,14 @@ def test_a_recipe_without_runs_is_a_clear_error(trained, tmp_path):
     assert result.exit_code == 2
     assert f"no runs of recipe 'empty' under {trained['runs'].parent / 'empty'}" in result.output and "ens train" in result.output
     assert not (trained["runs"].parent / "empty" / "report.html").exists()
+
+
+def test_read_oof_keeps_ids_as_written_and_refuses_non_numbers(tmp_path):
+    path = tmp_path / "oof.csv"
+    path.write_text("id,fold,b,a\nNA,0,0.25,0.75\n001,0,1.0,0.0\n")
+    out = np.full((3, 2), np.nan)
+    report.read_oof(path, np.array(["1", "001", "NA"]), ["a", "b"], out)  # "NA" is an id, "001" is not "1"
+    np.testing.assert_array_equal(out, [[np.nan, np.nan], [0.0, 1.0], [0.75, 0.25]])
+    path.write_text("id,fold,a,b\n001,0,high,0.0\n")
+    with pytest.raises(report.ReportError, match="not a number"):
+        report.read_oof(path, np.array(["001"]), ["a", "b"], np.zeros((1, 2)))
