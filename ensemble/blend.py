@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import atomic, blenders, competition, metrics, multilabel, submission
 from .recipe import Recipe
-from .train import Data
+from .train import Data, proba_frame
 
 
 class BlendError(ValueError):
@@ -274,9 +274,7 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     out_dir = Path(recipe.runs_dir) / recipe.name / "blend"
     atomic.write_csv(out_dir / "leaderboard.csv", board)
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
-    blended_oof = pd.DataFrame(cv_oof[method], columns=data.competition.classes)
-    blended_oof.insert(0, "id", train_ids)
-    atomic.write_csv(out_dir / "oof.csv", blended_oof)
+    atomic.write_csv(out_dir / "oof.csv", proba_frame(train_ids, cv_oof[method], data.competition.classes))
     weight_map = None if chosen.weights is None else {m.backbone: float(x) for m, x in zip(members, chosen.weights)}
     atomic.write_json(out_dir / "weights.json", {"method": method, "members": [m.backbone for m in members], "weights": weight_map})
     thresholds = None

@@ -310,7 +310,9 @@ def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tens
     return torch.tensor(compute_class_weight("balanced", classes=np.arange(num_classes), y=y), dtype=torch.float32)
 
 
-def _proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.DataFrame:
+def proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.DataFrame:
+    """A probability table as runs and blends write it: ``id``, then the ``extra`` columns, then
+    one column per class of ``proba`` ``(rows, classes)``."""
     frame = pd.DataFrame(proba, columns=classes)
     frame.insert(0, "id", list(ids))
     for pos, (name, values) in enumerate(extra.items(), start=1):
@@ -556,9 +558,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     model.load_state_dict(best)
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
-    atomic.write_csv(out / "oof.csv", _proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
+    atomic.write_csv(out / "oof.csv", proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
     test_proba = data.fill_skipped(predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=t.precision))
-    atomic.write_csv(out / "test.csv", _proba_frame(test_ids, test_proba, classes))
+    atomic.write_csv(out / "test.csv", proba_frame(test_ids, test_proba, classes))
     report = {**(multilabel.report if ml else metrics.report)(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
               "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
