@@ -322,10 +322,10 @@ def feature_figure(label: str, clips: list[tuple[str, np.ndarray]], config: Feat
 def example_clips(competition: comp_mod.Competition, per_class: int) -> dict[str, list[int]]:
     """Class name -> the first ``per_class`` rows of ``train.csv`` carrying that label (for a
     multilabel task: among their space-separated labels); classes without clips are left out."""
-    labels = competition.train[competition.config.label_col]
+    y = competition.y
     out = {}
-    for name in competition.classes:
-        rows = np.flatnonzero(labels.map(lambda label: name in multilabel.tokens(label)))[:per_class]
+    for k, name in enumerate(competition.classes):
+        rows = np.flatnonzero(y[:, k] if competition.multilabel else y == k)[:per_class]
         if len(rows):
             out[name] = [int(r) for r in rows]
     return out
