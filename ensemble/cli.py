@@ -111,6 +111,7 @@ def train(
     weights_dir: Optional[str] = typer.Option(None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [train].weights_dir and $ENS_WEIGHTS_DIR."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Train from random initialisation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [train].device."),
+    cpu_precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."),
     force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
     on_error: str = OnErrorOption,
@@ -128,6 +129,8 @@ def train(
         r.train.pretrained = False
     if device is not None:
         r.train.device = device
+    if cpu_precision is not None:
+        r.train.cpu_precision = cpu_precision
     if backbone != "all":
         r.backbones = [b.strip() for b in backbone.split(",")]
     try:

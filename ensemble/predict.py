@@ -94,10 +94,10 @@ class Ensemble:
         """
         total = np.zeros((len(images), len(self.classes)))
         multilabel = self.recipe.competition.task == "multilabel"
-        shifts = self.recipe.train.tta_shifts
+        shifts, precision = self.recipe.train.tta_shifts, train.precision_on(self.recipe.train, self.device)
         for member in self.members:
-            probas = [train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts,
-                                    precision=self.recipe.train.precision) for model in member.models]
+            probas = [train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts, precision=precision)
+                      for model in member.models]
             total += member.weight * np.mean(probas, axis=0)
         return total
 
@@ -200,7 +200,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             except (RuntimeError, SafetensorError) as err:
                 raise PredictError(f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
                                    f"re-train it with `ens train --backbone {entry} --fold {fold} --force`.") from err
-            models.append(model.to(torch_device).eval())
+            models.append(train.to_device(model, torch_device).eval())
         seeds = [recipe.for_backbone(entry).train.seed for entry in _entries(recipe, backbone)]
         members.append(Member(backbone, weight, models, seeds))
     return Ensemble(recipe, classes, members, source, torch_device)

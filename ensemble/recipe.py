@@ -186,7 +186,11 @@ class TrainConfig:
             ``""`` means ``$ENS_WEIGHTS_DIR`` or ``../shared/weights`` when either exists.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         precision: on CUDA, ``bf16`` (default) or ``fp16`` autocast (fp16 with a gradient
-            scaler, ``torch.amp.GradScaler``), or ``fp32``; CPU runs always compute in fp32.
+            scaler, ``torch.amp.GradScaler``), or ``fp32``.
+        cpu_precision: on CPU, ``fp32`` (default) or ``bf16`` autocast. bf16 pays on CPUs with
+            AVX512-BF16 or AMX: a training step of ``seed_deep_cnn`` took 2.9 s instead of 5.9 s
+            on this project's 2-core AMD EPYC (Zen 4), but ``tf_mobilenetv3_small_100`` was
+            slower (docs/benchmarks.md); without those instructions bf16 is emulated and slow.
         compile: wrap the training forward pass in ``torch.compile`` (the first epoch pays the
             compilation; pays off on long GPU runs).
         seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU. A
@@ -217,6 +221,7 @@ class TrainConfig:
     weights_dir: str = ""
     device: str = "auto"
     precision: str = "bf16"
+    cpu_precision: str = "fp32"
     compile: bool = False
     seed: int = 42
     tta_shifts: list[float] = field(default_factory=list)
@@ -406,6 +411,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
         (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
         (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
+        (t.cpu_precision in ("bf16", "fp32"), f"[train].cpu_precision = {t.cpu_precision!r}: must be bf16 or fp32 (fp16 is CUDA only)"),
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),
         (0 <= t.label_smoothing < 1, "[train].label_smoothing must be in [0, 1)"),
         (recipe.folds.n_splits >= 2, "[folds].n_splits must be >= 2"),

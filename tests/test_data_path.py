@@ -1,6 +1,7 @@
 """The training data path: one memory-mapped cache pass, single-threaded loading workers,
 batch prefetching, and torch.compile giving the run it would give without."""
 
+import json
 import os
 import threading
 
@@ -69,3 +70,18 @@ def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_p
     r.name = "tiny"
     oof.append(pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv"))
     np.testing.assert_allclose(oof[0][data.competition.classes].to_numpy(), oof[1][data.competition.classes].to_numpy(), atol=1e-3)
+
+
+def test_cpu_bf16_autocast_changes_the_arithmetic_not_the_run(small_source, tiny_recipe_text, tmp_path):
+    text = tiny_recipe_text(tmp_path / "comp", tmp_path / "runs", tmp_path / "subs")
+    r = recipe_mod.load(tiny_competition(tmp_path / "tiny.toml", text, small_source))
+    data = train.load_data(r, progress=False)
+    train.train_fold(r, data, "test_resnet", 0, progress=False)
+    r.train.cpu_precision, r.name = "bf16", "bf16"
+    train.train_fold(r, data, "test_resnet", 0, progress=False)
+    assert json.loads((r.run_dir("test_resnet", 0) / "config.json").read_text())["recipe"]["train"]["cpu_precision"] == "bf16"
+    half = pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
+    r.name = "tiny"
+    full = pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
+    assert np.abs(half - full).max() > 1e-6  # bf16 autocast did run on the CPU
+    np.testing.assert_allclose(half, full, atol=0.05)  # ...and rounds the run's probabilities only slightly

@@ -26,6 +26,7 @@ def test_feature_key_changes_with_any_setting():
     ({"train": {"lr": "fast"}}, r"\[train\].lr = 'fast' should be of type float"),
     ({"blend": {"method": "vote"}}, r"\[blend\].method = 'vote'"),
     ({"train": {"precision": "fp8"}}, r"\[train\].precision = 'fp8': must be bf16, fp16 or fp32"),
+    ({"train": {"cpu_precision": "fp16"}}, r"\[train\].cpu_precision = 'fp16': must be bf16 or fp32 \(fp16 is CUDA only\)"),
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\] in the top level"),
 ])
 def test_bad_recipes_are_refused_naming_the_key(data, message):
