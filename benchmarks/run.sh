@@ -11,6 +11,7 @@ if [ -z "${GRID_ARGS+set}" ]; then
 fi
 "$py" benchmarks/features.py
 "$py" benchmarks/train_throughput.py
+"$py" benchmarks/train_step.py
 "$py" benchmarks/predict.py --untrained
 # shellcheck disable=SC2086
 "$py" benchmarks/grid.py $GRID_ARGS

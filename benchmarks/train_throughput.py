@@ -5,7 +5,7 @@ gather of clean or augmented renderings, albumentations / SpecAugment / mixup as
 prefetch, optimizer, scheduler and EMA steps): its ``train_img_per_s`` of epoch 2 (epoch 1 warms
 up). The bare loop is what the hardware can do with no data path: ``timm.create_model`` of the same
 backbone, one random batch of the same shape resident on the device, AdamW, cross-entropy, the
-same autocast / channels_last on CUDA, for as many steps as an ens epoch; its second pass is
+same channels_last order and autocast (:func:`ensemble.train.precision_on`), for as many steps as an ens epoch; its second pass is
 timed. The two alternate for ``--repeats`` rounds; medians and their ratio are reported
 (ratio = ens / bare, the data-path efficiency; 1.0 means the data path costs nothing).
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,33 +25,19 @@ import torch
 from ensemble import recipe as recipe_mod, train
 
 from common import machine, median, peak_rss_mib, save
+from train_step import run_steps
 
 
 def bare_loop(backbone: str, shape: tuple[int, ...], classes: int, steps: int, recipe: recipe_mod.Recipe, device: torch.device) -> float:
     """Images/s of the second of two passes of ``steps`` forward/backward/AdamW steps on one resident random batch ``shape``."""
     torch.manual_seed(0)
-    model = timm.create_model(backbone, pretrained=False, num_classes=classes, in_chans=shape[1]).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    x = train._layout(torch.rand(shape, device=device), device)
+    model = train.to_device(timm.create_model(backbone, pretrained=False, num_classes=classes, in_chans=shape[1]), device)
+    x = train.channels_last(torch.rand(shape, device=device))
     y = torch.randint(0, classes, (shape[0],), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
-    model.train()
-    for timed in (False, True):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(steps):
-            with train.autocast(device, recipe.train.precision):
-                loss = criterion(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-    return steps * shape[0] / seconds
+    precision = train.precision_on(recipe.train, device)
+    run_steps(model, x, y, steps, precision, recipe, optimizer)
+    return steps * shape[0] / run_steps(model, x, y, steps, precision, recipe, optimizer)
 
 
 def main() -> None:
@@ -81,7 +66,7 @@ def main() -> None:
             print(f"round {repeat + 1}: ens {ens[-1]:.1f} img/s, bare timm {bare[-1]:.1f} img/s", flush=True)
     result = {
         "recipe": str(args.recipe), "backbone": args.backbone, "batch": list(shape), "steps_per_epoch": steps,
-        "precision": recipe.train.precision if device.type == "cuda" else "fp32",
+        "precision": train.precision_on(recipe.train, device), "channels_last": True,
         "augment": {"waveform_copies": recipe.augment.copies, "image": recipe.augment.image, "freq_mask": recipe.augment.freq_mask,
                     "time_mask": recipe.augment.time_mask, "mixup_alpha": recipe.augment.mixup_alpha},
         "ens_img_per_s": [round(v, 1) for v in ens], "bare_img_per_s": [round(v, 1) for v in bare],

@@ -216,8 +216,8 @@ def build_model(recipe: Recipe, backbone: str, num_classes: int) -> Normalize:
 
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in channels_last memory order, the order :func:`_to_device` gives
-    the images. On this project's 2-core CPU a training step of the ImageNet backbones ran 1.4x
-    to 1.7x faster channels_last than in the default order (docs/benchmarks.md)."""
+    the images. On this project's 2-core CPU the five ImageNet backbones trained 1.3x to 1.6x
+    faster channels_last than in the default order (``benchmarks/train_step.py``, docs/benchmarks.md)."""
     return model.to(device, memory_format=torch.channels_last)
 
 
