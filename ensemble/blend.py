@@ -246,7 +246,8 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     """
     method = method or recipe.blend.method
     multilabel_task = data.competition.multilabel
-    methods, score = (blenders.MULTILABEL_METHODS, multilabel.scores) if multilabel_task else (blenders.METHODS, metrics.scores)
+    methods = blenders.MULTILABEL_METHODS if multilabel_task else blenders.METHODS
+    score = metrics.for_task(multilabel_task).scores
     if method not in methods:
         raise ValueError(f"blend method {method!r} is not one of {methods}, the methods for a {data.competition.config.task} task.")
     b = recipe.blend

@@ -1,9 +1,16 @@
-"""Single-label classification metrics (scikit-learn): accuracy, macro-F1, UAR, log-loss, confusion matrix."""
+"""Single-label classification metrics (scikit-learn): accuracy, macro-F1, UAR, log-loss, confusion
+matrix; and :func:`for_task`, the metrics of a task (these, or :mod:`ensemble.multilabel`'s)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss
+
+from . import multilabel
+
 
 def _clip(proba: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Probabilities clipped to [eps, 1] and renormalised, so a log-loss stays finite."""
@@ -36,3 +43,17 @@ def report(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     support = cm.sum(axis=1)
     per_class = {c: (float(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
     return {**scores(y, proba), "n": int(len(y)), "per_class_accuracy": per_class, "classes": classes, "confusion_matrix": cm.tolist()}
+
+
+class TaskMetrics(NamedTuple):
+    """The metric functions of one task: ``scores(y, proba) -> dict`` and ``report(y, proba, classes) -> dict``."""
+
+    scores: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    report: Callable[[np.ndarray, np.ndarray, list[str]], dict]
+
+
+def for_task(multilabel_task: bool) -> TaskMetrics:
+    """The metrics of a task: :func:`ensemble.multilabel.scores` and :func:`ensemble.multilabel.report`
+    (``y`` multi-hot ``(n, classes)``) for a multilabel task, else this module's :func:`scores` and
+    :func:`report` (``y`` integer labels ``(n,)``)."""
+    return TaskMetrics(multilabel.scores, multilabel.report) if multilabel_task else TaskMetrics(scores, report)

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, competition as comp_mod, features, metrics, multilabel
+from . import atomic, competition as comp_mod, features, metrics
 from .recipe import FeatureConfig, Recipe, split_backbone
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights",
@@ -213,7 +213,7 @@ def per_class_figure(y: np.ndarray, probas: dict[str, np.ndarray], classes: list
     x = np.arange(len(classes))
     colors = [f"C{k}" for k in range(10)]
     for k, (name, proba) in enumerate(probas.items()):
-        report = multilabel.report(y, proba, classes) if ml else metrics.report(y, proba, classes)
+        report = metrics.for_task(ml).report(y, proba, classes)
         values = report["per_class_ap"] if ml else report["per_class_accuracy"]
         headline = f"lwlrap {report['lwlrap']:.3f}" if ml else f"UAR {report['uar']:.3f}"
         ax.bar(x - 0.4 + width * (k + 0.5), [np.nan if v is None else v for v in values.values()], width, label=f"{name} ({headline})",
@@ -377,7 +377,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     classes, y = competition.classes, competition.y
     train_ids = competition.train[competition.config.id_col].astype(str).to_numpy()
     metric = recipe.train.metric
-    score = multilabel.scores if competition.multilabel else metrics.scores
+    score = metrics.for_task(competition.multilabel).scores
     runs = backbone_runs(recipe, train_ids, classes)
     finished = {r.name: r.oof for r in runs if r.oof is not None}
 

@@ -474,7 +474,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     )
     a = recipe.augment
     ml = data.competition.multilabel
-    score = multilabel.scores if ml else metrics.scores
+    task_metrics = metrics.for_task(ml)
     if ml:  # one sigmoid per class; mixup takes the union of the labels
         mix = functools.partial(multilabel.union_mixup, alpha=a.mixup_alpha) if a.mixup_alpha > 0 else None
         criterion = functools.partial(multilabel.bce_loss, label_smoothing=t.label_smoothing)
@@ -543,7 +543,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         train_seconds = time.time() - started
         evaluated = model if ema is None else ema.module
         proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts, precision=precision)
-        scores = score(data.y[valid_idx], proba)
+        scores = task_metrics.scores(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item(), **{f"valid_{k}": v for k, v in scores.items()},
                "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
                "seconds": round(time.time() - started, 2)}
@@ -573,7 +573,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     atomic.write_csv(out / "oof.csv", proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
     test_proba = data.fill_skipped(predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=precision))
     atomic.write_csv(out / "test.csv", proba_frame(test_ids, test_proba, classes))
-    report = {**(multilabel.report if ml else metrics.report)(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
+    report = {**task_metrics.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
               "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
     (out / CHECKPOINT).unlink(missing_ok=True)
