@@ -85,6 +85,7 @@ LOAD_CASES = [
     ("train-repeated-column", {"train.csv": "id,path,label,label\nc1,1.wav,a,b\n"}, {}, r"train.csv: the header \(line 1\) repeats column\(s\) \['label'\]"),
     ("sample-broken-quote", {"sample_submission.csv": 'id,a,b\nt1,0.5,0.5\nt2,"0.5,0.5\n'}, {}, r"sample_submission.csv: line \d+ is not valid CSV"),
     ("train-missing", {"train.csv": None}, {}, r"train.csv does not exist. A competition folder needs train.csv, test.csv and sample_submission.csv"),
+    ("test-missing", {"test.csv": None}, {}, r"test.csv does not exist. A competition folder needs"),
     ("blank-lines-count-in-line-numbers", {"train.csv": TRAIN.replace("\nc3", "\n\n\nc3") + "c1,5.wav,a,s5\n"}, {},
      r"train.csv: id 'c1' appears more than once \(line 8\), first in line 2"),
 ]
