@@ -192,8 +192,7 @@ def load_member(recipe: Recipe, data: Data, backbone: str, entries: list[str]) -
         BlendError: see :func:`load_runs`.
     """
     runs = [load_runs(recipe, data, entry) for entry in entries]
-    seeds = [recipe.for_backbone(entry).train.seed for entry in entries]
-    return Member(backbone, seeds, np.mean([oof for oof, _ in runs], axis=0), np.mean([test for _, test in runs], axis=0))
+    return Member(backbone, recipe.seeds(entries), np.mean([oof for oof, _ in runs], axis=0), np.mean([test for _, test in runs], axis=0))
 
 
 def collect(recipe: Recipe, data: Data) -> tuple[list[Member], dict[str, str]]:

@@ -201,8 +201,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
                 raise PredictError(f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
                                    f"re-train it with `ens train --backbone {entry} --fold {fold} --force`.") from err
             models.append(train.to_device(model, torch_device).eval())
-        seeds = [recipe.for_backbone(entry).train.seed for entry in _entries(recipe, backbone)]
-        members.append(Member(backbone, weight, models, seeds))
+        members.append(Member(backbone, weight, models, recipe.seeds(_entries(recipe, backbone))))
     return Ensemble(recipe, classes, members, source, torch_device)
 
 

@@ -275,6 +275,15 @@ class Recipe:
         seed = split_backbone(backbone)[1]
         return self if seed is None else dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
 
+    def seeds(self, entries: list[str]) -> list[int]:
+        """The ``[train].seed`` each ``backbones`` entry trains with (:meth:`for_backbone`), in order:
+        ``["regnetx_002", "regnetx_002@43"]`` gives ``[train.seed, 43]``.
+
+        Raises:
+            RecipeError: a malformed entry (see :func:`split_backbone`).
+        """
+        return [self.for_backbone(entry).train.seed for entry in entries]
+
     def members(self) -> dict[str, list[str]]:
         """Blend members: each timm model name of ``backbones`` -> its entries (one per seed), in
         the order the entries first appear; ``["a", "b", "a@7"]`` gives ``{"a": ["a", "a@7"], "b": ["b"]}``.
@@ -400,7 +409,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         members = recipe.members()
     except RecipeError as err:
         raise RecipeError(f"{source}: {err}") from err
-    repeated = [entries for entries in members.values() if len({recipe.for_backbone(e).train.seed for e in entries}) < len(entries)]
+    repeated = [entries for entries in members.values() if len(set(recipe.seeds(entries))) < len(entries)]
     metrics, methods = (multilabel.METRICS, MULTILABEL_METHODS) if task == "multilabel" else (METRICS, METHODS)
     checks = [
         (task in TASKS, f"[competition].task = {task!r}: must be one of {TASKS}"),

@@ -45,3 +45,11 @@ def test_missing_and_invalid_files(tmp_path):
     good.write_text("[train]\nepochs = 2\nlr = 1\n")
     loaded = recipe.load(good)
     assert loaded.name == "mine" and loaded.train.lr == 1.0 and isinstance(loaded.train.lr, float)
+
+
+def test_seeds_of_a_members_entries():
+    r = recipe.from_dict({"backbones": ["regnetx_002", "regnetx_002@43", "mobilenetv2_100"], "train": {"seed": 7}})
+    assert r.seeds(["regnetx_002", "regnetx_002@43"]) == [7, 43]
+    assert r.seeds(r.members()["regnetx_002"]) == [r.train.seed, 43] and r.seeds([]) == []
+    with pytest.raises(recipe.RecipeError, match="regnetx_002@x"):
+        r.seeds(["regnetx_002@x"])
