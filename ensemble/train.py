@@ -82,9 +82,10 @@ class Data:
     x_aug: np.ndarray | None = None
     skipped: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=["table", "id", "path", "error"]))
 
-    @property
+    @functools.cached_property
     def folds_hash(self) -> str:
-        """SHA-1 of the fold assignment; runs of one blend must share it."""
+        """SHA-1 of the fold assignment; runs of one blend must share it. Computed on first use and
+        kept (``folds`` is not changed after loading: :func:`_skip` makes a new :class:`Data`)."""
         return hashlib.sha1(self.folds.to_csv(index=False).encode()).hexdigest()
 
     @property
@@ -366,13 +367,22 @@ def finished_run(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict |
     Raises:
         RunConflictError: the finished run was made with another configuration.
     """
-    out = recipe.run_dir(backbone, fold)
+    return _finished(recipe.run_dir(backbone, fold), _as_stored(run_config(recipe, data, backbone, fold)))
+
+
+def _as_stored(config: dict) -> dict:
+    """``config`` as ``config.json`` holds it: lists, not tuples."""
+    return json.loads(json.dumps(config))
+
+
+def _finished(out: Path, config: dict) -> dict | None:
+    """:func:`finished_run` of the run folder ``out`` whose configuration is ``config`` (:func:`run_config`, :func:`_as_stored`)."""
     if not (out / "metrics.json").exists():
         return None
     previous = json.loads((out / "config.json").read_text())
     # re-read through today's Recipe: settings added since the run was made take their defaults
     previous["recipe"] = _training_settings(from_dict(previous["recipe"], str(out / "config.json")))
-    if previous != json.loads(json.dumps(run_config(recipe, data, backbone, fold))):
+    if previous != config:
         raise RunConflictError(
             f"{out} holds a finished run with a different configuration; pass --force to overwrite it, or give the recipe another name."
         )
@@ -441,13 +451,12 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     """
     recipe = recipe.for_backbone(backbone)
     out = recipe.run_dir(backbone, fold)
-    config = run_config(recipe, data, backbone, fold)
-    if not force and (done := finished_run(recipe, data, backbone, fold)) is not None:
+    config = _as_stored(run_config(recipe, data, backbone, fold))
+    if not force and (done := _finished(out, config)) is not None:
         return done
     n_folds = recipe.folds.n_splits
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
-    config = json.loads(json.dumps(config))  # as stored: lists, not tuples
     checkpoint = None
     if resume and (out / CHECKPOINT).exists():
         checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)  # written by this function

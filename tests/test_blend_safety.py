@@ -107,6 +107,15 @@ def test_fabricated_runs_load_exactly(setup):
     np.testing.assert_array_equal(test, (np.zeros_like(tests[0]) + tests[0] + tests[1]) / 2)
 
 
+def test_the_folds_hash_is_computed_once(setup, monkeypatch):
+    recipe, _ = setup
+    data = make_data(recipe)
+    first = data.folds_hash
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: pytest.fail("folds_hash re-hashed the folds"))
+    assert data.folds_hash == first
+    blend.load_runs(recipe, data, "m1")  # checks every fold's run against the hash
+
+
 def test_a_run_trained_on_another_fold_assignment_is_refused(setup):
     recipe, data = setup
     folds_path = data.competition.root / "folds.csv"
