@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,46 @@ def tiny_competition(recipe_path: Path, recipe_text: str, source: Path) -> Path:
     cli_ok(["data", "ravdess", "--source", str(source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
     train.load_data(r, progress=False)
     return recipe_path
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    """SHA-1 of every file under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(small_source, tiny_recipe_text, tmp_path_factory):
+    """The tiny recipe's pipeline through the real CLI, once per session: ``ens data ravdess`` on
+    the 48 clips (actors 5 and 6 held out, 2 folds), ``ens train`` (which renders the feature
+    cache and trains both backbones' 2 folds), ``ens train`` again (every run skipped), ``ens blend``.
+
+    Shared by test_end_to_end, test_predict and test_report: read-only. A test that writes into the
+    runs, the blend, the submissions or the competition works on a copy (:func:`copy_tiny_runs`,
+    ``shutil.copytree``); at the end of the session the shared files are checked unchanged."""
+    root = tmp_path_factory.mktemp("tiny_trained")
+    comp, runs, subs = root / "comp", root / "runs", root / "subs"
+    recipe = root / "tiny.toml"
+    recipe.write_text(tiny_recipe_text(comp, runs, subs))
+    outputs = {"data": cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])}
+    outputs["train"] = cli_ok(["train", "--recipe", str(recipe), "--quiet"])
+    outputs["retrain"] = cli_ok(["train", "--recipe", str(recipe), "--quiet"])
+    outputs["blend"] = cli_ok(["blend", "--recipe", str(recipe)])
+    shared = (comp, runs / "tiny", subs)
+    before = [_contents(folder) for folder in shared]
+    yield {"root": root, "comp": comp, "runs": runs / "tiny", "subs": subs, "recipe": recipe, **outputs}
+    changed = [str(folder) for folder, was in zip(shared, before) if _contents(folder) != was]
+    assert not changed, f"a test changed the shared tiny pipeline's files in {changed}; give it a copy (copy_tiny_runs)"
+
+
+def copy_tiny_runs(trained: dict, dest: Path, *, blend: bool = True) -> Path:
+    """Copy the shared runs of :func:`tiny_trained` into ``dest/runs/tiny`` (without ``blend/`` if
+    not ``blend``) and write ``dest/tiny.toml``: the shared recipe with ``runs_dir`` and
+    ``submissions_dir`` under ``dest`` (the competition stays the shared one). Returns the recipe's path.
+
+    For ens blend, predict and report, which check a run's folds and classes. ens train would not
+    reuse these runs: a run's identity includes ``submissions_dir``."""
+    source = trained["runs"]
+    shutil.copytree(source, dest / "runs" / "tiny", ignore=None if blend else lambda folder, names: ["blend"] if Path(folder) == source else [])
+    recipe = dest / "tiny.toml"
+    recipe.write_text(f'extends = "{trained["recipe"]}"\nname = "tiny"\nruns_dir = "{dest / "runs"}"\nsubmissions_dir = "{dest / "subs"}"\n')
+    return recipe

@@ -11,25 +11,15 @@ from typer.testing import CliRunner
 from ensemble import atomic, blenders
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok
+from .conftest import cli_ok as _ok, copy_tiny_runs
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def pipeline(small_source, tiny_recipe_text, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    comp, runs, subs = root / "comp", root / "runs", root / "subs"
-    recipe = root / "tiny.toml"
-    recipe.write_text(tiny_recipe_text(comp, runs, subs))
-    outputs = {
-        "data": _ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"]),
-        "train": _ok(["train", "--recipe", str(recipe), "--quiet"]),
-    }
-    outputs["retrain"] = _ok(["train", "--recipe", str(recipe), "--quiet"])
-    outputs["blend"] = _ok(["blend", "--recipe", str(recipe)])
-    outputs["score"] = _ok(["score", str(subs / "tiny-caruana.csv"), "--recipe", str(recipe)])
-    return {"comp": comp, "runs": runs / "tiny", "subs": subs, "recipe": recipe, **outputs}
+def pipeline(tiny_trained):
+    """The session's tiny pipeline (data, train, train again, blend; read-only) and its ens score."""
+    return {**tiny_trained, "score": _ok(["score", str(tiny_trained["subs"] / "tiny-caruana.csv"), "--recipe", str(tiny_trained["recipe"])])}
 
 
 def test_every_run_folder_is_complete(pipeline):
@@ -75,18 +65,18 @@ def test_blend_writes_the_sample_layout_and_a_leaderboard(pipeline):
     assert "accuracy" in pipeline["score"] and "n 16" in pipeline["score"]
 
 
-def test_blend_refuses_runs_trained_on_other_folds(pipeline):
-    folds_path = pipeline["comp"] / "folds.csv"
-    original = folds_path.read_text()
-    folds = pd.read_csv(folds_path, dtype={"id": str})
+def test_blend_refuses_runs_trained_on_other_folds(pipeline, tmp_path):
+    recipe = copy_tiny_runs(pipeline, tmp_path)
+    comp = tmp_path / "comp"  # a copy of the competition (and its feature cache) whose folds.csv is changed
+    shutil.copytree(pipeline["comp"], comp, symlinks=True)
+    with recipe.open("a") as f:
+        f.write(f'[competition]\ndir = "{comp}"\n')
+    folds = pd.read_csv(comp / "folds.csv", dtype={"id": str})
     folds["fold"] = 1 - folds["fold"]
-    atomic.write_csv(folds_path, folds)
-    try:
-        result = runner.invoke(app, ["blend", "--recipe", str(pipeline["recipe"])])
-        assert result.exit_code == 2
-        assert "trained on another fold assignment" in result.output
-    finally:
-        folds_path.write_text(original)
+    atomic.write_csv(comp / "folds.csv", folds)
+    result = runner.invoke(app, ["blend", "--recipe", str(recipe)])
+    assert result.exit_code == 2
+    assert "trained on another fold assignment" in result.output
 
 
 def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
@@ -115,10 +105,10 @@ def test_bad_options_are_clear_errors(pipeline):
     assert result.exit_code == 2 and "recipe file missing.toml does not exist" in result.output
 
 
-def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline):
+def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline, tmp_path):
     from ensemble import blend, recipe as recipe_mod, train
 
-    r = recipe_mod.load(pipeline["recipe"])
+    r = recipe_mod.load(copy_tiny_runs(pipeline, tmp_path))  # blend writes its leaderboard and weights into the copy
     r.backbones = ["test_efficientnet", "test_resnet", "test_convnext"]
     result = blend.blend(r, train.load_data(r, progress=False), name="partial")
     assert list(result.skipped) == ["test_convnext"] and "fold0 is not finished" in result.skipped["test_convnext"]

@@ -13,25 +13,24 @@ from typer.testing import CliRunner
 from ensemble import audio, competition, features, predict, recipe as recipe_mod, train
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, ravdess_clip, tiny_competition
+from .conftest import cli_ok as _ok, copy_tiny_runs, ravdess_clip
 
 runner = CliRunner()
 BACKBONES = ("test_efficientnet", "test_resnet")
 
 
 @pytest.fixture(scope="module")
-def trained(small_source, tiny_recipe_text, tmp_path_factory):
-    """A 2-fold, 1-epoch run of both tiny backbones on the 48-clip competition (no blend yet)."""
+def trained(tiny_trained, tmp_path_factory):
+    """A copy of the session's 2-fold, 1-epoch runs of both tiny backbones, without their blend
+    (ens predict weighs the backbones equally; a test writes its own blend weights into it)."""
     root = tmp_path_factory.mktemp("predict")
-    comp = root / "comp"
-    recipe_path = tiny_competition(root / "tiny.toml", tiny_recipe_text(comp, root / "runs", root / "subs"), small_source)
+    recipe_path = copy_tiny_runs(tiny_trained, root, blend=False)
     r = recipe_mod.load(recipe_path)
     c = competition.load(r.competition)
     clips = c.audio_paths(c.train)
-    _ok(["train", "--recipe", str(recipe_path), "--quiet"])
     duration_n = round(r.features.duration * r.features.sample_rate)
     short = next(p for p in clips if len(audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0]) <= duration_n)
-    return {"recipe_path": recipe_path, "recipe": r, "comp": comp, "clip": short}
+    return {"recipe_path": recipe_path, "recipe": r, "comp": tiny_trained["comp"], "clip": short}
 
 
 def _fold_mean(r, backbone, images):

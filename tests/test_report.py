@@ -14,22 +14,20 @@ from typer.testing import CliRunner
 from ensemble import metrics, recipe as recipe_mod, report
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, tiny_competition
+from .conftest import cli_ok as _ok, copy_tiny_runs
 
 runner = CliRunner()
 PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
 @pytest.fixture(scope="module")
-def trained(small_source, tiny_recipe_text, tmp_path_factory):
+def trained(tiny_trained, tmp_path_factory):
+    """ens report on a copy of the session's trained and blended tiny runs (report.html is written beside them)."""
     root = tmp_path_factory.mktemp("report")
-    comp, runs, subs = root / "comp", root / "runs", root / "subs"
-    recipe = tiny_competition(root / "tiny.toml", tiny_recipe_text(comp, runs, subs), small_source)
-    _ok(["train", "--recipe", str(recipe), "--quiet"])
-    _ok(["blend", "--recipe", str(recipe)])
+    recipe = copy_tiny_runs(tiny_trained, root)
     output = _ok(["report", "--recipe", str(recipe)])
-    page = runs / "tiny" / "report.html"
-    return {"root": root, "recipe": recipe, "runs": runs / "tiny", "output": output, "html": page.read_text()}
+    page = root / "runs" / "tiny" / "report.html"
+    return {"comp": tiny_trained["comp"], "recipe": recipe, "runs": root / "runs" / "tiny", "output": output, "html": page.read_text()}
 
 
 def _pngs(page: str) -> list[bytes]:
@@ -78,8 +76,7 @@ def test_without_a_blend_the_leaderboard_pools_the_folds_and_unfinished_backbone
     assert len(_pngs(page)) == 1 + 1 + 2 + 8  # no blend weights; the unfinished backbone's curves still drawn
 
     # the pooled OOF of a finished backbone scores as blend's leaderboard says
-    comp = trained["root"] / "comp"
-    train = pd.read_csv(comp / "train.csv", dtype=str)
+    train = pd.read_csv(trained["comp"] / "train.csv", dtype=str)
     classes = r.competition.classes
     y = train["label"].map(classes.index).to_numpy()
     pooled = {b.name: b for b in report.backbone_runs(r, train["id"].to_numpy(), classes)}
