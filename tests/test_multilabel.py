@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, label_ranking_average_precision_score
 from typer.testing import CliRunner
 
-from .conftest import ravdess_clip
+from .conftest import cli_ok, ravdess_clip
 from ensemble import multilabel
 from ensemble.cli import app
 
@@ -77,17 +77,14 @@ def strong_source(tmp_path_factory):
 
 
 def test_multilabel_end_to_end_on_real_clips(strong_source, tiny_recipe_text, tmp_path):
-    runner = CliRunner()
     comp, runs, subs = tmp_path / "comp", tmp_path / "runs", tmp_path / "subs"
     recipe = tmp_path / "tiny_ml.toml"
     text = tiny_recipe_text(comp, runs, subs).replace("[competition]\n", '[competition]\ntask = "multilabel"\n')
     text = text.replace('"surprised"]', '"surprised", "strong"]') + 'metric = "lwlrap"\n[augment]\nmixup_alpha = 0.4\n'
     recipe.write_text(text)
-    for args in (["data", "ravdess", "--source", str(strong_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2", "--labels", "emotion_intensity"],
-                 ["train", "--recipe", str(recipe), "--quiet"], ["blend", "--recipe", str(recipe)]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output + repr(result.exception)
-        out = result.output
+    cli_ok(["data", "ravdess", "--source", str(strong_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2", "--labels", "emotion_intensity"])
+    cli_ok(["train", "--recipe", str(recipe), "--quiet"])
+    out = cli_ok(["blend", "--recipe", str(recipe)])
     assert "blend: caruana" in out and "cv_lwlrap" in out and "blend: stacking" not in out
     train = pd.read_csv(comp / "train.csv", dtype=str)
     assert train["label"].str.endswith(" strong").sum() > 5
@@ -98,16 +95,14 @@ def test_multilabel_end_to_end_on_real_clips(strong_source, tiny_recipe_text, tm
     assert list(thresholds.index) == CLASSES and ((thresholds > 0) & (thresholds < 1)).all()
     sub = pd.read_csv(subs / "tiny-caruana.csv", dtype=str, keep_default_na=False)
     assert len(sub) == 16 and all(label and set(label.split()) <= set(CLASSES) for label in sub["label"])
-    score = runner.invoke(app, ["score", str(subs / "tiny-caruana.csv"), "--recipe", str(recipe)])
-    assert score.exit_code == 0 and "lwlrap" in score.output and "micro_f1" in score.output
+    score = cli_ok(["score", str(subs / "tiny-caruana.csv"), "--recipe", str(recipe)])
+    assert "lwlrap" in score and "micro_f1" in score
     clip = next(strong_source.glob("Actor_05/*-02-*.flac"))  # a strong-intensity test clip
-    predicted = runner.invoke(app, ["predict", str(clip), "--recipe", str(recipe), "--out", str(tmp_path / "p.csv")])
-    assert predicted.exit_code == 0, predicted.output
+    cli_ok(["predict", str(clip), "--recipe", str(recipe), "--out", str(tmp_path / "p.csv")])
     row = pd.read_csv(tmp_path / "p.csv")[CLASSES].to_numpy()[0]
     assert ((row > 0) & (row < 1)).all() and abs(row.sum() - 1) > 1e-3  # one sigmoid per class
-    report = runner.invoke(app, ["report", "--recipe", str(recipe)])
-    assert report.exit_code == 0, report.output
+    cli_ok(["report", "--recipe", str(recipe)])
     page = (runs / "tiny" / "report.html").read_text()
     assert "no confusion matrix" in page and "average precision" in page and page.count("<img") >= 5
-    bad = runner.invoke(app, ["blend", "--recipe", str(recipe), "--method", "stacking"])
+    bad = CliRunner().invoke(app, ["blend", "--recipe", str(recipe), "--method", "stacking"])
     assert bad.exit_code == 2 and "'stacking' is not one of ('mean', 'caruana'), the methods for a multilabel task" in bad.output.replace("\n", " ")
