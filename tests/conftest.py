@@ -76,6 +76,25 @@ def cli_ok(args: list[str]) -> str:
     return result.output
 
 
+def fold_mean(r, entries, images, shifts=()):
+    """What ens predict should give for one blend member, computed independently: the mean over
+    every ``backbones`` entry in ``entries`` (the seeds of one backbone) and each of its folds of
+    ens train's own :func:`train.predict` with ``shifts`` on ``images``, from the run's saved
+    weights, on the CPU. Returns ``(n_images, classes)``."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from ensemble import train
+
+    probas = []
+    for entry in entries:
+        for fold in range(r.folds.n_splits):
+            model = train.build_model(r, entry, len(r.competition.classes))
+            model.load_state_dict(load_file(r.run_dir(entry, fold) / "model.safetensors"))
+            probas.append(train.predict(model, images, train.resolve_device("cpu"), shifts=shifts))
+    return np.mean(probas, axis=0)
+
+
 def tiny_competition(recipe_path: Path, recipe_text: str, source: Path) -> Path:
     """Write ``recipe_text`` to ``recipe_path``, build its competition from the RAVDESS-layout
     ``source`` (actors 5 and 6 held out, 2 folds) and fill its feature cache. Returns ``recipe_path``."""

@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import audio, competition, features, predict, recipe as recipe_mod, train
+from ensemble import audio, competition, features, predict, recipe as recipe_mod
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, copy_tiny_runs, ravdess_clip
+from .conftest import cli_ok as _ok, copy_tiny_runs, fold_mean, ravdess_clip
 
 runner = CliRunner()
 BACKBONES = ("test_efficientnet", "test_resnet")
@@ -33,16 +32,6 @@ def trained(tiny_trained, tmp_path_factory):
     return {"recipe_path": recipe_path, "recipe": r, "comp": tiny_trained["comp"], "clip": short}
 
 
-def _fold_mean(r, backbone, images):
-    """Mean over the backbone's fold models of ens train's own predict on ``images``."""
-    probas = []
-    for fold in range(r.folds.n_splits):
-        model = train.build_model(r, backbone, 8)
-        model.load_state_dict(load_file(r.run_dir(backbone, fold) / "model.safetensors"))
-        probas.append(train.predict(model, images, train.resolve_device("cpu")))
-    return np.mean(probas, axis=0)
-
-
 def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
     r, clip = trained["recipe"], trained["clip"]
     cached = features.FeatureCache(trained["comp"] / ".ens_cache", r.features).get([clip], progress=False)
@@ -58,7 +47,7 @@ def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
     assert list(frame.columns) == ["path", *r.competition.classes] and frame["path"].tolist() == [str(clip)]
     row = frame[r.competition.classes].to_numpy()[0]
     assert row.sum() == pytest.approx(1.0, abs=1e-6)
-    expected = np.mean([_fold_mean(r, b, cached)[0] for b in BACKBONES], axis=0)  # no blend yet: equal weights
+    expected = np.mean([fold_mean(r, [b], cached)[0] for b in BACKBONES], axis=0)  # no blend yet: equal weights
     np.testing.assert_allclose(row, expected, atol=1e-5)
     assert clip.name in output and "equal weights" in output and r.competition.classes[int(row.argmax())] in output
 
@@ -67,7 +56,7 @@ def test_blend_weights_weight_the_members(trained):
     r = trained["recipe"]
     weights_json = Path(r.runs_dir) / r.name / "blend" / "weights.json"
     images = predict.model_inputs([audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0]], r.features)
-    a, b = (_fold_mean(r, backbone, images) for backbone in BACKBONES)
+    a, b = (fold_mean(r, [backbone], images) for backbone in BACKBONES)
     try:
         weights_json.parent.mkdir(exist_ok=True)
         weights_json.write_text(json.dumps({"method": "caruana", "weights": {"test_efficientnet": 0.25, "test_resnet": 0.75}}))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from ensemble import audio, blend, blenders, metrics, predict, recipe as recipe_mod, train
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, tiny_competition
+from .conftest import cli_ok as _ok, fold_mean, tiny_competition
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -139,17 +139,7 @@ def test_predict_averages_the_seeds_with_the_recipe_tta(trained, tmp_path):
     output = _ok(["predict", str(clip), "--recipe", str(trained["recipe_path"]), "--out", str(out)])
     assert "test_resnet x4 folds of seeds 42, 7 (0.50)" in output and f"time-shift TTA {SHIFTS}" in output
     image = predict.model_inputs([audio.load_trimmed(clip, r.features.sample_rate, r.features.trim_db)[0]], r.features)
-
-    def mean_of(entries, backbone):
-        probas = []
-        for entry in entries:
-            for fold in range(2):
-                model = train.build_model(r, backbone, 8)
-                model.load_state_dict(load_file(r.run_dir(entry, fold) / "model.safetensors"))
-                probas.append(train.predict(model, image, CPU, shifts=SHIFTS))
-        return np.mean(probas, axis=0)[0]
-
-    expected = 0.5 * mean_of(["test_resnet", "test_resnet@7"], "test_resnet") + 0.5 * mean_of(["test_efficientnet"], "test_efficientnet")
+    expected = 0.5 * fold_mean(r, ["test_resnet", "test_resnet@7"], image, SHIFTS)[0] + 0.5 * fold_mean(r, ["test_efficientnet"], image, SHIFTS)[0]
     np.testing.assert_allclose(pd.read_csv(out)[r.competition.classes].to_numpy()[0], expected, atol=1e-6)
 
     other_tta = dataclasses.replace(r, train=dataclasses.replace(r.train, tta_shifts=[0.2]))
