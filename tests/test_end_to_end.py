@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import atomic, blenders
+from ensemble import atomic, blenders, recipe as recipe_mod
 from ensemble.cli import app
 
 from .conftest import cli_ok as _ok, copy_tiny_runs
@@ -85,7 +85,6 @@ def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
 
 
 def test_a_renamed_recipe_with_other_backbones_and_blend_reuses_finished_runs(pipeline, tmp_path):
-    text = pipeline["recipe"].read_text()
     renamed = tmp_path / "renamed.toml"
     renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\n\n[blend]\nmethod = "mean"\n')
     runs = pipeline["runs"].parent / "renamed" / "test_resnet"
@@ -95,7 +94,11 @@ def test_a_renamed_recipe_with_other_backbones_and_blend_reuses_finished_runs(pi
     output = _ok(["train", "--recipe", str(renamed), "--quiet"])
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*")} == before  # nothing retrained or rewritten
     assert output.count("[already finished, skipped]") == 2  # both folds
-    assert pipeline["recipe"].read_text() == text
+    for fold in (0, 1):  # the renamed recipe's own copies were found finished, not the original's runs
+        assert f"-> {runs / f'fold{fold}'}  [already finished, skipped]" in output
+    original, other = recipe_mod.load(pipeline["recipe"]), recipe_mod.load(renamed)
+    assert (other.name, other.backbones, other.blend.method) == ("renamed", ["test_resnet"], "mean")  # what the identity must ignore
+    assert (original.name, original.backbones, original.blend.method) == ("tiny", ["test_efficientnet", "test_resnet"], "caruana")
 
 
 def test_bad_options_are_clear_errors(pipeline):
@@ -106,7 +109,7 @@ def test_bad_options_are_clear_errors(pipeline):
 
 
 def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline, tmp_path):
-    from ensemble import blend, recipe as recipe_mod, train
+    from ensemble import blend, train
 
     r = recipe_mod.load(copy_tiny_runs(pipeline, tmp_path))  # blend writes its leaderboard and weights into the copy
     r.backbones = ["test_efficientnet", "test_resnet", "test_convnext"]
