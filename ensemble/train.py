@@ -9,14 +9,14 @@
 - ``oof.csv``: ``id, fold`` and one probability column per class, for the fold's validation clips;
 - ``test.csv``: ``id`` and one probability column per class, for every test clip;
 - ``checkpoint.pt``: while the run is unfinished, everything needed to continue it after the
-  last finished epoch (``ens train --resume``); deleted when the run finishes;
+  last finished epoch (``ens train --resume``) but the best weights, which ``model.safetensors``
+  holds; deleted when the run finishes;
 - ``metrics.json``: :func:`ensemble.metrics.report` of the OOF predictions. Written last: a run
   folder with ``metrics.json`` is finished, and ``ens train`` skips it unless forced.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from sklearn.utils.class_weight import compute_class_weight
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -419,6 +420,45 @@ def _set_rng_state(state: dict, generator: torch.Generator, images) -> None:
         part.py_random.setstate(py_state)
 
 
+def _save_weights(out: Path, state: dict[str, torch.Tensor], backbone: str, epoch: int) -> None:
+    """Write the state dict ``state`` to ``out/model.safetensors`` atomically, with ``backbone`` and
+    ``epoch`` (1-based, the epoch the weights are of) in its metadata."""
+    with atomic.atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"backbone": backbone, "epoch": str(epoch)})
+
+
+def _saved_epoch(out: Path) -> int | None:
+    """The epoch whose weights ``out/model.safetensors`` holds (its metadata), or None without the file."""
+    if not (out / "model.safetensors").exists():
+        return None
+    with safe_open(out / "model.safetensors", "pt") as f:
+        return int(f.metadata()["epoch"])
+
+
+def _restore_best(out: Path, checkpoint: dict, evaluated: nn.Module, backbone: str) -> int:
+    """Make ``out/model.safetensors`` hold the best epoch of ``checkpoint`` before a resumed run goes
+    on, and return that epoch.
+
+    ``checkpoint.pt`` is written before the weights of an improved epoch, so a run stopped between
+    the two writes resumes from a checkpoint whose best epoch is its own last epoch: those weights
+    are ``evaluated``'s (the model, or its EMA, restored from the checkpoint) and are written again.
+    A checkpoint saved by an earlier ens carries its own copy of the best weights (``best``), which
+    is written likewise.
+
+    Raises:
+        RunConflictError: ``model.safetensors`` holds another epoch than the checkpoint's best, or is missing.
+    """
+    if "best" in checkpoint:
+        epoch = max(row["epoch"] for row in checkpoint["log"] if row["selected"])
+        _save_weights(out, checkpoint["best"], backbone, epoch)
+    elif (epoch := checkpoint["best_epoch"]) == checkpoint["epoch"]:
+        _save_weights(out, evaluated.state_dict(), backbone, epoch)
+    elif (saved := _saved_epoch(out)) != epoch:
+        raise RunConflictError(f"{out / 'model.safetensors'} holds {'no weights' if saved is None else f'epoch {saved}'}, not epoch {epoch}, the best "
+                               f"epoch {out / CHECKPOINT} was saved with; train without --resume to start afresh.")
+    return epoch
+
+
 def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True,
                resume: bool = False) -> dict:
     """Fine-tune ``backbone`` (a ``backbones`` entry: timm model ``name``, or ``name@S`` trained
@@ -435,9 +475,11 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     skipped test clips (:attr:`Data.skipped`) are given the prior.
 
     After each epoch ``checkpoint.pt`` saves the model, optimizer, scheduler, EMA, gradient
-    scaler, every random state, the epoch log and the best epoch so far (atomically). With
-    ``resume`` an unfinished run continues from it, and on CPU ends with the same predictions as
-    an uninterrupted run; without ``resume`` (or without a checkpoint) the run starts afresh.
+    scaler, every random state, the epoch log and which epoch is the best so far (atomically);
+    then, when the epoch is the new best, ``model.safetensors`` its weights (atomically, the only
+    copy of them). With ``resume`` an unfinished run continues from it (see :func:`_restore_best`),
+    and on CPU ends with the same predictions as an uninterrupted run; without ``resume`` (or
+    without a checkpoint) the run starts afresh.
 
     Returns:
         the ``metrics.json`` dict (OOF scores of the selected epoch), also when the run was
@@ -445,7 +487,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
 
     Raises:
         RunConflictError: a finished run with another config exists and ``force`` is False, or
-            the checkpoint to resume was made with another config.
+            the checkpoint to resume was made with another config or does not match ``model.safetensors``.
         ValueError: ``fold`` is not one of the folds.
         RecipeError: a malformed ``backbone`` entry.
     """
@@ -498,6 +540,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay > 0 else None
     y = torch.as_tensor(np.array(data.y))
     forward = torch.compile(model) if t.compile else model
+    evaluated = model if ema is None else ema.module  # validated each epoch; its best weights are saved
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def batch_of(idx: np.ndarray, variant: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor]:
@@ -507,7 +550,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         x = torch.from_numpy(x)
         return idx, x.pin_memory() if cuda else x
 
-    log, best, best_score, best_proba, stale, start = [], None, -np.inf, None, 0, 0
+    log, best_epoch, best_score, best_proba, stale, start = [], 0, -np.inf, None, 0, 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -516,7 +559,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
         _set_rng_state(checkpoint["rng"], generator, images)
-        log, best, best_score, best_proba, stale, start = (checkpoint[k] for k in ("log", "best", "best_score", "best_proba", "stale", "epoch"))
+        log, best_score, best_proba, stale, start = (checkpoint[k] for k in ("log", "best_score", "best_proba", "stale", "epoch"))
+        best_epoch = _restore_best(out, checkpoint, evaluated, backbone)
     desc = f"{backbone} fold {fold}"
     for epoch in range(start, t.epochs):
         if t.patience and stale >= t.patience:
@@ -550,7 +594,6 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
             if step % 10 == 9:  # .item() waits for the device: read the loss now and then, not every step
                 bar.set_postfix(loss=f"{torch.stack(losses).mean().item():.3f}")
         train_seconds = time.time() - started
-        evaluated = model if ema is None else ema.module
         proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts, precision=precision)
         scores = task_metrics.scores(data.y[valid_idx], proba)
         row = {"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item(), **{f"valid_{k}": v for k, v in scores.items()},
@@ -559,31 +602,31 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         improved = t.select == "last" or scores[t.metric] > best_score
         stale = 0 if improved else stale + 1
         if improved:
-            best_score, best_proba = scores[t.metric], proba
-            best = copy.deepcopy(evaluated.state_dict())
-            with atomic.atomic_path(out / "model.safetensors") as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, str(tmp), metadata={"backbone": backbone, "epoch": str(epoch + 1)})
+            best_epoch, best_score, best_proba = epoch + 1, scores[t.metric], proba
         row["selected"] = bool(improved)
         log.append(row)
         atomic.write_csv(out / "log.csv", pd.DataFrame(log))
+        # the checkpoint first: stopped before the weights are written, it is resumed with them restored (_restore_best)
         with atomic.atomic_path(out / CHECKPOINT) as tmp:
             torch.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None if ema is None else ema.state_dict(),
-                        "rng": _rng_state(generator, images), "log": log, "best": best, "best_score": best_score,
+                        "rng": _rng_state(generator, images), "log": log, "best_epoch": best_epoch, "best_score": best_score,
                         "best_proba": best_proba, "stale": stale}, tmp)
+        if improved:
+            _save_weights(out, evaluated.state_dict(), backbone, best_epoch)
         if progress:
             shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
             tqdm.write(f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
                        f"{shown}{'  *' if improved else ''}")
 
-    model.load_state_dict(best)
+    model.load_state_dict(load_file(out / "model.safetensors"))
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     atomic.write_csv(out / "oof.csv", proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
     test_proba = data.fill_skipped(predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=precision))
     atomic.write_csv(out / "test.csv", proba_frame(test_ids, test_proba, classes))
     report = {**task_metrics.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
-              "epoch": int(next(r["epoch"] for r in reversed(log) if r["selected"])), "device": str(device)}
+              "epoch": best_epoch, "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return report

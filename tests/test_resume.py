@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -98,6 +99,7 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup):
     assert not (run / "metrics.json").exists(), "the run finished before it was killed"
     epochs_done = len(pd.read_csv(run / "log.csv"))
     assert 1 <= epochs_done < EPOCHS
+    assert "best" not in torch.load(run / train.CHECKPOINT, weights_only=False)  # the best weights are in model.safetensors only
 
     # a checkpoint of another configuration is refused, not mixed in
     result = CliRunner().invoke(app, ["train", "--recipe", str(killed), *RUN, "--epochs", "5", "--resume"])
@@ -135,3 +137,63 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
     saved.clear()
     train.train_fold(r, data, "test_efficientnet", 0, progress=False)  # no resume: all four epochs again
     assert saved == [1, 2, 3, 4] and (run / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    """The outputs of an uninterrupted run of the resume recipe."""
+    root, text = setup
+    path = _recipe(root, text, "uninterrupted")
+    cli_ok(["train", "--recipe", str(path), *RUN])
+    return _outputs(_run_dir(path))
+
+
+def _stop_after_first_checkpoint(path, monkeypatch):
+    """Train ``path``'s run in-process and stop it right after epoch 1's checkpoint, before its weights
+    (epoch 1 is always the best so far) are written; return the run folder and the checkpoint."""
+    r = recipe_mod.load(path)
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "save_file", crash)
+        with pytest.raises(Crash):
+            train.train_fold(r, train.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
+    run = r.run_dir("test_efficientnet", 0)
+    checkpoint = torch.load(run / train.CHECKPOINT, weights_only=False)
+    assert not (run / "model.safetensors").exists() and (checkpoint["epoch"], checkpoint["best_epoch"]) == (1, 1)
+    return run, checkpoint
+
+
+def test_stopped_between_the_checkpoint_and_the_weights_resume_restores_them(setup, uninterrupted, monkeypatch):
+    root, text = setup
+    path = _recipe(root, text, "between")
+    run, _ = _stop_after_first_checkpoint(path, monkeypatch)
+    cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
+    _assert_same(_outputs(run), uninterrupted)
+
+
+def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted, monkeypatch):
+    """A checkpoint saved before the best weights lived in model.safetensors only carries them as ``best``."""
+    root, text = setup
+    path = _recipe(root, text, "older")
+    run, checkpoint = _stop_after_first_checkpoint(path, monkeypatch)
+    del checkpoint["best_epoch"]
+    checkpoint["best"] = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}  # epoch 1's EMA weights, the evaluated ones
+    torch.save(checkpoint, run / train.CHECKPOINT)
+    cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
+    _assert_same(_outputs(run), uninterrupted)
+
+
+def test_resume_refuses_weights_of_another_epoch_than_the_checkpoints_best(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    checkpoint = {"epoch": 3, "best_epoch": 2, "log": []}
+    with pytest.raises(train.RunConflictError, match=r"model.safetensors holds no weights, not epoch 2, the best epoch .*checkpoint.pt was saved "
+                                                     r"with; train without --resume to start afresh"):
+        train._restore_best(tmp_path, checkpoint, model, "linear")
+    train._save_weights(tmp_path, model.state_dict(), "linear", 3)
+    with pytest.raises(train.RunConflictError, match="model.safetensors holds epoch 3, not epoch 2"):
+        train._restore_best(tmp_path, checkpoint, model, "linear")
+    train._save_weights(tmp_path, model.state_dict(), "linear", 2)
+    assert train._restore_best(tmp_path, checkpoint, model, "linear") == 2
