@@ -14,7 +14,7 @@ from .audio import AudioError
 from .blend import BlendError
 from .corpora import ravdess
 from .models import BackboneError
-from .train import RunConflictError
+from .train import RunConflictError, check_on_error
 
 app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Build a competition folder from a public corpus.", no_args_is_help=True)
@@ -236,7 +236,8 @@ def predict(
 
     r = _load_recipe(recipe)
     try:
-        files = predict_mod.audio_files(paths)  # a bad path fails before the models load
+        check_on_error(on_error)  # a bad option or path fails before the models load
+        files = predict_mod.audio_files(paths)
         ensemble = predict_mod.load_ensemble(r, device)
         shifts = f"; time-shift TTA {r.train.tta_shifts}" if r.train.tta_shifts else ""
         typer.echo(f"ensemble: {', '.join(map(_member_text, ensemble.members))}; weights: {ensemble.weights_from}{shifts}", err=True)

@@ -294,8 +294,7 @@ def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | 
         AudioError: under ``fail``, a file cannot be read as audio.
         ValueError: ``on_error`` is not ``fail`` or ``skip``.
     """
-    if on_error not in train.ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}: use one of {train.ON_ERROR}.")
+    train.check_on_error(on_error)
     config = ensemble.recipe.features
     rate = config.sample_rate
     window_n = _samples(window, config.duration, "--window", rate)

@@ -46,7 +46,17 @@ from .augment import image_pipeline, mixup, spec_augment
 from .recipe import Recipe, TrainConfig, from_dict, split_backbone
 
 
-ON_ERROR = ("fail", "skip")  # what load_data does with clips that cannot be loaded
+ON_ERROR = ("fail", "skip")  # what load_data and predict.predict do with clips that cannot be loaded (--on-error)
+
+
+def check_on_error(on_error: str) -> None:
+    """Refuse an unknown policy for clips that cannot be loaded (``--on-error``).
+
+    Raises:
+        ValueError: ``on_error`` is not one of :data:`ON_ERROR` (``fail``, ``skip``).
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
 
 
 class RunConflictError(RuntimeError):
@@ -124,8 +134,7 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
             fold or the training set left empty. AudioError: under ``fail``, clips that cannot be loaded.
         ValueError: ``on_error`` is not ``fail`` or ``skip``.
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
+    check_on_error(on_error)
     competition = comp_mod.load(recipe.competition)
     folds = comp_mod.folds(competition, recipe.folds)
     cache = features.FeatureCache(competition.root / ".ens_cache", recipe.features)
