@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,7 @@ from .audio import AudioError
 from .blend import BlendError
 from .corpora import ravdess
 from .models import BackboneError
-from .train import RunConflictError, check_on_error
+from .train import ON_ERROR, RunConflictError
 
 app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Build a competition folder from a public corpus.", no_args_is_help=True)
@@ -24,7 +25,9 @@ DEFAULT_RECIPE = Path("recipes/ravdess.toml")
 RecipeOption = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="Recipe TOML file.")
 KNOWN_ERRORS = (recipe_mod.RecipeError, competition.CompetitionError, AudioError, BackboneError, BlendError,
                 ravdess.RavdessError, RunConflictError)
-OnErrorOption = typer.Option("fail", "--on-error", help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
+#: ``--on-error``'s choices (:data:`ensemble.train.ON_ERROR`): typer refuses any other value before the command runs.
+OnError = Enum("OnError", {name: name for name in ON_ERROR}, type=str)
+OnErrorOption = typer.Option(OnError.fail, "--on-error", help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
                              "list them in runs/<recipe>/skipped.csv; skipped test clips are predicted as the training prior).")
 HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
 
@@ -114,7 +117,7 @@ def train(
     cpu_precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."),
     force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
-    on_error: str = OnErrorOption,
+    on_error: OnError = OnErrorOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped."""
@@ -136,7 +139,7 @@ def train(
     try:
         recipe_mod.validate(r, f"{recipe} with command-line overrides")  # malformed name@seed entries fail before the data loads
         folds = _parse_folds(fold, r.folds.n_splits)
-        data = _load_data(r, not quiet, on_error)
+        data = _load_data(r, not quiet, on_error.value)
         for name in r.backbones:
             for k in folds:
                 done = None if force else train_mod.finished_run(r, data, name, k)
@@ -157,7 +160,7 @@ def blend(
     method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."),
-    on_error: str = OnErrorOption,
+    on_error: OnError = OnErrorOption,
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
     from . import blend as blend_mod
@@ -166,7 +169,7 @@ def blend(
     if backbone:
         r.backbones = [b.strip() for b in backbone.split(",")]
     try:
-        data = _load_data(r, False, on_error)
+        data = _load_data(r, False, on_error.value)
         result = blend_mod.blend(r, data, method, name)
     except KNOWN_ERRORS + (ValueError, OSError) as err:
         _fail(err)
@@ -228,7 +231,7 @@ def predict(
     save_image: Optional[Path] = typer.Option(None, "--save-image", help="Folder to write each file's rendered image to (<name>.png, one panel per channel)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    on_error: str = typer.Option("fail", "--on-error", help="Files that cannot be read as audio: fail (stop at the first) or skip "
+    on_error: OnError = typer.Option(OnError.fail, "--on-error", help="Files that cannot be read as audio: fail (stop at the first) or skip "
                                  "(leave them out and list them, each with its problem)."),
 ) -> None:
     """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights)."""
@@ -236,12 +239,11 @@ def predict(
 
     r = _load_recipe(recipe)
     try:
-        check_on_error(on_error)  # a bad option or path fails before the models load
         files = predict_mod.audio_files(paths)
         ensemble = predict_mod.load_ensemble(r, device)
         shifts = f"; time-shift TTA {r.train.tta_shifts}" if r.train.tta_shifts else ""
         typer.echo(f"ensemble: {', '.join(map(_member_text, ensemble.members))}; weights: {ensemble.weights_from}{shifts}", err=True)
-        predictions = _skips_shown(predict_mod.predict, ensemble, files, window, hop, on_error)
+        predictions = _skips_shown(predict_mod.predict, ensemble, files, window, hop, on_error.value)
         frame = predict_mod.table(predictions, ensemble.classes, timeline)
         if out is not None:
             atomic.write_csv(out, frame)

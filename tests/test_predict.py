@@ -136,5 +136,3 @@ def test_on_error_skip_predicts_the_readable_files_and_lists_the_others(trained,
 
     nothing = runner.invoke(app, ["predict", str(tmp_path / "empty.wav"), "--recipe", recipe_path, "--on-error", "skip"])
     assert nothing.exit_code == 2 and "no file left to predict" in nothing.output
-    wrong = runner.invoke(app, args + ["--on-error", "ignore"])
-    assert wrong.exit_code == 2 and "on_error='ignore'" in wrong.output
