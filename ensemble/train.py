@@ -11,7 +11,7 @@
 - ``checkpoint.pt``: while the run is unfinished, everything needed to continue it after the
   last finished epoch (``ens train --resume``) but the best weights, which ``model.safetensors``
   holds; deleted when the run finishes;
-- ``metrics.json``: :func:`ensemble.metrics.report` of the OOF predictions. Written last: a run
+- ``metrics.json``: the task's report of the OOF predictions (:func:`ensemble.metrics.for_task`). Written last: a run
   folder with ``metrics.json`` is finished, and ``ens train`` skips it unless forced.
 """
 
@@ -344,11 +344,11 @@ def proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.DataF
     return frame
 
 
-_NOT_TRAINING = ("name", "backbones", "runs_dir", "blend")
+_NOT_TRAINING = ("name", "backbones", "runs_dir", "submissions_dir", "blend")
 
 
 def _training_settings(recipe: Recipe) -> dict:
-    """The recipe's settings that shape a run: not its name, backbone list, output folder or blend."""
+    """The recipe's settings that shape a run: not its name, backbone list, output folders or blend."""
     settings = recipe.to_dict()
     for key in _NOT_TRAINING:
         settings.pop(key)
@@ -359,7 +359,7 @@ def run_config(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict:
     """What a run is defined by; a finished run with another config is a conflict. ``backbone``
     is a ``backbones`` entry: the settings are :meth:`Recipe.for_backbone`'s (its seed for ``name@S``).
 
-    Renaming a recipe, editing its backbone list or its ``[blend]`` leaves finished runs valid.
+    Renaming a recipe, editing its backbone list, its output folders or its ``[blend]`` leaves finished runs valid.
     """
     return {
         "recipe": _training_settings(recipe.for_backbone(backbone)),
@@ -385,14 +385,19 @@ def _as_stored(config: dict) -> dict:
     return json.loads(json.dumps(config))
 
 
+def _as_today(stored: dict, source: Path) -> dict:
+    """A run configuration ``stored`` by an earlier ens (in ``config.json`` or ``checkpoint.pt``,
+    named by ``source``) as :func:`run_config` makes it today: its recipe is re-read through
+    today's :class:`Recipe`, so settings added since take their defaults and settings no longer
+    part of a run's identity (:data:`_NOT_TRAINING`) drop out."""
+    return {**stored, "recipe": _training_settings(from_dict(stored["recipe"], str(source)))}
+
+
 def _finished(out: Path, config: dict) -> dict | None:
     """:func:`finished_run` of the run folder ``out`` whose configuration is ``config`` (:func:`run_config`, :func:`_as_stored`)."""
     if not (out / "metrics.json").exists():
         return None
-    previous = json.loads((out / "config.json").read_text())
-    # re-read through today's Recipe: settings added since the run was made take their defaults
-    previous["recipe"] = _training_settings(from_dict(previous["recipe"], str(out / "config.json")))
-    if previous != config:
+    if _as_today(json.loads((out / "config.json").read_text()), out / "config.json") != config:
         raise RunConflictError(
             f"{out} holds a finished run with a different configuration; pass --force to overwrite it, or give the recipe another name."
         )
@@ -511,7 +516,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     checkpoint = None
     if resume and (out / CHECKPOINT).exists():
         checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)  # written by this function
-        if checkpoint["config"] != config:
+        if _as_today(checkpoint["config"], out / CHECKPOINT) != config:
             raise RunConflictError(f"{out / CHECKPOINT} was saved by a run with a different configuration; train without --resume to start afresh.")
     (out / "metrics.json").unlink(missing_ok=True)
     atomic.write_json(out / "config.json", config)

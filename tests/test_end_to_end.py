@@ -84,9 +84,10 @@ def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
     assert result.exit_code == 2 and "different configuration" in result.output and "--force" in result.output
 
 
-def test_a_renamed_recipe_with_other_backbones_and_blend_reuses_finished_runs(pipeline, tmp_path):
+def test_a_renamed_recipe_with_other_backbones_blend_and_submissions_reuses_finished_runs(pipeline, tmp_path):
     renamed = tmp_path / "renamed.toml"
-    renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\n\n[blend]\nmethod = "mean"\n')
+    renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\nsubmissions_dir = "{tmp_path / "subs"}"\n\n'
+                       '[blend]\nmethod = "mean"\n')
     runs = pipeline["runs"].parent / "renamed" / "test_resnet"
     runs.parent.mkdir()
     shutil.copytree(pipeline["runs"] / "test_resnet", runs)
@@ -97,8 +98,9 @@ def test_a_renamed_recipe_with_other_backbones_and_blend_reuses_finished_runs(pi
     for fold in (0, 1):  # the renamed recipe's own copies were found finished, not the original's runs
         assert f"-> {runs / f'fold{fold}'}  [already finished, skipped]" in output
     original, other = recipe_mod.load(pipeline["recipe"]), recipe_mod.load(renamed)
-    assert (other.name, other.backbones, other.blend.method) == ("renamed", ["test_resnet"], "mean")  # what the identity must ignore
-    assert (original.name, original.backbones, original.blend.method) == ("tiny", ["test_efficientnet", "test_resnet"], "caruana")
+    ignored = [(r.name, r.backbones, r.blend.method, r.submissions_dir) for r in (original, other)]  # what the identity must ignore
+    assert ignored[1] == ("renamed", ["test_resnet"], "mean", str(tmp_path / "subs")) and ignored[0][:3] == ("tiny", ["test_efficientnet", "test_resnet"], "caruana")
+    assert ignored[0][3] != ignored[1][3]
 
 
 def test_bad_options_are_clear_errors(pipeline):

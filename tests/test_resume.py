@@ -72,20 +72,26 @@ def _assert_same(a, b):
     assert a[3].keys() == b[3].keys() and all(np.array_equal(a[3][k], b[3][k]) for k in a[3])
 
 
-def test_same_recipe_and_seed_give_identical_predictions(setup):
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    """The outputs of an uninterrupted run of the resume recipe, the reference of every test here."""
     root, text = setup
-    first, second = _recipe(root, text, "first"), _recipe(root, text, "second")
-    cli_ok(["train", "--recipe", str(first), *RUN])
+    path = _recipe(root, text, "uninterrupted")
+    cli_ok(["train", "--recipe", str(path), *RUN])
+    assert not (_run_dir(path) / train.CHECKPOINT).exists()  # a finished run keeps no checkpoint
+    return _outputs(_run_dir(path))
+
+
+def test_same_recipe_and_seed_give_identical_predictions(setup, uninterrupted):
+    root, text = setup
+    second = _recipe(root, text, "second")
     cli_ok(["train", "--recipe", str(second), *RUN])
-    _assert_same(_outputs(_run_dir(first)), _outputs(_run_dir(second)))
-    assert not (_run_dir(first) / train.CHECKPOINT).exists()  # a finished run keeps no checkpoint
+    _assert_same(_outputs(_run_dir(second)), uninterrupted)
 
 
-def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup):
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup, uninterrupted):
     root, text = setup
-    reference, killed = _recipe(root, text, "reference"), _recipe(root, text, "killed")
-    cli_ok(["train", "--recipe", str(reference), *RUN])
-
+    killed = _recipe(root, text, "killed")
     run = _run_dir(killed)
     command = [sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(killed), *RUN]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -107,7 +113,7 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup):
 
     cli_ok(["train", "--recipe", str(killed), *RUN, "--resume"])
     assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
-    _assert_same(_outputs(run), _outputs(_run_dir(reference)))
+    _assert_same(_outputs(run), uninterrupted)
 
 
 class Crash(Exception):
@@ -139,15 +145,6 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
     assert saved == [1, 2, 3, 4] and (run / "metrics.json").exists()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(setup):
-    """The outputs of an uninterrupted run of the resume recipe."""
-    root, text = setup
-    path = _recipe(root, text, "uninterrupted")
-    cli_ok(["train", "--recipe", str(path), *RUN])
-    return _outputs(_run_dir(path))
-
-
 def _stop_after_first_checkpoint(path, monkeypatch):
     """Train ``path``'s run in-process and stop it right after epoch 1's checkpoint, before its weights
     (epoch 1 is always the best so far) are written; return the run folder and the checkpoint."""
@@ -175,12 +172,14 @@ def test_stopped_between_the_checkpoint_and_the_weights_resume_restores_them(set
 
 
 def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted, monkeypatch):
-    """A checkpoint saved before the best weights lived in model.safetensors only carries them as ``best``."""
+    """A checkpoint saved before the best weights lived in model.safetensors only carries them as
+    ``best``, and its config still counts ``submissions_dir`` (no longer part of a run's identity)."""
     root, text = setup
     path = _recipe(root, text, "older")
     run, checkpoint = _stop_after_first_checkpoint(path, monkeypatch)
     del checkpoint["best_epoch"]
     checkpoint["best"] = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}  # epoch 1's EMA weights, the evaluated ones
+    checkpoint["config"]["recipe"]["submissions_dir"] = str(root / "elsewhere")
     torch.save(checkpoint, run / train.CHECKPOINT)
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
     _assert_same(_outputs(run), uninterrupted)
