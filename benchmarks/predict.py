@@ -45,7 +45,7 @@ def untrained_ensemble(recipe, device: str):
     untrained = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
     torch_device = train.resolve_device(device)
     members = [predict.Member(b, 1 / len(recipe.backbones),
-                              [train.build_model(untrained, b, len(classes)).to(torch_device).eval() for _ in range(recipe.folds.n_splits)],
+                              [train.to_device(train.build_model(untrained, b, len(classes)), torch_device).eval() for _ in range(recipe.folds.n_splits)],
                               [recipe.train.seed]) for b in recipe.backbones]
     return predict.Ensemble(recipe, classes, members, "untrained models, equal weights (--untrained)", torch_device)
 

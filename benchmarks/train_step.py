@@ -10,7 +10,8 @@ height, frames)``, in three arms measured in alternation for ``--repeats`` round
 - ``channels_last_bf16``: with bf16 autocast, ``[train].cpu_precision = "bf16"`` on a CPU
   (``[train].precision``'s default on CUDA).
 
-Each arm of each round times ``--steps`` steps after one untimed step; medians over rounds and
+Each arm of each round builds a fresh model and times ``--steps`` steps after two untimed ones;
+the arms' order rotates from round to round, so none is always first. Medians over rounds and
 their ratio to ``contiguous_fp32`` are reported.
 
     python benchmarks/train_step.py [--recipes recipes/ravdess.toml recipes/seed_deep_cnn.toml] [--repeats 3] [--steps 4]
@@ -54,7 +55,7 @@ def run_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
 
 def arm_rate(recipe: recipe_mod.Recipe, backbone: str, classes: int, device: torch.device, layout: bool, precision: str, steps: int) -> float:
     """Images/s of one arm: a fresh model and AdamW (the recipe's lr and weight decay), the batch
-    in channels_last order if ``layout`` else contiguous, one untimed step, then ``steps`` timed."""
+    in channels_last order if ``layout`` else contiguous, two untimed steps, then ``steps`` timed."""
     torch.manual_seed(0)
     model = train.build_model(recipe, backbone, classes)
     model = train.to_device(model, device) if layout else model.to(device)
@@ -63,7 +64,7 @@ def arm_rate(recipe: recipe_mod.Recipe, backbone: str, classes: int, device: tor
     x = train.channels_last(x) if layout else x
     y = torch.randint(0, classes, (len(x),), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    run_steps(model, x, y, 1, precision, recipe, optimizer)
+    run_steps(model, x, y, 2, precision, recipe, optimizer)
     return steps * len(x) / run_steps(model, x, y, steps, precision, recipe, optimizer)
 
 
@@ -85,7 +86,9 @@ def main() -> None:
     rates = {(r.name, b): {arm: [] for arm in ARMS} for r, b, _ in jobs}
     for round_ in range(args.repeats):
         for recipe, backbone, classes in jobs:
-            for arm, (layout, precision) in ARMS.items():
+            names = list(ARMS)
+            for arm in names[round_ % len(names):] + names[: round_ % len(names)]:
+                layout, precision = ARMS[arm]
                 rates[recipe.name, backbone][arm].append(arm_rate(recipe, backbone, classes, device, layout, precision, args.steps))
             print(f"round {round_ + 1} {backbone}: " + ", ".join(f"{arm} {v[-1]:.1f}" for arm, v in rates[recipe.name, backbone].items())
                   + " img/s", flush=True)

@@ -17,7 +17,8 @@ from .corpora import ravdess
 from .models import BackboneError
 from .train import ON_ERROR, RunConflictError
 
-app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None)  # help texts name recipe keys such as [train].epochs: no markup
 data_app = typer.Typer(help="Build a competition folder from a public corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -25,8 +26,15 @@ DEFAULT_RECIPE = Path("recipes/ravdess.toml")
 RecipeOption = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="Recipe TOML file.")
 KNOWN_ERRORS = (recipe_mod.RecipeError, competition.CompetitionError, AudioError, BackboneError, BlendError,
                 ravdess.RavdessError, RunConflictError)
-#: ``--on-error``'s choices (:data:`ensemble.train.ON_ERROR`): typer refuses any other value before the command runs.
-OnError = Enum("OnError", {name: name for name in ON_ERROR}, type=str)
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An option's choices as typer takes them (a str Enum): typer refuses any other value before the command runs."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.train.ON_ERROR)
+CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
 OnErrorOption = typer.Option(OnError.fail, "--on-error", help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
                              "list them in runs/<recipe>/skipped.csv; skipped test clips are predicted as the training prior).")
 HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
@@ -114,7 +122,7 @@ def train(
     weights_dir: Optional[str] = typer.Option(None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [train].weights_dir and $ENS_WEIGHTS_DIR."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Train from random initialisation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [train].device."),
-    cpu_precision: Optional[str] = typer.Option(None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."),
+    cpu_precision: Optional[CpuPrecision] = typer.Option(None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."),
     force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
     on_error: OnError = OnErrorOption,
@@ -133,7 +141,7 @@ def train(
     if device is not None:
         r.train.device = device
     if cpu_precision is not None:
-        r.train.cpu_precision = cpu_precision
+        r.train.cpu_precision = cpu_precision.value
     if backbone != "all":
         r.backbones = [b.strip() for b in backbone.split(",")]
     try:

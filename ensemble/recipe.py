@@ -395,6 +395,7 @@ def load(path: str | Path) -> Recipe:
 CHANNELS = ("mel", "chroma", "stft", "mfcc")
 METRICS = ("accuracy", "macro_f1", "uar")
 TASKS = ("multiclass", "multilabel")
+CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 
 
 def validate(recipe: Recipe, source: str = "<recipe>") -> None:
@@ -421,7 +422,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
         (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
         (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
-        (t.cpu_precision in ("bf16", "fp32"), f"[train].cpu_precision = {t.cpu_precision!r}: must be bf16 or fp32 (fp16 is CUDA only)"),
+        (t.cpu_precision in CPU_PRECISIONS, f"[train].cpu_precision = {t.cpu_precision!r}: must be bf16 or fp32 (fp16 is CUDA only)"),
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),
         (0 <= t.label_smoothing < 1, "[train].label_smoothing must be in [0, 1)"),
         (recipe.folds.n_splits >= 2, "[folds].n_splits must be >= 2"),

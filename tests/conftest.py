@@ -142,8 +142,8 @@ def copy_tiny_runs(trained: dict, dest: Path, *, blend: bool = True) -> Path:
     not ``blend``) and write ``dest/tiny.toml``: the shared recipe with ``runs_dir`` and
     ``submissions_dir`` under ``dest`` (the competition stays the shared one). Returns the recipe's path.
 
-    For ens blend, predict and report, which check a run's folds and classes. ens train would not
-    reuse these runs: a run's identity includes ``submissions_dir``."""
+    For ens blend, predict and report, which check a run's folds and classes (ens train would
+    reuse them too: a run's identity leaves out ``runs_dir`` and ``submissions_dir``)."""
     source = trained["runs"]
     shutil.copytree(source, dest / "runs" / "tiny", ignore=None if blend else lambda folder, names: ["blend"] if Path(folder) == source else [])
     recipe = dest / "tiny.toml"

@@ -24,3 +24,18 @@ def test_an_unknown_on_error_policy_is_refused_before_anything_loads(command, tm
     assert result.exit_code == 2, result.output
     message = " ".join(result.output.replace("│", " ").split())  # typer's error box, unwrapped
     assert "Invalid value for '--on-error'" in message and "'ignore' is not one of 'fail', 'skip'" in message
+
+
+def test_help_names_recipe_keys_with_their_section():
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    help_text = " ".join(result.output.split())
+    for key in ("[train].epochs", "[train].device", "[train].cpu_precision"):  # not eaten as markup tags
+        assert f"overrides {key}" in help_text or f"Override {key}" in help_text
+    assert "<fp32|bf16>" in help_text and "<fail|skip>" in help_text
+
+
+def test_an_unknown_cpu_precision_is_refused_by_typer():
+    result = CliRunner().invoke(app, ["train", "--cpu-precision", "fp16"])
+    message = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "'fp16' is not one of 'fp32', 'bf16'" in message

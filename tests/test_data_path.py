@@ -84,4 +84,4 @@ def test_cpu_bf16_autocast_changes_the_arithmetic_not_the_run(small_source, tiny
     r.name = "tiny"
     full = pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
     assert np.abs(half - full).max() > 1e-6  # bf16 autocast did run on the CPU
-    np.testing.assert_allclose(half, full, atol=0.05)  # ...and rounds the run's probabilities only slightly
+    np.testing.assert_allclose(half, full, atol=2e-3)  # ...and rounds the run's probabilities only slightly (1e-4 measured)

@@ -169,6 +169,8 @@ def test_stopped_between_the_checkpoint_and_the_weights_resume_restores_them(set
     run, _ = _stop_after_first_checkpoint(path, monkeypatch)
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
     _assert_same(_outputs(run), uninterrupted)
+    # the saved weights compared are the restored epoch 1's only while no later epoch beats it
+    assert uninterrupted[2]["selected"].tolist() == [True, False, False, False]
 
 
 def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted, monkeypatch):
