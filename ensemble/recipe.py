@@ -189,7 +189,7 @@ class TrainConfig:
             scaler, ``torch.amp.GradScaler``), or ``fp32``.
         cpu_precision: on CPU, ``fp32`` (default) or ``bf16`` autocast. bf16 pays on CPUs with
             AVX512-BF16 or AMX: on this project's 2-core AMD EPYC (AVX512-BF16) it trained ``seed_deep_cnn``
-            2.0x and four of the five ImageNet backbones 1.1x to 1.4x faster than fp32, but
+            2.1x and four of the five ImageNet backbones 1.1x to 1.4x faster than fp32, but
             ``tf_mobilenetv3_small_100`` 0.7x (``benchmarks/train_step.py``, docs/benchmarks.md).
             Without those instructions bf16 is emulated and slow.
         compile: wrap the training forward pass in ``torch.compile`` (the first epoch pays the
