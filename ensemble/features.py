@@ -45,9 +45,14 @@ from .augment import augment_waveform
 from .recipe import AugmentConfig, FeatureConfig
 
 
+def samples(config: FeatureConfig) -> int:
+    """Length of a clip in samples: ``round(duration * sample_rate)``."""
+    return int(round(config.duration * config.sample_rate))
+
+
 def frames(config: FeatureConfig) -> int:
     """Number of STFT frames (image width) of a clip: ``1 + samples // hop_length`` (centred STFT)."""
-    return 1 + int(round(config.duration * config.sample_rate)) // config.hop_length
+    return 1 + samples(config) // config.hop_length
 
 
 def _resize(rows: torch.Tensor, height: int, nearest: bool) -> torch.Tensor:
@@ -408,7 +413,7 @@ class FeatureCache:
             augmented = sum(1 for job in jobs if job[3])
             workers = (os.cpu_count() or 1) if augmented >= self.POOL_MIN_AUGMENTED else 1
         workers = min(workers, len(jobs))
-        n_samples = int(round(c.duration * c.sample_rate))
+        n_samples = samples(c)
         bar = tqdm(total=len(jobs), desc="render features", unit="clip", disable=not progress)
         with atomic.atomic_path(self.dir / name) as tmp, contextlib.ExitStack() as stack:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(all_keys), len(c.channels), c.height, frames(c)))

@@ -242,7 +242,7 @@ def model_inputs(clips: Sequence[np.ndarray], config: FeatureConfig) -> np.ndarr
     or padded to ``duration`` (:func:`ensemble.audio.fix_length`), rendered in one batch
     (:func:`ensemble.features.render_batch`, as the feature cache) and rounded to float16 as the
     cache stores them. Returns float16 ``(len(clips), channels, height, frames(config))``."""
-    n = int(round(config.duration * config.sample_rate))
+    n = features.samples(config)
     return features.render_batch(np.stack([audio.fix_length(y, n) for y in clips]), config).astype(np.float16)
 
 
@@ -298,7 +298,7 @@ def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | 
     config = ensemble.recipe.features
     rate = config.sample_rate
     window_n = _samples(window, config.duration, "--window", rate)
-    if window_n > round(config.duration * rate):
+    if window_n > features.samples(config):
         raise PredictError(f"--window {window} s is longer than the recipe's [features].duration = {config.duration} s, the clip "
                            f"length the models were trained on (each window would be cropped); give at most {config.duration}.")
     hop_n = _samples(hop, window_n / 2 / rate, "--hop", rate)
@@ -363,7 +363,8 @@ def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.Pat
         AudioError: the file cannot be read as audio.
     """
     y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
-    image = features.render_batch(audio.fix_length(y, max(len(y), int(round(config.duration * config.sample_rate))))[None], config)[0]
+    n = features.samples(config)
+    image = features.render_batch(audio.fix_length(y, max(len(y), n))[None], config)[0]
     step = config.hop_length / config.sample_rate
     x_extent = (-step / 2, (image.shape[2] - 0.5) * step)
     fig = Figure(figsize=(max(6.0, min(20.0, 2.0 * x_extent[1])), 2.2 * len(config.channels) + 0.6), layout="constrained")
@@ -380,7 +381,7 @@ def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.Pat
         ax.set_title(title, loc="left", fontsize=9)
     axes[-1].set_xlabel("time (s) in the rendered audio")
     how = (f"trimmed ({start / config.sample_rate:.2f}-{(start + len(y)) / config.sample_rate:.2f} s of the file), "
-           + (f"centre-padded to {config.duration} s" if len(y) <= round(config.duration * config.sample_rate) else "whole"))
+           + (f"centre-padded to {config.duration} s" if len(y) <= n else "whole"))
     fig.suptitle(f"{Path(path).name}\n{how}", fontsize=10)
     out = Path(out)
     with atomic.atomic_path(out) as tmp:
