@@ -11,6 +11,11 @@ from ensemble.cli import app
 from .conftest import ravdess_clip
 
 
+def _unwrapped(output: str) -> str:
+    """The command's output on one line, without the frame of typer's error box."""
+    return " ".join(output.replace("│", " ").split())
+
+
 @pytest.mark.parametrize("command", [["predict", str(ravdess_clip(1, 1))], ["train"], ["blend"]])
 def test_an_unknown_on_error_policy_is_refused_before_anything_loads(command, tmp_path, monkeypatch):
     recipe = tmp_path / "untrained.toml"
@@ -22,14 +27,14 @@ def test_an_unknown_on_error_policy_is_refused_before_anything_loads(command, tm
     monkeypatch.setattr(competition, "load", too_early)
     result = CliRunner().invoke(app, [*command, "--recipe", str(recipe), "--on-error", "ignore"])
     assert result.exit_code == 2, result.output
-    message = " ".join(result.output.replace("│", " ").split())  # typer's error box, unwrapped
+    message = _unwrapped(result.output)
     assert "Invalid value for '--on-error'" in message and "'ignore' is not one of 'fail', 'skip'" in message
 
 
 def test_help_names_recipe_keys_with_their_section():
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0, result.output
-    help_text = " ".join(result.output.split())
+    help_text = _unwrapped(result.output)
     for key in ("[train].epochs", "[train].device", "[train].cpu_precision"):  # not eaten as markup tags
         assert f"overrides {key}" in help_text or f"Override {key}" in help_text
     assert "<fp32|bf16>" in help_text and "<fail|skip>" in help_text
@@ -37,5 +42,5 @@ def test_help_names_recipe_keys_with_their_section():
 
 def test_an_unknown_cpu_precision_is_refused_by_typer():
     result = CliRunner().invoke(app, ["train", "--cpu-precision", "fp16"])
-    message = " ".join(result.output.replace("│", " ").split())
+    message = _unwrapped(result.output)
     assert result.exit_code == 2 and "'fp16' is not one of 'fp32', 'bf16'" in message
