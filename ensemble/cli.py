@@ -247,7 +247,7 @@ def predict(
 
     r = _load_recipe(recipe)
     try:
-        files = predict_mod.audio_files(paths)
+        files = predict_mod.audio_files(paths)  # a bad path fails before the models load
         ensemble = predict_mod.load_ensemble(r, device)
         shifts = f"; time-shift TTA {r.train.tta_shifts}" if r.train.tta_shifts else ""
         typer.echo(f"ensemble: {', '.join(map(_member_text, ensemble.members))}; weights: {ensemble.weights_from}{shifts}", err=True)

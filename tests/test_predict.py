@@ -27,8 +27,7 @@ def trained(tiny_trained, tmp_path_factory):
     r = recipe_mod.load(recipe_path)
     c = competition.load(r.competition)
     clips = c.audio_paths(c.train)
-    duration_n = round(r.features.duration * r.features.sample_rate)
-    short = next(p for p in clips if len(audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0]) <= duration_n)
+    short = next(p for p in clips if len(audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0]) <= features.samples(r.features))
     return {"recipe_path": recipe_path, "recipe": r, "comp": tiny_trained["comp"], "clip": short}
 
 
