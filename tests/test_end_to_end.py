@@ -86,10 +86,9 @@ def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
 
 def test_a_renamed_recipe_with_other_backbones_blend_and_submissions_reuses_finished_runs(pipeline, tmp_path):
     renamed = tmp_path / "renamed.toml"
-    renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\nsubmissions_dir = "{tmp_path / "subs"}"\n\n'
-                       '[blend]\nmethod = "mean"\n')
-    runs = pipeline["runs"].parent / "renamed" / "test_resnet"
-    runs.parent.mkdir()
+    renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\nruns_dir = "{tmp_path / "runs"}"\n'
+                       f'submissions_dir = "{tmp_path / "subs"}"\n\n[blend]\nmethod = "mean"\n')
+    runs = tmp_path / "runs" / "renamed" / "test_resnet"  # a copy: the shared session runs stay read-only
     shutil.copytree(pipeline["runs"] / "test_resnet", runs)
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("*")}
     output = _ok(["train", "--recipe", str(renamed), "--quiet"])
@@ -98,9 +97,9 @@ def test_a_renamed_recipe_with_other_backbones_blend_and_submissions_reuses_fini
     for fold in (0, 1):  # the renamed recipe's own copies were found finished, not the original's runs
         assert f"-> {runs / f'fold{fold}'}  [already finished, skipped]" in output
     original, other = recipe_mod.load(pipeline["recipe"]), recipe_mod.load(renamed)
-    ignored = [(r.name, r.backbones, r.blend.method, r.submissions_dir) for r in (original, other)]  # what the identity must ignore
-    assert ignored[1] == ("renamed", ["test_resnet"], "mean", str(tmp_path / "subs")) and ignored[0][:3] == ("tiny", ["test_efficientnet", "test_resnet"], "caruana")
-    assert ignored[0][3] != ignored[1][3]
+    ignored = [(r.name, r.backbones, r.blend.method, r.runs_dir, r.submissions_dir) for r in (original, other)]  # what the identity must ignore
+    assert ignored[1] == ("renamed", ["test_resnet"], "mean", str(tmp_path / "runs"), str(tmp_path / "subs"))
+    assert ignored[0][:3] == ("tiny", ["test_efficientnet", "test_resnet"], "caruana") and ignored[0][3:] != ignored[1][3:]
 
 
 def test_bad_options_are_clear_errors(pipeline):
