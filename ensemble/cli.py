@@ -10,7 +10,7 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from . import atomic, competition, recipe as recipe_mod
+from . import atomic, competition, deps, recipe as recipe_mod
 from .audio import AudioError
 from .blend import BlendError
 from .corpora import ravdess
@@ -43,6 +43,15 @@ HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlra
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@app.callback()
+def _startup() -> None:
+    """Before any command: refuse a torchaudio that does not work with the installed torch, in one line."""
+    try:
+        deps.check_torchaudio()
+    except deps.DependencyError as err:
+        _fail(err)
 
 
 def _skips_shown(call, *args, **kwargs):
@@ -126,9 +135,12 @@ def train(
     force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
     on_error: OnError = OnErrorOption,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no per-epoch or per-stage lines; only each run's result line."),
 ) -> None:
-    """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped."""
+    """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped.
+
+    Progress: bars when stderr is a terminal; otherwise (a log, a pipe) one line per epoch and
+    per rendering stage; each finished run prints one result line."""
     from . import train as train_mod
 
     r = _load_recipe(recipe)
@@ -196,15 +208,18 @@ def score(
     submission_csv: Path = typer.Argument(..., help="Submission CSV to score."),
     recipe: Path = RecipeOption,
 ) -> None:
-    """Score a submission against the competition's hidden solution.csv."""
+    """Score a submission against the competition's hidden solution.csv (with a Usage column: also its
+    Public and Private leaderboards, Ignored rows left out)."""
     from . import submission
 
     r = _load_recipe(recipe)
     try:
-        result = submission.score(competition.load(r.competition), submission_csv)
+        result = submission.score_splits(competition.load(r.competition), submission_csv)
     except KNOWN_ERRORS + (OSError,) as err:
         _fail(err)
-    typer.echo(f"{submission_csv}: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    for split, scores in result.items():
+        head = f"{submission_csv}:" if split == "all" else f"  {split + ' leaderboard:':21}"
+        typer.echo(head + " " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
 
 
 @app.command()

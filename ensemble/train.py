@@ -125,6 +125,8 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     ``[train].device``.
 
     Args:
+        progress: report a render of missing images: a bar on a terminal, else one line when it
+            is done (see :meth:`ensemble.features.FeatureCache.get`); False reports nothing.
         on_error: ``fail`` (default) refuses clips that do not exist or cannot be loaded, listing
             each file and its problem; ``skip`` leaves them out (see :attr:`Data.skipped`), writes
             their list to ``<runs_dir>/<recipe>/skipped.csv`` and warns (:class:`SkippedClipsWarning`).
@@ -345,13 +347,21 @@ def proba_frame(ids, proba: np.ndarray, classes: list[str], **extra) -> pd.DataF
 
 
 _NOT_TRAINING = ("name", "backbones", "runs_dir", "submissions_dir", "blend")
+_RUNTIME = {"competition": ("dir", "audio_root"), "train": ("device", "weights_dir")}
+"""Settings that place or run a recipe on a machine and change no number a model computes: where
+the competition folder and its audio are (the run identity keeps the classes and the fold
+assignment's hash instead), the device and the weights folder."""
 
 
 def _training_settings(recipe: Recipe) -> dict:
-    """The recipe's settings that shape a run: not its name, backbone list, output folders or blend."""
+    """The recipe's settings that shape a run's numbers: not its name, backbone list, output folders,
+    blend, or its machine settings (:data:`_RUNTIME`)."""
     settings = recipe.to_dict()
     for key in _NOT_TRAINING:
         settings.pop(key)
+    for section, keys in _RUNTIME.items():
+        for key in keys:
+            settings[section].pop(key)
     return settings
 
 
@@ -359,7 +369,9 @@ def run_config(recipe: Recipe, data: Data, backbone: str, fold: int) -> dict:
     """What a run is defined by; a finished run with another config is a conflict. ``backbone``
     is a ``backbones`` entry: the settings are :meth:`Recipe.for_backbone`'s (its seed for ``name@S``).
 
-    Renaming a recipe, editing its backbone list, its output folders or its ``[blend]`` leaves finished runs valid.
+    Renaming a recipe, editing its backbone list, its output folders or its ``[blend]``, moving the
+    competition folder, or training on another device or from another weights folder leaves finished
+    runs valid; every other setting (features, augmentation, training, precision, seed) is part of it.
     """
     return {
         "recipe": _training_settings(recipe.for_backbone(backbone)),
@@ -495,6 +507,12 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     and on CPU ends with the same predictions as an uninterrupted run; without ``resume`` (or
     without a checkpoint) the run starts afresh.
 
+    With ``progress`` each epoch prints one line on stdout (train loss, validation loss and
+    metrics, the epoch's seconds, ``*`` when selected), and while an epoch runs tqdm draws a bar
+    of its batches when stderr is a terminal (or in a notebook); when stderr is not a terminal
+    (``nohup``, CI, Slurm, ``> log``) no bar is drawn (tqdm's ``disable=None``), so a log gets
+    the epoch lines and no bar fragments. Without ``progress`` nothing is printed.
+
     Returns:
         the ``metrics.json`` dict (OOF scores of the selected epoch), also when the run was
         already finished with the same config and is skipped.
@@ -588,8 +606,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         variants = torch.randint(0, copies + 1, (len(train_idx),), generator=generator).numpy() if copies else None
         jobs = [(train_idx[pos], None if variants is None else variants[pos]) for pos in order]
         losses = []
+        # disable=None: no bar when stderr is not a terminal (logs get only the epoch line below)
         bar = tqdm(ahead(jobs, batch_of), total=updates_per_epoch, desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="batch",
-                   leave=False, disable=not progress)
+                   leave=False, disable=None if progress else True)
         for step, (idx, x) in enumerate(bar):
             batch, target = spec(_to_device(x, device)), y[idx].to(device, non_blocking=True)
             if mix is not None:
@@ -631,7 +650,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         if progress:
             shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
             tqdm.write(f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
-                       f"{shown}{'  *' if improved else ''}")
+                       f"{shown}  {row['seconds']:.1f} s{'  *' if improved else ''}")
 
     model.load_state_dict(load_file(out / "model.safetensors"))
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()

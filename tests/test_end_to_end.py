@@ -117,3 +117,22 @@ def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline, tmp_path):
     result = blend.blend(r, train.load_data(r, progress=False), name="partial")
     assert list(result.skipped) == ["test_convnext"] and "fold0 is not finished" in result.skipped["test_convnext"]
     assert set(result.weights) == {"test_efficientnet", "test_resnet"}
+
+
+def test_machine_settings_are_not_part_of_a_run_identity(pipeline, tmp_path):
+    """Another device, weights folder and location of the competition folder reuse the finished
+    runs (they change no number a model computes); a changed training setting is still refused."""
+    recipe = copy_tiny_runs(pipeline, tmp_path)
+    moved = tmp_path / "moved_comp"  # the competition folder (audio and feature cache) somewhere else
+    shutil.copytree(pipeline["comp"], moved, symlinks=True)
+    with recipe.open("a") as f:
+        f.write(f'[competition]\ndir = "{moved}"\n')
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    stored = json.loads((pipeline["runs"] / "test_resnet" / "fold0" / "config.json").read_text())["recipe"]
+    assert recipe_mod.load(pipeline["recipe"]).train.device == "auto" and "device" not in stored["train"]
+    output = _ok(["train", "--recipe", str(recipe), "--device", "cpu", "--weights-dir", str(weights), "--quiet"])
+    assert output.count("[already finished, skipped]") == 4, output
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--device", "cpu", "--cpu-precision", "bf16",
+                                 "--backbone", "test_resnet", "--fold", "0", "--quiet"])
+    assert result.exit_code == 2 and "different configuration" in result.output, result.output

@@ -1,0 +1,126 @@
+"""Progress output: tqdm bars on a terminal; in a log (not a terminal) one line per epoch and per stage, no bar fragments."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli_ok
+
+BACKBONE = "test_efficientnet"
+EPOCH_LINE = re.compile(rf"^{BACKBONE} fold (\d) epoch (\d)/2: loss \d+\.\d{{3}}  valid loss \d+\.\d{{3}}  accuracy \d\.\d{{3}}  .*  \d+\.\d s(  \*)?$")
+RENDER_LINE = re.compile(r"^render features: 48 clips in \d+\.\d s$")
+RESULT_LINE = re.compile(rf"^{BACKBONE} fold (\d): accuracy .* -> .*fold\1$")
+
+
+class TerminalStream(io.StringIO):
+    """A stream that says it is a terminal, as sys.stderr is in an interactive shell."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def tiny(small_source, tmp_path) -> Path:
+    """A fresh tiny competition (48 real clips, 2 folds, empty feature cache) and a recipe
+    training one test backbone for 2 epochs. Returns the recipe's path."""
+    comp = tmp_path / "comp"
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f"""
+name = "tiny"
+backbones = ["{BACKBONE}"]
+runs_dir = "{tmp_path / 'runs'}"
+submissions_dir = "{tmp_path / 'subs'}"
+[competition]
+dir = "{comp}"
+classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+[folds]
+n_splits = 2
+[features]
+duration = 2.0
+height = 32
+hop_length = 640
+[train]
+epochs = 2
+batch_size = 8
+pretrained = false
+""")
+    cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
+    return recipe
+
+
+def test_log_file_gets_one_line_per_epoch_and_stage(tiny, tmp_path):
+    """`ens train > log 2>&1` in a real process: stdout and stderr are a file, not a terminal."""
+    log_path = tmp_path / "train.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}  # library warnings are not what this test measures
+    env = {k: v for k, v in env.items() if not k.startswith("TQDM_")}
+    with open(log_path, "wb") as log:
+        done = subprocess.run([sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(tiny)],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+    data = log_path.read_bytes()
+    text = data.decode()
+    assert done.returncode == 0, text
+    assert b"\r" not in data, f"carriage returns (bar refreshes) in the log:\n{text!r}"
+    for fragment in ("%|", "it/s", "batch/s", "clip/s", "s/batch", "s/clip", "\x1b["):
+        assert fragment not in text, f"bar fragment {fragment!r} in the log:\n{text}"
+    lines = [line for line in text.split("\n") if line.strip()]
+    assert text.endswith("\n")
+
+    epochs = [EPOCH_LINE.match(line) for line in lines if " epoch " in line]
+    assert all(epochs), f"malformed epoch lines:\n{text}"
+    assert sorted((m[1], m[2]) for m in epochs) == [("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")], text
+    assert sum(bool(RENDER_LINE.match(line)) for line in lines) == 1, text
+    assert sum(bool(RESULT_LINE.match(line)) for line in lines) == 2, text
+    assert len(lines) == 4 + 1 + 2, f"unexpected lines in the log:\n{text}"
+    # order: the stage line first, then each fold's epochs before its result line
+    kinds = ["render" if RENDER_LINE.match(line) else "epoch" if EPOCH_LINE.match(line) else "result" for line in lines]
+    assert kinds == ["render", "epoch", "epoch", "result", "epoch", "epoch", "result"], text
+    # 7 lines of ~110-150 characters; before this change the bars added ~1 kB of fragments even to this 2 x 2-batch run
+    assert len(data) < 1500, f"{len(data)} bytes:\n{text}"
+
+
+def test_terminal_gets_bars(tiny, monkeypatch, capsys):
+    """With stderr a terminal the bars are drawn there (and the render needs no summary line);
+    the epoch lines still go to stdout, once per epoch."""
+    from ensemble import recipe, train
+
+    stderr = TerminalStream()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    r = recipe.load(tiny)
+    data = train.load_data(r, progress=True)
+    train.train_fold(r, data, BACKBONE, 0, progress=True)
+    bars, out = stderr.getvalue(), capsys.readouterr().out
+
+    assert "\r" in bars
+    assert re.search(r"render features: 100%\|.*\| 48/48", bars), bars
+    assert re.search(rf"{BACKBONE} fold 0 epoch 1/2: +\d+%\|.*\| \d/2 ", bars), bars
+    assert re.search(rf"{BACKBONE} fold 0 epoch 2/2: +\d+%\|", bars), bars
+    assert "render features:" not in out, out  # the bar reported the stage
+    assert "\r" not in out
+    epochs = [EPOCH_LINE.match(line) for line in out.splitlines() if " epoch " in line]
+    assert all(epochs) and [(m[1], m[2]) for m in epochs] == [("0", "1"), ("0", "2")], out
+
+
+def test_quiet_prints_no_progress(tiny, monkeypatch, capsys):
+    """--quiet: only each run's result line; progress=False draws no bar even on a terminal."""
+    output = cli_ok(["train", "--recipe", str(tiny), "--fold", "0", "--epochs", "1", "--quiet"])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and RESULT_LINE.match(lines[0]) and lines[0].startswith(f"{BACKBONE} fold 0:"), output
+
+    from ensemble import recipe, train
+
+    stderr = TerminalStream()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    r = recipe.load(tiny)
+    r.train.epochs = 1
+    (Path(r.competition.dir) / ".ens_cache").rename(Path(r.competition.dir) / "old_cache")  # render again
+    data = train.load_data(r, progress=False)
+    train.train_fold(r, data, BACKBONE, 1, progress=False)
+    assert stderr.getvalue() == ""
+    assert capsys.readouterr().out == ""
