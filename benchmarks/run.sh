@@ -12,6 +12,7 @@ fi
 "$py" benchmarks/features.py
 "$py" benchmarks/train_throughput.py
 "$py" benchmarks/train_step.py
+"$py" benchmarks/augment_throughput.py --repeats 3
 "$py" benchmarks/predict.py --untrained
 # shellcheck disable=SC2086
 "$py" benchmarks/grid.py $GRID_ARGS
