@@ -106,7 +106,9 @@ def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.
 def bagged_caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20,
                            bag_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
     """:func:`caruana_weights` averaged over ``bags`` random subsets of ``ceil(bag_fraction *
-    members)`` members (Caruana et al. 2006, section 2.3); ``bags = 0`` selects from all members once.
+    members)`` members, but at least two (Caruana et al. 2006, section 2.3); ``bags = 0`` selects
+    from all members once. A bag of one member would select it whatever the data say: with two
+    members and ``bag_fraction = 0.5`` every bag would, and the weights would only count the draws.
 
     Returns:
         ``(members,)`` non-negative weights summing to 1.
@@ -115,7 +117,7 @@ def bagged_caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50,
     if bags == 0 or m == 1:
         return caruana_weights(oof, y, iterations)
     rng = np.random.default_rng(seed)
-    size = max(1, int(np.ceil(bag_fraction * m)))
+    size = max(2, int(np.ceil(bag_fraction * m)))  # m >= 2 here
     weights = np.zeros(m)
     for _ in range(bags):
         subset = np.sort(rng.choice(m, size=size, replace=False))

@@ -64,17 +64,41 @@ def test_every_method_beats_its_best_input_cross_validated(complementary, method
     assert (cv.argmax(1) == y).mean() > best_member + 0.03
 
 
-@pytest.mark.parametrize("method", blenders.METHODS)
+LABEL_FITTED = ("caruana", "optimize", "stacking")
+LABEL_FREE = tuple(m for m in blenders.METHODS if m not in LABEL_FITTED)
+
+
+def test_every_method_is_either_fitted_on_labels_or_label_free():
+    assert LABEL_FREE == ("mean", "rank", "geometric") and set(LABEL_FITTED) <= set(blenders.METHODS)
+
+
+@pytest.mark.parametrize("method", LABEL_FITTED)
 def test_cross_validation_never_sees_the_labels_of_the_fold_it_predicts(complementary, method):
     oof, y, folds = complementary
     scrambled = y.copy()
     held = folds == 2
-    scrambled[held] = (scrambled[held] + 1) % 4  # every label of fold 2 wrong
+    scrambled[held] = oof[0, held].argmax(axis=1)  # fold 2 relabelled as member 0 predicts it: a fit that read them would favour member 0
     a = blenders.cross_validate(method, oof, y, folds, iterations=10, bags=3)
     b = blenders.cross_validate(method, oof, scrambled, folds, iterations=10, bags=3)
     np.testing.assert_array_equal(a[held], b[held])  # fold 2's predictions ignore fold 2's labels
-    if method in ("optimize", "stacking"):  # continuous fits: the other folds' blends did see them
-        assert not np.array_equal(a[~held], b[~held])
+    # not vacuous: the other folds' blends, fitted on fold 2's rows, move; and so would fold 2's own
+    # predictions had its blend been fitted on all rows
+    assert not np.array_equal(a[~held], b[~held])
+    leaked = [blenders.fit(method, oof, labels, iterations=10, bags=3).combine(oof[:, held]) for labels in (y, scrambled)]
+    assert not np.array_equal(*leaked)
+
+
+@pytest.mark.parametrize("method", LABEL_FREE)
+def test_label_free_methods_do_not_depend_on_labels_at_all(complementary, method):
+    # mean, rank and geometric read no labels, so fold-wise label corruption cannot test them: their
+    # blends and cross-validated predictions must be the same for any labels, here every label permuted
+    oof, y, folds = complementary
+    permuted = np.random.default_rng(5).permutation(y)
+    assert (permuted != y).mean() > 0.5
+    a, b = blenders.fit(method, oof, y), blenders.fit(method, oof, permuted)
+    np.testing.assert_array_equal(a.combine(oof), b.combine(oof))
+    assert a.weights is None and b.weights is None or np.array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(blenders.cross_validate(method, oof, y, folds), blenders.cross_validate(method, oof, permuted, folds))
 
 
 def test_rank_and_geometric_means_by_hand():
@@ -93,3 +117,17 @@ def test_rank_and_geometric_means_by_hand():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown blend method 'median'"):
         blenders.fit("median", np.ones((1, 2, 2)) / 2, np.array([0, 1]))
+
+
+def test_bagged_caruana_with_two_members_selects_by_the_data():
+    """A bag of one member selects it whatever the data say: with two members and bag_fraction 0.5
+    the bags hold both, so the informative member wins over a noise member (each bag drawing one
+    member gave weights that only counted the draws)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=400)
+    good = np.full((400, 4), 0.1)
+    good[np.arange(400), y] = 0.7
+    noise = rng.dirichlet(np.ones(4), size=400)
+    for order in ([good, noise], [noise, good]):
+        w = blenders.bagged_caruana_weights(np.stack(order), y, iterations=20, bags=20, bag_fraction=0.5, seed=0)
+        assert w[0 if order[0] is good else 1] > 0.9, w

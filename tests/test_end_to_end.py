@@ -59,8 +59,18 @@ def test_blend_writes_the_sample_layout_and_a_leaderboard(pipeline):
     board = pd.read_csv(pipeline["runs"] / "blend" / "leaderboard.csv")
     assert list(board["model"]) == ["test_efficientnet", "test_resnet", *(f"blend: {m}" for m in blenders.METHODS)]
     assert {"accuracy", "uar", "cv_accuracy", "cv_uar", "cv_log_loss"} <= set(board.columns)
-    members = board.iloc[:2]  # nothing is fitted for a single member: its CV score is its score
-    np.testing.assert_allclose(members["cv_log_loss"], members["log_loss"])
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss  # a member's row: its pooled oof.csv, scored here
+
+    labels = pd.read_csv(pipeline["comp"] / "train.csv", dtype=str).set_index("id")["label"]
+    classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    for row in board.iloc[:2].to_dict("records"):  # nothing is fitted for a single member: its CV score is its score
+        oof = pd.concat([pd.read_csv(pipeline["runs"] / row["model"] / f"fold{k}" / "oof.csv", dtype={"id": str}) for k in (0, 1)])
+        y, proba = labels.loc[oof["id"]].map(classes.index).to_numpy(), oof[classes].to_numpy()
+        pred = proba.argmax(axis=1)
+        expected = {"accuracy": accuracy_score(y, pred), "macro_f1": f1_score(y, pred, labels=range(8), average="macro", zero_division=0),
+                    "uar": balanced_accuracy_score(y, pred), "log_loss": log_loss(y, proba / proba.sum(axis=1, keepdims=True), labels=range(8))}
+        for name, value in expected.items():
+            assert row[name] == pytest.approx(value, rel=1e-6) and row[f"cv_{name}"] == pytest.approx(value, rel=1e-6), (row["model"], name)
     assert "cv_ columns" in pipeline["blend"]
     assert "accuracy" in pipeline["score"] and "n 16" in pipeline["score"]
 
