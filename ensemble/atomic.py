@@ -46,7 +46,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             kept = "the previous file is kept" if path.exists() else "nothing was written"
-            raise OSError(err.errno, f"{os.strerror(err.errno)} while writing {path}; {kept}. Free space on {path.parent} and run again.") from err
+            fix = (f"Raise the file-size limit (ulimit -f) or write to another file system" if err.errno == errno.EFBIG
+                   else f"Free space on {path.parent}") + " and run again."
+            raise OSError(err.errno, f"{os.strerror(err.errno)} while writing {path}; {kept}. {fix}") from err
         raise
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -171,7 +171,8 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
     Raises:
         PredictError: nothing is trained (names the runs
             folder); a run was trained with other ``[features]`` or ``[train].tta_shifts`` than the
-            recipe's or other classes than the other runs; or its weights do not load.
+            recipe's, or other classes (names and order) than the recipe's ``[competition].classes``
+            (when it lists them) or than the other runs; or its weights do not load.
     """
     weights, source = _member_weights(recipe)
     no_download = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
@@ -191,9 +192,13 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
                                    f"{recipe.train.tta_shifts} now (its OOF and so the blend weights used its TTA); set tta_shifts back, "
                                    f"or re-train it with `ens train --force`.")
             if classes is None:
-                classes = config["classes"]
-            elif config["classes"] != classes:
-                raise PredictError(f"{run} was trained with classes {config['classes']}, other runs of the ensemble with {classes}.")
+                classes = list(recipe.competition.classes) or config["classes"]  # the recipe's, when it lists them
+            if config["classes"] != classes:
+                raise PredictError(f"{run} was trained with classes {config['classes']}, "
+                                   + (f"{recipe.name!r} has [competition].classes = {classes}" if recipe.competition.classes
+                                      else f"other runs of the ensemble with {classes}")
+                                   + f" (names and order); predict with the recipe it was trained with, or re-train it with "
+                                     f"`ens train --backbone {entry} --fold {fold} --force`.")
             model = train.build_model(no_download, backbone, len(classes))
             try:
                 model.load_state_dict(load_file(run / "model.safetensors"))
@@ -218,7 +223,8 @@ def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
         elif p.is_dir():
             inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
             if not inside:
-                raise PredictError(f"{p}: folder holds no audio file ({', '.join(AUDIO_EXTENSIONS)}).")
+                raise PredictError(f"{p}: folder holds no audio file ({', '.join(AUDIO_EXTENSIONS)}, searched recursively); "
+                                   f"give the folder that holds the clips, or the audio files themselves.")
             found += inside
         else:
             raise PredictError(f"{p}: no such file or folder; give audio files or folders of them.")

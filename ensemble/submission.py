@@ -251,14 +251,23 @@ def _predictions(competition: Competition, sub: pd.DataFrame, path) -> tuple[np.
     space-separated labels multi-hot, taken as 0/1 scores); and whether they are probabilities.
 
     Raises:
-        CompetitionError: a label that is not among the classes, or a class column that is not numeric.
+        CompetitionError: a label that is not among the classes; class columns that are not
+            numbers, are negative or infinite, or cover only some of the classes.
     """
     classes = competition.classes
     if set(classes) <= set(sub.columns):
         try:
-            return sub[classes].to_numpy(dtype=float), True
+            proba = sub[classes].to_numpy(dtype=float)
         except ValueError as err:
             raise CompetitionError(f"{path}: a class column holds a value that is not a number ({err}); write probabilities.") from err
+        if not np.isfinite(proba).all() or (proba < 0).any():
+            raise CompetitionError(f"{path}: class columns must hold finite probabilities >= 0; write the model's probabilities.")
+        return proba, True
+    present = [c for c in classes if c in sub.columns]
+    if present:
+        missing = [c for c in classes if c not in sub.columns]
+        raise CompetitionError(f"{path} has probability columns for {len(present)} classes but lacks {missing}; "
+                               f"write one column per class, as {competition.root / SAMPLE} lists them.")
     predicted = sub[sub.columns[0]]
     if competition.multilabel:
         unknown = sorted({t for label in predicted for t in multilabel.tokens(label)} - set(classes))

@@ -1,9 +1,11 @@
-"""Crashes and full disks never leave a partial result: the feature cache under SIGKILL, writes under ENOSPC."""
+"""Crashes and full disks never leave a partial result: the feature cache under SIGKILL, writes under
+ENOSPC / EDQUOT / EFBIG; ens train names --resume when it starts an interrupted run afresh, and --resume continues it."""
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,14 +84,51 @@ def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_full_disk_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch):
+FULL = {"ENOSPC": errno.ENOSPC, "EDQUOT": errno.EDQUOT, "EFBIG": errno.EFBIG}  # full disk, quota, file-size limit
+
+
+@pytest.mark.parametrize("where", ["fsync", "writer"])
+@pytest.mark.parametrize("name", list(FULL))
+def test_full_disk_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch, name, where):
+    code = FULL[name]
     target = tmp_path / "submission.csv"
     atomic.write_text(target, "id,label\n1,calm\n")
-    monkeypatch.setattr(atomic.os, "fsync", _enospc)  # the disk fills up while the new file is flushed
-    with pytest.raises(OSError, match=r"No space left on device while writing .*submission.csv; the previous file is kept"):
+
+    def full(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    if where == "fsync":
+        monkeypatch.setattr(atomic.os, "fsync", full)  # the disk fills up while the new file is flushed
+    else:
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # the writer itself hits the limit mid-file
+    with pytest.raises(OSError) as caught:
         atomic.write_csv(target, pd.DataFrame({"id": [1], "label": ["sad"]}))
+    assert caught.value.errno == code
+    fix = "Raise the file-size limit (ulimit -f) or write to another file system" if name == "EFBIG" else f"Free space on {tmp_path}"
+    assert str(caught.value) == (f"[Errno {code}] {os.strerror(code)} while writing {target}; the previous file is kept. "
+                                 f"{fix} and run again.")
     assert target.read_text() == "id,label\n1,calm\n"
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temporary left behind
+    monkeypatch.undo()
+    new = tmp_path / "new.csv"  # nothing there before: the message says so
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(OSError, match=f"while writing {new}; nothing was written"):
+        atomic.write_text(new, "id\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_other_os_errors_pass_through_unchanged(tmp_path, monkeypatch):
+    target = tmp_path / "a.txt"
+    atomic.write_text(target, "old")
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic.os, "fsync", eio)
+    with pytest.raises(OSError) as caught:
+        atomic.write_text(target, "new")
+    assert caught.value.errno == errno.EIO and str(caught.value) == "[Errno 5] Input/output error"
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
 def test_ens_blend_on_a_full_disk_is_a_clean_error_that_keeps_the_previous_submission(tmp_path, monkeypatch, small_source, tiny_recipe_text):
@@ -104,3 +143,70 @@ def test_ens_blend_on_a_full_disk_is_a_clean_error_that_keeps_the_previous_submi
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "No space left on device while writing" in result.output and "previous file is kept" in result.output
     assert (tmp_path / "subs" / "sub.csv").read_text() == before
+
+
+class Crash(Exception):
+    """Stands in for the process dying (kill -9, power cut) right after a checkpoint is written."""
+
+
+def test_ens_train_names_resume_when_it_starts_an_interrupted_run_afresh_and_resume_continues(tiny_trained, tmp_path, monkeypatch):
+    """Through the CLI: a run stopped after epoch 1's checkpoint is started afresh without --resume
+    (all 3 epochs again, and ens train says so naming --resume); stopped again, --resume trains
+    only epochs 2 and 3 and ends with the same weights, tables and log as the uninterrupted run."""
+    from safetensors.numpy import load_file
+
+    from ensemble import train
+
+    from .conftest import cli_ok, copy_tiny_runs
+
+    recipe = copy_tiny_runs(tiny_trained, tmp_path, blend=False)
+    run = tmp_path / "runs" / "tiny" / "test_resnet" / "fold0"
+    args = ["train", "--recipe", str(recipe), "--backbone", "test_resnet", "--fold", "0", "--epochs", "3", "--quiet"]
+    saved, crash_now, real_save = [], [], train.torch.save
+
+    def save_then_crash_at_epoch_2(obj, f):
+        real_save(obj, f)
+        saved.append(obj["epoch"])
+        if obj["epoch"] == 2 and crash_now:
+            crash_now.clear()
+            raise Crash  # inside atomic_path: epoch 2's checkpoint is dropped, epoch 1's stays
+
+    def interrupted():
+        (run / "metrics.json").unlink()  # unfinished: this fold is trained again, with 3 epochs
+        crash_now.append(True)
+        crashed = CliRunner().invoke(app, args)
+        assert isinstance(crashed.exception, Crash), crashed.output
+        assert "--resume" not in crashed.output  # no checkpoint yet when it started
+        assert torch_load_epoch(run / train.CHECKPOINT) == 1 and not (run / "metrics.json").exists()
+        saved.clear()
+
+    def outputs():
+        log = pd.read_csv(run / "log.csv").drop(columns=["train_img_per_s", "seconds"])
+        return pd.read_csv(run / "oof.csv"), pd.read_csv(run / "test.csv"), log, load_file(run / "model.safetensors")
+
+    monkeypatch.setattr(train.torch, "save", save_then_crash_at_epoch_2)
+    interrupted()
+    output = cli_ok(args)
+    assert "test_resnet fold 0: starting afresh; pass --resume to continue the interrupted run from its checkpoint." in output
+    assert saved == [1, 2, 3]  # every epoch again, not from epoch 2
+    assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
+    uninterrupted = outputs()
+    assert len(uninterrupted[2]) == 3
+
+    interrupted()
+    output = cli_ok(args + ["--resume"])
+    assert saved == [2, 3] and "starting afresh" not in output  # continued from the checkpoint
+    assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
+    resumed = outputs()
+    for a, b in zip(resumed[:3], uninterrupted[:3]):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert resumed[3].keys() == uninterrupted[3].keys() and all(np.array_equal(resumed[3][k], uninterrupted[3][k]) for k in resumed[3])
+
+    again = cli_ok(args)  # finished: skipped, and nothing said about --resume
+    assert "already finished, skipped" in again and "--resume" not in again
+
+
+def torch_load_epoch(path) -> int:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["epoch"]

@@ -3,15 +3,17 @@ out and listed, and a skipped test clip still gets a submission row (the trainin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import blend, recipe as recipe_mod, train
+from ensemble import blend, blenders, features, recipe as recipe_mod, train
 from ensemble.cli import app
 
-from .conftest import cli_ok, tiny_competition
+from .conftest import cli_ok, ravdess_clip, tiny_competition
 
 RUN = ["--backbone", "test_resnet", "--quiet"]
 
@@ -68,17 +70,20 @@ def test_skip_leaves_bad_clips_out_lists_them_and_predicts_skipped_test_clips_as
         np.testing.assert_allclose(test.loc[broken["bad_test"], classes].to_numpy(dtype=float), prior)
         assert not np.allclose(test.drop(index=broken["bad_test"])[classes].to_numpy(dtype=float), prior)
 
-    result = blend.blend(r, data, method="rank", name="skip")
-    rows = data.competition.test["id"] == broken["bad_test"]
-    np.testing.assert_allclose(result.test[rows.to_numpy()][0], prior)  # the prior, even after a rank blend
-    submission = pd.read_csv(result.submission, dtype=str)
-    assert sorted(submission["id"]) == sorted(data.competition.sample["id"])  # every id, the skipped one included
+    rows = (data.competition.test["id"] == broken["bad_test"]).to_numpy()
+    for method in blenders.METHODS:  # the prior whatever the method makes of it, even a rank blend
+        result = blend.blend(r, data, method=method, name=f"skip-{method}")
+        np.testing.assert_allclose(result.test[rows][0], prior, err_msg=method)
+        submission = pd.read_csv(result.submission, dtype=str, keep_default_na=False)
+        assert sorted(submission["id"]) == sorted(data.competition.sample["id"])  # every id, the skipped one included
+        assert submission.set_index("id").loc[broken["bad_test"], "label"] == classes[int(prior.argmax())], method
 
 
 def test_blend_needs_the_same_policy_as_training(broken):
     cli_ok(["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "skip"])
     result = CliRunner().invoke(app, ["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet"])
     assert result.exit_code == 2 and "cannot be used" in result.output
+    assert "gone.wav: audio file does not exist" in result.output  # the bad files listed again (missing ones first, as in ens train)
     output = cli_ok(["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet", "--on-error", "skip"])
     assert "skipped 1 training and 1 test clip(s)" in output and "wrote" in output
 
@@ -116,3 +121,37 @@ def test_skip_with_augmented_copies_drops_only_the_bad_clip(broken, tmp_path):
     assert data.x_aug.shape[:2] == (1, 31) and len(data.x_train) == len(data.y) == len(data.folds) == 31
     skipped = pd.read_csv(tmp_path / "runs" / "tiny" / "skipped.csv", dtype=str)
     assert skipped[["table", "id"]].values.tolist() == [["train", broken["bad_train"]], ["test", broken["bad_test"]]]
+
+
+def test_a_failed_clip_is_not_read_again_until_it_is_fixed_then_it_is_rendered(tmp_path, monkeypatch):
+    """The cache remembers a clip's error under its key (path, size, mtime): the next run does not read
+    it again; once the file is fixed (new content) it is read once, rendered and cached correctly."""
+    import shutil
+
+    config = recipe_mod.FeatureConfig(duration=2.0, height=32, hop_length=640)
+    good, bad, replacement = ravdess_clip(1, 1), tmp_path / "clip.flac", ravdess_clip(2, 3)
+    bad.write_text("not audio yet: still uploading")
+    reads, real_load = [], features.audio.load
+
+    def counting_load(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(features.audio, "load", counting_load)
+    cache = features.FeatureCache(tmp_path / "cache", config)
+    images, failed = cache.get_skipping([good, bad], progress=False)
+    assert reads == [good.name, bad.name] and list(failed) == [1] and "not audio" in failed[1] and not images[1].any()
+
+    reads.clear()
+    with pytest.raises(features.audio.AudioError, match="clip.flac: .*not audio"):  # the next run: the same error, from the index
+        features.FeatureCache(tmp_path / "cache", config).get([good, bad], progress=False)
+    assert reads == []  # neither clip read again
+
+    shutil.copyfile(replacement, bad)  # fixed: other size and mtime, so another key
+    fixed = np.array(features.FeatureCache(tmp_path / "cache", config).get([good, bad], progress=False))
+    assert reads == [bad.name]  # only the fixed clip is read, once
+    reads.clear()
+    expected = features.FeatureCache(tmp_path / "fresh", config).get([good, replacement], progress=False)
+    np.testing.assert_array_equal(fixed, expected)  # the right image, next to the good clip's unchanged one
+    np.testing.assert_array_equal(features.FeatureCache(tmp_path / "cache", config).get([bad], progress=False)[0], expected[1])
+    assert reads == [good.name, replacement.name]  # the fresh cache's renders; the fixed clip came from the cache
