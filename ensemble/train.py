@@ -549,6 +549,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     model = to_device(build_model(recipe, backbone, len(classes)), device)
 
     batch_size = min(t.batch_size, len(train_idx))
+    if recipe.augment.mixup_alpha > 0 and batch_size > 1:
+        batch_size -= batch_size % 2  # mixup pairs each image with one in the flipped batch (timm's Mixup asserts an even batch)
     updates_per_epoch = max(1, len(train_idx) // batch_size)
     optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay)
     scheduler, _ = create_scheduler_v2(

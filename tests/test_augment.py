@@ -43,12 +43,37 @@ def test_specaugment_masks_and_rolls_in_training_only():
     assert torch.equal(augment.SpecAugment().train()(x), x)  # nothing configured: the batch passes unchanged
 
 
-def test_mixup_gives_soft_targets_that_sum_to_one():
-    mix = augment.mixup(AugmentConfig(mixup_alpha=0.4), label_smoothing=0.1, num_classes=8)
-    x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
-    mixed, target = mix(x.clone(), y)
-    assert mixed.shape == x.shape and target.shape == (8, 8)
-    torch.testing.assert_close(target.sum(1), torch.ones(8))
+def test_mixup_mixes_each_image_with_its_partner_in_the_flipped_batch_as_its_targets_say():
+    """timm's batch mixup: image i becomes ``lam * x[i] + (1 - lam) * x[n-1-i]`` and its target
+    ``lam * smoothed(y[i]) + (1 - lam) * smoothed(y[n-1-i])``, one ``lam ~ Beta(alpha, alpha)`` per
+    batch. ``lam`` is read back from the targets and the images are checked against it."""
+    classes, smoothing = 8, 0.1
+    off, on = smoothing / classes, 1 - smoothing + smoothing / classes
+    mix = augment.mixup(AugmentConfig(mixup_alpha=0.4), label_smoothing=smoothing, num_classes=classes)
+    y = torch.tensor([3, 0, 5, 1, 7, 2, 6, 4])  # every partner (the flipped batch) has another class
+    lams = []
+    saved = np.random.get_state()
+    try:
+        for seed in range(10):
+            np.random.seed(seed)  # timm draws lam from NumPy's global generator (put back below)
+            x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+            mixed, target = mix(x.clone(), y)
+            assert mixed.shape == x.shape and target.shape == (8, classes)
+            torch.testing.assert_close(target.sum(1), torch.ones(8))
+            lam = float((target[0, y[0]] - off) / (on - off))  # the share of image 0's own class
+            lams.append(lam)
+            partner = y.flip(0)
+            expected_target = torch.full((8, classes), off)
+            expected_target[torch.arange(8), y] = lam * on + (1 - lam) * off
+            expected_target[torch.arange(8), partner] = (1 - lam) * on + lam * off
+            torch.testing.assert_close(target, expected_target)
+            torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0), rtol=0, atol=1e-6)
+    finally:
+        np.random.set_state(saved)
+    # a mix every time (lam near 0 or 1 too: timm only skips mixing at lam == 1), a new lam per
+    # batch, and most of them far from both images and from an even mix (where a swapped lam shows)
+    assert len({round(lam, 6) for lam in lams}) == len(lams), lams
+    assert sum(0.05 < lam < 0.95 and abs(lam - 0.5) > 0.05 for lam in lams) >= 3, lams
     assert augment.mixup(AugmentConfig(), 0.1, 8) is None
 
 

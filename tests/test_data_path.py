@@ -57,14 +57,35 @@ def test_ahead_prepares_the_next_batch_while_the_caller_works_in_order():
     assert list(train.ahead([], prepare)) == []
 
 
-def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_path):
+def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_path, monkeypatch):
+    import torch
+    from torch._dynamo.utils import counters
+
     text = tiny_recipe_text(tmp_path / "comp", tmp_path / "runs", tmp_path / "subs")
     r = recipe_mod.load(tiny_competition(tmp_path / "tiny.toml", text, small_source))
     data = train.load_data(r, progress=False)
     assert isinstance(data.x_train, np.memmap) and isinstance(data.x_test, np.memmap)  # views of the cache, not copies
+    real_compile, compiled_modules = torch.compile, []
+
+    def spy(model, *args, **kwargs):  # torch.compile, recording what it compiled and gave back
+        out = real_compile(model, *args, **kwargs)
+        compiled_modules.append((model, kwargs, out))
+        return out
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    counters.clear()
     plain = train.train_fold(r, data, "test_resnet", 0, progress=False)
+    assert compiled_modules == [] and counters["frames"]["ok"] == 0  # compile is off by default
     r.train.compile, r.name = True, "compiled"
     compiled = train.train_fold(r, data, "test_resnet", 0, progress=False)
+    # the training model really was compiled, by inductor (the default backend), and the compiled
+    # module is what trained: dynamo captured the forward pass into a graph and inductor compiled it
+    [(model, kwargs, out)] = compiled_modules
+    assert isinstance(model, train.Normalize) and kwargs.get("backend", "inductor") == "inductor"
+    assert isinstance(out, torch._dynamo.eval_frame.OptimizedModule) and out._orig_mod is model
+    assert counters["frames"]["ok"] >= 1 and counters["stats"]["unique_graphs"] >= 1
+    assert sum(counters["inductor"].values()) > 0, dict(counters)
     assert abs(compiled["log_loss"] - plain["log_loss"]) < 1e-3  # inductor's fused kernels round differently, barely
     oof = [pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")]
     r.name = "tiny"

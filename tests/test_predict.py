@@ -70,24 +70,88 @@ def test_blend_weights_weight_the_members(trained):
         weights_json.unlink(missing_ok=True)
 
 
-def test_a_long_file_is_windowed_and_its_row_is_the_mean_of_its_windows(trained, tmp_path):
-    parts = [sf.read(ravdess_clip(actor, emotion), dtype="float32")[0] for actor, emotion in ((1, 5), (2, 3), (3, 4))]
-    rate = sf.info(ravdess_clip(1, 5)).samplerate
-    folder = tmp_path / "long"
-    folder.mkdir()
-    sf.write(folder / "three_clips.wav", np.concatenate(parts), rate)
+LEAD, TAIL = 1.3, 0.7  # seconds of digital silence around the speech of the long file
+
+
+@pytest.fixture(scope="module")
+def long_file(tmp_path_factory):
+    """A folder holding a note and one WAV at 16 kHz (the clips' and the recipe's rate, so nothing is
+    resampled): 1.3 s of zeros, three real clips one after the other (about 11 s), 0.7 s of zeros."""
+    parts = [sf.read(ravdess_clip(actor, emotion), dtype="float32") for actor, emotion in ((1, 5), (2, 3), (3, 4))]
+    rate = parts[0][1]
+    assert {r for _, r in parts} == {rate}
+    y = np.concatenate([np.zeros(round(LEAD * rate), np.float32), *(p for p, _ in parts), np.zeros(round(TAIL * rate), np.float32)])
+    folder = tmp_path_factory.mktemp("long")
+    sf.write(folder / "three_clips.wav", y, rate, subtype="FLOAT")
     (folder / "notes.txt").write_text("not audio")
+    return folder, y, rate
+
+
+def test_a_long_file_is_windowed_each_window_predicted_from_its_audio_and_placed_in_the_file(trained, long_file, tmp_path):
+    import librosa
+
+    folder, y, rate = long_file
+    r, classes = trained["recipe"], trained["recipe"].competition.classes
+    f = r.features
+    assert (f.sample_rate, f.duration) == (rate, 2.0)
     out = tmp_path / "timeline.csv"
     _ok(["predict", str(folder), "--recipe", str(trained["recipe_path"]), "--timeline", "--hop", "1.0", "--out", str(out)])
-    classes = trained["recipe"].competition.classes
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["path", "start_s", "end_s", *classes] and set(frame["path"]) == {str(folder / "three_clips.wav")}
     file_row, windows = frame.iloc[0], frame.iloc[1:]
-    assert np.isnan(file_row["start_s"]) and len(windows) >= 6  # about 10 s of speech, 2 s windows every 1 s
-    np.testing.assert_allclose(windows["end_s"] - windows["start_s"], 2.0)
-    assert windows["start_s"].is_monotonic_increasing and windows["end_s"].max() <= sum(map(len, parts)) / rate
+    assert np.isnan(file_row["start_s"]) and np.isnan(file_row["end_s"])
+
+    # where the speech is, by hand: librosa's trim of the file's samples at the recipe's trim_db
+    speech, (first, last) = librosa.effects.trim(y, top_db=f.trim_db)
+    assert LEAD * rate - 2048 <= first and last <= len(y) - TAIL * rate + 2048  # the zeros around it are trimmed
+    # 2 s windows every 1 s over the trimmed speech, the last one ending where the speech ends
+    n, window, hop = len(speech), 2 * rate, rate
+    spans = [(a, a + window) for a in range(0, n - window + 1, hop)]
+    if spans[-1][1] < n:
+        spans.append((n - window, n))
+    assert len(windows) == len(spans) >= 8
+    np.testing.assert_allclose(windows["start_s"], [(first + a) / rate for a, _ in spans], rtol=0, atol=1e-9)  # seconds of the file
+    np.testing.assert_allclose(windows["end_s"], [(first + b) / rate for _, b in spans], rtol=0, atol=1e-9)
+    assert windows["start_s"].iloc[0] >= LEAD - 0.13 and windows["end_s"].iloc[-1] == pytest.approx(last / rate)
+
+    # each window's row is the ensemble (equal weights: no blend) on that window's audio, cut and rendered by hand
+    cut = np.stack([audio.fix_length(speech[a:b], features.samples(f)) for a, b in spans])
+    images = features.render_batch(cut, f).astype(np.float16)
+    expected = np.mean([fold_mean(r, [b], images) for b in BACKBONES], axis=0)
+    got = windows[classes].to_numpy(dtype=float)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert len({tuple(row.round(4)) for row in got}) == len(got)  # the windows differ: each row is its own window's
     np.testing.assert_allclose(frame[classes].sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(windows[classes].mean().to_numpy(), file_row[classes].to_numpy(dtype=float), atol=1e-9)
+    np.testing.assert_allclose(file_row[classes].to_numpy(dtype=float), got.mean(axis=0), atol=1e-9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--window", "1.0", "--hop", "1.5"], "--hop 1.5 s is longer than the window (1.0 s): audio between windows would be skipped"),
+    (["--window", "0.00002"], "--window 2e-05: give a positive number of seconds (at least one sample, 1/16000 s)"),
+    (["--window", "-1"], "--window -1.0: give a positive number of seconds"),
+    (["--hop", "0.00002"], "--hop 2e-05: give a positive number of seconds (at least one sample, 1/16000 s)"),
+    (["--hop", "0"], "--hop 0.0: give a positive number of seconds"),
+])
+def test_a_hop_longer_than_the_window_or_a_window_or_hop_under_one_sample_is_refused(trained, long_file, tmp_path, args, message):
+    out = tmp_path / "refused.csv"
+    result = runner.invoke(app, ["predict", str(long_file[0]), "--recipe", str(trained["recipe_path"]), "--timeline", *args, "--out", str(out)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_hop_equal_to_the_window_and_one_sample_windows_and_hops_are_accepted(trained, long_file, tmp_path):
+    folder, y, rate = long_file
+    out = tmp_path / "edge.csv"
+    _ok(["predict", str(folder), "--recipe", str(trained["recipe_path"]), "--timeline", "--window", "2", "--hop", "2", "--out", str(out)])
+    starts = pd.read_csv(out)["start_s"].dropna().to_numpy()
+    np.testing.assert_allclose(np.diff(starts)[:-1], 2.0)  # back to back; the last one ends at the end of the speech
+    short = folder.parent / "short"
+    short.mkdir(exist_ok=True)
+    sf.write(short / "a.wav", y[round(LEAD * rate) : round(LEAD * rate) + 40], rate, subtype="FLOAT")  # 40 samples of speech
+    # one-sample windows every sample (on the library: a CSV of them would be long)
+    [prediction] = predict.predict(predict.load_ensemble(trained["recipe"]), [short / "a.wav"], window=1 / rate, hop=1 / rate)
+    assert len(prediction.spans) == len(prediction.window_proba) >= 2
+    np.testing.assert_allclose(np.diff(prediction.spans[:, 0]), 1 / rate)
 
 
 def test_windows_cover_the_audio():

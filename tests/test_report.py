@@ -48,6 +48,46 @@ def test_report_has_every_section_and_the_leaderboard(trained):
     assert "<script" not in page and "<link" not in page and "http" not in page  # self-contained, offline
 
 
+def _leaderboard_rows(page: str) -> tuple[list[list[str]], int, str]:
+    """The leaderboard section's table as cell texts per row, the position of the highlighted row,
+    and the column its note says it was judged by."""
+    section = page.split("<h2>Leaderboard</h2>", 1)[1].split("<h2>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    rows = re.findall(r"<tr( class=\"best\")?>(.*?)</tr>", body)
+    [best] = [pos for pos, (attr, _) in enumerate(rows) if attr]
+    [by] = re.findall(r"Highlighted: the best row by (\S+) \((?:higher|lower) is better\)", section)
+    return [[html.unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", cells)] for _, cells in rows], best, by
+
+
+def _best_position(board: pd.DataFrame, column: str) -> int:
+    values = board[column].to_numpy(dtype=float)
+    return int(np.flatnonzero(values == np.nanmax(values))[0])  # the first of equal bests
+
+
+def test_the_highlighted_row_is_the_leaderboards_best_by_its_cross_validated_metric(trained):
+    """With a blend's leaderboard the best row is judged by cv_<[train].metric> (cv_uar here), a
+    blend's honest score, not by its in-sample uar (which stacking, fitted on these OOF, wins)."""
+    board = pd.read_csv(trained["runs"] / "blend" / "leaderboard.csv")
+    rows, best, by = _leaderboard_rows(trained["html"])
+    assert [row[0] for row in rows] == board["model"].tolist()
+    assert by == "cv_uar" and recipe_mod.load(trained["recipe"]).train.metric == "uar"
+    assert best == _best_position(board, "cv_uar")
+    assert rows[best][list(board.columns).index("cv_uar")] == f"{board['cv_uar'].max():.4f}"
+    # the premise that makes the column matter: judged by uar, another row would be the best
+    assert _best_position(board, "uar") != best
+    assert report.best_row(board, "uar") == (best, "cv_uar")
+
+
+def test_best_row_judges_by_the_first_column_it_has_and_lowest_loss_wins():
+    board = pd.DataFrame({"model": ["a", "b", "c"], "accuracy": [0.9, 0.5, 0.7], "uar": [0.2, 0.6, np.nan],
+                          "cv_uar": [np.nan, np.nan, np.nan]})
+    assert report.best_row(board, "uar") == (1, "uar")  # cv_uar has no value: the next column
+    assert report.best_row(board, "macro_f1") == (0, "accuracy")
+    assert report.best_row(board.assign(cv_uar=[0.1, 0.3, 0.3]), "uar") == (1, "cv_uar")  # the first of equal bests
+    assert report.best_row(board.assign(log_loss=[2.0, 1.5, 1.7]), "log_loss") == (1, "log_loss")
+    assert report.best_row(board[["model"]], "uar") == (None, None)
+
+
 def test_every_embedded_image_is_a_real_png(trained):
     images = _pngs(trained["html"])
     # confusion matrix, per-class bars, 2 backbones' curves, blend weights, 8 classes' feature images
@@ -73,6 +113,8 @@ def test_without_a_blend_the_leaderboard_pools_the_folds_and_unfinished_backbone
     assert f"test_convnext</b>: not trained: {runs / 'test_convnext'} does not exist" in page
     assert "no blend yet" in page and "weights.json yet: run ens blend" in page
     assert "<td>test_efficientnet</td>" in page and "<td>test_resnet</td>" not in page
+    rows, best, by = _leaderboard_rows(page)
+    assert ([row[0] for row in rows], best, by) == (["test_efficientnet"], 0, "uar")  # no cv_ column without a blend
     assert len(_pngs(page)) == 1 + 1 + 2 + 8  # no blend weights; the unfinished backbone's curves still drawn
 
     # the pooled OOF of a finished backbone scores as blend's leaderboard says

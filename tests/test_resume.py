@@ -1,8 +1,13 @@
 """Determinism and crash recovery of training: a real `ens train` process killed with SIGKILL
-mid-run, then `ens train --resume`, ends with the same predictions as an uninterrupted run."""
+mid-run, then `ens train --resume`, ends with the same predictions as an uninterrupted run.
+
+The recipe's seed is one whose best epoch comes after the resume points (:data:`SELECTED`), so the
+weights, tables and metrics compared are made by training after the resume (or restored at it
+and kept to the end), not epoch 1's."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,8 +43,14 @@ pretrained = false
 drop_rate = 0.2
 ema_decay = 0.9
 class_weights = "balanced"
+seed = 7
 """
 EPOCHS = 4
+# which epochs improve the fold's UAR in the uninterrupted run (a premise of every resume test here,
+# checked by `uninterrupted`): epoch 3 beats epoch 1, epochs 2 and 4 do not, so a resume after
+# epoch 1 or 2 must train the best weights itself, and one at epoch 3 must keep the restored ones
+SELECTED = [True, False, True, False]
+BEST = 3
 RUN = ["--backbone", "test_efficientnet", "--fold", "0", "--quiet"]
 
 
@@ -78,8 +89,12 @@ def uninterrupted(setup):
     root, text = setup
     path = _recipe(root, text, "uninterrupted")
     cli_ok(["train", "--recipe", str(path), *RUN])
-    assert not (_run_dir(path) / train.CHECKPOINT).exists()  # a finished run keeps no checkpoint
-    return _outputs(_run_dir(path))
+    run = _run_dir(path)
+    assert not (run / train.CHECKPOINT).exists()  # a finished run keeps no checkpoint
+    outputs = _outputs(run)
+    assert outputs[2]["selected"].tolist() == SELECTED, f"premise: seed 7 no longer makes epoch {BEST} the best\n{outputs[2]}"
+    assert train._saved_epoch(run) == BEST and json.loads((run / "metrics.json").read_text())["epoch"] == BEST
+    return outputs
 
 
 def test_same_recipe_and_seed_give_identical_predictions(setup, uninterrupted):
@@ -145,42 +160,76 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
     assert saved == [1, 2, 3, 4] and (run / "metrics.json").exists()
 
 
-def _stop_after_first_checkpoint(path, monkeypatch):
-    """Train ``path``'s run in-process and stop it right after epoch 1's checkpoint, before its weights
-    (epoch 1 is always the best so far) are written; return the run folder and the checkpoint."""
+def _stop_before_the_weights_of(path, epoch, monkeypatch):
+    """Train ``path``'s run in-process and stop it right after epoch ``epoch``'s checkpoint, before
+    that epoch's weights (an improvement: :data:`SELECTED`) are written; return the run folder and
+    the checkpoint."""
+    assert SELECTED[epoch - 1]
     r = recipe_mod.load(path)
+    real_save_file = train.save_file
 
-    def crash(*args, **kwargs):
-        raise Crash
+    def crash_at_epoch(tensors, filename, metadata):
+        if metadata["epoch"] == str(epoch):
+            raise Crash
+        real_save_file(tensors, filename, metadata=metadata)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "save_file", crash)
+        patch.setattr(train, "save_file", crash_at_epoch)
         with pytest.raises(Crash):
             train.train_fold(r, train.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
     run = r.run_dir("test_efficientnet", 0)
     checkpoint = torch.load(run / train.CHECKPOINT, weights_only=False)
-    assert not (run / "model.safetensors").exists() and (checkpoint["epoch"], checkpoint["best_epoch"]) == (1, 1)
+    assert (checkpoint["epoch"], checkpoint["best_epoch"]) == (epoch, epoch)
+    previous_best = max((k + 1 for k in range(epoch - 1) if SELECTED[k]), default=None)
+    assert train._saved_epoch(run) == previous_best  # model.safetensors is still the earlier best, or absent
     return run, checkpoint
 
 
-def test_stopped_between_the_checkpoint_and_the_weights_resume_restores_them(setup, uninterrupted, monkeypatch):
+@pytest.mark.parametrize("epoch", [1, BEST], ids=["after-epoch-1-the-best-is-trained-after-the-resume", "at-the-best-epoch-its-restored-weights-stay-best"])
+def test_stopped_between_the_checkpoint_and_the_weights_resume_restores_them(setup, uninterrupted, monkeypatch, epoch):
     root, text = setup
-    path = _recipe(root, text, "between")
-    run, _ = _stop_after_first_checkpoint(path, monkeypatch)
+    path = _recipe(root, text, f"between{epoch}")
+    run, _ = _stop_before_the_weights_of(path, epoch, monkeypatch)
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
     _assert_same(_outputs(run), uninterrupted)
-    # the saved weights compared are the restored epoch 1's only while no later epoch beats it
-    assert uninterrupted[2]["selected"].tolist() == [True, False, False, False]
+    assert train._saved_epoch(run) == BEST
+
+
+def test_stopped_after_an_epoch_that_did_not_improve_resume_keeps_the_earlier_best_and_trains_the_later_one(setup, uninterrupted, monkeypatch):
+    """Stopped after epoch 2's checkpoint, while epoch 3's is written (its log row already is):
+    model.safetensors holds epoch 1 (the checkpoint's best), which the resume keeps until epoch 3 beats it."""
+    assert SELECTED[:2] == [True, False]
+    root, text = setup
+    path = _recipe(root, text, "after2")
+    r = recipe_mod.load(path)
+
+    def crash_writing_epoch_3s_checkpoint(obj, f):
+        if obj["epoch"] == 3:
+            raise Crash
+        real_save(obj, f)
+
+    real_save = train.torch.save
+    with monkeypatch.context() as patch:
+        patch.setattr(train.torch, "save", crash_writing_epoch_3s_checkpoint)
+        with pytest.raises(Crash):
+            train.train_fold(r, train.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
+    run = r.run_dir("test_efficientnet", 0)
+    checkpoint = torch.load(run / train.CHECKPOINT, weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["best_epoch"], train._saved_epoch(run)) == (2, 1, 1)
+    assert len(pd.read_csv(run / "log.csv")) == 3  # the row of the unfinished epoch 3, which the resume trains again
+    cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
+    _assert_same(_outputs(run), uninterrupted)
 
 
 def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted, monkeypatch):
     """A checkpoint saved before the best weights lived in model.safetensors only carries them as
-    ``best``, and its config still counts ``submissions_dir`` (no longer part of a run's identity)."""
+    ``best``, and its config still counts ``submissions_dir`` (no longer part of a run's identity).
+    Stopped at the best epoch, whose weights are then only in the checkpoint and stay the best."""
     root, text = setup
     path = _recipe(root, text, "older")
-    run, checkpoint = _stop_after_first_checkpoint(path, monkeypatch)
+    run, checkpoint = _stop_before_the_weights_of(path, BEST, monkeypatch)
     del checkpoint["best_epoch"]
-    checkpoint["best"] = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}  # epoch 1's EMA weights, the evaluated ones
+    checkpoint["best"] = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}  # the best epoch's EMA weights, the evaluated ones
     checkpoint["config"]["recipe"]["submissions_dir"] = str(root / "elsewhere")
     torch.save(checkpoint, run / train.CHECKPOINT)
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
