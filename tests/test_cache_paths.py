@@ -153,20 +153,10 @@ def _pooled_request() -> tuple[list[Path], list[int]]:
     return POOLED * 3, [0] * 12 + [1] * 12 + [2] * 12
 
 
-def test_the_worker_pool_loads_every_chunk_and_each_row_is_its_own_clip_and_copy(tmp_path, small_chunks, pools, reference):
-    paths, copies = _pooled_request()
-    images = features.FeatureCache(tmp_path, CONFIG).get(paths, copies=copies, augment=AUGMENT, progress=False, workers=2)
-    assert_rows(images, [reference[p, k] for p, k in zip(paths, copies)])
-    assert isinstance(images, np.memmap)
-    assert len(pools) == 1 and pools[0].workers == 2
-    pool = pools[0]
-    assert 1 <= len(pool.pids) <= 2  # worker processes really ran
-    assert [len(jobs) for _, jobs in pool.maps] == _chunks(36) == [8, 8, 8, 8, 4]  # one map per chunk
-    assert _pool_jobs(pool) == list(zip(paths, copies))  # every clip loaded by the workers, none in this process
-    assert small_chunks == [8, 8, 8, 8, 4]
-
-
-def test_enough_augmented_clips_choose_the_pool_by_themselves(tmp_path, monkeypatch, small_chunks, pools, reference):
+def test_enough_augmented_clips_choose_the_pool_and_it_loads_every_chunk_each_row_its_own_clip_and_copy(
+        tmp_path, monkeypatch, small_chunks, pools, reference):
+    """One pool build (workers cost seconds to start): chosen by itself, and checked row by row.
+    An explicit ``workers=2`` is the pool of the bad-file test below."""
     monkeypatch.setattr(features.os, "cpu_count", lambda: 2)  # the automatic choice is one worker per core
     few = POOLED[:10] * 2, [0] * 10 + [1] * 10  # 20 renderings, 10 augmented: what counts is the augmented ones
     monkeypatch.setattr(features.FeatureCache, "POOL_MIN_AUGMENTED", 11)
@@ -179,8 +169,12 @@ def test_enough_augmented_clips_choose_the_pool_by_themselves(tmp_path, monkeypa
     small_chunks.clear()
     images = features.FeatureCache(tmp_path / "at", CONFIG).get(paths, copies=copies, augment=AUGMENT, progress=False)
     assert_rows(images, [reference[p, k] for p, k in zip(paths, copies)])
-    assert len(pools) == 1 and pools[0].workers == 2 and pools[0].pids
-    assert _pool_jobs(pools[0]) == list(zip(paths, copies))
+    assert isinstance(images, np.memmap)
+    assert len(pools) == 1 and pools[0].workers == 2
+    pool = pools[0]
+    assert 1 <= len(pool.pids) <= 2  # worker processes really ran
+    assert [len(jobs) for _, jobs in pool.maps] == _chunks(36) == [8, 8, 8, 8, 4]  # one map per chunk
+    assert _pool_jobs(pool) == list(zip(paths, copies))  # every clip loaded by the workers, none in this process
     assert small_chunks == [8, 8, 8, 8, 4]
 
 
