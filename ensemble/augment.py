@@ -101,10 +101,20 @@ def waveform_pipeline(config: AugmentConfig):
 
 
 def augment_waveform(y: np.ndarray, sample_rate: int, config: AugmentConfig, seed: int) -> np.ndarray:
-    """One augmented copy of ``y`` ``(samples,)`` float32, the same for the same ``seed``; shape and dtype kept."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    out = waveform_pipeline(config)(samples=y, sample_rate=sample_rate)
+    """One augmented copy of ``y`` ``(samples,)`` float32, the same for the same ``seed``; shape and dtype kept.
+
+    audiomentations draws from Python's ``random`` and NumPy's global generator, so both are seeded
+    with ``seed`` for the call and put back as they were afterwards: a caller's random streams
+    are left unchanged.
+    """
+    saved = random.getstate(), np.random.get_state()
+    try:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        out = waveform_pipeline(config)(samples=y, sample_rate=sample_rate)
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
 
 

@@ -26,6 +26,18 @@ def test_each_waveform_transform_keeps_shape_dtype_finiteness_and_changes_the_si
     np.testing.assert_array_equal(out, augment.augment_waveform(clip.copy(), 16000, config, seed=3))  # reproducible
 
 
+def test_augmenting_leaves_the_callers_random_streams_unchanged(clip):
+    import random
+
+    random.seed(11)
+    np.random.seed(11)
+    expected = random.random(), np.random.random()
+    random.seed(11)
+    np.random.seed(11)
+    augment.augment_waveform(clip.copy(), 16000, AugmentConfig(), seed=3)  # seeds both for its own draws
+    assert (random.random(), np.random.random()) == expected
+
+
 def test_all_transforms_off_leave_the_signal_alone(clip):
     np.testing.assert_array_equal(augment.augment_waveform(clip.copy(), 16000, AugmentConfig(**OFF), seed=0), clip)
 
