@@ -15,8 +15,10 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from .errors import EnsError
 
-class AudioError(ValueError):
+
+class AudioError(EnsError, ValueError):
     """An audio file cannot be read or holds no usable signal; the message names the file."""
 
 

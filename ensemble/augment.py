@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import EnsError
 from .recipe import AugmentConfig
 
 
-class UnsafeAugmentationError(ValueError):
+class UnsafeAugmentationError(EnsError, ValueError):
     """An image transform that is not audio-safe, or not on the allowlist."""
 
 

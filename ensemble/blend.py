@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from . import atomic, blenders, competition, metrics, multilabel, submission
+from .errors import EnsError, OptionError
 from .recipe import Recipe
 from .train import Data, proba_frame
 
 
-class BlendError(ValueError):
+class BlendError(EnsError, ValueError):
     """Runs cannot be blended: they disagree on folds, ids or classes, or hold invalid probabilities."""
 
 
@@ -241,14 +242,14 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
     thresholds tuned on that OOF (:func:`multilabel.tune_thresholds`), which make its label submissions.
 
     Raises:
-        BlendError: see :func:`collect`. ValueError: unknown method.
+        BlendError: see :func:`collect`. OptionError: unknown method.
     """
     method = method or recipe.blend.method
     multilabel_task = data.competition.multilabel
     methods = blenders.MULTILABEL_METHODS if multilabel_task else blenders.METHODS
     score = metrics.for_task(multilabel_task).scores
     if method not in methods:
-        raise ValueError(f"blend method {method!r} is not one of {methods}, the methods for a {data.competition.config.task} task.")
+        raise OptionError(f"blend method {method!r} is not one of {methods}, the methods for a {data.competition.config.task} task.")
     b = recipe.blend
     options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed}
     members, skipped = collect(recipe, data)

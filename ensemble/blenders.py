@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from . import multilabel
+from .errors import OptionError
 
 METHODS = ("mean", "rank", "geometric", "caruana", "optimize", "stacking")
 MULTILABEL_METHODS = ("mean", "caruana")  # weighted means of sigmoid outputs; Caruana on mean BCE
@@ -174,12 +175,12 @@ def fit(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags:
     ``(n,)`` (multilabel: multi-hot ``(n, classes)``, methods of :data:`MULTILABEL_METHODS`).
 
     Raises:
-        ValueError: unknown method, or one that does not fit the task.
+        OptionError: unknown method, or one that does not fit the task.
     """
     m = oof.shape[0]
     multilabel = y.ndim == 2
     if multilabel and method not in MULTILABEL_METHODS:
-        raise ValueError(f"blend method {method!r} is for single-label tasks; a multilabel task takes one of {MULTILABEL_METHODS}.")
+        raise OptionError(f"blend method {method!r} is for single-label tasks; a multilabel task takes one of {MULTILABEL_METHODS}.")
     if method in ("mean", "caruana", "optimize"):
         if method == "mean":
             w = np.full(m, 1.0 / m)
@@ -195,7 +196,7 @@ def fit(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags:
         return Blender(method, _geometric)
     if method == "stacking":
         return Blender(method, _stacking(oof, y, stacking_c, seed))
-    raise ValueError(f"unknown blend method {method!r}; choose one of {METHODS}.")
+    raise OptionError(f"unknown blend method {method!r}; choose one of {METHODS}.")
 
 
 def cross_validate(method: str, oof: np.ndarray, y: np.ndarray, fold_of: np.ndarray, **options) -> np.ndarray:

@@ -11,11 +11,9 @@ import pandas as pd
 import typer
 
 from . import atomic, competition, deps, recipe as recipe_mod
-from .audio import AudioError
-from .blend import BlendError
 from .corpora import ravdess
-from .models import BackboneError
-from .train import ON_ERROR, RunConflictError
+from .errors import EnsError
+from .train import ON_ERROR
 
 app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False,
                   rich_markup_mode=None)  # help texts name recipe keys such as [train].epochs: no markup
@@ -24,8 +22,9 @@ app.add_typer(data_app, name="data")
 
 DEFAULT_RECIPE = Path("recipes/ravdess.toml")
 RecipeOption = typer.Option(DEFAULT_RECIPE, "--recipe", "-r", help="Recipe TOML file.")
-KNOWN_ERRORS = (recipe_mod.RecipeError, competition.CompetitionError, AudioError, BackboneError, BlendError,
-                ravdess.RavdessError, RunConflictError)
+REFUSED = (EnsError, OSError)
+"""Printed as ``error: ...`` with exit code 2: ens's refusals and the file system's (a missing file,
+a full disk). Any other exception is a bug and keeps its traceback."""
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -102,15 +101,22 @@ def data_ravdess(
             source = Path("../shared/data/ravdess")
             if not source.is_dir():
                 raise ravdess.RavdessError("no RAVDESS source: ../shared/data/ravdess does not exist; pass --source DIR or --download.")
-        actors = tuple(int(a) for a in test_actors.split(",") if a.strip())
+        actors = _parse_actors(test_actors)
         tables = ravdess.build(source, out, actors, seed, labels, song_source)
         comp = competition.load(recipe_mod.CompetitionConfig(dir=str(out)))
         folds = competition.make_folds(comp, n_splits, seed)
         atomic.write_csv(out / competition.FOLDS, folds)
-    except (ValueError, OSError) as err:
+    except REFUSED as err:
         _fail(err)
     typer.echo(f"{out}: {len(tables[competition.TRAIN])} training clips in {n_splits} speaker-grouped folds, "
                f"{len(tables[competition.TEST])} test clips of actors {list(actors)} (labels in {competition.SOLUTION}).")
+
+
+def _parse_actors(test_actors: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(a) for a in test_actors.split(",") if a.strip())
+    except ValueError:
+        _fail(ValueError(f"--test-actors {test_actors!r}: give comma-separated actor numbers, such as 21,22,23,24."))
 
 
 def _parse_folds(fold: str, n_splits: int) -> list[int]:
@@ -170,7 +176,7 @@ def train(
                 headline = "  ".join(f"{key} {report[key]:.4f}" for key in HEADLINE[r.competition.task])
                 typer.echo(f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"
                            + ("  [already finished, skipped]" if done else ""))
-    except KNOWN_ERRORS + (ValueError, OSError) as err:
+    except REFUSED as err:
         _fail(err)
 
 
@@ -191,7 +197,7 @@ def blend(
     try:
         data = _load_data(r, False, on_error.value)
         result = blend_mod.blend(r, data, method, name)
-    except KNOWN_ERRORS + (ValueError, OSError) as err:
+    except REFUSED as err:
         _fail(err)
     for backbone, reason in result.skipped.items():
         typer.secho(f"skipped {backbone}: {reason}", fg=typer.colors.YELLOW, err=True)
@@ -215,7 +221,7 @@ def score(
     r = _load_recipe(recipe)
     try:
         result = submission.score_splits(competition.load(r.competition), submission_csv)
-    except KNOWN_ERRORS + (OSError,) as err:
+    except REFUSED as err:
         _fail(err)
     for split, scores in result.items():
         head = f"{submission_csv}:" if split == "all" else f"  {split + ' leaderboard:':21}"
@@ -233,7 +239,7 @@ def report(
     r = _load_recipe(recipe)
     try:
         path = report_mod.build(r, out)
-    except KNOWN_ERRORS + (ValueError, OSError) as err:
+    except REFUSED as err:
         _fail(err)
     typer.echo(f"wrote {path}")
 
@@ -273,7 +279,7 @@ def predict(
         if save_image is not None:
             for p, name in zip(predictions, predict_mod.image_names([p.path for p in predictions])):
                 predict_mod.save_image(p.path, r.features, save_image / name)
-    except KNOWN_ERRORS + (ValueError, OSError) as err:
+    except REFUSED as err:
         _fail(err)
     proba = frame[ensemble.classes]
     shown = pd.DataFrame({"file": frame["path"], "class": proba.idxmax(axis=1), "probability": proba.max(axis=1)})

@@ -18,12 +18,13 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import atomic, multilabel
+from .errors import EnsError
 from .recipe import CompetitionConfig, FoldsConfig
 
 TRAIN, TEST, SAMPLE, SOLUTION, FOLDS = "train.csv", "test.csv", "sample_submission.csv", "solution.csv", "folds.csv"
 
 
-class CompetitionError(ValueError):
+class CompetitionError(EnsError, ValueError):
     """A competition table is missing or inconsistent; the message names the file, row and fix."""
 
 

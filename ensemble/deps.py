@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from .errors import EnsError
+
 LOCK_FIX = 'reinstall the locked versions: .venv/bin/pip install -c requirements.lock -e ".[test]" (README, "Two commands")'
 
 
-class DependencyError(RuntimeError):
+class DependencyError(EnsError, RuntimeError):
     """An installed dependency does not work with the others (a torch / torchaudio build mismatch)."""
 
 

@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from . import cnns  # noqa: F401  (registers the seed CNNs with timm)
+from .errors import EnsError
 
 WEIGHTS_ENV = "ENS_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path("../shared/weights")
 
 
-class BackboneError(ValueError):
+class BackboneError(EnsError, ValueError):
     """An unknown backbone name, or pretrained weights that cannot be found anywhere."""
 
 

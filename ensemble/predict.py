@@ -41,13 +41,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from . import atomic, audio, features, train
+from .errors import EnsError
 from .recipe import FeatureConfig, Recipe, from_dict
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
-class PredictError(ValueError):
+class PredictError(EnsError, ValueError):
     """No trained ensemble, a path that is not audio, or a window/hop that does not fit the recipe."""
 
 

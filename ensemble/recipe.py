@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import multilabel
 from .blenders import METHODS, MULTILABEL_METHODS
+from .errors import EnsError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,7 +31,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class RecipeError(ValueError):
+class RecipeError(EnsError, ValueError):
     """A recipe file is missing, unreadable, or has an unknown key or a bad value."""
 
 

@@ -38,6 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from . import atomic, competition as comp_mod, features, metrics
+from .errors import EnsError
 from .recipe import FeatureConfig, Recipe, split_backbone
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights",
@@ -48,7 +49,7 @@ DPI = 100  # a 13-inch-wide figure becomes 1300 px, about the page's width
 _CHROMA_TICKS = {0: "C", 2: "D", 4: "E", 6: "F#", 8: "G#", 10: "A#"}
 
 
-class ReportError(ValueError):
+class ReportError(EnsError, ValueError):
     """There is nothing to report (no runs), or a run's predictions disagree with the competition."""
 
 

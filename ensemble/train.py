@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 
 from . import atomic, competition as comp_mod, features, metrics, models, multilabel
 from .augment import image_pipeline, mixup, spec_augment
-from .recipe import Recipe, TrainConfig, from_dict, split_backbone
+from .errors import EnsError, OptionError
+from .recipe import Recipe, RecipeError, TrainConfig, from_dict, split_backbone
 
 
 ON_ERROR = ("fail", "skip")  # what load_data and predict.predict do with clips that cannot be loaded (--on-error)
@@ -53,13 +54,13 @@ def check_on_error(on_error: str) -> None:
     """Refuse an unknown policy for clips that cannot be loaded (``--on-error``).
 
     Raises:
-        ValueError: ``on_error`` is not one of :data:`ON_ERROR` (``fail``, ``skip``).
+        OptionError: ``on_error`` is not one of :data:`ON_ERROR` (``fail``, ``skip``).
     """
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
+        raise OptionError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(EnsError, RuntimeError):
     """A finished run (or a checkpoint to resume) exists with a different configuration; it is never overwritten silently."""
 
 
@@ -134,7 +135,7 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     Raises:
         CompetitionError: a bad table (see :func:`ensemble.competition.load`), or under ``skip`` a
             fold or the training set left empty. AudioError: under ``fail``, clips that cannot be loaded.
-        ValueError: ``on_error`` is not ``fail`` or ``skip``.
+        OptionError: ``on_error`` is not ``fail`` or ``skip``.
     """
     check_on_error(on_error)
     competition = comp_mod.load(recipe.competition)
@@ -321,18 +322,18 @@ def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tens
     ``n / (classes * count)`` over ``y`` (scikit-learn's ``compute_class_weight``).
 
     Raises:
-        ValueError: ``given`` weights of the wrong length, or a class absent from ``y`` under ``balanced``.
+        RecipeError: ``given`` weights of the wrong length, or a class absent from ``y`` under ``balanced``.
     """
     t = recipe.train
     if t.class_weights == "none":
         return None
     if t.class_weights == "given":
         if len(t.class_weight_values) != num_classes:
-            raise ValueError(f"[train].class_weight_values has {len(t.class_weight_values)} values for {num_classes} classes.")
+            raise RecipeError(f"[train].class_weight_values has {len(t.class_weight_values)} values for {num_classes} classes.")
         return torch.tensor(t.class_weight_values, dtype=torch.float32)
     counts = np.bincount(y, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError("[train].class_weights = 'balanced' needs every class in the training folds.")
+        raise RecipeError("[train].class_weights = 'balanced' needs every class in the training folds.")
     return torch.tensor(compute_class_weight("balanced", classes=np.arange(num_classes), y=y), dtype=torch.float32)
 
 
@@ -520,7 +521,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     Raises:
         RunConflictError: a finished run with another config exists and ``force`` is False, or
             the checkpoint to resume was made with another config or does not match ``model.safetensors``.
-        ValueError: ``fold`` is not one of the folds.
+        OptionError: ``fold`` is not one of the folds.
         RecipeError: a malformed ``backbone`` entry.
     """
     recipe = recipe.for_backbone(backbone)
@@ -530,7 +531,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         return done
     n_folds = recipe.folds.n_splits
     if not 0 <= fold < n_folds:
-        raise ValueError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
+        raise OptionError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
     checkpoint = None
     if resume and (out / CHECKPOINT).exists():
         checkpoint = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)  # written by this function

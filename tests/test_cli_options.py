@@ -44,3 +44,32 @@ def test_an_unknown_cpu_precision_is_refused_by_typer():
     result = CliRunner().invoke(app, ["train", "--cpu-precision", "fp16"])
     message = _unwrapped(result.output)
     assert result.exit_code == 2 and "'fp16' is not one of 'fp32', 'bf16'" in message
+
+
+def test_every_refusal_is_an_ens_error():
+    """One ``except EnsError`` catches every error class ens raises on purpose."""
+    from ensemble import EnsError, audio, augment, blend, deps, errors, models, recipe, report, train
+    from ensemble.corpora import ravdess
+
+    refusals = [recipe.RecipeError, competition.CompetitionError, audio.AudioError, augment.UnsafeAugmentationError,
+                models.BackboneError, train.RunConflictError, blend.BlendError, predict.PredictError, report.ReportError,
+                ravdess.RavdessError, deps.DependencyError, errors.OptionError]
+    assert all(issubclass(cls, EnsError) for cls in refusals)
+    with pytest.raises(EnsError, match="on_error='ignore': use one of"):  # a bad argument to a library function
+        train.check_on_error("ignore")
+
+
+def test_the_cli_prints_ens_errors_and_keeps_the_traceback_of_anything_else(tmp_path, monkeypatch):
+    from ensemble import recipe
+
+    (tmp_path / "r.toml").write_text("")
+    for raised, code in ((recipe.RecipeError("bad setting; fix it"), 2), (ValueError("a bug"), 1)):
+        def load(path, raised=raised):
+            raise raised
+        monkeypatch.setattr(recipe, "load", load)
+        result = CliRunner().invoke(app, ["report", "--recipe", str(tmp_path / "r.toml")])
+        assert result.exit_code == code
+        if code == 2:
+            assert "error: bad setting; fix it" in result.output
+        else:  # not swallowed as "error: ...": the exception (and its traceback) reaches the caller
+            assert isinstance(result.exception, ValueError) and "error:" not in result.output

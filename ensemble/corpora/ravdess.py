@@ -21,6 +21,7 @@ import pandas as pd
 
 from .. import atomic
 from ..competition import SAMPLE, SOLUTION, TEST, TRAIN
+from ..errors import EnsError
 
 EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 CLASSES = list(EMOTIONS.values())
@@ -53,7 +54,7 @@ def label_of(fields: dict, scheme: str) -> str | None:
     raise RavdessError(f"unknown label scheme {scheme!r}; choose one of {LABEL_SCHEMES}.")
 
 
-class RavdessError(ValueError):
+class RavdessError(EnsError, ValueError):
     """A RAVDESS file name does not follow the code, or the source folder is unusable."""
 
 

@@ -1,0 +1,19 @@
+"""The base of every error ens raises on purpose.
+
+Each module keeps its own error class (``RecipeError``, ``CompetitionError``, ``AudioError``, ...),
+named after what went wrong and documented where it is raised; all of them derive from
+:class:`EnsError`, so a caller catches ens's refusals with one ``except EnsError`` and the ``ens``
+command prints their messages as ``error: ...`` (exit code 2), while any other exception, a bug,
+keeps its traceback. Most also derive from ``ValueError`` (bad input) or ``RuntimeError`` (a state
+on disk), as they did before this base existed.
+"""
+
+from __future__ import annotations
+
+
+class EnsError(Exception):
+    """An input, setting or state ens refuses; the message names the file, row or option and the fix."""
+
+
+class OptionError(EnsError, ValueError):
+    """A library function was given a value it does not take (a fold number, a policy, a method name)."""
