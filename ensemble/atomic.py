@@ -11,8 +11,9 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 def _umask() -> int:
@@ -46,8 +47,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             kept = "the previous file is kept" if path.exists() else "nothing was written"
-            fix = (f"Raise the file-size limit (ulimit -f) or write to another file system" if err.errno == errno.EFBIG
-                   else f"Free space on {path.parent}") + " and run again."
+            fix = (
+                "Raise the file-size limit (ulimit -f) or write to another file system" if err.errno == errno.EFBIG else f"Free space on {path.parent}"
+            ) + " and run again."
             raise OSError(err.errno, f"{os.strerror(err.errno)} while writing {path}; {kept}. {fix}") from err
         raise
     finally:

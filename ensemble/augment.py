@@ -92,13 +92,15 @@ def waveform_pipeline(config: AugmentConfig):
     kept), pitch shift, shift without rollover, gain, then Gaussian noise at a random SNR."""
     import audiomentations as am
 
-    return am.Compose([
-        am.TimeStretch(min_rate=config.stretch_min, max_rate=config.stretch_max, leave_length_unchanged=True, p=config.stretch_p),
-        am.PitchShift(min_semitones=-config.pitch_semitones, max_semitones=config.pitch_semitones, p=config.pitch_p),
-        am.Shift(min_shift=-config.shift_max, max_shift=config.shift_max, shift_unit="fraction", rollover=False, p=config.shift_p),
-        am.Gain(min_gain_db=-config.gain_db, max_gain_db=config.gain_db, p=config.gain_p),
-        am.AddGaussianSNR(min_snr_db=config.snr_min_db, max_snr_db=config.snr_max_db, p=config.noise_p),
-    ])
+    return am.Compose(
+        [
+            am.TimeStretch(min_rate=config.stretch_min, max_rate=config.stretch_max, leave_length_unchanged=True, p=config.stretch_p),
+            am.PitchShift(min_semitones=-config.pitch_semitones, max_semitones=config.pitch_semitones, p=config.pitch_p),
+            am.Shift(min_shift=-config.shift_max, max_shift=config.shift_max, shift_unit="fraction", rollover=False, p=config.shift_p),
+            am.Gain(min_gain_db=-config.gain_db, max_gain_db=config.gain_db, p=config.gain_p),
+            am.AddGaussianSNR(min_snr_db=config.snr_min_db, max_snr_db=config.snr_max_db, p=config.noise_p),
+        ]
+    )
 
 
 def augment_waveform(y: np.ndarray, sample_rate: int, config: AugmentConfig, seed: int) -> np.ndarray:

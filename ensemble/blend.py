@@ -60,8 +60,10 @@ def _run_table(path: Path, keys: list[str], classes: list[str], retrain: str) ->
     missing = [c for c in [*keys, *classes] if c not in frame.columns]
     extra = [c for c in frame.columns if c not in keys and c not in classes]
     if missing or extra:
-        raise BlendError(f"{path} has columns {list(frame.columns)}: it lacks {missing} and has unknown {extra}, where a run table holds "
-                         f"{keys} and one column per class of the competition, {classes}; {retrain}.")
+        raise BlendError(
+            f"{path} has columns {list(frame.columns)}: it lacks {missing} and has unknown {extra}, where a run table holds "
+            f"{keys} and one column per class of the competition, {classes}; {retrain}."
+        )
     return frame, lines
 
 
@@ -87,8 +89,9 @@ def _probabilities(frame: pd.DataFrame, lines: np.ndarray, classes: list[str], m
         off = np.abs(values.sum(axis=1) - 1.0)
         if (off > 1e-3).any():
             row = int(np.argmax(off > 1e-3))
-            raise BlendError(f"{path}: the probabilities in line {lines[row]} sum to {values[row].sum():.6g}, not 1 (a multiclass run "
-                             f"writes softmax outputs); {retrain}.")
+            raise BlendError(
+                f"{path}: the probabilities in line {lines[row]} sum to {values[row].sum():.6g}, not 1 (a multiclass run writes softmax outputs); {retrain}."
+            )
     return values
 
 
@@ -211,15 +214,19 @@ def collect(recipe: Recipe, data: Data) -> tuple[list[Member], dict[str, str]]:
         except FileNotFoundError as err:
             skipped[backbone] = str(err)
     if not members:
-        raise BlendError(f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {Path(recipe.runs_dir) / recipe.name}; run `ens train` first.")
+        raise BlendError(
+            f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under "
+            f"{Path(recipe.runs_dir) / recipe.name}; run `ens train` first."
+        )
     return members, skipped
 
 
 @dataclass
 class BlendResult:
     """A blend: the leaderboard (one row per member and per method), the chosen method's weights
-    by backbone (None for rank, geometric and stacking, which are not weighted means), its test probabilities ``(n_test, classes)``, the submission path, and the
-    backbones left out because a fold is unfinished (with the reason)."""
+    by backbone (None for rank, geometric and stacking, which are not weighted means), its test
+    probabilities ``(n_test, classes)``, the submission path, and the backbones left out because
+    a fold is unfinished (with the reason)."""
 
     leaderboard: pd.DataFrame
     weights: dict[str, float] | None
@@ -266,8 +273,9 @@ def blend(recipe: Recipe, data: Data, method: str | None = None, name: str | Non
         fitted = blenders.fit(candidate, oof, data.y, **options)
         cv_oof[candidate] = blenders.cross_validate(candidate, oof, data.y, fold_of, **options)
         weights_text = "" if fitted.weights is None else " ".join(f"{m.backbone}={x:.2f}" for m, x in zip(members, fitted.weights))
-        rows.append({"model": f"blend: {candidate}", **score(data.y, fitted.combine(oof)),
-                     **_prefixed(score(data.y, cv_oof[candidate])), "weights": weights_text})
+        rows.append(
+            {"model": f"blend: {candidate}", **score(data.y, fitted.combine(oof)), **_prefixed(score(data.y, cv_oof[candidate])), "weights": weights_text}
+        )
         if candidate == method:
             chosen = fitted
     board = pd.DataFrame(rows)

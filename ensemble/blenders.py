@@ -28,8 +28,8 @@ on the other folds and predicts each held-out fold, the figure to trust.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -104,8 +104,7 @@ def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.
     return counts / counts.sum()
 
 
-def bagged_caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20,
-                           bag_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+def bagged_caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
     """:func:`caruana_weights` averaged over ``bags`` random subsets of ``ceil(bag_fraction *
     members)`` members, but at least two (Caruana et al. 2006, section 2.3); ``bags = 0`` selects
     from all members once. A bag of one member would select it whatever the data say: with two
@@ -144,8 +143,15 @@ def optimized_weights(oof: np.ndarray, y: np.ndarray) -> np.ndarray:
     def grad(w: np.ndarray) -> np.ndarray:
         return -(picked / np.clip(w @ picked, 1e-15, None)).mean(axis=1)
 
-    result = minimize(loss, np.full(m, 1.0 / m), jac=grad, method="SLSQP", bounds=[(0.0, 1.0)] * m,
-                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}], options={"maxiter": 500, "ftol": 1e-10})
+    result = minimize(
+        loss,
+        np.full(m, 1.0 / m),
+        jac=grad,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+        options={"maxiter": 500, "ftol": 1e-10},
+    )
     if not result.success:
         warnings.warn(f"blend weight optimisation stopped early ({result.message}); using its last weights.", BlendWarning, stacklevel=2)
     w = np.clip(result.x, 0.0, None)
@@ -169,8 +175,9 @@ def _stacking(oof: np.ndarray, y: np.ndarray, c: float, seed: int) -> Callable[[
     return combine
 
 
-def fit(method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20,
-        bag_fraction: float = 0.5, stacking_c: float = 1.0, seed: int = 0) -> Blender:
+def fit(
+    method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, stacking_c: float = 1.0, seed: int = 0
+) -> Blender:
     """Fit blend ``method`` (one of :data:`METHODS`) on ``oof`` ``(members, n, classes)`` and ``y``
     ``(n,)`` (multilabel: multi-hot ``(n, classes)``, methods of :data:`MULTILABEL_METHODS`).
 

@@ -10,13 +10,15 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from . import atomic, competition, deps, recipe as recipe_mod
+from . import atomic, competition, deps
+from . import recipe as recipe_mod
 from .corpora import ravdess
 from .errors import EnsError
 from .train import ON_ERROR
 
-app = typer.Typer(help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False,
-                  rich_markup_mode=None)  # help texts name recipe keys such as [train].epochs: no markup
+app = typer.Typer(
+    help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False, rich_markup_mode=None
+)  # help texts name recipe keys such as [train].epochs: no markup
 data_app = typer.Typer(help="Build a competition folder from a public corpus.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -34,8 +36,12 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.train.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
-OnErrorOption = typer.Option(OnError.fail, "--on-error", help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
-                             "list them in runs/<recipe>/skipped.csv; skipped test clips are predicted as the training prior).")
+OnErrorOption = typer.Option(
+    OnError.fail,
+    "--on-error",
+    help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
+    "list them in runs/<recipe>/skipped.csv; skipped test clips are predicted as the training prior).",
+)
 HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
 
 
@@ -90,7 +96,11 @@ def data_ravdess(
     test_actors: str = typer.Option("21,22,23,24", help="Comma-separated actors held out as the hidden test set."),
     n_splits: int = typer.Option(5, "--folds", help="Number of speaker-grouped folds written to folds.csv."),
     seed: int = typer.Option(42, help="Seed of the folds and of the test ids' order."),
-    labels: str = typer.Option("emotion", help="Label scheme: emotion (8 classes), gender_emotion (10: female/male x angry, calm, fearful, happy, sad) or emotion_intensity (multilabel: the emotion plus \"strong\")."),
+    labels: str = typer.Option(
+        "emotion",
+        help="Label scheme: emotion (8 classes), gender_emotion (10: female/male x angry, calm, fearful, happy, sad) "
+        'or emotion_intensity (multilabel: the emotion plus "strong").',
+    ),
     song_source: Optional[Path] = typer.Option(None, help="Folder of the RAVDESS song set, pooled with the speech clips."),
 ) -> None:
     """Write a Kaggle-style RAVDESS competition folder (train/test/sample_submission/solution/folds)."""
@@ -108,8 +118,10 @@ def data_ravdess(
         atomic.write_csv(out / competition.FOLDS, folds)
     except REFUSED as err:
         _fail(err)
-    typer.echo(f"{out}: {len(tables[competition.TRAIN])} training clips in {n_splits} speaker-grouped folds, "
-               f"{len(tables[competition.TEST])} test clips of actors {list(actors)} (labels in {competition.SOLUTION}).")
+    typer.echo(
+        f"{out}: {len(tables[competition.TRAIN])} training clips in {n_splits} speaker-grouped folds, "
+        f"{len(tables[competition.TEST])} test clips of actors {list(actors)} (labels in {competition.SOLUTION})."
+    )
 
 
 def _parse_actors(test_actors: str) -> tuple[int, ...]:
@@ -130,14 +142,20 @@ def _parse_folds(fold: str, n_splits: int) -> list[int]:
 
 @app.command()
 def train(
-    backbone: str = typer.Option("all", "--backbone", "-b", help="timm model name (name@seed: with that [train].seed), comma-separated names, or 'all' (the recipe's backbones)."),
+    backbone: str = typer.Option(
+        "all", "--backbone", "-b", help="timm model name (name@seed: with that [train].seed), comma-separated names, or 'all' (the recipe's backbones)."
+    ),
     fold: str = typer.Option("all", "--fold", "-f", help="Fold number, comma-separated folds, or 'all'."),
     recipe: Path = RecipeOption,
     epochs: Optional[int] = typer.Option(None, help="Override [train].epochs."),
-    weights_dir: Optional[str] = typer.Option(None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [train].weights_dir and $ENS_WEIGHTS_DIR."),
+    weights_dir: Optional[str] = typer.Option(
+        None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [train].weights_dir and $ENS_WEIGHTS_DIR."
+    ),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Train from random initialisation."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [train].device."),
-    cpu_precision: Optional[CpuPrecision] = typer.Option(None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."),
+    cpu_precision: Optional[CpuPrecision] = typer.Option(
+        None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."
+    ),
     force: bool = typer.Option(False, "--force", help="Re-train runs that are already finished."),
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
     on_error: OnError = OnErrorOption,
@@ -170,12 +188,16 @@ def train(
             for k in folds:
                 done = None if force else train_mod.finished_run(r, data, name, k)
                 if not done and not resume and (r.run_dir(name, k) / train_mod.CHECKPOINT).exists():
-                    typer.secho(f"{name} fold {k}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.",
-                                fg=typer.colors.YELLOW, err=True)
+                    typer.secho(
+                        f"{name} fold {k}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.",
+                        fg=typer.colors.YELLOW,
+                        err=True,
+                    )
                 report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet, resume=resume)
                 headline = "  ".join(f"{key} {report[key]:.4f}" for key in HEADLINE[r.competition.task])
-                typer.echo(f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}"
-                           + ("  [already finished, skipped]" if done else ""))
+                typer.echo(
+                    f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}" + ("  [already finished, skipped]" if done else "")
+                )
     except REFUSED as err:
         _fail(err)
 
@@ -185,7 +207,9 @@ def blend(
     recipe: Path = RecipeOption,
     method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."
+    ),
     on_error: OnError = OnErrorOption,
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
@@ -254,14 +278,21 @@ def _member_text(member) -> str:
 def predict(
     paths: list[Path] = typer.Argument(..., help="Audio files, or folders searched recursively for .wav .flac .mp3 .ogg."),
     recipe: Path = RecipeOption,
-    window: Optional[float] = typer.Option(None, help="Seconds per window for files longer than it; at most (and by default) the duration set in the recipe's features section."),
+    window: Optional[float] = typer.Option(
+        None, help="Seconds per window for files longer than it; at most (and by default) the duration set in the recipe's features section."
+    ),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default half the window)."),
     timeline: bool = typer.Option(False, "--timeline", help="Also give one row per window (start_s, end_s in the file)."),
     save_image: Optional[Path] = typer.Option(None, "--save-image", help="Folder to write each file's rendered image to (<name>.png, one panel per channel)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    on_error: OnError = typer.Option(OnError.fail, "--on-error", help="Files that cannot be read as audio: fail (stop at the first) or skip "
-                                 "(leave them out and list them, each with its problem)."),
+    on_error: OnError = typer.Option(
+        OnError.fail,
+        "--on-error",
+        help="Files that cannot be read as audio: fail (stop at the first) or skip (leave them out and list them, each with its problem).",
+    ),
 ) -> None:
     """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights)."""
     from . import predict as predict_mod

@@ -23,9 +23,15 @@ class SeedMfccCnn(nn.Module):
     def __init__(self, num_classes: int = 8, in_chans: int = 1, drop_rate: float = 0.0):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2), nn.AdaptiveAvgPool2d((4, 5)), nn.Flatten(),
+            nn.Conv2d(in_chans, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d((4, 5)),
+            nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(640, 128), nn.ReLU(inplace=True), nn.Dropout(drop_rate), nn.Linear(128, num_classes))
 
@@ -44,15 +50,24 @@ class SeedDeepCnn(nn.Module):
         layers, width = [], in_chans
         for out in (64, 128, 256, 512, 512):
             layers += [
-                nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
-                nn.Conv2d(out, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
-                nn.MaxPool2d(2), nn.Dropout2d(block_drop),
+                nn.Conv2d(width, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(out, out, 3, padding=1),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+                nn.Dropout2d(block_drop),
             ]
             width = out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(
-            nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
-            nn.Linear(256, 128), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
+            nn.Linear(512, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(drop_rate),
+            nn.Linear(256, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(drop_rate),
             nn.Linear(128, num_classes),
         )
 

@@ -232,8 +232,10 @@ def _check_classes(classes: list[str], source: str, multilabel_task: bool) -> No
     checks = [
         (not repeated, f"repeat {repeated}"),
         (all(name.strip() for name in classes), "include an empty name"),
-        (not multilabel_task or all(len(name.split()) == 1 for name in classes),
-         "include a name with spaces, which a space-separated multilabel label cannot hold"),
+        (
+            not multilabel_task or all(len(name.split()) == 1 for name in classes),
+            "include a name with spaces, which a space-separated multilabel label cannot hold",
+        ),
         (multilabel_task or len(classes) >= 2, f"are only {classes}: a multiclass task needs at least two"),
     ]
     for ok, problem in checks:
@@ -251,8 +253,7 @@ def _check_labels(train: pd.DataFrame, lines: np.ndarray, c: CompetitionConfig, 
         if unknown:
             which = "" if unknown == [label] else f": {unknown[0]!r}"
             raise CompetitionError(
-                f"{path}: label {label!r} in line {lines[row]}{which} is not one of the classes {classes}; "
-                "fix the label or the recipe's [competition].classes."
+                f"{path}: label {label!r} in line {lines[row]}{which} is not one of the classes {classes}; fix the label or the recipe's [competition].classes."
             )
 
 
@@ -277,10 +278,13 @@ def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFra
     if competition.has_groups:
         groups = train[c.group_col].to_numpy()
         if len(set(groups)) < n_splits:
-            raise CompetitionError(f"{competition.root / TRAIN}: {len(set(groups))} groups in column {c.group_col!r} cannot fill {n_splits} folds; lower [folds].n_splits.")
+            raise CompetitionError(
+                f"{competition.root / TRAIN}: {len(set(groups))} groups in column {c.group_col!r} cannot fill {n_splits} folds; lower [folds].n_splits."
+            )
         if np.bincount(y).max() < n_splits:
-            raise CompetitionError(f"{competition.root / TRAIN}: every class has fewer than {n_splits} examples, too few to stratify "
-                                   f"{n_splits} folds; lower [folds].n_splits.")
+            raise CompetitionError(
+                f"{competition.root / TRAIN}: every class has fewer than {n_splits} examples, too few to stratify {n_splits} folds; lower [folds].n_splits."
+            )
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(y)), y, groups)
     else:
@@ -338,8 +342,11 @@ def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
     found = sorted(set(numbers))
     if found != expected:
         outside = [row for row, k in enumerate(numbers) if not 0 <= k < config.n_splits]
-        detail = (f"fold {numbers[outside[0]]} in line {lines[outside[0]]} is outside 0..{config.n_splits - 1}" if outside
-                  else f"fold {min(set(expected) - set(found))} has no rows")
+        detail = (
+            f"fold {numbers[outside[0]]} in line {lines[outside[0]]} is outside 0..{config.n_splits - 1}"
+            if outside
+            else f"fold {min(set(expected) - set(found))} has no rows"
+        )
         raise CompetitionError(f"{path} has folds {found} but the recipe asks for {config.n_splits}: {detail}; {remake}, or set [folds].n_splits.")
     fold_of = dict(zip(frame["id"], numbers))
     return pd.DataFrame({"id": ids.to_numpy(), "fold": np.array([fold_of[i] for i in ids], dtype=np.int64)})

@@ -54,5 +54,6 @@ def check_torchaudio() -> None:
     except (OSError, ImportError, RuntimeError, AttributeError) as err:
         cause = f" ({err.__cause__})" if err.__cause__ is not None else ""  # torch's OSError wraps the loader's, which names the symbol
         problem = " ".join(f"{err}{cause}".split())
-        raise DependencyError(f"torchaudio {installed('torchaudio')} does not work with torch {installed('torch')} "
-                              f"({type(err).__name__}: {problem}); {LOCK_FIX}.") from err
+        raise DependencyError(
+            f"torchaudio {installed('torchaudio')} does not work with torch {installed('torch')} ({type(err).__name__}: {problem}); {LOCK_FIX}."
+        ) from err

@@ -333,8 +333,15 @@ class FeatureCache:
             return {}, None, {}
         return {key: row for row, key in enumerate(index["keys"])}, array, index.get("errors", {})
 
-    def get(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
-            progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+    def get(
+        self,
+        paths: Sequence[str | os.PathLike],
+        copies: Sequence[int] | None = None,
+        augment: AugmentConfig | None = None,
+        progress: bool = True,
+        workers: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> np.ndarray:
         """Images of ``paths``, rendering (and adding to the cache) only clips not cached yet.
 
         Args:
@@ -365,12 +372,20 @@ class FeatureCache:
         """
         images, failed = self._lookup(paths, copies, augment, progress, workers, device, skip=False)
         if failed:
-            raise audio.AudioError(audio.error_list({Path(paths[i]): message for i, message in failed.items()},
-                                                     "fix or remove these files, or pass --on-error skip"))
+            raise audio.AudioError(
+                audio.error_list({Path(paths[i]): message for i, message in failed.items()}, "fix or remove these files, or pass --on-error skip")
+            )
         return images
 
-    def get_skipping(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None,
-                     progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> tuple[np.ndarray, dict[int, str]]:
+    def get_skipping(
+        self,
+        paths: Sequence[str | os.PathLike],
+        copies: Sequence[int] | None = None,
+        augment: AugmentConfig | None = None,
+        progress: bool = True,
+        workers: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> tuple[np.ndarray, dict[int, str]]:
         """:meth:`get` for a corpus with bad files: the images, with a zero image for each clip that
         does not exist or cannot be loaded, and those clips' positions in ``paths`` -> problem."""
         return self._lookup(paths, copies, augment, progress, workers, device, skip=True)
@@ -382,8 +397,9 @@ class FeatureCache:
         keys = [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(paths, copies)]  # None: the file does not exist
         missing = {i: "audio file does not exist" for i, key in enumerate(keys) if key is None}
         if missing and not skip:
-            raise audio.AudioError(audio.error_list({paths[i]: message for i, message in missing.items()},
-                                                     "check the path column and [competition].audio_root"))
+            raise audio.AudioError(
+                audio.error_list({paths[i]: message for i, message in missing.items()}, "check the path column and [competition].audio_root")
+            )
         rows, cached, errors = self._read()
         todo = {key: (p, self.config, augment, k) for key, p, k in zip(keys, paths, copies) if key is not None and key not in rows}
         if todo:
@@ -405,8 +421,7 @@ class FeatureCache:
             if match and not _alive(int(match.group(1))):
                 path.unlink(missing_ok=True)
 
-    def _build(self, rows: dict[str, int], cached: np.ndarray | None, errors: dict[str, str], todo: dict,
-               progress: bool, workers: int | None, device) -> None:
+    def _build(self, rows: dict[str, int], cached: np.ndarray | None, errors: dict[str, str], todo: dict, progress: bool, workers: int | None, device) -> None:
         c = self.config
         self._remove_leftovers()
         items = list(todo.items())
@@ -430,7 +445,11 @@ class FeatureCache:
                 out[start:stop] = cached[start:stop]
             pool = stack.enter_context(worker_pool(workers)) if workers > 1 else None
             chunks = [items[start : start + self.CHUNK] for start in range(0, len(items), self.CHUNK)]
-            load = (lambda chunk: pool.map(_load_one, [job for _, job in chunk], chunksize=4)) if pool else (lambda chunk: map(_load_one, [job for _, job in chunk]))
+            load = (
+                (lambda chunk: pool.map(_load_one, [job for _, job in chunk], chunksize=4))
+                if pool
+                else (lambda chunk: map(_load_one, [job for _, job in chunk]))
+            )
             pending, row = load(chunks[0]), len(rows)
             for chunk, following in zip(chunks, [*chunks[1:], None]):
                 current, pending = pending, (load(following) if following else None)  # the workers load the next chunk meanwhile

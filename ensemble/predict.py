@@ -97,8 +97,9 @@ class Ensemble:
         multilabel = self.recipe.competition.task == "multilabel"
         shifts, precision = self.recipe.train.tta_shifts, train.precision_on(self.recipe.train, self.device)
         for member in self.members:
-            probas = [train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts, precision=precision)
-                      for model in member.models]
+            probas = [
+                train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts, precision=precision) for model in member.models
+            ]
             total += member.weight * np.mean(probas, axis=0)
         return total
 
@@ -135,8 +136,10 @@ def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
     done = finished_backbones(recipe)
     if not path.is_file():
         if not done:
-            raise PredictError(f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {runs} "
-                               f"(model.safetensors + metrics.json); run `ens train --recipe ...` first.")
+            raise PredictError(
+                f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {runs} "
+                f"(model.safetensors + metrics.json); run `ens train --recipe ...` first."
+            )
         return {b: 1.0 / len(done) for b in done}, "equal weights (no blend/weights.json)"
     try:
         blend = json.loads(path.read_text())
@@ -152,8 +155,10 @@ def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
     unfinished = [b for b in weights if not _trained(recipe, b)]
     if unfinished:
         entries = [entry for b in unfinished for entry in _entries(recipe, b)]
-        raise PredictError(f"{path} weights {unfinished}, whose {recipe.folds.n_splits} folds are not all finished under {runs}; "
-                           f"train them (`ens train --backbone {','.join(entries)}`) or re-run `ens blend`.")
+        raise PredictError(
+            f"{path} weights {unfinished}, whose {recipe.folds.n_splits} folds are not all finished under {runs}; "
+            f"train them (`ens train --backbone {','.join(entries)}`) or re-run `ens blend`."
+        )
     if not weights:
         raise PredictError(f"{path} gives no backbone a positive weight; re-run `ens blend`.")
     total = sum(weights.values())
@@ -186,26 +191,33 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             config = json.loads((run / "config.json").read_text())
             made_with = from_dict(config["recipe"], str(run / "config.json"))
             if made_with.features != recipe.features:
-                raise PredictError(f"{run} was trained with other [features] than {recipe.name!r} has now; "
-                                   f"predict with the recipe it was trained with, or re-train it with `ens train --force`.")
+                raise PredictError(
+                    f"{run} was trained with other [features] than {recipe.name!r} has now; "
+                    f"predict with the recipe it was trained with, or re-train it with `ens train --force`."
+                )
             if made_with.train.tta_shifts != recipe.train.tta_shifts:
-                raise PredictError(f"{run} was made with [train].tta_shifts = {made_with.train.tta_shifts}, {recipe.name!r} has "
-                                   f"{recipe.train.tta_shifts} now (its OOF and so the blend weights used its TTA); set tta_shifts back, "
-                                   f"or re-train it with `ens train --force`.")
+                raise PredictError(
+                    f"{run} was made with [train].tta_shifts = {made_with.train.tta_shifts}, {recipe.name!r} has "
+                    f"{recipe.train.tta_shifts} now (its OOF and so the blend weights used its TTA); set tta_shifts back, "
+                    f"or re-train it with `ens train --force`."
+                )
             if classes is None:
                 classes = list(recipe.competition.classes) or config["classes"]  # the recipe's, when it lists them
             if config["classes"] != classes:
-                raise PredictError(f"{run} was trained with classes {config['classes']}, "
-                                   + (f"{recipe.name!r} has [competition].classes = {classes}" if recipe.competition.classes
-                                      else f"other runs of the ensemble with {classes}")
-                                   + f" (names and order); predict with the recipe it was trained with, or re-train it with "
-                                     f"`ens train --backbone {entry} --fold {fold} --force`.")
+                raise PredictError(
+                    f"{run} was trained with classes {config['classes']}, "
+                    + (f"{recipe.name!r} has [competition].classes = {classes}" if recipe.competition.classes else f"other runs of the ensemble with {classes}")
+                    + f" (names and order); predict with the recipe it was trained with, or re-train it with "
+                    f"`ens train --backbone {entry} --fold {fold} --force`."
+                )
             model = train.build_model(no_download, backbone, len(classes))
             try:
                 model.load_state_dict(load_file(run / "model.safetensors"))
             except (RuntimeError, SafetensorError) as err:
-                raise PredictError(f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
-                                   f"re-train it with `ens train --backbone {entry} --fold {fold} --force`.") from err
+                raise PredictError(
+                    f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
+                    f"re-train it with `ens train --backbone {entry} --fold {fold} --force`."
+                ) from err
             models.append(train.to_device(model, torch_device).eval())
         members.append(Member(backbone, weight, models, recipe.seeds(_entries(recipe, backbone))))
     return Ensemble(recipe, classes, members, source, torch_device)
@@ -224,8 +236,10 @@ def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
         elif p.is_dir():
             inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
             if not inside:
-                raise PredictError(f"{p}: folder holds no audio file ({', '.join(AUDIO_EXTENSIONS)}, searched recursively); "
-                                   f"give the folder that holds the clips, or the audio files themselves.")
+                raise PredictError(
+                    f"{p}: folder holds no audio file ({', '.join(AUDIO_EXTENSIONS)}, searched recursively); "
+                    f"give the folder that holds the clips, or the audio files themselves."
+                )
             found += inside
         else:
             raise PredictError(f"{p}: no such file or folder; give audio files or folders of them.")
@@ -280,8 +294,9 @@ def _samples(value: float | None, default: float, name: str, rate: int) -> int:
     return n
 
 
-def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | None = None, hop: float | None = None,
-            on_error: str = "fail") -> list[FilePrediction]:
+def predict(
+    ensemble: Ensemble, paths: list[str | os.PathLike], window: float | None = None, hop: float | None = None, on_error: str = "fail"
+) -> list[FilePrediction]:
     """Predict audio files (see the module docstring for the preprocessing and windowing).
 
     Args:
@@ -306,8 +321,10 @@ def predict(ensemble: Ensemble, paths: list[str | os.PathLike], window: float | 
     rate = config.sample_rate
     window_n = _samples(window, config.duration, "--window", rate)
     if window_n > features.samples(config):
-        raise PredictError(f"--window {window} s is longer than the recipe's [features].duration = {config.duration} s, the clip "
-                           f"length the models were trained on (each window would be cropped); give at most {config.duration}.")
+        raise PredictError(
+            f"--window {window} s is longer than the recipe's [features].duration = {config.duration} s, the clip "
+            f"length the models were trained on (each window would be cropped); give at most {config.duration}."
+        )
     hop_n = _samples(hop, window_n / 2 / rate, "--hop", rate)
     if hop_n > window_n:
         raise PredictError(f"--hop {hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
@@ -379,16 +396,16 @@ def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.Pat
     axes = fig.subplots(len(config.channels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name, rows in zip(axes, config.channels, image):
         title, values, y_extent, ylabel, (vmin, vmax), unit = _panel(name, rows, config)
-        shown = ax.imshow(values, origin="lower", aspect="auto", extent=(*x_extent, *y_extent), cmap="magma",
-                          vmin=vmin, vmax=vmax, interpolation="nearest")
+        shown = ax.imshow(values, origin="lower", aspect="auto", extent=(*x_extent, *y_extent), cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
         fig.colorbar(shown, ax=ax, label=unit)
         if name == "chroma":
             ax.set_yticks(np.arange(12) + 0.5, PITCH_CLASSES, fontsize=7)
         ax.set_ylabel(ylabel)
         ax.set_title(title, loc="left", fontsize=9)
     axes[-1].set_xlabel("time (s) in the rendered audio")
-    how = (f"trimmed ({start / config.sample_rate:.2f}-{(start + len(y)) / config.sample_rate:.2f} s of the file), "
-           + (f"centre-padded to {config.duration} s" if len(y) <= n else "whole"))
+    how = f"trimmed ({start / config.sample_rate:.2f}-{(start + len(y)) / config.sample_rate:.2f} s of the file), " + (
+        f"centre-padded to {config.duration} s" if len(y) <= n else "whole"
+    )
     fig.suptitle(f"{Path(path).name}\n{how}", fontsize=10)
     out = Path(out)
     with atomic.atomic_path(out) as tmp:

@@ -157,8 +157,20 @@ class AugmentConfig:
 
     def waveform_key(self) -> str:
         """A short hash of the waveform settings: augmented renderings are cached under it."""
-        keys = ("noise_p", "snr_min_db", "snr_max_db", "shift_p", "shift_max", "gain_p", "gain_db",
-                "stretch_p", "stretch_min", "stretch_max", "pitch_p", "pitch_semitones")
+        keys = (
+            "noise_p",
+            "snr_min_db",
+            "snr_max_db",
+            "shift_p",
+            "shift_max",
+            "gain_p",
+            "gain_db",
+            "stretch_p",
+            "stretch_min",
+            "stretch_max",
+            "pitch_p",
+            "pitch_semitones",
+        )
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
@@ -311,8 +323,7 @@ def split_backbone(entry: str) -> tuple[str, int | None]:
     if not at:
         return entry, None
     if not name or not (seed.isascii() and seed.isdigit() and int(seed) < 2**32):
-        raise RecipeError(f"backbones entry {entry!r}: write a timm model name, or name@seed with an integer seed "
-                          f"in [0, 2**32), such as 'regnetx_002@43'.")
+        raise RecipeError(f"backbones entry {entry!r}: write a timm model name, or name@seed with an integer seed in [0, 2**32), such as 'regnetx_002@43'.")
     return name, int(seed)
 
 
@@ -331,19 +342,16 @@ def _check(cls, values: dict, where: str, source: str) -> dict:
     known = {f.name for f in dataclasses.fields(cls) if f.name not in _SECTIONS}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise RecipeError(
-            f"{source}: unknown key(s) {unknown} in {where}; known keys are {sorted(known)}. Fix the spelling or remove them."
-        )
+        raise RecipeError(f"{source}: unknown key(s) {unknown} in {where}; known keys are {sorted(known)}. Fix the spelling or remove them.")
     defaults = cls()
     for key, value in values.items():
         expected = type(getattr(defaults, key))
         # a bool is an int in Python: true/false is refused for a number key (and a number for a bool key)
         ok = (isinstance(value, expected) and (expected is bool or not isinstance(value, bool))) or (
-            expected is float and isinstance(value, int) and not isinstance(value, bool))
+            expected is float and isinstance(value, int) and not isinstance(value, bool)
+        )
         if not ok:
-            raise RecipeError(
-                f"{source}: {where}.{key} = {value!r} should be of type {expected.__name__}."
-            )
+            raise RecipeError(f"{source}: {where}.{key} = {value!r} should be of type {expected.__name__}.")
     return {k: (float(v) if isinstance(getattr(defaults, k), float) else v) for k, v in values.items()}
 
 
@@ -431,26 +439,37 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (recipe.folds.n_splits >= 2, "[folds].n_splits must be >= 2"),
         (t.class_weights in ("none", "balanced", "given"), f"[train].class_weights = {t.class_weights!r}: must be none, balanced or given"),
         (t.class_weights != "given" or len(t.class_weight_values) > 0, "[train].class_weights = 'given' needs class_weight_values = [...] in class order"),
-        (t.class_weights != "given" or not recipe.competition.classes or len(t.class_weight_values) == len(recipe.competition.classes),
-         f"[train].class_weight_values has {len(t.class_weight_values)} values for the {len(recipe.competition.classes)} "
-         f"[competition].classes; give one per class, in class order"),
+        (
+            t.class_weights != "given" or not recipe.competition.classes or len(t.class_weight_values) == len(recipe.competition.classes),
+            f"[train].class_weight_values has {len(t.class_weight_values)} values for the {len(recipe.competition.classes)} "
+            f"[competition].classes; give one per class, in class order",
+        ),
         (0 <= t.ema_decay < 1 and t.patience >= 0, "[train].ema_decay must be in [0, 1) and patience >= 0"),
         (a.copies >= 0 and a.freq_mask >= 0 and a.time_mask >= 0 and a.n_masks >= 0, "[augment] copies, freq_mask, time_mask and n_masks must be >= 0"),
         (0 < a.stretch_min <= a.stretch_max, "[augment] needs 0 < stretch_min <= stretch_max"),
         (a.snr_min_db <= a.snr_max_db, "[augment] needs snr_min_db <= snr_max_db"),
         (0 <= a.time_roll < 1 and 0 <= a.shift_max < 1, "[augment].time_roll and shift_max are fractions in [0, 1)"),
         (a.mixup_alpha >= 0, "[augment].mixup_alpha must be >= 0"),
-        (a.mixup_alpha == 0 or t.batch_size % 2 == 0, f"[augment].mixup_alpha > 0 mixes each image with its partner in the "
-                                                      f"flipped batch, so [train].batch_size = {t.batch_size} must be even"),
+        (
+            a.mixup_alpha == 0 or t.batch_size % 2 == 0,
+            f"[augment].mixup_alpha > 0 mixes each image with its partner in the flipped batch, so [train].batch_size = {t.batch_size} must be even",
+        ),
         (recipe.blend.method in methods, f"[blend].method = {recipe.blend.method!r}: must be one of {methods} for a {task} task"),
         (task == "multiclass" or t.class_weights == "none", "[train].class_weights works for multiclass tasks only; set it to 'none'"),
-        (recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
-         "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0"),
+        (
+            recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
+            "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0",
+        ),
         (bool(recipe.backbones), "backbones must name at least one timm model"),
-        (not repeated, f"backbones {repeated[0] if repeated else []} train one model twice with one seed "
-                       f"(an entry without @seed uses [train].seed = {t.seed}); give each entry of a model its own seed"),
-        (all(isinstance(s, float) and 0 < abs(s) < 1 for s in t.tta_shifts),
-         f"[train].tta_shifts = {t.tta_shifts}: each shift is a non-zero fraction of the frames in (-1, 1), e.g. [-0.1, 0.1]"),
+        (
+            not repeated,
+            f"backbones {repeated[0] if repeated else []} train one model twice with one seed "
+            f"(an entry without @seed uses [train].seed = {t.seed}); give each entry of a model its own seed",
+        ),
+        (
+            all(isinstance(s, float) and 0 < abs(s) < 1 for s in t.tta_shifts),
+            f"[train].tta_shifts = {t.tta_shifts}: each shift is a non-zero fraction of the frames in (-1, 1), e.g. [-0.1, 0.1]",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -37,12 +37,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, competition as comp_mod, features, metrics
+from . import atomic, features, metrics
+from . import competition as comp_mod
 from .errors import EnsError
 from .recipe import FeatureConfig, Recipe, split_backbone
 
-SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights",
-            "Feature images", "Unfinished backbones")
+SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights", "Feature images", "Unfinished backbones")
 """The report's section headings, in order."""
 
 DPI = 100  # a 13-inch-wide figure becomes 1300 px, about the page's width
@@ -118,8 +118,7 @@ def backbone_runs(recipe: Recipe, train_ids: np.ndarray, classes: list[str]) -> 
         if not folder.exists():
             runs.reason = f"not trained: {folder} does not exist"
         elif unfinished:
-            runs.reason = (f"fold(s) {', '.join(map(str, unfinished))} of {n_splits} not finished "
-                           f"(no metrics.json in {recipe.run_dir(name, unfinished[0])})")
+            runs.reason = f"fold(s) {', '.join(map(str, unfinished))} of {n_splits} not finished (no metrics.json in {recipe.run_dir(name, unfinished[0])})"
         else:
             oof = np.full((len(train_ids), len(classes)), np.nan)
             try:
@@ -217,8 +216,13 @@ def per_class_figure(y: np.ndarray, probas: dict[str, np.ndarray], classes: list
         report = metrics.for_task(ml).report(y, proba, classes)
         values = report["per_class_ap"] if ml else report["per_class_accuracy"]
         headline = f"lwlrap {report['lwlrap']:.3f}" if ml else f"UAR {report['uar']:.3f}"
-        ax.bar(x - 0.4 + width * (k + 0.5), [np.nan if v is None else v for v in values.values()], width, label=f"{name} ({headline})",
-               color="0.2" if name.startswith("blend") else colors[k % 10])
+        ax.bar(
+            x - 0.4 + width * (k + 0.5),
+            [np.nan if v is None else v for v in values.values()],
+            width,
+            label=f"{name} ({headline})",
+            color="0.2" if name.startswith("blend") else colors[k % 10],
+        )
     if not ml:
         ax.axhline(1 / len(classes), color="0.5", linestyle=":", linewidth=1, label="chance")
     ax.set_xticks(x, classes)
@@ -252,8 +256,11 @@ def curves_figure(runs: BackboneRuns, metric: str) -> Figure:
                 ax.plot(log["epoch"], log[column], color=color, linestyle="--" if valid and len(columns) > 1 else "-", marker=".")
                 if valid and len(kept):
                     ax.plot(kept["epoch"], kept[column], "o", markersize=9, markerfacecolor="none", color=color)
-    handles += [Line2D([], [], color="0.3", label="train loss"), Line2D([], [], color="0.3", linestyle="--", label="valid loss"),
-                Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none", label="kept epoch")]
+    handles += [
+        Line2D([], [], color="0.3", label="train loss"),
+        Line2D([], [], color="0.3", linestyle="--", label="valid loss"),
+        Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="none", label="kept epoch"),
+    ]
     for ax, (title, _) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -308,8 +315,16 @@ def feature_figure(label: str, clips: list[tuple[str, np.ndarray]], config: Feat
         for col, name in enumerate(channels):
             ax = axes[k * len(channels) + col]
             (low, high), ylabel = _channel_axis(name, config)
-            ax.imshow(image[col], origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
-                      extent=(0, image.shape[-1] * seconds, low, high), interpolation="nearest")
+            ax.imshow(
+                image[col],
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                vmin=0,
+                vmax=1,
+                extent=(0, image.shape[-1] * seconds, low, high),
+                interpolation="nearest",
+            )
             if name == "chroma":
                 ax.set_yticks(list(_CHROMA_TICKS), list(_CHROMA_TICKS.values()))
             ax.set_title(f"{caption}\n{name}", fontsize=8)
@@ -372,8 +387,9 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     blend_dir = root / "blend"
     has_runs = any((recipe.run_dir(b, f) / "log.csv").exists() for b in recipe.backbones for f in range(recipe.folds.n_splits))
     if not has_runs and not (blend_dir / "leaderboard.csv").exists():
-        raise ReportError(f"no runs of recipe {recipe.name!r} under {root} (no backbone of {recipe.backbones} has a log.csv); "
-                          "train first with `ens train` and this recipe.")
+        raise ReportError(
+            f"no runs of recipe {recipe.name!r} under {root} (no backbone of {recipe.backbones} has a log.csv); train first with `ens train` and this recipe."
+        )
     competition = comp_mod.load(recipe.competition)
     classes, y = competition.classes, competition.y
     train_ids = competition.train[competition.config.id_col].astype(str).to_numpy()
@@ -424,14 +440,17 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     else:
         sections["Confusion matrix"] = (
             _png(confusion_figure(y, cm_proba, classes, f"{cm_name}: OOF confusion matrix ({len(y)} clips)"), f"confusion matrix of {cm_name}")
-            if cm_proba is not None else _note("No finished backbone and no blend: nothing to show yet."))
+            if cm_proba is not None
+            else _note("No finished backbone and no blend: nothing to show yet.")
+        )
 
     # 3. per-class accuracy
     probas = dict(finished)
     if blend_oof is not None:
         probas[blend_name] = blend_oof
-    sections["Per-class accuracy"] = (_png(per_class_figure(y, probas, classes), "per-class recall") if probas
-                                      else _note("No finished backbone and no blend: nothing to show yet."))
+    sections["Per-class accuracy"] = (
+        _png(per_class_figure(y, probas, classes), "per-class recall") if probas else _note("No finished backbone and no blend: nothing to show yet.")
+    )
 
     # 4. training curves
     curves = [_png(curves_figure(r, metric), f"training curves of {r.name}") for r in runs if r.logs]
@@ -454,26 +473,31 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         images = features.render_batch(np.stack([features.load_waveform(paths[r], fc) for r in rows]), fc)
         clips = [(str(train_ids[r]), image) for r, image in zip(rows, images)]
         figures.append(_png(feature_figure(label, clips, fc), f"feature images of {label}"))
-    sections["Feature images"] = (
-        _note(f"Channels {', '.join(fc.channels)} of the first {clips_per_class} training clip(s) of each class, "
-              f"{fc.duration:g} s at {fc.sample_rate} Hz, hop {fc.hop_length} samples "
-              f"({1000 * fc.hop_length / fc.sample_rate:g} ms); brightness = the [0, 1] pixel value the backbones see.")
-        + "\n".join(figures))
+    sections["Feature images"] = _note(
+        f"Channels {', '.join(fc.channels)} of the first {clips_per_class} training clip(s) of each class, "
+        f"{fc.duration:g} s at {fc.sample_rate} Hz, hop {fc.hop_length} samples "
+        f"({1000 * fc.hop_length / fc.sample_rate:g} ms); brightness = the [0, 1] pixel value the backbones see."
+    ) + "\n".join(figures)
 
     # 7. unfinished backbones
     skipped = [r for r in runs if r.reason]
     sections["Unfinished backbones"] = (
         '<ul class="skipped">' + "".join(f"<li><b>{html.escape(r.name)}</b>: {html.escape(r.reason)}</li>" for r in skipped) + "</ul>"
-        if skipped else _note("None: every backbone of the recipe has all folds finished."))
+        if skipped
+        else _note("None: every backbone of the recipe has all folds finished.")
+    )
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = (f"Competition {competition.root}: {len(y)} training clips, {len(competition.test)} test clips, "
-            f"{len(classes)} classes; {recipe.folds.n_splits} folds; backbones {', '.join(recipe.backbones)}. Generated {stamp}.")
+    meta = (
+        f"Competition {competition.root}: {len(y)} training clips, {len(competition.test)} test clips, "
+        f"{len(classes)} classes; {recipe.folds.n_splits} folds; backbones {', '.join(recipe.backbones)}. Generated {stamp}."
+    )
     nav = "".join(f'<a href="#{t.lower().replace(" ", "-")}">{html.escape(t)}</a>' for t in SECTIONS)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ens report: {html.escape(recipe.name)}</title>'
-            f"<style>{_CSS}</style></head><body>\n<h1>ens report: {html.escape(recipe.name)}</h1>\n"
-            f'<p class="meta">{html.escape(meta)}</p>\n<nav>{nav}</nav>\n'
-            + "\n".join(_section(t, sections[t]) for t in SECTIONS) + "\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ens report: {html.escape(recipe.name)}</title>'
+        f"<style>{_CSS}</style></head><body>\n<h1>ens report: {html.escape(recipe.name)}</h1>\n"
+        f'<p class="meta">{html.escape(meta)}</p>\n<nav>{nav}</nav>\n' + "\n".join(_section(t, sections[t]) for t in SECTIONS) + "\n</body></html>\n"
+    )
     path = Path(out) if out is not None else root / "report.html"
     atomic.write_text(path, page)
     return path

@@ -43,9 +43,7 @@ def to_frame(competition: Competition, test_ids, proba: np.ndarray, thresholds: 
         out = frame[targets].reset_index(drop=True)
         out.insert(0, id_col, sample[id_col].to_numpy())
     else:
-        raise CompetitionError(
-            f"sample_submission.csv columns {targets} are neither one label column nor the classes {competition.classes}."
-        )
+        raise CompetitionError(f"sample_submission.csv columns {targets} are neither one label column nor the classes {competition.classes}.")
     return out[sample.columns]
 
 
@@ -266,8 +264,10 @@ def _predictions(competition: Competition, sub: pd.DataFrame, path) -> tuple[np.
     present = [c for c in classes if c in sub.columns]
     if present:
         missing = [c for c in classes if c not in sub.columns]
-        raise CompetitionError(f"{path} has probability columns for {len(present)} classes but lacks {missing}; "
-                               f"write one column per class, as {competition.root / SAMPLE} lists them.")
+        raise CompetitionError(
+            f"{path} has probability columns for {len(present)} classes but lacks {missing}; "
+            f"write one column per class, as {competition.root / SAMPLE} lists them."
+        )
     predicted = sub[sub.columns[0]]
     if competition.multilabel:
         unknown = sorted({t for label in predicted for t in multilabel.tokens(label)} - set(classes))

@@ -41,11 +41,11 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import atomic, competition as comp_mod, features, metrics, models, multilabel
+from . import atomic, features, metrics, models, multilabel
+from . import competition as comp_mod
 from .augment import image_pipeline, mixup, spec_augment
 from .errors import EnsError, OptionError
 from .recipe import Recipe, RecipeError, TrainConfig, from_dict, split_backbone
-
 
 ON_ERROR = ("fail", "skip")  # what load_data and predict.predict do with clips that cannot be loaded (--on-error)
 
@@ -168,19 +168,28 @@ def _skip(recipe: Recipe, data: Data, failed: dict[int, str], paths: list) -> Da
     skipped = pd.DataFrame(
         [{"table": "train", "id": comp.train[id_col].iloc[i], "path": str(paths[i]), "error": problems["train", i]} for i in train_bad]
         + [{"table": "test", "id": comp.test[id_col].iloc[i], "path": str(paths[n_train + i]), "error": problems["test", i]} for i in test_bad],
-        columns=["table", "id", "path", "error"])
+        columns=["table", "id", "path", "error"],
+    )
     keep = np.setdiff1d(np.arange(n_train), train_bad)
     if not len(keep):
-        raise comp_mod.CompetitionError(f"none of the {n_train} training clips of {comp.root / comp_mod.TRAIN} can be loaded; see the errors with --on-error fail.")
+        raise comp_mod.CompetitionError(
+            f"none of the {n_train} training clips of {comp.root / comp_mod.TRAIN} can be loaded; see the errors with --on-error fail."
+        )
     folds = data.folds.iloc[keep].reset_index(drop=True)
     empty = sorted(set(range(recipe.folds.n_splits)) - set(folds["fold"]))
     if empty:
-        raise comp_mod.CompetitionError(f"skipping {len(train_bad)} unloadable training clips leaves fold(s) {empty} empty; fix the files or lower [folds].n_splits.")
+        raise comp_mod.CompetitionError(
+            f"skipping {len(train_bad)} unloadable training clips leaves fold(s) {empty} empty; fix the files or lower [folds].n_splits."
+        )
     kept = dataclasses.replace(comp, train=comp.train.iloc[keep].reset_index(drop=True))
     out = Path(recipe.runs_dir) / recipe.name / "skipped.csv"
     atomic.write_csv(out, skipped)
-    warnings.warn(f"skipped {len(train_bad)} training and {len(test_bad)} test clip(s) that cannot be loaded (listed in {out}); "
-                  "the test clips are predicted as the training prior.", SkippedClipsWarning, stacklevel=3)
+    warnings.warn(
+        f"skipped {len(train_bad)} training and {len(test_bad)} test clip(s) that cannot be loaded (listed in {out}); "
+        "the test clips are predicted as the training prior.",
+        SkippedClipsWarning,
+        stacklevel=3,
+    )
     x_aug = None if data.x_aug is None else data.x_aug[:, keep]
     return Data(kept, folds, data.x_train[keep], data.x_test, kept.y, x_aug, skipped)
 
@@ -277,8 +286,9 @@ def ahead(jobs: Sequence[tuple], fn) -> Iterator:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False,
-            shifts: Sequence[float] = (), precision: str = "fp32") -> np.ndarray:
+def predict(
+    model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False, shifts: Sequence[float] = (), precision: str = "fp32"
+) -> np.ndarray:
     """Probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``: softmax,
     or with ``multilabel`` one sigmoid per class, in batches of ``batch_size`` images, under the
     :func:`autocast` of ``precision`` (a run's is :func:`precision_on`).
@@ -411,9 +421,7 @@ def _finished(out: Path, config: dict) -> dict | None:
     if not (out / "metrics.json").exists():
         return None
     if _as_today(json.loads((out / "config.json").read_text()), out / "config.json") != config:
-        raise RunConflictError(
-            f"{out} holds a finished run with a different configuration; pass --force to overwrite it, or give the recipe another name."
-        )
+        raise RunConflictError(f"{out} holds a finished run with a different configuration; pass --force to overwrite it, or give the recipe another name.")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -424,8 +432,11 @@ def _rng_state(generator: torch.Generator, images) -> dict:
     """Every random state training draws from: Python, NumPy, torch (CPU and CUDA), the shuffling
     generator and the generators of the albumentations pipeline and of each of its transforms."""
     return {
-        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, "generator": generator.get_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generator": generator.get_state(),
         "albumentations": [(part.random_generator.bit_generator.state, part.py_random.getstate()) for part in _random_parts(images)],
     }
 
@@ -481,13 +492,14 @@ def _restore_best(out: Path, checkpoint: dict, evaluated: nn.Module, backbone: s
     elif (epoch := checkpoint["best_epoch"]) == checkpoint["epoch"]:
         _save_weights(out, evaluated.state_dict(), backbone, epoch)
     elif (saved := _saved_epoch(out)) != epoch:
-        raise RunConflictError(f"{out / 'model.safetensors'} holds {'no weights' if saved is None else f'epoch {saved}'}, not epoch {epoch}, the best "
-                               f"epoch {out / CHECKPOINT} was saved with; train without --resume to start afresh.")
+        raise RunConflictError(
+            f"{out / 'model.safetensors'} holds {'no weights' if saved is None else f'epoch {saved}'}, not epoch {epoch}, the best "
+            f"epoch {out / CHECKPOINT} was saved with; train without --resume to start afresh."
+        )
     return epoch
 
 
-def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True,
-               resume: bool = False) -> dict:
+def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True, resume: bool = False) -> dict:
     """Fine-tune ``backbone`` (a ``backbones`` entry: timm model ``name``, or ``name@S`` trained
     with ``[train].seed = S``) on every fold but ``fold``, validate on ``fold``, write the run folder.
 
@@ -555,8 +567,14 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     updates_per_epoch = max(1, len(train_idx) // batch_size)
     optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay)
     scheduler, _ = create_scheduler_v2(
-        optimizer, "cosine", num_epochs=t.epochs, warmup_epochs=t.warmup_epochs, warmup_lr=t.lr * 0.01,
-        min_lr=t.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+        optimizer,
+        "cosine",
+        num_epochs=t.epochs,
+        warmup_epochs=t.warmup_epochs,
+        warmup_lr=t.lr * 0.01,
+        min_lr=t.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
     )
     a = recipe.augment
     ml = data.competition.multilabel
@@ -610,8 +628,14 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         jobs = [(train_idx[pos], None if variants is None else variants[pos]) for pos in order]
         losses = []
         # disable=None: no bar when stderr is not a terminal (logs get only the epoch line below)
-        bar = tqdm(ahead(jobs, batch_of), total=updates_per_epoch, desc=f"{desc} epoch {epoch + 1}/{t.epochs}", unit="batch",
-                   leave=False, disable=None if progress else True)
+        bar = tqdm(
+            ahead(jobs, batch_of),
+            total=updates_per_epoch,
+            desc=f"{desc} epoch {epoch + 1}/{t.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if progress else True,
+        )
         for step, (idx, x) in enumerate(bar):
             batch, target = spec(_to_device(x, device)), y[idx].to(device, non_blocking=True)
             if mix is not None:
@@ -632,9 +656,14 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         train_seconds = time.time() - started
         proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts, precision=precision)
         scores = task_metrics.scores(data.y[valid_idx], proba)
-        row = {"epoch": epoch + 1, "train_loss": torch.stack(losses).mean().item(), **{f"valid_{k}": v for k, v in scores.items()},
-               "lr": optimizer.param_groups[0]["lr"], "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
-               "seconds": round(time.time() - started, 2)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": torch.stack(losses).mean().item(),
+            **{f"valid_{k}": v for k, v in scores.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_img_per_s": round(updates_per_epoch * batch_size / train_seconds, 1),
+            "seconds": round(time.time() - started, 2),
+        }
         improved = t.select == "last" or scores[t.metric] > best_score
         stale = 0 if improved else stale + 1
         if improved:
@@ -644,16 +673,32 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         atomic.write_csv(out / "log.csv", pd.DataFrame(log))
         # the checkpoint first: stopped before the weights are written, it is resumed with them restored (_restore_best)
         with atomic.atomic_path(out / CHECKPOINT) as tmp:
-            torch.save({"config": config, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ema": None if ema is None else ema.state_dict(),
-                        "rng": _rng_state(generator, images), "log": log, "best_epoch": best_epoch, "best_score": best_score,
-                        "best_proba": best_proba, "stale": stale}, tmp)
+            torch.save(
+                {
+                    "config": config,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": None if ema is None else ema.state_dict(),
+                    "rng": _rng_state(generator, images),
+                    "log": log,
+                    "best_epoch": best_epoch,
+                    "best_score": best_score,
+                    "best_proba": best_proba,
+                    "stale": stale,
+                },
+                tmp,
+            )
         if improved:
             _save_weights(out, evaluated.state_dict(), backbone, best_epoch)
         if progress:
             shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
-            tqdm.write(f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
-                       f"{shown}  {row['seconds']:.1f} s{'  *' if improved else ''}")
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
+                f"{shown}  {row['seconds']:.1f} s{'  *' if improved else ''}"
+            )
 
     model.load_state_dict(load_file(out / "model.safetensors"))
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
@@ -661,8 +706,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     atomic.write_csv(out / "oof.csv", proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
     test_proba = data.fill_skipped(predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=precision))
     atomic.write_csv(out / "test.csv", proba_frame(test_ids, test_proba, classes))
-    report = {**task_metrics.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold,
-              "epoch": best_epoch, "device": str(device)}
+    report = {**task_metrics.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold, "epoch": best_epoch, "device": str(device)}
     atomic.write_json(out / "metrics.json", report)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return report

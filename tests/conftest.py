@@ -38,6 +38,21 @@ def small_source(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def strong_source(tmp_path_factory) -> Path:
+    """A RAVDESS-layout folder of 48 real clips, actors 1-6, one of each emotion, half of the
+    non-neutral ones at strong intensity: the multilabel task (emotion plus ``strong``)."""
+    root = tmp_path_factory.mktemp("ravdess_strong")
+    for actor in range(1, 7):
+        folder = root / f"Actor_{actor:02d}"
+        folder.mkdir()
+        for emotion in range(1, 9):
+            intensity = 2 if emotion > 1 and (emotion + actor) % 2 == 0 else 1
+            clip = ravdess_clip(actor, emotion, intensity=intensity)
+            (folder / clip.name).symlink_to(clip)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_recipe_text():
     """Recipe TOML for a 2-fold, 1-epoch run of timm's tiny test_efficientnet on small images."""
 

@@ -89,12 +89,22 @@ def test_mixup_mixes_each_image_with_its_partner_in_the_flipped_batch_as_its_tar
     assert augment.mixup(AugmentConfig(), 0.1, 8) is None
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("HorizontalFlip", "reverses time"), ("TimeReverse", "reverses time"), ("VerticalFlip", "frequency axis"),
-    ("Transpose", "mixes the time and frequency axes"), ("RandomRotate90", "mixes"), ("Rotate", "mixes"),
-    ("ShiftScaleRotate", "vertical shift"), ("Affine", "vertical shift"), ("ColorJitter", "not colours"),
-    ("HueSaturationValue", "not colours"), ("RandomBrightnessContrast", "not colours"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("HorizontalFlip", "reverses time"),
+        ("TimeReverse", "reverses time"),
+        ("VerticalFlip", "frequency axis"),
+        ("Transpose", "mixes the time and frequency axes"),
+        ("RandomRotate90", "mixes"),
+        ("Rotate", "mixes"),
+        ("ShiftScaleRotate", "vertical shift"),
+        ("Affine", "vertical shift"),
+        ("ColorJitter", "not colours"),
+        ("HueSaturationValue", "not colours"),
+        ("RandomBrightnessContrast", "not colours"),
+    ],
+)
 def test_unsafe_image_transforms_are_refused_with_the_reason(name, reason):
     with pytest.raises(augment.UnsafeAugmentationError, match=rf"{name} is refused for spectrograms: .*{reason}"):
         augment.image_pipeline([{"name": name}])
@@ -122,7 +132,8 @@ def test_waveform_key_ignores_batch_settings():
 
 
 def test_balanced_class_weights_follow_inverse_frequency():
-    from ensemble import recipe as recipe_mod, train
+    from ensemble import recipe as recipe_mod
+    from ensemble import train
 
     r = recipe_mod.from_dict({"train": {"class_weights": "balanced"}})
     w = train.class_weights(r, np.array([0, 0, 0, 1]), 2)

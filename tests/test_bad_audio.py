@@ -375,7 +375,11 @@ SUBTYPE_STEP = {"PCM_U8": 2.0**-7, "PCM_16": 2.0**-15, "PCM_24": 2.0**-23, "PCM_
 )
 def test_fuzz_any_small_valid_wav_loads_to_the_clip_shape(tmp_path, frames, channels, subtype, rate, seed, kind, trim_db):
     rng = np.random.default_rng(seed)
-    x = {"noise": rng.uniform(-0.99, 0.99, (frames, channels)), "silence": np.zeros((frames, channels)), "full-scale": rng.choice([-1.0, 0.99], (frames, channels))}[kind]
+    x = {
+        "noise": rng.uniform(-0.99, 0.99, (frames, channels)),
+        "silence": np.zeros((frames, channels)),
+        "full-scale": rng.choice([-1.0, 0.99], (frames, channels)),
+    }[kind]
     path = tmp_path / "fuzz.wav"
     sf.write(path, x, rate, subtype=subtype)
     y, got_rate = audio.read(path)

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-from ensemble import blend, blenders, competition, recipe as recipe_mod, train
+from ensemble import blend, blenders, competition, train
+from ensemble import recipe as recipe_mod
 from ensemble.blend import BlendError
 
 CLASSES = ["calm", "happy", "sad"]
@@ -28,8 +30,9 @@ def make_competition(root: Path, task: str = "multiclass") -> None:
     root.mkdir(parents=True)
     n = 12
     labels = [CLASSES[i % 3] for i in range(n)] if task == "multiclass" else [" ".join(CLASSES[: 1 + i % 3]) for i in range(n)]
-    pd.DataFrame({"id": [f"c{i:02d}" for i in range(n)], "path": [f"{i}.wav" for i in range(n)], "label": labels,
-                  "group": [f"s{i // 2}" for i in range(n)]}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame(
+        {"id": [f"c{i:02d}" for i in range(n)], "path": [f"{i}.wav" for i in range(n)], "label": labels, "group": [f"s{i // 2}" for i in range(n)]}
+    ).to_csv(root / "train.csv", index=False)
     test_ids = ["t3", "t1", "t4", "t2", "t0"]
     pd.DataFrame({"id": test_ids, "path": [f"{i}.wav" for i in test_ids]}).to_csv(root / "test.csv", index=False)
     sample = pd.DataFrame({"id": sorted(test_ids), **{c: 1 / 3 for c in CLASSES}})
@@ -37,12 +40,18 @@ def make_competition(root: Path, task: str = "multiclass") -> None:
 
 
 def make_recipe(tmp: Path, task: str = "multiclass") -> recipe_mod.Recipe:
-    return recipe_mod.from_dict({
-        "name": "safe", "backbones": BACKBONES, "runs_dir": str(tmp / "runs"), "submissions_dir": str(tmp / "subs"),
-        "competition": {"dir": str(tmp / "comp"), "classes": CLASSES, "task": task},
-        "folds": {"n_splits": 2}, "train": {"pretrained": False, "metric": "lwlrap" if task == "multilabel" else "uar"},
-        "blend": {"method": "mean" if task == "multilabel" else "caruana", "iterations": 5, "bags": 3},
-    })
+    return recipe_mod.from_dict(
+        {
+            "name": "safe",
+            "backbones": BACKBONES,
+            "runs_dir": str(tmp / "runs"),
+            "submissions_dir": str(tmp / "subs"),
+            "competition": {"dir": str(tmp / "comp"), "classes": CLASSES, "task": task},
+            "folds": {"n_splits": 2},
+            "train": {"pretrained": False, "metric": "lwlrap" if task == "multilabel" else "uar"},
+            "blend": {"method": "mean" if task == "multilabel" else "caruana", "iterations": 5, "bags": 3},
+        }
+    )
 
 
 def make_data(recipe: recipe_mod.Recipe) -> train.Data:
@@ -120,8 +129,11 @@ def test_a_run_trained_on_another_fold_assignment_is_refused(setup):
     recipe, data = setup
     folds_path = data.competition.root / "folds.csv"
     edit_table(folds_path, lambda f: f.assign(fold=(1 - f["fold"].astype(int)).astype(str)))  # the folds.csv changed since training
-    with pytest.raises(BlendError, match=rf"{recipe.run_dir('m1', 0)} was trained on another fold assignment than {folds_path}; "
-                                          r"re-train it with `ens train --backbone m1 --fold 0 --force`, or restore the folds.csv it was trained on"):
+    with pytest.raises(
+        BlendError,
+        match=rf"{recipe.run_dir('m1', 0)} was trained on another fold assignment than {folds_path}; "
+        r"re-train it with `ens train --backbone m1 --fold 0 --force`, or restore the folds.csv it was trained on",
+    ):
         blend.blend(recipe, make_data(recipe))
 
 
@@ -174,6 +186,7 @@ def test_multiclass_rows_must_sum_to_one(setup, table):
             values = frame.loc[row, CLASSES].astype(float).to_numpy()
             frame.loc[row, CLASSES] = [repr(float(v)) for v in values * factor]
             return frame
+
         return change
 
     edit_table(path, scale(0, 1 + 5e-4))  # within the 1e-3 tolerance: accepted
@@ -218,16 +231,23 @@ def test_other_class_columns_are_refused(setup, table, change, message):
     path = recipe.run_dir("m1", 1) / table
     edit_table(path, change)
     keys = r"\['id', 'fold'\]" if table == "oof.csv" else r"\['id'\]"
-    with pytest.raises(BlendError, match=rf"{path} has columns \[.*\]: it {message}, where a run table holds {keys} and one column per class "
-                                          r"of the competition, \['calm', 'happy', 'sad'\]; re-train it with `ens train --backbone m1 --fold 1 --force`"):
+    with pytest.raises(
+        BlendError,
+        match=rf"{path} has columns \[.*\]: it {message}, where a run table holds {keys} and one column per class "
+        r"of the competition, \['calm', 'happy', 'sad'\]; re-train it with `ens train --backbone m1 --fold 1 --force`",
+    ):
         blend.load_runs(recipe, data, "m1")
 
 
 ID_CASES = [
     ("oof.csv", "duplicate", lambda f: pd.concat([f, f.iloc[[0]]]), r"oof.csv: id '{first}' in line {last} appears more than once"),
     ("oof.csv", "missing", lambda f: f.iloc[1:], r"oof.csv lacks 1 id\(s\) of fold 0 in .*folds.csv, e.g. \['{first}'\]"),
-    ("oof.csv", "of-another-fold", lambda f: f.assign(id=f["id"].where(f.index != 0, "c99")),
-     r"oof.csv: id 'c99' in line 2 is not one of the ids of fold 0 in .*comp/folds.csv"),
+    (
+        "oof.csv",
+        "of-another-fold",
+        lambda f: f.assign(id=f["id"].where(f.index != 0, "c99")),
+        r"oof.csv: id 'c99' in line 2 is not one of the ids of fold 0 in .*comp/folds.csv",
+    ),
     ("oof.csv", "wrong-fold-column", lambda f: f.assign(fold=f["fold"].where(f.index != 1, "1")), r"oof.csv: line 3 is of fold '1', the run of fold 0"),
     ("test.csv", "duplicate", lambda f: pd.concat([f, f.iloc[[0]]]), r"test.csv: id '{first}' in line {last} appears more than once"),
     ("test.csv", "missing", lambda f: f.iloc[1:], r"test.csv lacks 1 id\(s\) of .*comp/test.csv, e.g. \['{first}'\]"),
@@ -251,17 +271,24 @@ def test_a_run_with_other_classes_in_config_is_refused(setup):
     path = recipe.run_dir("m2", 0) / "config.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "classes": ["sad", "happy", "calm"]}))
-    with pytest.raises(BlendError, match=rf"{recipe.run_dir('m2', 0)} was trained with classes \['sad', 'happy', 'calm'\], "
-                                          r"the competition has \['calm', 'happy', 'sad'\] \(names and order\); re-train it"):
+    with pytest.raises(
+        BlendError,
+        match=rf"{recipe.run_dir('m2', 0)} was trained with classes \['sad', 'happy', 'calm'\], "
+        r"the competition has \['calm', 'happy', 'sad'\] \(names and order\); re-train it",
+    ):
         blend.collect(recipe, data)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda run: (run / "oof.csv").unlink(), r"oof.csv does not exist or is not a file. The run is damaged; re-train it"),
-    (lambda run: (run / "test.csv").write_bytes(b"\x00\xff\xfe"), r"test.csv is not UTF-8 text .* The run is damaged; re-train it"),
-    (lambda run: (run / "config.json").write_text("{"), r"config.json cannot be read .*; the run is damaged: re-train it"),
-    (lambda run: (run / "config.json").write_text("[]"), r"config.json has no folds_hash and classes; the run is damaged: re-train it"),
-], ids=["no-oof", "binary-test", "bad-json", "config-not-a-run-config"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda run: (run / "oof.csv").unlink(), r"oof.csv does not exist or is not a file. The run is damaged; re-train it"),
+        (lambda run: (run / "test.csv").write_bytes(b"\x00\xff\xfe"), r"test.csv is not UTF-8 text .* The run is damaged; re-train it"),
+        (lambda run: (run / "config.json").write_text("{"), r"config.json cannot be read .*; the run is damaged: re-train it"),
+        (lambda run: (run / "config.json").write_text("[]"), r"config.json has no folds_hash and classes; the run is damaged: re-train it"),
+    ],
+    ids=["no-oof", "binary-test", "bad-json", "config-not-a-run-config"],
+)
 def test_a_damaged_finished_run_is_refused(setup, damage, message):
     recipe, data = setup
     damage(recipe.run_dir("m1", 1))

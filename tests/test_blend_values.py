@@ -27,9 +27,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
-from ensemble import blenders, multilabel, recipe as recipe_mod
+from ensemble import blenders, multilabel
+from ensemble import recipe as recipe_mod
 
-from .conftest import cli_ok, copy_tiny_runs, ravdess_clip, tiny_competition
+from .conftest import cli_ok, copy_tiny_runs
 
 CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 BACKBONES = ["test_efficientnet", "test_resnet"]  # the tiny recipe's members, in its order
@@ -101,8 +102,12 @@ def _cross_validated(method: str, oof: np.ndarray, y: np.ndarray, fold_of: np.nd
 def _sklearn_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     pred = proba.argmax(axis=1)
     labels = np.arange(proba.shape[1])
-    return {"accuracy": accuracy_score(y, pred), "macro_f1": f1_score(y, pred, labels=labels, average="macro", zero_division=0),
-            "uar": balanced_accuracy_score(y, pred), "log_loss": log_loss(y, proba, labels=labels)}
+    return {
+        "accuracy": accuracy_score(y, pred),
+        "macro_f1": f1_score(y, pred, labels=labels, average="macro", zero_division=0),
+        "uar": balanced_accuracy_score(y, pred),
+        "log_loss": log_loss(y, proba, labels=labels),
+    }
 
 
 def _assert_labels_are_argmax(labels, proba: np.ndarray, classes: list[str]) -> None:
@@ -146,9 +151,11 @@ def competitions(tiny_trained, tmp_path_factory):
 def _recipe(tiny_trained, tmp_path: Path, comp: Path, subs: str, blend: dict) -> Path:
     """A recipe for the runs copied under ``tmp_path`` that blends for competition ``comp`` with the ``[blend]`` settings ``blend``."""
     path = tmp_path / f"{subs}.toml"
-    path.write_text(f'extends = "{tiny_trained["recipe"]}"\nname = "tiny"\nruns_dir = "{tmp_path / "runs"}"\n'
-                    f'submissions_dir = "{tmp_path / subs}"\n[competition]\ndir = "{comp}"\naudio_root = "{tiny_trained["comp"]}"\n'
-                    "[blend]\n" + "".join(f"{key} = {value}\n" for key, value in blend.items()))
+    path.write_text(
+        f'extends = "{tiny_trained["recipe"]}"\nname = "tiny"\nruns_dir = "{tmp_path / "runs"}"\n'
+        f'submissions_dir = "{tmp_path / subs}"\n[competition]\ndir = "{comp}"\naudio_root = "{tiny_trained["comp"]}"\n'
+        "[blend]\n" + "".join(f"{key} = {value}\n" for key, value in blend.items())
+    )
     return path
 
 
@@ -231,26 +238,14 @@ def test_blend_values_match_an_independent_computation(tiny_trained, competition
 ML_CLASSES = [*CLASSES, "strong"]
 
 
-def _strong_source(root: Path) -> Path:
-    """48 real clips of actors 1-6, half of the non-neutral ones at strong intensity (as test_multilabel's)."""
-    for actor in range(1, 7):
-        folder = root / f"Actor_{actor:02d}"
-        folder.mkdir(parents=True)
-        for emotion in range(1, 9):
-            clip = ravdess_clip(actor, emotion, intensity=2 if emotion > 1 and (emotion + actor) % 2 == 0 else 1)
-            (folder / clip.name).symlink_to(clip)
-    return root
-
-
-def test_multilabel_blend_values_match_numpy_and_rows_are_not_renormalised(tiny_recipe_text, tmp_path):
+def test_multilabel_blend_values_match_numpy_and_rows_are_not_renormalised(strong_source, tiny_recipe_text, tmp_path):
     comp, runs_dir, subs = tmp_path / "comp", tmp_path / "runs", tmp_path / "subs"
     text = tiny_recipe_text(comp, runs_dir, subs).replace("[competition]\n", '[competition]\ntask = "multilabel"\n')
     text = text.replace('"surprised"]', '"surprised", "strong"]') + 'metric = "lwlrap"\n'
     recipe = tmp_path / "tiny_ml.toml"
     recipe.write_text(text)
     r = recipe_mod.load(recipe)
-    source = _strong_source(tmp_path / "strong")
-    cli_ok(["data", "ravdess", "--source", str(source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2", "--labels", "emotion_intensity"])
+    cli_ok(["data", "ravdess", "--source", str(strong_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2", "--labels", "emotion_intensity"])
     cli_ok(["train", "--recipe", str(recipe), "--quiet"])
     runs = runs_dir / "tiny"
 
@@ -266,7 +261,8 @@ def test_multilabel_blend_values_match_numpy_and_rows_are_not_renormalised(tiny_
     assert list(label_sample.columns) == ["id", "label"]
 
     for method in ("mean", "caruana"):
-        def weights_on(rows):  # the method's member weights fitted on the OOF rows ``rows``
+
+        def weights_on(rows, method=method):  # the method's member weights fitted on the OOF rows ``rows``
             return np.full(len(oof), 0.5) if method == "mean" else blenders.fit(method, oof[:, rows], y[rows], **options).weights
 
         def weighted(w, p):  # a weighted mean of sigmoid outputs: no renormalisation

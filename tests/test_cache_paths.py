@@ -54,8 +54,7 @@ def one_torch_thread():
 def reference() -> dict[tuple[Path, int], np.ndarray]:
     """(clip, copy) -> its image rendered alone (float16), for every rendering the tests ask for."""
     wanted = [(p, 0) for p in CLEAN] + [(p, k) for k in (1, 2) for p in POOLED]
-    images = {key: features.render_batch(features.load_waveform(key[0], CONFIG, AUGMENT, key[1])[None], CONFIG)[0].astype(np.float16)
-              for key in wanted}
+    images = {key: features.render_batch(features.load_waveform(key[0], CONFIG, AUGMENT, key[1])[None], CONFIG)[0].astype(np.float16) for key in wanted}
     stacked = np.stack([images[key] for key in wanted]).astype(np.float32)
     for i, image in enumerate(stacked):  # every rendering is distinct, so a misplaced row cannot pass
         distance = np.abs(stacked - image).mean(axis=(1, 2, 3))
@@ -153,8 +152,7 @@ def _pooled_request() -> tuple[list[Path], list[int]]:
     return POOLED * 3, [0] * 12 + [1] * 12 + [2] * 12
 
 
-def test_enough_augmented_clips_choose_the_pool_and_it_loads_every_chunk_each_row_its_own_clip_and_copy(
-        tmp_path, monkeypatch, small_chunks, pools, reference):
+def test_enough_augmented_clips_choose_the_pool_and_it_loads_every_chunk_each_row_its_own_clip_and_copy(tmp_path, monkeypatch, small_chunks, pools, reference):
     """One pool build (workers cost seconds to start): chosen by itself, and checked row by row.
     An explicit ``workers=2`` is the pool of the bad-file test below."""
     monkeypatch.setattr(features.os, "cpu_count", lambda: 2)  # the automatic choice is one worker per core

@@ -20,6 +20,7 @@ def _unwrapped(output: str) -> str:
 def test_an_unknown_on_error_policy_is_refused_before_anything_loads(command, tmp_path, monkeypatch):
     recipe = tmp_path / "untrained.toml"
     recipe.write_text(f'runs_dir = "{tmp_path / "runs"}"\n[competition]\ndir = "{tmp_path / "comp"}"\n')
+
     def too_early(*args, **kwargs):
         pytest.fail("the models or the competition load before --on-error is checked")
 
@@ -51,9 +52,20 @@ def test_every_refusal_is_an_ens_error():
     from ensemble import EnsError, audio, augment, blend, deps, errors, models, recipe, report, train
     from ensemble.corpora import ravdess
 
-    refusals = [recipe.RecipeError, competition.CompetitionError, audio.AudioError, augment.UnsafeAugmentationError,
-                models.BackboneError, train.RunConflictError, blend.BlendError, predict.PredictError, report.ReportError,
-                ravdess.RavdessError, deps.DependencyError, errors.OptionError]
+    refusals = [
+        recipe.RecipeError,
+        competition.CompetitionError,
+        audio.AudioError,
+        augment.UnsafeAugmentationError,
+        models.BackboneError,
+        train.RunConflictError,
+        blend.BlendError,
+        predict.PredictError,
+        report.ReportError,
+        ravdess.RavdessError,
+        deps.DependencyError,
+        errors.OptionError,
+    ]
     assert all(issubclass(cls, EnsError) for cls in refusals)
     with pytest.raises(EnsError, match="on_error='ignore': use one of"):  # a bad argument to a library function
         train.check_on_error("ignore")
@@ -64,8 +76,10 @@ def test_the_cli_prints_ens_errors_and_keeps_the_traceback_of_anything_else(tmp_
 
     (tmp_path / "r.toml").write_text("")
     for raised, code in ((recipe.RecipeError("bad setting; fix it"), 2), (ValueError("a bug"), 1)):
+
         def load(path, raised=raised):
             raise raised
+
         monkeypatch.setattr(recipe, "load", load)
         result = CliRunner().invoke(app, ["report", "--recipe", str(tmp_path / "r.toml")])
         assert result.exit_code == code

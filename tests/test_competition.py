@@ -40,4 +40,3 @@ def test_without_group_column_folds_warn_about_leakage(full_competition):
     with pytest.warns(competition.LeakageWarning, match="speaker"):
         folds = competition.make_folds(full_competition, 5, 0)
     assert np.bincount(folds["fold"]).tolist() == [240] * 5
-

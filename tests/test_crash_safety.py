@@ -105,8 +105,7 @@ def test_full_disk_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch, n
         atomic.write_csv(target, pd.DataFrame({"id": [1], "label": ["sad"]}))
     assert caught.value.errno == code
     fix = "Raise the file-size limit (ulimit -f) or write to another file system" if name == "EFBIG" else f"Free space on {tmp_path}"
-    assert str(caught.value) == (f"[Errno {code}] {os.strerror(code)} while writing {target}; the previous file is kept. "
-                                 f"{fix} and run again.")
+    assert str(caught.value) == (f"[Errno {code}] {os.strerror(code)} while writing {target}; the previous file is kept. {fix} and run again.")
     assert target.read_text() == "id,label\n1,calm\n"
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temporary left behind
     monkeypatch.undo()

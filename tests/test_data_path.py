@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pandas as pd
 
-from ensemble import features, recipe as recipe_mod, train
+from ensemble import features, train
+from ensemble import recipe as recipe_mod
 from ensemble.recipe import AugmentConfig, FeatureConfig
 
 from .conftest import ravdess_clip, tiny_competition

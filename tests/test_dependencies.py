@@ -97,14 +97,18 @@ def test_ens_refuses_a_torchaudio_that_does_not_load_in_one_line(tmp_path):
     """A stand-in torchaudio that fails to load as 2.11.1 did against torch 2.11.0."""
     fake = tmp_path / "site"
     (fake / "torchaudio").mkdir(parents=True)
-    (fake / "torchaudio" / "__init__.py").write_text(
-        'raise OSError("libtorchaudio.so: undefined symbol: torch_exception_get_what_without_backtrace")\n')
+    (fake / "torchaudio" / "__init__.py").write_text('raise OSError("libtorchaudio.so: undefined symbol: torch_exception_get_what_without_backtrace")\n')
     info = fake / "torchaudio-2.11.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torchaudio\nVersion: 2.11.1\n")
     ens = Path(sys.executable).parent / "ens"
-    result = subprocess.run([str(ens), "score", "whatever.csv"], capture_output=True, text=True, cwd=tmp_path,
-                            env={"PYTHONPATH": str(fake), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [str(ens), "score", "whatever.csv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(fake), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import atomic, blenders, recipe as recipe_mod
+from ensemble import atomic, blenders
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, copy_tiny_runs
+from .conftest import cli_ok as _ok
+from .conftest import copy_tiny_runs
 
 runner = CliRunner()
 
@@ -67,8 +69,12 @@ def test_blend_writes_the_sample_layout_and_a_leaderboard(pipeline):
         oof = pd.concat([pd.read_csv(pipeline["runs"] / row["model"] / f"fold{k}" / "oof.csv", dtype={"id": str}) for k in (0, 1)])
         y, proba = labels.loc[oof["id"]].map(classes.index).to_numpy(), oof[classes].to_numpy()
         pred = proba.argmax(axis=1)
-        expected = {"accuracy": accuracy_score(y, pred), "macro_f1": f1_score(y, pred, labels=range(8), average="macro", zero_division=0),
-                    "uar": balanced_accuracy_score(y, pred), "log_loss": log_loss(y, proba / proba.sum(axis=1, keepdims=True), labels=range(8))}
+        expected = {
+            "accuracy": accuracy_score(y, pred),
+            "macro_f1": f1_score(y, pred, labels=range(8), average="macro", zero_division=0),
+            "uar": balanced_accuracy_score(y, pred),
+            "log_loss": log_loss(y, proba / proba.sum(axis=1, keepdims=True), labels=range(8)),
+        }
         for name, value in expected.items():
             assert row[name] == pytest.approx(value, rel=1e-6) and row[f"cv_{name}"] == pytest.approx(value, rel=1e-6), (row["model"], name)
     assert "cv_ columns" in pipeline["blend"]
@@ -96,8 +102,10 @@ def test_changed_recipe_does_not_overwrite_a_finished_run(pipeline):
 
 def test_a_renamed_recipe_with_other_backbones_blend_and_submissions_reuses_finished_runs(pipeline, tmp_path):
     renamed = tmp_path / "renamed.toml"
-    renamed.write_text(f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\nruns_dir = "{tmp_path / "runs"}"\n'
-                       f'submissions_dir = "{tmp_path / "subs"}"\n\n[blend]\nmethod = "mean"\n')
+    renamed.write_text(
+        f'extends = "{pipeline["recipe"]}"\nbackbones = ["test_resnet"]\nruns_dir = "{tmp_path / "runs"}"\n'
+        f'submissions_dir = "{tmp_path / "subs"}"\n\n[blend]\nmethod = "mean"\n'
+    )
     runs = tmp_path / "runs" / "renamed" / "test_resnet"  # a copy: the shared session runs stay read-only
     shutil.copytree(pipeline["runs"] / "test_resnet", runs)
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("*")}
@@ -143,6 +151,7 @@ def test_machine_settings_are_not_part_of_a_run_identity(pipeline, tmp_path):
     assert recipe_mod.load(pipeline["recipe"]).train.device == "auto" and "device" not in stored["train"]
     output = _ok(["train", "--recipe", str(recipe), "--device", "cpu", "--weights-dir", str(weights), "--quiet"])
     assert output.count("[already finished, skipped]") == 4, output
-    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--device", "cpu", "--cpu-precision", "bf16",
-                                 "--backbone", "test_resnet", "--fold", "0", "--quiet"])
+    result = runner.invoke(
+        app, ["train", "--recipe", str(recipe), "--device", "cpu", "--cpu-precision", "bf16", "--backbone", "test_resnet", "--fold", "0", "--quiet"]
+    )
     assert result.exit_code == 2 and "different configuration" in result.output, result.output

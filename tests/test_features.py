@@ -55,11 +55,15 @@ def test_render_shape_range_and_channel_order_on_real_clip():
 PARITY_ATOL = 1e-4  # on [0, 1] images; measured max 1.7e-5 on RAVDESS, the float16 cache step near 1 is 5e-4
 
 
-@pytest.mark.parametrize("config", [
-    FeatureConfig(),
-    FeatureConfig(channels=["mfcc", "mel", "chroma", "stft"], n_mfcc=20, height=64),
-    FeatureConfig(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=64, fmin=50.0, fmax=8000.0, top_db=60.0, height=96, duration=2.0),
-], ids=["default", "all-channels", "other-stft"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        FeatureConfig(),
+        FeatureConfig(channels=["mfcc", "mel", "chroma", "stft"], n_mfcc=20, height=64),
+        FeatureConfig(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=64, fmin=50.0, fmax=8000.0, top_db=60.0, height=96, duration=2.0),
+    ],
+    ids=["default", "all-channels", "other-stft"],
+)
 def test_torch_renderer_matches_librosa_reference_on_real_clips(config):
     clips = [audio.load(p, config.sample_rate, config.duration, config.trim_db) for p in CLIPS]
     clips.append(np.zeros_like(clips[0]))  # silence: every dB channel sits at its floor
@@ -73,8 +77,14 @@ def test_torch_renderer_matches_librosa_reference_on_real_clips(config):
 @pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(sample_rate=22050, n_fft=2048, n_mels=64, fmin=50.0, fmax=8000.0)])
 def test_banded_mel_product_equals_dense_product_with_fewer_terms(config):
     renderer = features.Renderer(config)
-    power = torch.from_numpy(np.stack([np.abs(librosa.stft(audio.load(p, config.sample_rate, config.duration, config.trim_db),
-                                                           n_fft=config.n_fft, hop_length=config.hop_length)) ** 2 for p in CLIPS]))
+    power = torch.from_numpy(
+        np.stack(
+            [
+                np.abs(librosa.stft(audio.load(p, config.sample_rate, config.duration, config.trim_db), n_fft=config.n_fft, hop_length=config.hop_length)) ** 2
+                for p in CLIPS
+            ]
+        )
+    )
     dense = torch.matmul(renderer.mel_fb, power)
     torch.testing.assert_close(renderer._mel(power), dense, rtol=1e-5, atol=1e-7 * float(dense.max()))
     touched = sum((r1 - r0) * (hi - lo) for r0, r1, lo, hi in renderer.mel_bands)

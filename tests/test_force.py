@@ -13,7 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import metrics, recipe as recipe_mod, train
+from ensemble import metrics, train
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
 from .conftest import cli_ok, copy_tiny_runs
@@ -48,8 +49,19 @@ def forced(tiny_trained, tmp_path_factory):
     refused = CliRunner().invoke(app, ["train", "--recipe", str(recipe_path), *RUN, "--epochs", "2"])
     after_refusal = _hashes(runs)
     output = cli_ok(["train", "--recipe", str(recipe_path), *RUN, "--epochs", "2", "--force"])
-    return {"root": root, "original": original, "recipe_path": recipe_path, "runs": runs, "run": run, "before": before, "old": old,
-            "refused": refused, "after_refusal": after_refusal, "output": output, "after": _hashes(runs)}
+    return {
+        "root": root,
+        "original": original,
+        "recipe_path": recipe_path,
+        "runs": runs,
+        "run": run,
+        "before": before,
+        "old": old,
+        "refused": refused,
+        "after_refusal": after_refusal,
+        "output": output,
+        "after": _hashes(runs),
+    }
 
 
 def test_without_force_a_finished_run_of_another_configuration_is_refused_and_kept(forced):

@@ -35,8 +35,8 @@ def tiny(small_source, tmp_path) -> Path:
     recipe.write_text(f"""
 name = "tiny"
 backbones = ["{BACKBONE}"]
-runs_dir = "{tmp_path / 'runs'}"
-submissions_dir = "{tmp_path / 'subs'}"
+runs_dir = "{tmp_path / "runs"}"
+submissions_dir = "{tmp_path / "subs"}"
 [competition]
 dir = "{comp}"
 classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -61,8 +61,14 @@ def test_log_file_gets_one_line_per_epoch_and_stage(tiny, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}  # library warnings are not what this test measures
     env = {k: v for k, v in env.items() if not k.startswith("TQDM_")}
     with open(log_path, "wb") as log:
-        done = subprocess.run([sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(tiny)],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(tiny)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=600,
+        )
     data = log_path.read_bytes()
     text = data.decode()
     assert done.returncode == 0, text

@@ -8,9 +8,10 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, label_ranking_average_precision_score
 from typer.testing import CliRunner
 
-from .conftest import cli_ok, ravdess_clip
 from ensemble import multilabel
 from ensemble.cli import app
+
+from .conftest import cli_ok
 
 CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "strong"]
 
@@ -60,20 +61,6 @@ def test_union_mixup_mixes_images_and_unites_labels():
     assert torch.equal(united, torch.ones(2, 2))
     smoothed = multilabel.smooth(target, 0.1)
     assert torch.allclose(smoothed, torch.tensor([[0.95, 0.05], [0.05, 0.95]]))
-
-
-@pytest.fixture(scope="module")
-def strong_source(tmp_path_factory):
-    """48 real clips of actors 1-6, half of the non-neutral ones at strong intensity."""
-    root = tmp_path_factory.mktemp("ravdess_strong")
-    for actor in range(1, 7):
-        folder = root / f"Actor_{actor:02d}"
-        folder.mkdir()
-        for emotion in range(1, 9):
-            intensity = 2 if emotion > 1 and (emotion + actor) % 2 == 0 else 1
-            clip = ravdess_clip(actor, emotion, intensity=intensity)
-            (folder / clip.name).symlink_to(clip)
-    return root
 
 
 def test_multilabel_end_to_end_on_real_clips(strong_source, tiny_recipe_text, tmp_path):

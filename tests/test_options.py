@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
-from ensemble import audio, metrics, predict, recipe as recipe_mod, train
+from ensemble import audio, metrics, predict, train
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
 from .conftest import cli_ok, copy_tiny_runs, fold_mean, ravdess_clip, tiny_competition
@@ -45,8 +46,7 @@ def _variant(tiny, tmp_path, name: str, **train_settings) -> recipe_mod.Recipe:
     (and ``[competition].classes`` when ``classes`` is given)."""
     base = tiny["recipe"]
     competition = base.competition if "classes" not in train_settings else dataclasses.replace(base.competition, classes=train_settings.pop("classes"))
-    r = dataclasses.replace(base, name=name, runs_dir=str(tmp_path / "runs"), competition=competition,
-                            train=dataclasses.replace(base.train, **train_settings))
+    r = dataclasses.replace(base, name=name, runs_dir=str(tmp_path / "runs"), competition=competition, train=dataclasses.replace(base.train, **train_settings))
     recipe_mod.validate(r, name)
     return r
 
@@ -211,8 +211,9 @@ def test_given_class_weights_of_the_wrong_length_are_refused(tiny, tmp_path):
     assert not (r.run_dir(BACKBONE, 0) / "metrics.json").exists()
 
     recipe_file = tmp_path / "short.toml"
-    recipe_file.write_text(f'extends = "{tiny["path"]}"\nruns_dir = "{tmp_path / "cli_runs"}"\n'
-                           '[train]\nclass_weights = "given"\nclass_weight_values = [1.0, 2.0, 3.0]\n')
+    recipe_file.write_text(
+        f'extends = "{tiny["path"]}"\nruns_dir = "{tmp_path / "cli_runs"}"\n[train]\nclass_weights = "given"\nclass_weight_values = [1.0, 2.0, 3.0]\n'
+    )
     result = CliRunner().invoke(app, ["train", "--recipe", str(recipe_file), "--backbone", BACKBONE, "--fold", "0", "--quiet"])
     # the recipe lists its classes, so the CLI refuses it when the recipe loads, before any data or run folder
     assert result.exit_code == 2 and "[train].class_weight_values has 3 values for the 8 [competition].classes" in result.output
@@ -291,21 +292,25 @@ def test_ens_predict_reads_mp3_and_ogg(tiny_trained, lossy_copies, tmp_path):
         np.testing.assert_allclose(frame.loc[str(path), classes].to_numpy(float), expected, rtol=0, atol=1e-5)
     for ext in LOSSY:
         assert not np.array_equal(images[ext], images["flac"])  # predicted from the decoded lossy audio
-        np.testing.assert_allclose(frame.loc[str(lossy_copies[ext]), classes].to_numpy(float),
-                                   frame.loc[str(lossy_copies["flac"]), classes].to_numpy(float), rtol=0, atol=0.05)
+        np.testing.assert_allclose(
+            frame.loc[str(lossy_copies[ext]), classes].to_numpy(float), frame.loc[str(lossy_copies["flac"]), classes].to_numpy(float), rtol=0, atol=0.05
+        )
 
 
 # --- recipe checks -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section, key, value", [
-    ("train", "epochs", True),
-    ("train", "patience", False),
-    ("train", "lr", True),
-    ("folds", "n_splits", True),
-    ("features", "duration", False),
-    ("blend", "iterations", True),
-])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("train", "epochs", True),
+        ("train", "patience", False),
+        ("train", "lr", True),
+        ("folds", "n_splits", True),
+        ("features", "duration", False),
+        ("blend", "iterations", True),
+    ],
+)
 def test_true_and_false_are_not_numbers(tmp_path, section, key, value):
     with pytest.raises(recipe_mod.RecipeError, match=rf"\[{section}\]\.{key} = {value!r} should be of type (int|float)"):
         recipe_mod.from_dict({section: {key: value}})

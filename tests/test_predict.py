@@ -9,10 +9,12 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from ensemble import audio, competition, features, predict, recipe as recipe_mod
+from ensemble import audio, competition, features, predict
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, copy_tiny_runs, fold_mean, ravdess_clip
+from .conftest import cli_ok as _ok
+from .conftest import copy_tiny_runs, fold_mean, ravdess_clip
 
 runner = CliRunner()
 BACKBONES = ("test_efficientnet", "test_resnet")
@@ -125,13 +127,16 @@ def test_a_long_file_is_windowed_each_window_predicted_from_its_audio_and_placed
     np.testing.assert_allclose(file_row[classes].to_numpy(dtype=float), got.mean(axis=0), atol=1e-9)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--window", "1.0", "--hop", "1.5"], "--hop 1.5 s is longer than the window (1.0 s): audio between windows would be skipped"),
-    (["--window", "0.00002"], "--window 2e-05: give a positive number of seconds (at least one sample, 1/16000 s)"),
-    (["--window", "-1"], "--window -1.0: give a positive number of seconds"),
-    (["--hop", "0.00002"], "--hop 2e-05: give a positive number of seconds (at least one sample, 1/16000 s)"),
-    (["--hop", "0"], "--hop 0.0: give a positive number of seconds"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--window", "1.0", "--hop", "1.5"], "--hop 1.5 s is longer than the window (1.0 s): audio between windows would be skipped"),
+        (["--window", "0.00002"], "--window 2e-05: give a positive number of seconds (at least one sample, 1/16000 s)"),
+        (["--window", "-1"], "--window -1.0: give a positive number of seconds"),
+        (["--hop", "0.00002"], "--hop 2e-05: give a positive number of seconds (at least one sample, 1/16000 s)"),
+        (["--hop", "0"], "--hop 0.0: give a positive number of seconds"),
+    ],
+)
 def test_a_hop_longer_than_the_window_or_a_window_or_hop_under_one_sample_is_refused(trained, long_file, tmp_path, args, message):
     out = tmp_path / "refused.csv"
     result = runner.invoke(app, ["predict", str(long_file[0]), "--recipe", str(trained["recipe_path"]), "--timeline", *args, "--out", str(out)])

@@ -9,20 +9,29 @@ from .conftest import RAVDESS
 def test_parse_name_decodes_every_field():
     fields = ravdess.parse_name("Actor_12/03-01-05-02-01-02-12.wav")
     assert fields == {
-        "modality": 3, "vocal_channel": "speech", "emotion": "angry", "intensity": "strong",
-        "statement": 1, "repetition": 2, "actor": 12, "gender": "female",
+        "modality": 3,
+        "vocal_channel": "speech",
+        "emotion": "angry",
+        "intensity": "strong",
+        "statement": 1,
+        "repetition": 2,
+        "actor": 12,
+        "gender": "female",
     }
     assert ravdess.parse_name("03-02-01-01-02-01-07.flac")["gender"] == "male"
     assert ravdess.parse_name("03-02-01-01-02-01-07.flac")["vocal_channel"] == "song"
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("03-01-05-02-01-02.wav", "seven 2-digit fields"),
-    ("03-01-09-01-01-01-01.wav", "emotion code 09"),
-    ("03-01-05-03-01-01-01.wav", "intensity code 03"),
-    ("03-01-05-01-01-01-25.wav", "actor code 25"),
-    ("a3-01-05-01-01-01-01.wav", "seven 2-digit fields"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("03-01-05-02-01-02.wav", "seven 2-digit fields"),
+        ("03-01-09-01-01-01-01.wav", "emotion code 09"),
+        ("03-01-05-03-01-01-01.wav", "intensity code 03"),
+        ("03-01-05-01-01-01-25.wav", "actor code 25"),
+        ("a3-01-05-01-01-01-01.wav", "seven 2-digit fields"),
+    ],
+)
 def test_parse_name_rejects_bad_names_naming_the_file(name, fragment):
     with pytest.raises(ravdess.RavdessError, match=fragment) as err:
         ravdess.parse_name(name)

@@ -20,18 +20,23 @@ def test_feature_key_changes_with_any_setting():
     assert recipe.FeatureConfig(channels=["chroma", "mel", "stft"]).key() != base.key()
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"train": {"epoch": 3}}, r"unknown key\(s\) \['epoch'\] in \[train\]"),
-    ({"features": {"channels": ["mel", "cqt"]}}, r"\[features\].channels = \['mel', 'cqt'\]: each must be one of"),
-    ({"train": {"lr": "fast"}}, r"\[train\].lr = 'fast' should be of type float"),
-    ({"blend": {"method": "vote"}}, r"\[blend\].method = 'vote'"),
-    ({"train": {"precision": "fp8"}}, r"\[train\].precision = 'fp8': must be bf16, fp16 or fp32"),
-    ({"train": {"cpu_precision": "fp16"}}, r"\[train\].cpu_precision = 'fp16': must be bf16 or fp32 \(fp16 is CUDA only\)"),
-    ({"colour": "red"}, r"unknown key\(s\) \['colour'\] in the top level"),
-    ({"augment": {"mixup_alpha": 0.2}, "train": {"batch_size": 15}}, r"\[train\].batch_size = 15 must be even"),
-    ({"competition": {"classes": ["a", "b", "c"]}, "train": {"class_weights": "given", "class_weight_values": [1.0, 2.0]}},
-     r"\[train\].class_weight_values has 2 values for the 3 \[competition\].classes"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"train": {"epoch": 3}}, r"unknown key\(s\) \['epoch'\] in \[train\]"),
+        ({"features": {"channels": ["mel", "cqt"]}}, r"\[features\].channels = \['mel', 'cqt'\]: each must be one of"),
+        ({"train": {"lr": "fast"}}, r"\[train\].lr = 'fast' should be of type float"),
+        ({"blend": {"method": "vote"}}, r"\[blend\].method = 'vote'"),
+        ({"train": {"precision": "fp8"}}, r"\[train\].precision = 'fp8': must be bf16, fp16 or fp32"),
+        ({"train": {"cpu_precision": "fp16"}}, r"\[train\].cpu_precision = 'fp16': must be bf16 or fp32 \(fp16 is CUDA only\)"),
+        ({"colour": "red"}, r"unknown key\(s\) \['colour'\] in the top level"),
+        ({"augment": {"mixup_alpha": 0.2}, "train": {"batch_size": 15}}, r"\[train\].batch_size = 15 must be even"),
+        (
+            {"competition": {"classes": ["a", "b", "c"]}, "train": {"class_weights": "given", "class_weight_values": [1.0, 2.0]}},
+            r"\[train\].class_weight_values has 2 values for the 3 \[competition\].classes",
+        ),
+    ],
+)
 def test_bad_recipes_are_refused_naming_the_key(data, message):
     with pytest.raises(recipe.RecipeError, match=message):
         recipe.from_dict(data)

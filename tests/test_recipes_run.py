@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ensemble import recipe as recipe_mod, train
+from ensemble import recipe as recipe_mod
+from ensemble import train
 from ensemble.corpora import ravdess
 
 from .conftest import ROOT

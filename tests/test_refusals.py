@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from ensemble.cli import app
 
 from .conftest import cli_ok, copy_tiny_runs, ravdess_clip
-from .test_multilabel import CLASSES as ML_CLASSES, strong_source  # noqa: F401  (strong_source: a module-scoped fixture)
+from .test_multilabel import CLASSES as ML_CLASSES
 
 CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 CLIP = ravdess_clip(5, 3)  # a real held-out clip (actor 5, happy)
@@ -56,8 +56,11 @@ def predict_args(recipe: Path, *paths) -> list[str]:
     return ["predict", *(str(p) for p in (paths or [CLIP])), "--recipe", str(recipe)]
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"method": "caruana", "weights": {"test_resnet": "heavy"}}', '{"weights": {}}'],
-                         ids=["garbage", "a list", "a weight that is not a number", "no method"])
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[1, 2]", '{"method": "caruana", "weights": {"test_resnet": "heavy"}}', '{"weights": {}}'],
+    ids=["garbage", "a list", "a weight that is not a number", "no method"],
+)
 def test_predict_refuses_an_unreadable_weights_json_naming_it_and_the_fix(runs, content):
     recipe, tiny = runs
     path = tiny / "blend" / "weights.json"
@@ -72,8 +75,15 @@ def test_predict_refuses_a_weighted_member_with_an_unfinished_fold(runs):
     member = next(b for b, w in weights.items() if w > 0)  # a member the blend gave weight
     (tiny / member / "fold1" / "metrics.json").unlink()
     out = refused(predict_args(recipe))
-    assert_names(out, str(tiny / "blend" / "weights.json"), f"weights ['{member}']", "2 folds are not all finished", str(tiny),
-                 f"`ens train --backbone {member}`", "re-run `ens blend`")
+    assert_names(
+        out,
+        str(tiny / "blend" / "weights.json"),
+        f"weights ['{member}']",
+        "2 folds are not all finished",
+        str(tiny),
+        f"`ens train --backbone {member}`",
+        "re-run `ens blend`",
+    )
 
 
 def test_a_zero_weight_member_is_left_out_even_unfinished(runs, tiny_trained, tmp_path):
@@ -81,8 +91,9 @@ def test_a_zero_weight_member_is_left_out_even_unfinished(runs, tiny_trained, tm
     finished, and the prediction is that of the other members alone; with no positive weight, a refusal."""
     recipe, tiny = runs
     path = tiny / "blend" / "weights.json"
-    path.write_text(json.dumps({"method": "caruana", "members": ["test_efficientnet", "test_resnet"],
-                                "weights": {"test_efficientnet": 0.0, "test_resnet": 1.0}}))
+    path.write_text(
+        json.dumps({"method": "caruana", "members": ["test_efficientnet", "test_resnet"], "weights": {"test_efficientnet": 0.0, "test_resnet": 1.0}})
+    )
     (tiny / "test_efficientnet" / "fold1" / "metrics.json").unlink()  # unfinished, but weighted 0
     out = cli_ok(predict_args(recipe) + ["--out", str(tmp_path / "zero.csv")])
     ensemble_line = next(line for line in out.splitlines() if line.startswith("ensemble:"))
@@ -102,15 +113,17 @@ def test_predict_refuses_runs_trained_with_other_features(runs):
     equal_weights(tiny)
     recipe.write_text(recipe.read_text() + "[features]\nheight = 48\n")
     out = refused(predict_args(recipe))
-    assert_names(out, f"error: {tiny / 'test_efficientnet' / 'fold0'} was trained with other [features] than 'tiny' has now",
-                 "predict with the recipe it was trained with, or re-train it with `ens train --force`")
+    assert_names(
+        out,
+        f"error: {tiny / 'test_efficientnet' / 'fold0'} was trained with other [features] than 'tiny' has now",
+        "predict with the recipe it was trained with, or re-train it with `ens train --force`",
+    )
 
 
 OTHER = [*CLASSES[:-1], "surprise"]
 
 
-@pytest.mark.parametrize("case", ["the recipe lists other classes", "one member's runs have other classes",
-                                  "runs disagree, the recipe lists none"])
+@pytest.mark.parametrize("case", ["the recipe lists other classes", "one member's runs have other classes", "runs disagree, the recipe lists none"])
 def test_predict_refuses_runs_trained_with_other_classes(runs, case):
     recipe, tiny = runs
     equal_weights(tiny)
@@ -128,8 +141,12 @@ def test_predict_refuses_runs_trained_with_other_classes(runs, case):
         run, trained = tiny / "test_resnet" / "fold0", OTHER
         other = f"'tiny' has [competition].classes = {CLASSES}" if case.startswith("one") else f"other runs of the ensemble with {CLASSES}"
     out = refused(predict_args(recipe))
-    assert_names(out, f"error: {run} was trained with classes {trained}, {other} (names and order)",
-                 "predict with the recipe it was trained with", f"`ens train --backbone {run.parent.name} --fold 0 --force`")
+    assert_names(
+        out,
+        f"error: {run} was trained with classes {trained}, {other} (names and order)",
+        "predict with the recipe it was trained with",
+        f"`ens train --backbone {run.parent.name} --fold 0 --force`",
+    )
 
 
 def test_predict_refuses_weights_that_do_not_load(runs):
@@ -148,8 +165,11 @@ def test_predict_refuses_a_folder_without_audio(runs, tmp_path):
     (folder / "notes.txt").write_text("clips to come")
     (folder / "day1" / "clip.m4a").write_bytes(b"\0" * 64)
     out = refused(predict_args(recipe, folder))
-    assert_names(out, f"error: {folder}: folder holds no audio file (.wav, .flac, .mp3, .ogg, searched recursively)",
-                 "give the folder that holds the clips, or the audio files themselves")
+    assert_names(
+        out,
+        f"error: {folder}: folder holds no audio file (.wav, .flac, .mp3, .ogg, searched recursively)",
+        "give the folder that holds the clips, or the audio files themselves",
+    )
     assert "ensemble:" not in out  # refused before the models load
 
 
@@ -229,8 +249,11 @@ def _negative(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 BAD_PROBABILITIES = [
-    ("a class column missing", lambda f: f.drop(columns=["surprised"]), ["has probability columns for 7 classes but lacks ['surprised']",
-                                                                          "write one column per class"]),
+    (
+        "a class column missing",
+        lambda f: f.drop(columns=["surprised"]),
+        ["has probability columns for 7 classes but lacks ['surprised']", "write one column per class"],
+    ),
     ("a negative probability", _negative, ["class columns must hold finite probabilities >= 0"]),
     ("an infinite probability", lambda f: f.assign(calm="inf"), ["class columns must hold finite probabilities >= 0"]),
 ]
@@ -274,10 +297,9 @@ def _lwlrap_by_hand(y: np.ndarray, s: np.ndarray) -> float:
     return float(np.mean(precisions))
 
 
-def test_multilabel_probability_columns_are_scored_like_scikit_learn(strong_source, tiny_recipe_text, tmp_path):  # noqa: F811
+def test_multilabel_probability_columns_are_scored_like_scikit_learn(strong_source, tiny_recipe_text, tmp_path):
     comp = tmp_path / "comp"
-    cli_ok(["data", "ravdess", "--source", str(strong_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2",
-            "--labels", "emotion_intensity"])
+    cli_ok(["data", "ravdess", "--source", str(strong_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2", "--labels", "emotion_intensity"])
     text = tiny_recipe_text(comp, tmp_path / "runs", tmp_path / "subs").replace("[competition]\n", '[competition]\ntask = "multilabel"\n')
     recipe = tmp_path / "ml.toml"
     recipe.write_text(text.replace('"surprised"]', '"surprised", "strong"]') + 'metric = "lwlrap"\n')
@@ -334,12 +356,15 @@ AUDIO_FIXES = {  # the file, then the problem and the fix as docs/reliability.md
     "0-byte file": (lambda p: p.write_bytes(b""), ["the file is empty, 0 bytes", "re-copy it or drop it from the table"]),
     "missing file": (lambda p: None, ["audio file does not exist; check the path column and [competition].audio_root"]),
     "a folder": (lambda p: p.mkdir(), ["is a folder, not an audio file; check the path column"]),
-    "WAV cut mid-header": (lambda p: p.write_bytes(_wav(TONE)[:30]),
-                           ["has a damaged or truncated WAV header (30 bytes; libsndfile: ", "re-export or re-download the file"]),
+    "WAV cut mid-header": (
+        lambda p: p.write_bytes(_wav(TONE)[:30]),
+        ["has a damaged or truncated WAV header (30 bytes; libsndfile: ", "re-export or re-download the file"],
+    ),
     "garbled fmt chunk": (_garbled_fmt, ["has a damaged or truncated WAV header (", "libsndfile: ", "re-export or re-download the file"]),
-    "FLAC cut mid-stream": (lambda p: p.write_bytes(_wav(TONE, fmt="FLAC")[: len(_wav(TONE, fmt="FLAC")) // 2]),
-                            ["the audio stream is cut short or corrupt (libsndfile: ", "the header lists 48000 frames)",
-                             "re-export or re-download the file"]),
+    "FLAC cut mid-stream": (
+        lambda p: p.write_bytes(_wav(TONE, fmt="FLAC")[: len(_wav(TONE, fmt="FLAC")) // 2]),
+        ["the audio stream is cut short or corrupt (libsndfile: ", "the header lists 48000 frames)", "re-export or re-download the file"],
+    ),
     "sample rate 1 Hz": (_one_hz, ["sample rate 1 Hz is outside 1000-768000 Hz, so the header is corrupt; re-export the file"]),
     "0 frames": (lambda p: p.write_bytes(_wav(np.zeros(0))), ["the file holds no audio (a header with 0 frames); re-export it or drop it from the table"]),
 }

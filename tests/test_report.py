@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import metrics, recipe as recipe_mod, report
+from ensemble import metrics, report
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, copy_tiny_runs
+from .conftest import cli_ok as _ok
+from .conftest import copy_tiny_runs
 
 runner = CliRunner()
 PNG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -79,8 +81,7 @@ def test_the_highlighted_row_is_the_leaderboards_best_by_its_cross_validated_met
 
 
 def test_best_row_judges_by_the_first_column_it_has_and_lowest_loss_wins():
-    board = pd.DataFrame({"model": ["a", "b", "c"], "accuracy": [0.9, 0.5, 0.7], "uar": [0.2, 0.6, np.nan],
-                          "cv_uar": [np.nan, np.nan, np.nan]})
+    board = pd.DataFrame({"model": ["a", "b", "c"], "accuracy": [0.9, 0.5, 0.7], "uar": [0.2, 0.6, np.nan], "cv_uar": [np.nan, np.nan, np.nan]})
     assert report.best_row(board, "uar") == (1, "uar")  # cv_uar has no value: the next column
     assert report.best_row(board, "macro_f1") == (0, "accuracy")
     assert report.best_row(board.assign(cv_uar=[0.1, 0.3, 0.3]), "uar") == (1, "cv_uar")  # the first of equal bests
@@ -100,8 +101,7 @@ def test_every_embedded_image_is_a_real_png(trained):
 
 def test_without_a_blend_the_leaderboard_pools_the_folds_and_unfinished_backbones_are_listed(trained, tmp_path):
     partial = tmp_path / "partial.toml"
-    partial.write_text(f'extends = "{trained["recipe"]}"\nname = "partial"\n'
-                       'backbones = ["test_efficientnet", "test_resnet", "test_convnext"]\n')
+    partial.write_text(f'extends = "{trained["recipe"]}"\nname = "partial"\nbackbones = ["test_efficientnet", "test_resnet", "test_convnext"]\n')
     runs = trained["runs"].parent / "partial"
     for backbone in ("test_efficientnet", "test_resnet"):
         shutil.copytree(trained["runs"] / backbone, runs / backbone)

@@ -21,7 +21,8 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from ensemble import recipe as recipe_mod, train
+from ensemble import recipe as recipe_mod
+from ensemble import train
 from ensemble.cli import app
 
 from .conftest import cli_ok, tiny_competition
@@ -239,8 +240,11 @@ def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted,
 def test_resume_refuses_weights_of_another_epoch_than_the_checkpoints_best(tmp_path):
     model = torch.nn.Linear(2, 2)
     checkpoint = {"epoch": 3, "best_epoch": 2, "log": []}
-    with pytest.raises(train.RunConflictError, match=r"model.safetensors holds no weights, not epoch 2, the best epoch .*checkpoint.pt was saved "
-                                                     r"with; train without --resume to start afresh"):
+    with pytest.raises(
+        train.RunConflictError,
+        match=r"model.safetensors holds no weights, not epoch 2, the best epoch .*checkpoint.pt was saved "
+        r"with; train without --resume to start afresh",
+    ):
         train._restore_best(tmp_path, checkpoint, model, "linear")
     train._save_weights(tmp_path, model.state_dict(), "linear", 3)
     with pytest.raises(train.RunConflictError, match="model.safetensors holds epoch 3, not epoch 2"):

@@ -91,8 +91,7 @@ def test_competition_column_names_are_scored_like_sklearn(folder, tmp_path):
     assert list(_table(comp / "solution.csv").columns[:2]) == ["file_id", "emotion"]
     comp_obj = _load(recipe_path)
     sub = _label_submission(comp, tmp_path / "sub.csv")
-    expected = _sklearn(_table(comp / "solution.csv").set_index("file_id")["emotion"],
-                        _table(sub).set_index("file_id")["emotion"], comp_obj.classes)
+    expected = _sklearn(_table(comp / "solution.csv").set_index("file_id")["emotion"], _table(sub).set_index("file_id")["emotion"], comp_obj.classes)
     assert 0 < expected["accuracy"] < 1 and expected["n"] == 16
     result = submission.score_splits(comp_obj, sub)
     assert list(result) == ["all"]
@@ -169,8 +168,11 @@ def test_probability_sample_takes_the_single_other_solution_column(folder, tmp_p
     truth = solution.set_index("file_id")["truth"]
     frame = pd.DataFrame(proba, index=test_ids, columns=classes).loc[truth.index]
     result = submission.score_splits(comp_obj, sub)
-    for split, rows in (("all", np.ones(16, bool)), ("public", solution["Usage"].eq("Public").to_numpy()),
-                        ("private", solution["Usage"].eq("Private").to_numpy())):
+    for split, rows in (
+        ("all", np.ones(16, bool)),
+        ("public", solution["Usage"].eq("Public").to_numpy()),
+        ("private", solution["Usage"].eq("Private").to_numpy()),
+    ):
         argmax = frame[rows].idxmax(axis=1)
         expected = _sklearn(truth[rows], argmax, classes)
         expected["log_loss"] = log_loss(truth[rows], frame[rows][sorted(classes)].to_numpy(), labels=sorted(classes))
@@ -199,8 +201,12 @@ REFUSALS = [
     ("unknown id", lambda f: _set(f, 4, "file_id", "test_9999"), "test_9999", ["'test_9999'", "is not a test id", "delete the row or fix its id"]),
     ("test id without a row", lambda f: f.drop(index=6), None, ["has no row for 1 of the 16 test ids", "add a row"]),
     ("no target column", lambda f: f.drop(columns="emotion"), None, ["has no target column", "'emotion'", "'speaker'", "name its label column 'emotion'"]),
-    ("label not a class", lambda f: _set(f, 3, "emotion", "joyful"), "joyful", ["label 'joyful'", "(column 'emotion')", "is not one of the classes",
-                                                                             "fix the label or the recipe's [competition].classes"]),
+    (
+        "label not a class",
+        lambda f: _set(f, 3, "emotion", "joyful"),
+        "joyful",
+        ["label 'joyful'", "(column 'emotion')", "is not one of the classes", "fix the label or the recipe's [competition].classes"],
+    ),
     ("empty label", lambda f: _set(f, 8, "emotion", ""), None, ["empty label (column 'emotion') in line 10", "fill it in"]),
     ("bad Usage", lambda f: _set(f, 0, "Usage", "public"), None, ["Usage 'public' in line 2", "Public", "Private", "Ignored"]),
     ("nothing scored", lambda f: f.assign(Usage="Ignored"), None, ["every row's Usage is 'Ignored'", "mark rows Public or Private"]),

@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import audio, blend, blenders, metrics, predict, recipe as recipe_mod, train
+from ensemble import audio, blend, blenders, metrics, predict, train
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
-from .conftest import cli_ok as _ok, fold_mean, tiny_competition
+from .conftest import cli_ok as _ok
+from .conftest import fold_mean, tiny_competition
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -64,9 +66,11 @@ def trained(small_source, tiny_recipe_text, tmp_path_factory):
     text = text.replace(default_backbones, f"backbones = {json.dumps(BACKBONES)}") + f"tta_shifts = {SHIFTS}\n"
     recipe_path = tiny_competition(root / "tiny.toml", text, small_source)
     r = recipe_mod.load(recipe_path)
-    outputs = {"seed": _ok(["train", "--recipe", str(recipe_path), "--backbone", "test_resnet@7", "--quiet"]),
-               "all": _ok(["train", "--recipe", str(recipe_path), "--quiet"]),
-               "blend": _ok(["blend", "--recipe", str(recipe_path), "--method", "mean"])}
+    outputs = {
+        "seed": _ok(["train", "--recipe", str(recipe_path), "--backbone", "test_resnet@7", "--quiet"]),
+        "all": _ok(["train", "--recipe", str(recipe_path), "--quiet"]),
+        "blend": _ok(["blend", "--recipe", str(recipe_path), "--method", "mean"]),
+    }
     return {"recipe_path": recipe_path, "recipe": r, "data": train.load_data(r, progress=False), "subs": subs, **outputs}
 
 
@@ -163,12 +167,15 @@ def test_a_run_finished_before_tta_shifts_existed_is_still_finished(trained):
         train.finished_run(with_tta, data, "test_resnet", 0)
 
 
-@pytest.mark.parametrize("backbones, message", [
-    (["test_resnet@"], "backbones entry 'test_resnet@'"),
-    (["test_resnet@x"], "backbones entry 'test_resnet@x'"),
-    (["@7"], "backbones entry '@7'"),
-    (["test_resnet", "test_resnet@42"], r"\['test_resnet', 'test_resnet@42'\] train one model twice with one seed"),
-])
+@pytest.mark.parametrize(
+    "backbones, message",
+    [
+        (["test_resnet@"], "backbones entry 'test_resnet@'"),
+        (["test_resnet@x"], "backbones entry 'test_resnet@x'"),
+        (["@7"], "backbones entry '@7'"),
+        (["test_resnet", "test_resnet@42"], r"\['test_resnet', 'test_resnet@42'\] train one model twice with one seed"),
+    ],
+)
 def test_malformed_or_repeated_entries_are_refused(backbones, message):
     with pytest.raises(recipe_mod.RecipeError, match=message):
         recipe_mod.from_dict({"backbones": backbones})

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import blend, blenders, features, recipe as recipe_mod, train
+from ensemble import blend, blenders, features, train
+from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
 from .conftest import cli_ok, ravdess_clip, tiny_competition

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from ensemble import competition
 from ensemble.competition import CompetitionError
@@ -45,12 +46,20 @@ def load(root: Path, **config) -> competition.Competition:
 
 # (case id, tables replacing the good ones, config changes, regex the message must match)
 LOAD_CASES = [
-    ("train-missing-column", {"train.csv": "id,path,group\nc1,1.wav,s1\n"}, {},
-     r"train.csv has no column\(s\) \['label'\] \(columns: \['id', 'path', 'group'\]\); set the column names in the recipe's \[competition\]"),
+    (
+        "train-missing-column",
+        {"train.csv": "id,path,group\nc1,1.wav,s1\n"},
+        {},
+        r"train.csv has no column\(s\) \['label'\] \(columns: \['id', 'path', 'group'\]\); set the column names in the recipe's \[competition\]",
+    ),
     ("test-missing-column", {"test.csv": "id,file\nt1,x.wav\nt2,y.wav\n"}, {}, r"test.csv has no column\(s\) \['path'\]"),
     ("sample-missing-column", {"sample_submission.csv": "key,a,b\nt1,0.5,0.5\nt2,0.5,0.5\n"}, {}, r"sample_submission.csv has no column\(s\) \['id'\]"),
-    ("train-duplicate-id", {"train.csv": TRAIN + "c2,5.wav,a,s5\n"}, {},
-     r"train.csv: id 'c2' appears more than once \(line 6\), first in line 3; ids must be unique"),
+    (
+        "train-duplicate-id",
+        {"train.csv": TRAIN + "c2,5.wav,a,s5\n"},
+        {},
+        r"train.csv: id 'c2' appears more than once \(line 6\), first in line 3; ids must be unique",
+    ),
     ("test-duplicate-id", {"test.csv": TEST + "t1,z.wav\n"}, {}, r"test.csv: id 't1' appears more than once \(line 4\), first in line 2"),
     ("sample-duplicate-id", {"sample_submission.csv": SAMPLE + "t2,0.5,0.5\n"}, {}, r"sample_submission.csv: id 't2' appears more than once \(line 4\)"),
     ("train-empty-id", {"train.csv": TRAIN + " ,5.wav,a,s5\n"}, {}, r"train.csv: empty id in line 6; fill it in or delete the row"),
@@ -58,36 +67,68 @@ LOAD_CASES = [
     ("sample-empty-id", {"sample_submission.csv": "id,a,b\nt1,0.5,0.5\n,0.5,0.5\n"}, {}, r"sample_submission.csv: empty id in line 3"),
     ("empty-label", {"train.csv": TRAIN + "c5,5.wav,,s5\n"}, {}, r"train.csv: empty label in line 6 \(id 'c5'\); fill it in or delete the row"),
     ("empty-path", {"test.csv": "id,path\nt1,\nt2,y.wav\n"}, {}, r"test.csv: empty path in line 2 \(id 't1'\)"),
-    ("label-outside-classes", {"train.csv": TRAIN + "c5,5.wav,zebra,s5\n"}, {},
-     r"train.csv: label 'zebra' in line 6 is not one of the classes \['a', 'b'\]; fix the label or the recipe's \[competition\].classes"),
-    ("multilabel-token-outside-classes", {"train.csv": TRAIN + "c5,5.wav,a zebra,s5\n"}, {"task": "multilabel"},
-     r"train.csv: label 'a zebra' in line 6: 'zebra' is not one of the classes \['a', 'b'\]"),
-    ("test-ids-differ-from-sample", {"sample_submission.csv": "id,a,b\nt1,0.5,0.5\nt3,0.5,0.5\n"}, {},
-     r"test.csv and .*sample_submission.csv list different ids \(only in test: \['t2'\], only in sample: \['t3'\]\)"),
-    ("sample-columns-differ-from-classes", {"sample_submission.csv": "id,a,c\nt1,0.5,0.5\nt2,0.5,0.5\n"}, {},
-     r"sample_submission.csv: columns \['a', 'c'\] besides 'id' are neither one label column nor exactly the classes \['a', 'b'\] "
-     r"\(from the recipe's \[competition\].classes\); fix its header or \[competition\].classes"),
+    (
+        "label-outside-classes",
+        {"train.csv": TRAIN + "c5,5.wav,zebra,s5\n"},
+        {},
+        r"train.csv: label 'zebra' in line 6 is not one of the classes \['a', 'b'\]; fix the label or the recipe's \[competition\].classes",
+    ),
+    (
+        "multilabel-token-outside-classes",
+        {"train.csv": TRAIN + "c5,5.wav,a zebra,s5\n"},
+        {"task": "multilabel"},
+        r"train.csv: label 'a zebra' in line 6: 'zebra' is not one of the classes \['a', 'b'\]",
+    ),
+    (
+        "test-ids-differ-from-sample",
+        {"sample_submission.csv": "id,a,b\nt1,0.5,0.5\nt3,0.5,0.5\n"},
+        {},
+        r"test.csv and .*sample_submission.csv list different ids \(only in test: \['t2'\], only in sample: \['t3'\]\)",
+    ),
+    (
+        "sample-columns-differ-from-classes",
+        {"sample_submission.csv": "id,a,c\nt1,0.5,0.5\nt2,0.5,0.5\n"},
+        {},
+        r"sample_submission.csv: columns \['a', 'c'\] besides 'id' are neither one label column nor exactly the classes \['a', 'b'\] "
+        r"\(from the recipe's \[competition\].classes\); fix its header or \[competition\].classes",
+    ),
     ("sample-lacks-a-class-column", {"sample_submission.csv": "id,a\nt1,0.5\nt2,0.5\n"}, {}, r"columns \['a'\] besides 'id' are neither one label column"),
     ("sample-no-target-column", {"sample_submission.csv": "id\nt1\nt2\n"}, {}, r"columns \[\] besides 'id' are neither"),
-    ("classes-repeat", {}, {"classes": ["a", "b", "a"]},
-     r"the classes \['a', 'b', 'a'\] \(from the recipe's \[competition\].classes\) repeat \['a'\]; fix them there"),
-    ("one-class", {"train.csv": "id,path,label\nc1,1.wav,a\n", "sample_submission.csv": "id,label\nt1,a\nt2,a\n"}, {"classes": []},
-     r"the classes \['a'\] \(from the labels of .*train.csv\) are only \['a'\]: a multiclass task needs at least two"),
+    (
+        "classes-repeat",
+        {},
+        {"classes": ["a", "b", "a"]},
+        r"the classes \['a', 'b', 'a'\] \(from the recipe's \[competition\].classes\) repeat \['a'\]; fix them there",
+    ),
+    (
+        "one-class",
+        {"train.csv": "id,path,label\nc1,1.wav,a\n", "sample_submission.csv": "id,label\nt1,a\nt2,a\n"},
+        {"classes": []},
+        r"the classes \['a'\] \(from the labels of .*train.csv\) are only \['a'\]: a multiclass task needs at least two",
+    ),
     ("multilabel-class-with-space", {}, {"classes": ["a", "b c"], "task": "multilabel"}, r"include a name with spaces"),
     ("train-zero-bytes", {"train.csv": ""}, {}, r"train.csv is empty: a table needs a header line"),
     ("train-header-only", {"train.csv": "id,path,label\n"}, {}, r"train.csv has no rows; a competition needs training clips"),
     ("test-header-only", {"test.csv": "id,path\n", "sample_submission.csv": "id,a,b\n"}, {}, r"test.csv has no rows; a competition needs test clips"),
     ("train-binary", {"train.csv": bytes(range(256))}, {}, r"train.csv is not UTF-8 text \(byte 128 cannot be decoded\): is it a binary file\?"),
     ("test-nul-bytes", {"test.csv": b"id,path\x00\x01\x02\n"}, {}, r"test.csv holds NUL bytes: it is a binary file, not a CSV table"),
-    ("train-ragged-row", {"train.csv": TRAIN + "c5,5.wav,a,s5,extra\n"}, {},
-     r"train.csv: line 6 has 5 fields but the header \(line 1\) has 4; every row needs one value per column"),
+    (
+        "train-ragged-row",
+        {"train.csv": TRAIN + "c5,5.wav,a,s5,extra\n"},
+        {},
+        r"train.csv: line 6 has 5 fields but the header \(line 1\) has 4; every row needs one value per column",
+    ),
     ("train-short-row", {"train.csv": TRAIN + "c5,5.wav\n"}, {}, r"train.csv: line 6 has 2 fields but the header"),
     ("train-repeated-column", {"train.csv": "id,path,label,label\nc1,1.wav,a,b\n"}, {}, r"train.csv: the header \(line 1\) repeats column\(s\) \['label'\]"),
     ("sample-broken-quote", {"sample_submission.csv": 'id,a,b\nt1,0.5,0.5\nt2,"0.5,0.5\n'}, {}, r"sample_submission.csv: line \d+ is not valid CSV"),
     ("train-missing", {"train.csv": None}, {}, r"train.csv does not exist. A competition folder needs train.csv, test.csv and sample_submission.csv"),
     ("test-missing", {"test.csv": None}, {}, r"test.csv does not exist. A competition folder needs"),
-    ("blank-lines-count-in-line-numbers", {"train.csv": TRAIN.replace("\nc3", "\n\n\nc3") + "c1,5.wav,a,s5\n"}, {},
-     r"train.csv: id 'c1' appears more than once \(line 8\), first in line 2"),
+    (
+        "blank-lines-count-in-line-numbers",
+        {"train.csv": TRAIN.replace("\nc3", "\n\n\nc3") + "c1,5.wav,a,s5\n"},
+        {},
+        r"train.csv: id 'c1' appears more than once \(line 8\), first in line 2",
+    ),
 ]
 
 
@@ -100,8 +141,15 @@ def test_bad_table_is_refused_naming_file_line_and_fix(tmp_path, tables, config,
 
 
 def test_good_tables_load_exactly_as_written(tmp_path):
-    write(tmp_path, {**GOOD, "train.csv": "\ufeff" + TRAIN.replace("c4", "NA").replace("\n", "\r\n") + "\n\n",
-                     "test.csv": 'id,path\n001,"x,1.wav"\nt2,y.wav\n', "sample_submission.csv": "id,b,a\n001,0.5,0.5\nt2,0.5,0.5\n"})
+    write(
+        tmp_path,
+        {
+            **GOOD,
+            "train.csv": "\ufeff" + TRAIN.replace("c4", "NA").replace("\n", "\r\n") + "\n\n",
+            "test.csv": 'id,path\n001,"x,1.wav"\nt2,y.wav\n',
+            "sample_submission.csv": "id,b,a\n001,0.5,0.5\nt2,0.5,0.5\n",
+        },
+    )
     comp = load(tmp_path)
     assert comp.train["id"].tolist() == ["c1", "c2", "c3", "NA"]  # a BOM, CRLF, trailing blank lines, "NA" kept as text
     assert comp.test["id"].tolist() == ["001", "t2"] and comp.test["path"].iloc[0] == "x,1.wav"
@@ -122,9 +170,13 @@ def folds_of(root: Path, n_splits: int = 2) -> pd.DataFrame:
 
 
 FOLD_CASES = [
-    ("ids-differ-from-train", FOLDS.replace("c4", "c9"), 2,
-     r"folds.csv does not list exactly the ids of .*train.csv \(only in folds.csv: \['c9'\], only in train.csv: \['c4'\]\); "
-     r"it was made for another training table: delete it to re-make the folds"),
+    (
+        "ids-differ-from-train",
+        FOLDS.replace("c4", "c9"),
+        2,
+        r"folds.csv does not list exactly the ids of .*train.csv \(only in folds.csv: \['c9'\], only in train.csv: \['c4'\]\); "
+        r"it was made for another training table: delete it to re-make the folds",
+    ),
     ("fewer-ids-than-train", "id,fold\nc1,0\nc2,1\n", 2, r"only in folds.csv: \[\], only in train.csv: \['c3', 'c4'\]"),
     ("duplicate-id", FOLDS + "c1,1\n", 2, r"folds.csv: id 'c1' appears more than once \(line 6\), first in line 2"),
     ("empty-id", FOLDS + ",1\n", 2, r"folds.csv: empty id in line 6"),
@@ -162,8 +214,10 @@ def test_a_bad_table_stops_ens_train_before_any_training(tmp_path):
 
     comp = write(tmp_path / "comp", {**GOOD, "train.csv": TRAIN + "c5,5.wav,zebra,s5\n"})
     recipe = tmp_path / "bad.toml"
-    recipe.write_text(f'backbones = ["test_resnet"]\nruns_dir = "{tmp_path / "runs"}"\n[competition]\ndir = "{comp}"\nclasses = ["a", "b"]\n'
-                      '[folds]\nn_splits = 2\n[train]\npretrained = false\n')
+    recipe.write_text(
+        f'backbones = ["test_resnet"]\nruns_dir = "{tmp_path / "runs"}"\n[competition]\ndir = "{comp}"\nclasses = ["a", "b"]\n'
+        "[folds]\nn_splits = 2\n[train]\npretrained = false\n"
+    )
     result = CliRunner().invoke(app, ["train", "--recipe", str(recipe), "--quiet"])
     assert result.exit_code == 2, result.output
     assert "train.csv: label 'zebra' in line 6 is not one of the classes" in result.output
@@ -232,9 +286,15 @@ def check_consistent(comp: competition.Competition, folds: pd.DataFrame, n_split
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(train=table(TRAIN), test=table(TEST), sample=table(SAMPLE), folds_csv=table(FOLDS) | st.none(),
-       classes=st.sampled_from([[], ["a", "b"], ["b", "a"], ["a", "b", "c"]]), task=st.sampled_from(["multiclass", "multilabel"]),
-       n_splits=st.sampled_from([2, 2, 3]))
+@given(
+    train=table(TRAIN),
+    test=table(TEST),
+    sample=table(SAMPLE),
+    folds_csv=table(FOLDS) | st.none(),
+    classes=st.sampled_from([[], ["a", "b"], ["b", "a"], ["a", "b", "c"]]),
+    task=st.sampled_from(["multiclass", "multilabel"]),
+    n_splits=st.sampled_from([2, 2, 3]),
+)
 def test_fuzzed_tables_load_consistently_or_raise_competition_error(train, test, sample, folds_csv, classes, task, n_splits):
     with tempfile.TemporaryDirectory() as tmp:
         root = write(Path(tmp), {"train.csv": train, "test.csv": test, "sample_submission.csv": sample, "folds.csv": folds_csv})
