@@ -15,13 +15,17 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-
-from ensemble import recipe as recipe_mod, train
-
 from common import machine, median, save
 
-ARMS = {"none": "recipes/ravdess_aug_none.toml", "waveform": "recipes/ravdess_aug_wave.toml",
-        "spectrogram": "recipes/ravdess_aug_spec.toml", "both": "recipes/ravdess_aug_both.toml"}
+from ensemble import recipe as recipe_mod
+from ensemble import train
+
+ARMS = {
+    "none": "recipes/ravdess_aug_none.toml",
+    "waveform": "recipes/ravdess_aug_wave.toml",
+    "spectrogram": "recipes/ravdess_aug_spec.toml",
+    "both": "recipes/ravdess_aug_both.toml",
+}
 
 
 def main() -> None:
@@ -45,8 +49,11 @@ def main() -> None:
     medians = {arm: median(v) for arm, v in speeds.items()}
     result = {
         "machine": machine(str(train.resolve_device(recipes["none"].train.device))),
-        "backbone": args.backbone, "batch_size": recipes["none"].train.batch_size,
-        "image": list(data["none"].x_train.shape[1:]), "img_per_s": speeds, "median_img_per_s": medians,
+        "backbone": args.backbone,
+        "batch_size": recipes["none"].train.batch_size,
+        "image": list(data["none"].x_train.shape[1:]),
+        "img_per_s": speeds,
+        "median_img_per_s": medians,
         "ratio_to_none": {arm: round(m / medians["none"], 3) for arm, m in medians.items()},
     }
     save(result, args.out)

@@ -19,9 +19,14 @@ def machine(device: str = "cpu") -> dict:
     """The machine a figure was measured on: CPU, cores, torch threads, GPU name, load at the start."""
     cuda = torch.device(device).type == "cuda"
     return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0], "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "device": device, "gpu": torch.cuda.get_device_name() if cuda else None,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
 

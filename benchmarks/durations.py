@@ -22,13 +22,15 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from ensemble import atomic, audio, competition, recipe as recipe_mod  # noqa: E402
+from ensemble import atomic, audio, competition  # noqa: E402
+from ensemble import recipe as recipe_mod
 
 
 def summary(seconds: np.ndarray) -> dict:
     """min, median, 95th percentile and max of ``seconds``, rounded to 10 ms."""
-    return {k: round(float(v), 2) for k, v in
-            (("min", seconds.min()), ("median", np.median(seconds)), ("p95", np.percentile(seconds, 95)), ("max", seconds.max()))}
+    return {
+        k: round(float(v), 2) for k, v in (("min", seconds.min()), ("median", np.median(seconds)), ("p95", np.percentile(seconds, 95)), ("max", seconds.max()))
+    }
 
 
 def main() -> None:
@@ -44,11 +46,21 @@ def main() -> None:
     trimmed = np.array([len(audio.load_trimmed(p, f.sample_rate, f.trim_db)[0]) / f.sample_rate for p in paths])
     whole = float(np.mean(trimmed <= f.duration))
     padding = float(np.mean(np.clip(f.duration - trimmed, 0, None)) / f.duration)
-    result = {"recipe": args.recipe, "clips": len(paths), "trim_db": f.trim_db, "duration": f.duration,
-              "raw_seconds": summary(raw), "trimmed_seconds": summary(trimmed),
-              "share_kept_whole": round(whole, 4), "mean_padding_share": round(padding, 4), "machine": machine()}
-    print(f"{len(paths)} clips: raw {result['raw_seconds']}, trimmed at {f.trim_db} dB {result['trimmed_seconds']}; "
-          f"{whole:.1%} fit whole in {f.duration} s, padding {padding:.1%} of the image on average")
+    result = {
+        "recipe": args.recipe,
+        "clips": len(paths),
+        "trim_db": f.trim_db,
+        "duration": f.duration,
+        "raw_seconds": summary(raw),
+        "trimmed_seconds": summary(trimmed),
+        "share_kept_whole": round(whole, 4),
+        "mean_padding_share": round(padding, 4),
+        "machine": machine(),
+    }
+    print(
+        f"{len(paths)} clips: raw {result['raw_seconds']}, trimmed at {f.trim_db} dB {result['trimmed_seconds']}; "
+        f"{whole:.1%} fit whole in {f.duration} s, padding {padding:.1%} of the image on average"
+    )
     atomic.write_json(args.out, result)
 
 

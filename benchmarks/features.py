@@ -36,11 +36,10 @@ from pathlib import Path
 import librosa
 import numpy as np
 import torch
+from common import machine, median, peak_rss_mib, save
 
 from ensemble import audio, features
 from ensemble.recipe import FeatureConfig
-
-from common import machine, median, peak_rss_mib, save
 
 RAVDESS = Path("../shared/data/ravdess")
 
@@ -136,8 +135,11 @@ def main() -> None:
             builds[f"workers_{workers}"] = child.submit(build_cache, paths, tmp, config, "cuda" if cuda else "cpu", workers).result()
 
     result = {
-        "clips": len(paths), "clip_seconds": config.duration, "image": [len(config.channels), config.height, features.frames(config)],
-        "repeats": args.repeats, "clips_per_s_median": clips_per_s,
+        "clips": len(paths),
+        "clip_seconds": config.duration,
+        "image": [len(config.channels), config.height, features.frames(config)],
+        "repeats": args.repeats,
+        "clips_per_s_median": clips_per_s,
         "ratio_to_librosa_reference": {name: round(v / reference, 2) for name, v in clips_per_s.items()},
         "ratio_to_librosa_defaults": {name: round(v / clips_per_s["librosa_defaults"], 2) for name, v in clips_per_s.items()},
         "torch_cuda_all_clips_s": median(seconds["torch_cuda_all"], 4) if cuda else None,

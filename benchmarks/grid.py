@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ensemble import recipe as recipe_mod, train
-
 from common import machine, peak_rss_mib, reset_peak, save
+
+from ensemble import recipe as recipe_mod
+from ensemble import train
 
 
 def main() -> None:
@@ -46,9 +47,12 @@ def main() -> None:
     if args.no_pretrained:
         recipe.train.pretrained = False
     full = backbones == recipe.backbones and len(folds) == recipe.folds.n_splits and not args.epochs
-    result = {"recipe": str(args.recipe), "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full,
-                                                  "pretrained": recipe.train.pretrained},
-              "finished": False, "machine": machine(str(train.resolve_device(recipe.train.device)))}
+    result = {
+        "recipe": str(args.recipe),
+        "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full, "pretrained": recipe.train.pretrained},
+        "finished": False,
+        "machine": machine(str(train.resolve_device(recipe.train.device))),
+    }
     source = Path(recipe.competition.dir).resolve()
     if not (source / "train.csv").exists():
         raise SystemExit(f"{source} holds no competition: run `ens data ravdess` (or give another --recipe).")

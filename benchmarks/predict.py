@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from common import machine, save
 
 CLIP = Path("../shared/data/ravdess/Actor_21/03-01-05-02-01-01-21.flac")
@@ -44,9 +43,15 @@ def untrained_ensemble(recipe, device: str):
     classes = competition.load(recipe.competition).classes
     untrained = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
     torch_device = train.resolve_device(device)
-    members = [predict.Member(b, 1 / len(recipe.backbones),
-                              [train.to_device(train.build_model(untrained, b, len(classes)), torch_device).eval() for _ in range(recipe.folds.n_splits)],
-                              [recipe.train.seed]) for b in recipe.backbones]
+    members = [
+        predict.Member(
+            b,
+            1 / len(recipe.backbones),
+            [train.to_device(train.build_model(untrained, b, len(classes)), torch_device).eval() for _ in range(recipe.folds.n_splits)],
+            [recipe.train.seed],
+        )
+        for b in recipe.backbones
+    ]
     return predict.Ensemble(recipe, classes, members, "untrained models, equal weights (--untrained)", torch_device)
 
 
@@ -61,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    from ensemble import audio, predict, recipe as recipe_mod
+    from ensemble import audio, predict
+    from ensemble import recipe as recipe_mod
 
     import_s = time.perf_counter() - started
     recipe = recipe_mod.load(args.recipe)
@@ -96,8 +102,14 @@ def main() -> None:
         "recipe": str(args.recipe),
         "members": {m.backbone: {"weight": round(m.weight, 4), "fold_models": len(m.models)} for m in ensemble.members},
         "weights_from": ensemble.weights_from,
-        "clip": {"source": str(args.clip), "seconds": SECONDS, "sample_rate": rate, "trimmed_seconds": round(len(y) / recipe.features.sample_rate, 3),
-                 "windows": len(first.spans), "image": list(image.shape[1:])},
+        "clip": {
+            "source": str(args.clip),
+            "seconds": SECONDS,
+            "sample_rate": rate,
+            "trimmed_seconds": round(len(y) / recipe.features.sample_rate, 3),
+            "windows": len(first.spans),
+            "image": list(image.shape[1:]),
+        },
         "cold_ms": _ms(cold_s),
         "cold_breakdown_ms": {"load_ensemble": _ms(load_s), "first_predict": _ms(cold_s - load_s), "imports_before": _ms(import_s)},
         "warm_ms": {"median": _ms(statistics.median(calls)), "min": _ms(min(calls)), "max": _ms(max(calls)), "repeats": args.repeats},
@@ -106,10 +118,12 @@ def main() -> None:
         "top_class": ensemble.classes[int(np.argmax(first.proba))],
     }
     save(result, args.out)
-    print(f"{args.recipe}: {sum(len(m.models) for m in ensemble.members)} fold models of {len(ensemble.members)} backbone(s); "
-          f"cold {result['cold_ms']} ms (loading {result['cold_breakdown_ms']['load_ensemble']} ms), warm median "
-          f"{result['warm_ms']['median']} ms (preprocess {result['warm_breakdown_median_ms']['preprocess']} ms, "
-          f"models {result['warm_breakdown_median_ms']['models']} ms) -> {args.out}")
+    print(
+        f"{args.recipe}: {sum(len(m.models) for m in ensemble.members)} fold models of {len(ensemble.members)} backbone(s); "
+        f"cold {result['cold_ms']} ms (loading {result['cold_breakdown_ms']['load_ensemble']} ms), warm median "
+        f"{result['warm_ms']['median']} ms (preprocess {result['warm_breakdown_median_ms']['preprocess']} ms, "
+        f"models {result['warm_breakdown_median_ms']['models']} ms) -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from ensemble import atomic, competition, recipe as recipe_mod, submission  # noqa: E402
+from ensemble import atomic, competition, submission  # noqa: E402
+from ensemble import recipe as recipe_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("accuracy", "macro_f1", "uar")
@@ -84,18 +85,38 @@ def main() -> None:
     for method in methods:
         seconds[f"blend {method}"] = ens("blend", "--recipe", args.recipe, "--backbone", ",".join(backbones), "--method", method)
         # mean fits nothing: its in-sample OOF is honest; a fitted method is quoted cross-validated
-        rows.append(row(f"blend: {method}" + ("" if method in ("mean", "rank", "geometric") else " (cross-validated OOF)"),
-                        f"{recipe.name}-{method}", f"blend: {method}", cv=method not in ("mean", "rank", "geometric")))
+        rows.append(
+            row(
+                f"blend: {method}" + ("" if method in ("mean", "rank", "geometric") else " (cross-validated OOF)"),
+                f"{recipe.name}-{method}",
+                f"blend: {method}",
+                cv=method not in ("mean", "rank", "geometric"),
+            )
+        )
     table = pd.DataFrame(rows)
     header = ["model", *(f"OOF {k}" for k in COLUMNS), *(f"hidden-test {k}" for k in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join([r["model"], *(f"{r[f'oof_{k}']:.4f}" for k in COLUMNS), *(f"{r[f'test_{k}']:.4f}" for k in COLUMNS)]) + " |"
-              for r in rows]
-    info = {"commit": commit(), "machine": machine(), "recipe": args.recipe, "backbones": backbones, "methods": methods,
-            "forced": args.force, "seconds": {k: round(v, 1) for k, v in seconds.items()}, "rows": table.to_dict("records")}
+    lines += ["| " + " | ".join([r["model"], *(f"{r[f'oof_{k}']:.4f}" for k in COLUMNS), *(f"{r[f'test_{k}']:.4f}" for k in COLUMNS)]) + " |" for r in rows]
+    info = {
+        "commit": commit(),
+        "machine": machine(),
+        "recipe": args.recipe,
+        "backbones": backbones,
+        "methods": methods,
+        "forced": args.force,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "rows": table.to_dict("records"),
+    }
     m = info["machine"]
-    text = "\n".join([*lines, "", f"Commit {info['commit']}; {m['processor']}, {m['cpu_count']} cores, torch {m['torch']}; "
-                      + "; ".join(f"{k} {v:.0f} s" for k, v in info["seconds"].items()) + "."])
+    text = "\n".join(
+        [
+            *lines,
+            "",
+            f"Commit {info['commit']}; {m['processor']}, {m['cpu_count']} cores, torch {m['torch']}; "
+            + "; ".join(f"{k} {v:.0f} s" for k, v in info["seconds"].items())
+            + ".",
+        ]
+    )
     print(text)
     atomic.write_text(f"{args.out}.md", text + "\n")
     atomic.write_json(f"{args.out}.json", info)

@@ -24,16 +24,17 @@ import time
 from pathlib import Path
 
 import torch
-
-from ensemble import features, recipe as recipe_mod, train
-
 from common import machine, median, peak_rss_mib, save
+
+from ensemble import features, train
+from ensemble import recipe as recipe_mod
 
 ARMS = {"contiguous_fp32": (False, "fp32"), "channels_last_fp32": (True, "fp32"), "channels_last_bf16": (True, "bf16")}
 
 
-def run_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, precision: str, recipe: recipe_mod.Recipe,
-              optimizer: torch.optim.Optimizer) -> float:
+def run_steps(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, precision: str, recipe: recipe_mod.Recipe, optimizer: torch.optim.Optimizer
+) -> float:
     """Seconds of ``steps`` training steps (cross-entropy with the recipe's label smoothing, under
     :func:`ensemble.train.autocast` of ``precision``) of ``model`` on the resident batch ``x``,
     labels ``y``; waits for the device before and after."""
@@ -87,19 +88,35 @@ def main() -> None:
     for round_ in range(args.repeats):
         for recipe, backbone, classes in jobs:
             names = list(ARMS)
-            for arm in names[round_ % len(names):] + names[: round_ % len(names)]:
+            for arm in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 layout, precision = ARMS[arm]
                 rates[recipe.name, backbone][arm].append(arm_rate(recipe, backbone, classes, device, layout, precision, args.steps))
-            print(f"round {round_ + 1} {backbone}: " + ", ".join(f"{arm} {v[-1]:.1f}" for arm, v in rates[recipe.name, backbone].items())
-                  + " img/s", flush=True)
+            print(
+                f"round {round_ + 1} {backbone}: " + ", ".join(f"{arm} {v[-1]:.1f}" for arm, v in rates[recipe.name, backbone].items()) + " img/s", flush=True
+            )
     rows = []
     for (name, backbone), arms in rates.items():
         base = median(arms["contiguous_fp32"], 3)
-        rows.append({"recipe": name, "backbone": backbone, "img_per_s": {arm: [round(v, 1) for v in values] for arm, values in arms.items()},
-                     "median_img_per_s": {arm: median(values) for arm, values in arms.items()},
-                     "vs_contiguous_fp32": {arm: round(median(values, 3) / base, 2) for arm, values in arms.items()}})
-    save({"repeats": args.repeats, "steps": args.steps, "arms": {arm: {"channels_last": cl, "autocast": p} for arm, (cl, p) in ARMS.items()},
-          "backbones": rows, "peak_rss_mib": peak_rss_mib(), "machine": machine(str(device))}, args.out)
+        rows.append(
+            {
+                "recipe": name,
+                "backbone": backbone,
+                "img_per_s": {arm: [round(v, 1) for v in values] for arm, values in arms.items()},
+                "median_img_per_s": {arm: median(values) for arm, values in arms.items()},
+                "vs_contiguous_fp32": {arm: round(median(values, 3) / base, 2) for arm, values in arms.items()},
+            }
+        )
+    save(
+        {
+            "repeats": args.repeats,
+            "steps": args.steps,
+            "arms": {arm: {"channels_last": cl, "autocast": p} for arm, (cl, p) in ARMS.items()},
+            "backbones": rows,
+            "peak_rss_mib": peak_rss_mib(),
+            "machine": machine(str(device)),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import timm
 import torch
-
-from ensemble import recipe as recipe_mod, train
-
 from common import machine, median, peak_rss_mib, save
 from train_step import run_steps
+
+from ensemble import recipe as recipe_mod
+from ensemble import train
 
 
 def bare_loop(backbone: str, shape: tuple[int, ...], classes: int, steps: int, recipe: recipe_mod.Recipe, device: torch.device) -> float:
@@ -65,13 +65,26 @@ def main() -> None:
             bare.append(bare_loop(args.backbone, shape, len(data.competition.classes), steps, recipe, device))
             print(f"round {repeat + 1}: ens {ens[-1]:.1f} img/s, bare timm {bare[-1]:.1f} img/s", flush=True)
     result = {
-        "recipe": str(args.recipe), "backbone": args.backbone, "batch": list(shape), "steps_per_epoch": steps,
-        "precision": train.precision_on(recipe.train, device), "channels_last": True,
-        "augment": {"waveform_copies": recipe.augment.copies, "image": recipe.augment.image, "freq_mask": recipe.augment.freq_mask,
-                    "time_mask": recipe.augment.time_mask, "mixup_alpha": recipe.augment.mixup_alpha},
-        "ens_img_per_s": [round(v, 1) for v in ens], "bare_img_per_s": [round(v, 1) for v in bare],
-        "ens_median": median(ens), "bare_median": median(bare), "efficiency": round(median(ens) / median(bare), 3),
-        "peak_rss_mib": peak_rss_mib(), "machine": machine(str(device)),
+        "recipe": str(args.recipe),
+        "backbone": args.backbone,
+        "batch": list(shape),
+        "steps_per_epoch": steps,
+        "precision": train.precision_on(recipe.train, device),
+        "channels_last": True,
+        "augment": {
+            "waveform_copies": recipe.augment.copies,
+            "image": recipe.augment.image,
+            "freq_mask": recipe.augment.freq_mask,
+            "time_mask": recipe.augment.time_mask,
+            "mixup_alpha": recipe.augment.mixup_alpha,
+        },
+        "ens_img_per_s": [round(v, 1) for v in ens],
+        "bare_img_per_s": [round(v, 1) for v in bare],
+        "ens_median": median(ens),
+        "bare_median": median(bare),
+        "efficiency": round(median(ens) / median(bare), 3),
+        "peak_rss_mib": peak_rss_mib(),
+        "machine": machine(str(device)),
     }
     save(result, args.out)
 
