@@ -352,8 +352,8 @@ class FeatureCache:
             workers: audio-loading processes; 1 loads in this process. Default: 1, or one per CPU
                 core when at least :attr:`POOL_MIN_AUGMENTED` augmented renderings are due. Measured
                 on 2 cores: 1440 clean clips in 4.7 s in-process vs 9.1 s with 2 spawned workers
-                (``cache_build`` of ``benchmarks/features.py``, docs/benchmarks.md); loading and
-                augmenting a clip takes ~13.5 ms, so only large augmented builds repay a pool's start-up.
+                (``cache_build`` of ``benchmarks/features.py``, docs/benchmarks.md); augmenting a
+                clip costs several times its loading, so only large augmented builds repay a pool's start-up.
             device: where :func:`render_batch` renders.
             progress: report a render (nothing is reported when every clip is cached): tqdm's
                 "render features" bar when stderr is a terminal (or in a notebook), otherwise one
