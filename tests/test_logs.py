@@ -27,30 +27,15 @@ class TerminalStream(io.StringIO):
 
 
 @pytest.fixture
-def tiny(small_source, tmp_path) -> Path:
+def tiny(small_source, tiny_recipe_text, tmp_path) -> Path:
     """A fresh tiny competition (48 real clips, 2 folds, empty feature cache) and a recipe
     training one test backbone for 2 epochs. Returns the recipe's path."""
     comp = tmp_path / "comp"
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(f"""
-name = "tiny"
-backbones = ["{BACKBONE}"]
-runs_dir = "{tmp_path / "runs"}"
-submissions_dir = "{tmp_path / "subs"}"
-[competition]
-dir = "{comp}"
-classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-[folds]
-n_splits = 2
-[features]
-duration = 2.0
-height = 32
-hop_length = 640
-[train]
-epochs = 2
-batch_size = 8
-pretrained = false
-""")
+    text = tiny_recipe_text(comp, tmp_path / "runs", tmp_path / "subs")
+    text = text.replace('backbones = ["test_efficientnet", "test_resnet"]', f'backbones = ["{BACKBONE}"]').replace("epochs = 1\n", "epochs = 2\n")
+    assert f'backbones = ["{BACKBONE}"]' in text and "epochs = 2\n" in text
+    recipe.write_text(text)
     cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
     return recipe
 
