@@ -90,8 +90,13 @@ def _require_columns(frame: pd.DataFrame, required: list[str], path: Path, fix: 
         raise CompetitionError(f"{path} has no column(s) {missing} (columns: {list(frame.columns)}); {fix}.")
 
 
-def _require_filled(frame: pd.DataFrame, lines: np.ndarray, column: str, path: Path, what: str, id_col: str | None = None) -> None:
-    """Refuse an empty (or all-space) cell of ``column``, naming its line (and the row's id)."""
+def require_filled(frame: pd.DataFrame, lines: np.ndarray, column: str, path: Path, what: str, id_col: str | None = None) -> None:
+    """Refuse an empty (or all-space) cell of ``column`` of a table read by :func:`read_csv`
+    (``lines``: each row's line number in ``path``), naming its line (and the row's id).
+
+    Raises:
+        CompetitionError: the first empty cell, with its line and the fix.
+    """
     empty = np.flatnonzero(frame[column].str.strip().to_numpy() == "")
     if len(empty):
         row = int(empty[0])
@@ -99,9 +104,13 @@ def _require_filled(frame: pd.DataFrame, lines: np.ndarray, column: str, path: P
         raise CompetitionError(f"{path}: empty {what} in line {lines[row]}{which}; fill it in or delete the row.")
 
 
-def _check_ids(frame: pd.DataFrame, lines: np.ndarray, id_col: str, path: Path) -> None:
-    """Refuse an empty or repeated id, naming its line."""
-    _require_filled(frame, lines, id_col, path, "id")
+def check_ids(frame: pd.DataFrame, lines: np.ndarray, id_col: str, path: Path) -> None:
+    """Refuse an empty or repeated id in column ``id_col`` of a table read by :func:`read_csv`.
+
+    Raises:
+        CompetitionError: naming the line (both lines for a repeated id) and the fix.
+    """
+    require_filled(frame, lines, id_col, path, "id")
     ids = frame[id_col]
     dup = np.flatnonzero(ids.duplicated().to_numpy())
     if len(dup):
@@ -187,14 +196,14 @@ def load(config: CompetitionConfig) -> Competition:
             raise CompetitionError(f"{path} does not exist. A competition folder needs {TRAIN}, {TEST} and {SAMPLE}; build one with `ens data ravdess`.")
         frame, lines = read_csv(path)
         _require_columns(frame, required, path, "set the column names in the recipe's [competition] section")
-        _check_ids(frame, lines, c.id_col, path)
+        check_ids(frame, lines, c.id_col, path)
         if name != SAMPLE:
             if len(frame) == 0:
                 raise CompetitionError(f"{path} has no rows; a competition needs {'training' if name == TRAIN else 'test'} clips.")
-            _require_filled(frame, lines, c.path_col, path, "path", c.id_col)
+            require_filled(frame, lines, c.path_col, path, "path", c.id_col)
         tables[name] = frame, lines
     (train, train_lines), (test, _), (sample, _) = tables[TRAIN], tables[TEST], tables[SAMPLE]
-    _require_filled(train, train_lines, c.label_col, root / TRAIN, "label", c.id_col)
+    require_filled(train, train_lines, c.label_col, root / TRAIN, "label", c.id_col)
 
     targets = [col for col in sample.columns if col != c.id_col]
     if c.classes:
@@ -325,7 +334,7 @@ def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
     remake = "delete it to re-make the folds (runs trained on the old folds must then be re-trained)"
     frame, lines = read_csv(path)
     _require_columns(frame, ["id", "fold"], path, remake)
-    _check_ids(frame, lines, "id", path)
+    check_ids(frame, lines, "id", path)
     only_folds, only_train = sorted(set(frame["id"]) - set(ids)), sorted(set(ids) - set(frame["id"]))
     if only_folds or only_train:
         raise CompetitionError(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import atomic, metrics, multilabel
-from .competition import SAMPLE, SOLUTION, Competition, CompetitionError, _check_ids, _require_filled, read_csv
+from .competition import SAMPLE, SOLUTION, Competition, CompetitionError, check_ids, read_csv, require_filled
 
 
 def to_frame(competition: Competition, test_ids, proba: np.ndarray, thresholds: np.ndarray | None = None) -> pd.DataFrame:
@@ -131,7 +131,7 @@ def read_solution(competition: Competition) -> tuple[pd.DataFrame, str, np.ndarr
         raise CompetitionError(f"{path} does not exist: this competition has no hidden labels to score against.")
     frame, lines = read_csv(path)
     id_col, target = solution_columns(competition, list(frame.columns), path)
-    _check_ids(frame, lines, id_col, path)
+    check_ids(frame, lines, id_col, path)
     test_ids = set(competition.sample[id_col])
     unknown = np.flatnonzero(~frame[id_col].isin(test_ids).to_numpy())
     if len(unknown):
@@ -161,7 +161,7 @@ def read_solution(competition: Competition) -> tuple[pd.DataFrame, str, np.ndarr
     else:
         split = np.full(len(frame), "all", dtype=object)
     scored = split.astype(bool)
-    _require_filled(frame[scored], lines[scored], target, path, f"label (column {target!r})", id_col)
+    require_filled(frame[scored], lines[scored], target, path, f"label (column {target!r})", id_col)
     known = set(competition.classes)
     for row in np.flatnonzero(scored):
         label = frame[target].iloc[row]
