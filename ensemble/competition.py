@@ -156,15 +156,18 @@ class Competition:
         """Whether the task is multilabel (space-separated labels, sigmoid outputs)."""
         return self.config.task == "multilabel"
 
-    @property
-    def y(self) -> np.ndarray:
-        """Labels of the training rows: integer class indices ``(n_train,)``, or for a multilabel
-        task multi-hot float32 ``(n_train, classes)``."""
-        labels = self.train[self.config.label_col]
+    def encode(self, labels: pd.Series) -> np.ndarray:
+        """Label strings (names among :attr:`classes`, checked by the caller) as the task's targets:
+        integer class indices ``(n,)``, or for a multilabel task multi-hot float32 ``(n, classes)``."""
         if self.multilabel:
             return multilabel.encode(labels, self.classes)
         index = {c: i for i, c in enumerate(self.classes)}
         return labels.map(index).to_numpy(dtype=np.int64)
+
+    @property
+    def y(self) -> np.ndarray:
+        """Labels of the training rows, encoded (:meth:`encode`)."""
+        return self.encode(self.train[self.config.label_col])
 
     @property
     def has_groups(self) -> bool:

@@ -207,10 +207,7 @@ def score_splits(competition: Competition, path: str | os.PathLike) -> dict[str,
     pred, probabilistic = _predictions(competition, sub, path)
     scored = split.astype(bool)  # Ignored rows out: their labels are unchecked
     truth, pred, split = solution[target][scored], pred[scored], split[scored]
-    if competition.multilabel:
-        y = multilabel.encode(truth, competition.classes)
-    else:
-        y = truth.map({c: i for i, c in enumerate(competition.classes)}).to_numpy(dtype=np.int64)
+    y = competition.encode(truth)
     task_scores = metrics.for_task(competition.multilabel).scores
 
     def scores_of(rows: np.ndarray) -> dict[str, float]:
@@ -275,6 +272,5 @@ def _predictions(competition: Competition, sub: pd.DataFrame, path) -> tuple[np.
         unknown = sorted(set(predicted) - set(classes))
     if unknown:
         raise CompetitionError(f"{path}: labels {unknown[:3]} are not among the classes {classes}.")
-    if competition.multilabel:
-        return multilabel.encode(predicted, classes), False
-    return np.eye(len(classes))[predicted.map({c: i for i, c in enumerate(classes)}).to_numpy()], False
+    encoded = competition.encode(predicted)  # multilabel: multi-hot already; multiclass: indices, one-hot below
+    return (encoded if competition.multilabel else np.eye(len(classes))[encoded]), False
