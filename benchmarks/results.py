@@ -75,7 +75,6 @@ def main() -> None:
     def row(model: str, submission_name: str, board_model: str, cv: bool) -> dict:
         board = pd.read_csv(board_path).set_index("model").loc[board_model]
         hidden = submission.score(comp, Path(recipe.submissions_dir) / f"{submission_name}.csv")
-        hidden = hidden.get("all", hidden)  # a solution with a Usage column also gives public / private scores
         prefix = "cv_" if cv else ""
         return {"model": model, **{f"oof_{k}": float(board[prefix + k]) for k in COLUMNS}, **{f"test_{k}": float(hidden[k]) for k in COLUMNS}}
 
@@ -84,15 +83,10 @@ def main() -> None:
         rows.append(row(name, f"{recipe.name}-{name}", name, cv=False))
     for method in methods:
         seconds[f"blend {method}"] = ens("blend", "--recipe", args.recipe, "--backbone", ",".join(backbones), "--method", method)
-        # mean fits nothing: its in-sample OOF is honest; a fitted method is quoted cross-validated
-        rows.append(
-            row(
-                f"blend: {method}" + ("" if method in ("mean", "rank", "geometric") else " (cross-validated OOF)"),
-                f"{recipe.name}-{method}",
-                f"blend: {method}",
-                cv=method not in ("mean", "rank", "geometric"),
-            )
-        )
+        # mean, rank and geometric fit nothing: their in-sample OOF is honest; a fitted method is quoted cross-validated
+        fitted = method not in ("mean", "rank", "geometric")
+        label = f"blend: {method}" + (" (cross-validated OOF)" if fitted else "")
+        rows.append(row(label, f"{recipe.name}-{method}", f"blend: {method}", cv=fitted))
     table = pd.DataFrame(rows)
     header = ["model", *(f"OOF {k}" for k in COLUMNS), *(f"hidden-test {k}" for k in COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
