@@ -14,7 +14,7 @@ from . import atomic, competition, deps
 from . import recipe as recipe_mod
 from .corpora import ravdess
 from .errors import EnsError
-from .train import ON_ERROR
+from .split import ON_ERROR
 
 app = typer.Typer(
     help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False, rich_markup_mode=None
@@ -34,7 +34,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)
 
 
-OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.train.ON_ERROR)
+OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.split.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
 OnErrorOption = typer.Option(
     OnError.fail,
@@ -45,8 +45,27 @@ OnErrorOption = typer.Option(
 HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
 
 
+FLAGS = {
+    "force=True": "--force",
+    "with resume=False": "without --resume",
+    "on_error='skip'": "--on-error skip",
+    "on_error='fail'": "--on-error fail",
+    "pretrained=False": "--no-pretrained",
+    "window=": "--window ",
+    "hop=": "--hop ",
+}
+"""The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each library parameter of :data:`FLAGS` replaced by its command-line flag."""
+    for parameter, flag in FLAGS.items():
+        message = message.replace(parameter, flag)
+    return message
+
+
 def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {as_flags(str(err))}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -60,25 +79,18 @@ def _startup() -> None:
 
 
 def _skips_shown(call, *args, **kwargs):
-    """``call(*args, **kwargs)``, each :class:`ensemble.train.SkippedClipsWarning` it raises shown as a plain line."""
-    from . import train as train_mod
+    """``call(*args, **kwargs)``, each :class:`ensemble.data.SkippedClipsWarning` it raises shown as a plain line."""
+    from .data import SkippedClipsWarning
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", train_mod.SkippedClipsWarning)
+        warnings.simplefilter("always", SkippedClipsWarning)
         result = call(*args, **kwargs)
     for warning in caught:
-        if issubclass(warning.category, train_mod.SkippedClipsWarning):
+        if issubclass(warning.category, SkippedClipsWarning):
             typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return result
-
-
-def _load_data(r: recipe_mod.Recipe, progress: bool, on_error: str):
-    """:func:`ensemble.train.load_data`, its skipped-clips warning shown as a plain line."""
-    from . import train as train_mod
-
-    return _skips_shown(train_mod.load_data, r, progress=progress, on_error=on_error)
 
 
 def _load_recipe(path: Path) -> recipe_mod.Recipe:
@@ -180,24 +192,19 @@ def train(
         r.train.cpu_precision = cpu_precision.value
     if backbone != "all":
         r.backbones = [b.strip() for b in backbone.split(",")]
+
+    def show(kind: str, value) -> None:
+        if kind == "afresh":
+            typer.secho(f"{value}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.", fg=typer.colors.YELLOW, err=True)
+            return
+        headline = "  ".join(f"{key} {value.metrics[key]:.4f}" for key in HEADLINE[r.competition.task])
+        done = "  [already finished, skipped]" if value.skipped else ""
+        typer.echo(f"{value.entry} fold {value.fold}: {headline}  (epoch {value.metrics['epoch']}) -> {value.run}{done}")
+
     try:
-        recipe_mod.validate(r, f"{recipe} with command-line overrides")  # malformed name@seed entries fail before the data loads
+        recipe_mod.validate(r, f"{recipe} with command-line overrides")
         folds = _parse_folds(fold, r.folds.n_splits)
-        data = _load_data(r, not quiet, on_error.value)
-        for name in r.backbones:
-            for k in folds:
-                done = None if force else train_mod.finished_run(r, data, name, k)
-                if not done and not resume and (r.run_dir(name, k) / train_mod.CHECKPOINT).exists():
-                    typer.secho(
-                        f"{name} fold {k}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.",
-                        fg=typer.colors.YELLOW,
-                        err=True,
-                    )
-                report = done or train_mod.train_fold(r, data, name, k, force=force, progress=not quiet, resume=resume)
-                headline = "  ".join(f"{key} {report[key]:.4f}" for key in HEADLINE[r.competition.task])
-                typer.echo(
-                    f"{name} fold {k}: {headline}  (epoch {report['epoch']}) -> {r.run_dir(name, k)}" + ("  [already finished, skipped]" if done else "")
-                )
+        _skips_shown(train_mod.train, r, folds=folds, force=force, resume=resume, progress=not quiet, on_error=on_error.value, on_event=show)
     except REFUSED as err:
         _fail(err)
 
@@ -210,17 +217,17 @@ def blend(
     backbone: Optional[str] = typer.Option(
         None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."
     ),
-    on_error: OnError = OnErrorOption,
 ) -> None:
-    """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv."""
+    """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv.
+    Reads the runs' tables only (no audio, no feature cache)."""
     from . import blend as blend_mod
 
     r = _load_recipe(recipe)
     if backbone:
         r.backbones = [b.strip() for b in backbone.split(",")]
     try:
-        data = _load_data(r, False, on_error.value)
-        result = blend_mod.blend(r, data, method, name)
+        result = blend_mod.blend(r, method)
+        path = blend_mod.write(r, result, name)
     except REFUSED as err:
         _fail(err)
     for backbone, reason in result.skipped.items():
@@ -228,9 +235,9 @@ def blend(
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         typer.echo(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     weights = "" if result.weights is None else f"  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})"
-    typer.echo(f"\nwrote {result.submission}{weights}\ncv_ columns: each blend fitted on the other folds and scored on the held-out fold (the honest figure).")
-    if (data.competition.root / competition.SOLUTION).exists():
-        typer.echo(f"score it against the hidden labels: ens score {result.submission}")
+    typer.echo(f"\nwrote {path}{weights}\ncv_ columns: each blend fitted on the other folds and scored on the held-out fold (the honest figure).")
+    if (result.split.competition.root / competition.SOLUTION).exists():
+        typer.echo(f"score it against the hidden labels: ens score {path}")
 
 
 @app.command()
@@ -268,10 +275,11 @@ def report(
     typer.echo(f"wrote {path}")
 
 
-def _member_text(member) -> str:
+def _member_text(ensemble, member) -> str:
     """``name xN folds (weight)``, with the seeds when the member averages several."""
-    seeds = f" of seeds {', '.join(map(str, member.seeds))}" if len(member.seeds) > 1 else ""
-    return f"{member.backbone} x{len(member.models)} folds{seeds} ({member.weight:.2f})"
+    seeds = member.seeds()
+    shown = f" of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    return f"{member.name} x{len(ensemble.models[member.name])} folds{shown} ({ensemble.weights[member.name]:.2f})"
 
 
 @app.command()
@@ -301,8 +309,10 @@ def predict(
     try:
         files = predict_mod.audio_files(paths)  # a bad path fails before the models load
         ensemble = predict_mod.load_ensemble(r, device)
-        shifts = f"; time-shift TTA {r.train.tta_shifts}" if r.train.tta_shifts else ""
-        typer.echo(f"ensemble: {', '.join(map(_member_text, ensemble.members))}; weights: {ensemble.weights_from}{shifts}", err=True)
+        tta = sorted({str(list(made.train.tta_shifts)) for made in ensemble.trained_with.values() if made.train.tta_shifts})
+        shifts = f"; time-shift TTA {', '.join(tta)}" if tta else ""
+        members = ", ".join(_member_text(ensemble, m) for m in ensemble.members)
+        typer.echo(f"ensemble: {members}; weights: {ensemble.weights_from}{shifts}", err=True)
         predictions = _skips_shown(predict_mod.predict, ensemble, files, window, hop, on_error.value)
         frame = predict_mod.table(predictions, ensemble.classes, timeline)
         if out is not None:

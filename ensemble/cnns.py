@@ -78,7 +78,7 @@ class SeedDeepCnn(nn.Module):
 
 def _build(cls, name: str, pretrained: bool, **kwargs) -> nn.Module:
     if pretrained:
-        raise ValueError(f"{name} has no pretrained weights; set [train].pretrained = false (or --no-pretrained).")
+        raise ValueError(f"{name} has no pretrained weights; set [train].pretrained = false (pretrained=False).")
     for key in _FACTORY_ARGS:
         kwargs.pop(key, None)
     model = cls(**kwargs)

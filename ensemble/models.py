@@ -18,6 +18,7 @@ from torch import nn
 
 from . import cnns  # noqa: F401  (registers the seed CNNs with timm)
 from .errors import EnsError
+from .recipe import Recipe, split_backbone
 
 WEIGHTS_ENV = "ENS_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path("../shared/weights")
@@ -76,7 +77,7 @@ def create(
         raise BackboneError(
             f"no pretrained weights for {backbone!r}: not in a local folder ({local or 'none set'}: "
             f"pass --weights-dir DIR or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
-            f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Use --no-pretrained to train from scratch."
+            f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Set pretrained=False ([train].pretrained = false) to train from scratch."
         ) from err
 
 
@@ -93,3 +94,32 @@ def normalization(model: nn.Module, in_chans: int) -> tuple[torch.Tensor, torch.
     if in_chans != len(mean):
         mean, std = mean.mean().repeat(in_chans), std.mean().repeat(in_chans)
     return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+
+class Normalize(nn.Module):
+    """Wraps a backbone: ``(x - mean) / std`` with the backbone's pretraining statistics, then the backbone."""
+
+    def __init__(self, backbone: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(batch, channels, height, frames)`` in [0, 1] -> logits ``(batch, classes)``."""
+        return self.backbone((x - self.mean) / self.std)
+
+
+def build(recipe: Recipe, entry: str, num_classes: int) -> Normalize:
+    """The backbone of a ``backbones`` entry (``name`` or ``name@seed``: both build timm model
+    ``name``, :func:`create`) with the recipe's ``[train]`` dropout settings and weights, wrapped
+    with its input normalisation; ``in_chans`` is the number of ``[features].channels``.
+
+    Raises:
+        RecipeError: a malformed entry. BackboneError: see :func:`create`.
+    """
+    in_chans = len(recipe.features.channels)
+    t = recipe.train
+    extra = {k: v for k, v in (("drop_rate", t.drop_rate), ("drop_path_rate", t.drop_path_rate)) if v > 0}
+    net = create(split_backbone(entry)[0], num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=t.weights_dir or None, **extra)
+    return Normalize(net, *normalization(net, in_chans))

@@ -1,23 +1,23 @@
 """Predict new audio files with a recipe's trained ensemble.
 
-The ensemble is what ``ens blend`` blends: every backbone whose ``[folds].n_splits`` fold runs are
-finished (``runs/<recipe>/<backbone>/fold<K>/model.safetensors`` + ``metrics.json``) contributes
-the mean of its fold models' probabilities, weighted by ``runs/<recipe>/blend/weights.json`` when
-``ens blend`` wrote one (equally when there is none, or when the blend method is not a weighted mean).
-Entries ``name@S`` of one timm model are one member named ``name`` (:meth:`Recipe.members`), the
-mean over the fold models of all its seeds, as in the blend. Each model's probabilities use the
-time-shift TTA of the recipe's ``[train].tta_shifts`` (:func:`ensemble.train.predict`), which
-must be the TTA its runs were made with.
+The ensemble is what ``ens blend`` blends: every member (:func:`ensemble.runs.members`) whose
+fold runs are all finished (``metrics.json`` and ``model.safetensors``) contributes the mean of its
+fold models' probabilities (over every seed, as in the blend), weighted by
+``runs/<recipe>/blend/weights.json`` when ``ens blend`` wrote one (equally when there is none, or
+when the blend method is not a weighted mean). Each member renders and predicts as its runs were
+trained (their ``config.json``): its own ``[features]`` (clip length, channels, ...) and its own
+time-shift TTA (``[train].tta_shifts``), the TTA its OOF and so the blend weights used.
 
 A file goes through the training pipeline: :func:`ensemble.audio.load_trimmed` (read, resample to
 ``[features].sample_rate``, trim silence: the first steps of :func:`ensemble.audio.load`), then
-:func:`ensemble.audio.fix_length` to ``[features].duration``, :func:`ensemble.features.render_batch`,
-float16 rounding as the feature cache stores images, and the backbone's input normalisation
-(:class:`ensemble.train.Normalize`, inside the model). A file whose trimmed audio fits in one
-window (by default: is no longer than ``duration``) is thus one image identical to its cached
-training image. A longer file is cut into windows of ``window`` seconds every ``hop`` seconds
-(the last window ends at the end of the trimmed audio); each window is padded to ``duration``
-like a short clip, and the file's probabilities are the mean over its windows.
+:func:`ensemble.audio.fix_length` to the member's ``[features].duration``,
+:func:`ensemble.features.render_batch`, float16 rounding as the feature cache stores images, and
+the backbone's input normalisation (:class:`ensemble.models.Normalize`, inside the model). A file
+whose trimmed audio fits in one window (by default: is no longer than the shortest member
+duration) is thus one image identical to its cached training image. A longer file is cut into
+windows of ``window`` seconds every ``hop`` seconds (the last window ends at the end of the
+trimmed audio); each window is padded to each member's duration like a short clip, and the file's
+probabilities are the mean over its windows.
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from . import atomic, audio, features, train
+from . import atomic, audio, features, loop, runs, runtime
+from . import models as models_mod
+from .data import SkippedClipsWarning
 from .errors import EnsError
-from .recipe import FeatureConfig, Recipe, from_dict
+from .recipe import FeatureConfig, Recipe
+from .split import check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -53,24 +56,19 @@ class PredictError(EnsError, ValueError):
 
 
 @dataclass
-class Member:
-    """One backbone of the ensemble: its blend weight, its fold models for every seed (eval mode,
-    on the device; seeds in ``backbones`` order, folds in order) and its seeds."""
-
-    backbone: str
-    weight: float
-    models: list[nn.Module]
-    seeds: list[int]
-
-
-@dataclass
 class Ensemble:
     """A recipe's trained ensemble.
 
     Attributes:
-        recipe: the recipe; its ``features`` are how every run of the ensemble was trained.
+        recipe: the recipe whose blend it is.
         classes: class names in output-column order (from the runs' ``config.json``).
-        members: backbones with weights summing to 1.
+        members: the finished members with a positive weight (:class:`ensemble.runs.Member`).
+        weights: member name -> weight; the weights sum to 1.
+        models: member name -> its fold models for every seed (eval mode, on the device; seeds
+            in entry order, folds in order).
+        trained_with: member name -> the recipe its runs were trained with (their
+            ``config.json``): its ``[features]`` render the member's input and its
+            ``[train].tta_shifts`` are its test-time augmentation, as in its OOF.
         weights_from: where the weights come from: ``runs/<recipe>/blend/weights.json`` and its
             method, or equal weights and why.
         device: where the models run.
@@ -78,69 +76,86 @@ class Ensemble:
 
     recipe: Recipe
     classes: list[str]
-    members: list[Member]
+    members: list[runs.Member]
+    weights: dict[str, float]
+    models: dict[str, list[nn.Module]]
+    trained_with: dict[str, Recipe]
     weights_from: str
     device: torch.device
 
-    def predict_images(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Blended probabilities of rendered images.
+    @property
+    def sample_rate(self) -> int:
+        """The sample rate in Hz every member reads audio at (:func:`load_ensemble` checks they agree)."""
+        return self.trained_with[self.members[0].name].features.sample_rate
+
+    @property
+    def trim_db(self) -> float:
+        """The silence-trimming threshold in dB every member reads audio with."""
+        return self.trained_with[self.members[0].name].features.trim_db
+
+    @property
+    def duration(self) -> float:
+        """The shortest clip length in seconds a member was trained on: the longest window."""
+        return min(r.features.duration for r in self.trained_with.values())
+
+    def predict_waveforms(self, clips: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Blended probabilities of waveforms.
 
         Args:
-            images: ``(n, channels, height, frames)`` in [0, 1] (float16 or float32).
+            clips: each ``(samples,)`` at :attr:`sample_rate` Hz, silence trimmed; each member
+                centre-crops or pads it to its own ``[features].duration`` and renders it with its
+                own ``[features]`` (:func:`model_inputs`, once per distinct feature setting).
 
         Returns:
-            float64 ``(n, classes)``: sum over members of weight x the mean of its models' softmax
-            (rows sum to 1), or for a multilabel recipe their sigmoids, each with the recipe's
-            time-shift TTA (:func:`ensemble.train.predict`, batches of ``batch_size``).
+            float64 ``(len(clips), classes)``: sum over members of weight x the mean of its models'
+            softmax (rows sum to 1), or for a multilabel task their sigmoids, each with the member's
+            time-shift TTA (:func:`ensemble.loop.predict`, batches of ``batch_size``).
         """
-        total = np.zeros((len(images), len(self.classes)))
+        total = np.zeros((len(clips), len(self.classes)))
         multilabel = self.recipe.competition.task == "multilabel"
-        shifts, precision = self.recipe.train.tta_shifts, train.precision_on(self.recipe.train, self.device)
+        rendered: dict[str, np.ndarray] = {}
         for member in self.members:
+            made_with = self.trained_with[member.name]
+            key = made_with.features.key()
+            if key not in rendered:
+                rendered[key] = model_inputs(clips, made_with.features)
+            shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
             probas = [
-                train.predict(model, images, self.device, batch_size, multilabel=multilabel, shifts=shifts, precision=precision) for model in member.models
+                loop.predict(model, rendered[key], self.device, batch_size, multilabel=multilabel, shifts=shifts, precision=precision)
+                for model in self.models[member.name]
             ]
-            total += member.weight * np.mean(probas, axis=0)
+            total += self.weights[member.name] * np.mean(probas, axis=0)
         return total
 
 
-def finished_backbones(recipe: Recipe) -> list[str]:
-    """The recipe's members (:meth:`Recipe.members`) whose ``n_splits`` fold runs of every seed
-    all hold ``model.safetensors`` and ``metrics.json``."""
-    return [b for b in recipe.members() if _trained(recipe, b)]
+def _trained(member: runs.Member) -> bool:
+    """Whether every fold of every seed of ``member`` is finished and holds its weights."""
+    return member.unfinished() is None and all((run / runs.MODEL).is_file() for e in member.entries for run in member.runs(e))
 
 
-def _entries(recipe: Recipe, backbone: str) -> list[str]:
-    """The ``backbones`` entries (one per seed) of member ``backbone``; a name the recipe does not list is its own entry."""
-    return recipe.members().get(backbone, [backbone])
+def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float], str]:
+    """The members to load, member name -> weight (> 0, summing to 1), and where the weights come from.
 
-
-def _trained(recipe: Recipe, backbone: str) -> bool:
-    runs = [recipe.run_dir(entry, k) for entry in _entries(recipe, backbone) for k in range(recipe.folds.n_splits)]
-    return all((run / "model.safetensors").is_file() and (run / "metrics.json").is_file() for run in runs)
-
-
-def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
-    """Backbone -> weight (> 0, summing to 1) and where the weights come from.
-
-    ``weights.json`` is ``{"method": ..., "weights": {backbone: w}}``; a method that is not a
-    weighted mean (``"weights": null``) gives equal weights over its ``members`` (or, without
-    that list, over the finished backbones), and the returned description says so.
+    ``weights.json`` is ``{"method": ..., "members": [...], "weights": {member: w}}``; a method
+    that is not a weighted mean (``"weights": null``) gives equal weights over its ``members``
+    (or, without that list, over the finished members), and the returned description says so.
+    Without ``weights.json`` every finished member has an equal weight.
 
     Raises:
         PredictError: nothing is trained; ``weights.json`` is unreadable, gives no positive weight,
-            or weights a backbone whose folds (of every seed) are not all finished.
+            or weights a member whose folds (of every seed) are not all finished or that the
+            recipe does not have.
     """
-    runs = Path(recipe.runs_dir) / recipe.name
-    path = runs / "blend" / "weights.json"
-    done = finished_backbones(recipe)
+    path = runs.blend_dir(recipe) / runs.WEIGHTS
+    known = {m.name: m for m in runs.members(recipe)}
+    done = [name for name, m in known.items() if _trained(m)]
     if not path.is_file():
         if not done:
             raise PredictError(
-                f"no backbone of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {runs} "
+                f"no member of recipe {recipe.name!r} has all {recipe.folds.n_splits} folds finished under {runs.root(recipe)} "
                 f"(model.safetensors + metrics.json); run `ens train --recipe ...` first."
             )
-        return {b: 1.0 / len(done) for b in done}, "equal weights (no blend/weights.json)"
+        return [known[n] for n in done], {n: 1.0 / len(done) for n in done}, "equal weights (no blend/weights.json)"
     try:
         blend = json.loads(path.read_text())
         method = blend["method"]
@@ -152,75 +167,71 @@ def _member_weights(recipe: Recipe) -> tuple[dict[str, float], str]:
             source = f"{path} ({method})"
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise PredictError(f"{path} is not a blend's weights file ({err!r}); re-run `ens blend` or delete it for equal weights.") from err
-    unfinished = [b for b in weights if not _trained(recipe, b)]
+    unknown = [b for b in weights if b not in known]
+    if unknown:
+        raise PredictError(f"{path} weights {unknown}, which are not members of recipe {recipe.name!r} ({list(known)}); re-run `ens blend`.")
+    unfinished = [b for b in weights if b not in done]
     if unfinished:
-        entries = [entry for b in unfinished for entry in _entries(recipe, b)]
+        entries = [entry for b in unfinished for entry in known[b].entries]
         raise PredictError(
-            f"{path} weights {unfinished}, whose {recipe.folds.n_splits} folds are not all finished under {runs}; "
+            f"{path} weights {unfinished}, whose {recipe.folds.n_splits} folds are not all finished under {runs.root(recipe)}; "
             f"train them (`ens train --backbone {','.join(entries)}`) or re-run `ens blend`."
         )
     if not weights:
-        raise PredictError(f"{path} gives no backbone a positive weight; re-run `ens blend`.")
+        raise PredictError(f"{path} gives no member a positive weight; re-run `ens blend`.")
     total = sum(weights.values())
-    return {b: w / total for b, w in weights.items()}, source
+    return [known[b] for b in weights], {b: w / total for b, w in weights.items()}, source
 
 
 def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
-    """Load every fold model of every seed of the recipe's ensemble (see the module docstring for which backbones).
+    """Load every fold model of every seed of the recipe's ensemble (see the module docstring for which members).
 
-    Each model is :func:`ensemble.train.build_model` with ``pretrained=False`` and the run's
-    ``model.safetensors`` loaded strictly.
+    Each model is :func:`ensemble.models.build` of the recipe its run was trained with (its
+    ``config.json``) with ``pretrained=False``, and the run's ``model.safetensors`` loaded strictly.
 
     Args:
-        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.train.resolve_device`).
+        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.runtime.resolve_device`).
 
     Raises:
-        PredictError: nothing is trained (names the runs
-            folder); a run was trained with other ``[features]`` or ``[train].tta_shifts`` than the
-            recipe's, or other classes (names and order) than the recipe's ``[competition].classes``
-            (when it lists them) or than the other runs; or its weights do not load.
+        PredictError: nothing is trained (names the runs folder); members read audio at other
+            sample rates or trimming thresholds; a run was trained with other classes (names
+            and order) than the recipe's ``[competition].classes`` (when it lists them) or than
+            the other runs; or its weights do not load.
+        RunError: a run's ``config.json`` cannot be read.
     """
-    weights, source = _member_weights(recipe)
-    no_download = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
-    torch_device = train.resolve_device(device)
-    classes, members = None, []
-    for backbone, weight in weights.items():
-        models = []
-        for entry, fold in itertools.product(_entries(recipe, backbone), range(recipe.folds.n_splits)):
-            run = recipe.run_dir(entry, fold)
-            config = json.loads((run / "config.json").read_text())
-            made_with = from_dict(config["recipe"], str(run / "config.json"))
-            if made_with.features != recipe.features:
-                raise PredictError(
-                    f"{run} was trained with other [features] than {recipe.name!r} has now; "
-                    f"predict with the recipe it was trained with, or re-train it with `ens train --force`."
-                )
-            if made_with.train.tta_shifts != recipe.train.tta_shifts:
-                raise PredictError(
-                    f"{run} was made with [train].tta_shifts = {made_with.train.tta_shifts}, {recipe.name!r} has "
-                    f"{recipe.train.tta_shifts} now (its OOF and so the blend weights used its TTA); set tta_shifts back, "
-                    f"or re-train it with `ens train --force`."
-                )
+    members, weights, source = _member_weights(recipe)
+    torch_device = runtime.resolve_device(device)
+    classes, models, trained_with = None, {}, {}
+    for member in members:
+        models[member.name] = []
+        for entry, fold in itertools.product(member.entries, range(member.n_splits)):
+            run = member.runs(entry)[fold]
+            fix = member.fix(entry, fold)
+            config = runs.read_config(run, fix)
+            made_with = dataclasses.replace(runs.stored_recipe(run, fix), name=recipe.name)
+            made_with.train.pretrained = False
+            trained_with.setdefault(member.name, made_with)
             if classes is None:
                 classes = list(recipe.competition.classes) or config["classes"]  # the recipe's, when it lists them
             if config["classes"] != classes:
                 raise PredictError(
                     f"{run} was trained with classes {config['classes']}, "
                     + (f"{recipe.name!r} has [competition].classes = {classes}" if recipe.competition.classes else f"other runs of the ensemble with {classes}")
-                    + f" (names and order); predict with the recipe it was trained with, or re-train it with "
-                    f"`ens train --backbone {entry} --fold {fold} --force`."
+                    + f" (names and order); predict with the recipe it was trained with, or {fix}."
                 )
-            model = train.build_model(no_download, backbone, len(classes))
+            model = models_mod.build(made_with, entry, len(classes))
             try:
-                model.load_state_dict(load_file(run / "model.safetensors"))
+                model.load_state_dict(load_file(run / runs.MODEL))
             except (RuntimeError, SafetensorError) as err:
-                raise PredictError(
-                    f"{run / 'model.safetensors'} does not load into {backbone} ({str(err)[:200]}); "
-                    f"re-train it with `ens train --backbone {entry} --fold {fold} --force`."
-                ) from err
-            models.append(train.to_device(model, torch_device).eval())
-        members.append(Member(backbone, weight, models, recipe.seeds(_entries(recipe, backbone))))
-    return Ensemble(recipe, classes, members, source, torch_device)
+                raise PredictError(f"{run / runs.MODEL} does not load into {entry} ({str(err)[:200]}); {fix}.") from err
+            models[member.name].append(runtime.to_device(model, torch_device).eval())
+    reading = {(r.features.sample_rate, r.features.trim_db) for r in trained_with.values()}
+    if len(reading) > 1:
+        raise PredictError(
+            f"the members of {recipe.name!r} read audio at different [features] sample_rate / trim_db {sorted(reading)}; "
+            "blend members that read audio alike to predict new files."
+        )
+    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device)
 
 
 def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -305,7 +316,7 @@ def predict(
         hop: seconds between window starts, in (0, window]; default half the window.
         on_error: ``fail`` (default): the first file that cannot be read as audio stops the run;
             ``skip``: such files are left out and listed in one
-            :class:`ensemble.train.SkippedClipsWarning` (file and problem each).
+            :class:`ensemble.SkippedClipsWarning` (file and problem each).
 
     Returns:
         one :class:`FilePrediction` per file that was read, in :func:`audio_files` order.
@@ -316,36 +327,34 @@ def predict(
         AudioError: under ``fail``, a file cannot be read as audio.
         ValueError: ``on_error`` is not ``fail`` or ``skip``.
     """
-    train.check_on_error(on_error)
-    config = ensemble.recipe.features
-    rate = config.sample_rate
-    window_n = _samples(window, config.duration, "--window", rate)
-    if window_n > features.samples(config):
+    check_on_error(on_error)
+    rate, duration = ensemble.sample_rate, ensemble.duration
+    window_n = _samples(window, duration, "window", rate)
+    if window_n > int(round(duration * rate)):
         raise PredictError(
-            f"--window {window} s is longer than the recipe's [features].duration = {config.duration} s, the clip "
-            f"length the models were trained on (each window would be cropped); give at most {config.duration}."
+            f"window={window} s is longer than {duration} s, the shortest clip length ([features].duration) the models were "
+            f"trained on (each window would be cropped); give at most {duration}."
         )
-    hop_n = _samples(hop, window_n / 2 / rate, "--hop", rate)
+    hop_n = _samples(hop, window_n / 2 / rate, "hop", rate)
     if hop_n > window_n:
-        raise PredictError(f"--hop {hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
+        raise PredictError(f"hop={hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
     results, skipped = [], {}
     for path in audio_files(paths):
         try:
-            y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
+            y, start = audio.load_trimmed(path, rate, ensemble.trim_db)
         except audio.AudioError as err:
             if on_error == "fail":
                 raise
             skipped[path] = str(err)
             continue
         spans = windows(len(y), window_n, hop_n)
-        images = model_inputs([y[a:b] for a, b in spans], config)
-        proba = ensemble.predict_images(images)
+        proba = ensemble.predict_waveforms([y[a:b] for a, b in spans])
         seconds = (np.array(spans, dtype=np.float64) + start) / rate
         results.append(FilePrediction(path, proba.mean(axis=0), seconds, proba))
     if skipped and not results:
         raise PredictError(audio.error_list(skipped, "no file left to predict; fix or replace them"))
     if skipped:
-        warnings.warn(audio.error_list(skipped, "skipped: they have no prediction"), train.SkippedClipsWarning, stacklevel=2)
+        warnings.warn(audio.error_list(skipped, "skipped: they have no prediction"), SkippedClipsWarning, stacklevel=2)
     return results
 
 

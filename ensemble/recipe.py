@@ -246,8 +246,13 @@ class BlendConfig:
     """Blending of OOF predictions (see :mod:`ensemble.blenders`). ``method``: one of
     :data:`~ensemble.blenders.METHODS`. Caruana selection: ``iterations`` rounds in each of
     ``bags`` bags of a random ``bag_fraction`` of the members (``bags = 0``: one unbagged run).
-    Stacking: inverse L2 strength ``stacking_c`` of the logistic regression. ``seed``: the bags' draw."""
+    Stacking: inverse L2 strength ``stacking_c`` of the logistic regression. ``seed``: the bags' draw.
+    ``members``: what to blend; empty (the default) means every model of ``backbones``; an item is
+    a model name of ``backbones`` or ``"<recipe>:<model>"``, the runs of a model of another recipe
+    in the same ``runs_dir`` (other features or clip length, same competition and folds; see
+    :func:`ensemble.runs.members`)."""
 
+    members: list[str] = field(default_factory=list)
     method: str = "caruana"
     iterations: int = 50
     bags: int = 20
@@ -274,10 +279,6 @@ class Recipe:
     def to_dict(self) -> dict:
         """Plain-dict form (for ``config.json`` of a run)."""
         return dataclasses.asdict(self)
-
-    def run_dir(self, backbone: str, fold: int) -> Path:
-        """``runs/<recipe>/<backbone>/fold<K>/`` for a ``backbones`` entry (``name`` or ``name@S``)."""
-        return Path(self.runs_dir) / self.name / backbone / f"fold{fold}"
 
     def for_backbone(self, backbone: str) -> Recipe:
         """The recipe a ``backbones`` entry trains with: this one, with ``[train].seed = S`` for ``"name@S"``.

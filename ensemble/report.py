@@ -39,8 +39,10 @@ from matplotlib.ticker import MaxNLocator
 
 from . import atomic, features, metrics
 from . import competition as comp_mod
+from . import runs as run_store
 from .errors import EnsError
 from .recipe import FeatureConfig, Recipe, split_backbone
+from .split import Split, load_split
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights", "Feature images", "Unfinished backbones")
 """The report's section headings, in order."""
@@ -75,60 +77,32 @@ class BackboneRuns:
     finished_folds: list[int] = field(default_factory=list)
 
 
-def read_oof(path: Path, train_ids: np.ndarray, classes: list[str], out: np.ndarray) -> None:
-    """Copy the probabilities of ``path`` (``id``, class columns, maybe more) into the rows of
-    ``out`` ``(n_train, classes)`` that hold its ids (``train_ids`` order).
-
-    Raises:
-        ReportError: the file is not a readable CSV (:func:`ensemble.competition.read_csv`, which
-            keeps ids exactly as written), a class column is missing or holds a non-number, or an
-            id is not in ``train_ids``.
-    """
-    try:
-        frame, _ = comp_mod.read_csv(path)
-    except comp_mod.CompetitionError as err:
-        raise ReportError(str(err)) from err
-    missing = [c for c in classes if c not in frame.columns]
-    if missing:
-        raise ReportError(f"{path} has no probability column(s) {missing}; it was made with other classes than the competition's {classes}.")
-    rows = pd.Index(train_ids).get_indexer(frame["id"])
-    if (rows < 0).any():
-        raise ReportError(f"{path} holds id {frame['id'][rows < 0].iloc[0]!r}, which is not in train.csv; it was made on another competition folder.")
-    try:
-        out[rows] = frame[classes].to_numpy(dtype=object).astype(np.float64)
-    except ValueError as err:
-        raise ReportError(f"{path} holds a probability that is not a number ({err}).") from err
-
-
-def backbone_runs(recipe: Recipe, train_ids: np.ndarray, classes: list[str]) -> list[BackboneRuns]:
+def backbone_runs(recipe: Recipe, split: Split) -> list[BackboneRuns]:
     """The runs of each of ``recipe.backbones`` (see :class:`BackboneRuns`); never raises for an
-    unfinished or inconsistent backbone, whose ``reason`` says what is wrong instead."""
+    unfinished or inconsistent backbone, whose ``reason`` says what is wrong instead: its pooled
+    OOF is read by the same strict reader as the blend's (:func:`ensemble.runs.read_member`), so
+    the report shows a run the blend refuses with the blend's reason."""
     out = []
     n_splits = recipe.folds.n_splits
     for name in recipe.backbones:
         runs = BackboneRuns(name, n_splits)
-        for fold in range(n_splits):
-            run = recipe.run_dir(name, fold)
-            if (run / "log.csv").exists():
-                runs.logs[fold] = pd.read_csv(run / "log.csv")
-            if (run / "metrics.json").exists():
+        member = run_store.Member(name, run_store.root(recipe), (name,), n_splits)
+        for fold, run in enumerate(member.runs(name)):
+            if (run / run_store.LOG).exists():
+                runs.logs[fold] = pd.read_csv(run / run_store.LOG)
+            if run_store.is_finished(run):
                 runs.finished_folds.append(fold)
         unfinished = [f for f in range(n_splits) if f not in runs.finished_folds]
-        folder = Path(recipe.runs_dir) / recipe.name / name
+        folder = run_store.root(recipe) / name
         if not folder.exists():
             runs.reason = f"not trained: {folder} does not exist"
         elif unfinished:
-            runs.reason = f"fold(s) {', '.join(map(str, unfinished))} of {n_splits} not finished (no metrics.json in {recipe.run_dir(name, unfinished[0])})"
+            runs.reason = f"fold(s) {', '.join(map(str, unfinished))} of {n_splits} not finished (no metrics.json in {member.runs(name)[unfinished[0]]})"
         else:
-            oof = np.full((len(train_ids), len(classes)), np.nan)
             try:
-                for fold in range(n_splits):
-                    read_oof(recipe.run_dir(name, fold) / "oof.csv", train_ids, classes, oof)
-                if np.isnan(oof).any():
-                    raise ReportError(f"the oof.csv files under {folder} do not cover every clip of train.csv; its folds differ from folds.csv")
-                runs.oof = oof
-            except ReportError as err:
-                runs.reason = f"{err}; re-train it with `ens train --force`"
+                runs.oof = run_store.read_member(member, split)[0]
+            except run_store.RunError as err:
+                runs.reason = str(err)
         out.append(runs)
     return out
 
@@ -383,36 +357,38 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         CompetitionError: the recipe's competition folder is missing or inconsistent.
         AudioError: an example clip cannot be loaded.
     """
-    root = Path(recipe.runs_dir) / recipe.name
-    blend_dir = root / "blend"
-    has_runs = any((recipe.run_dir(b, f) / "log.csv").exists() for b in recipe.backbones for f in range(recipe.folds.n_splits))
-    if not has_runs and not (blend_dir / "leaderboard.csv").exists():
+    root, blend_dir = run_store.root(recipe), run_store.blend_dir(recipe)
+    has_runs = any((run_store.run_dir(recipe, b, f) / run_store.LOG).exists() for b in recipe.backbones for f in range(recipe.folds.n_splits))
+    if not has_runs and not (blend_dir / run_store.LEADERBOARD).exists():
         raise ReportError(
             f"no runs of recipe {recipe.name!r} under {root} (no backbone of {recipe.backbones} has a log.csv); train first with `ens train` and this recipe."
         )
-    competition = comp_mod.load(recipe.competition)
-    classes, y = competition.classes, competition.y
+    split = load_split(recipe)
+    competition = split.competition
+    classes, y = competition.classes, split.y
     train_ids = competition.train[competition.config.id_col].astype(str).to_numpy()
     metric = recipe.train.metric
     score = metrics.for_task(competition.multilabel).scores
-    runs = backbone_runs(recipe, train_ids, classes)
+    runs = backbone_runs(recipe, split)
     finished = {r.name: r.oof for r in runs if r.oof is not None}
 
     # the blend, if any
-    weights = json.loads((blend_dir / "weights.json").read_text()) if (blend_dir / "weights.json").exists() else None
+    weights = json.loads((blend_dir / run_store.WEIGHTS).read_text()) if (blend_dir / run_store.WEIGHTS).exists() else None
     blend_name = f"blend: {weights['method']}" if weights else "blend"
     blend_oof = None
-    if (blend_dir / "oof.csv").exists():
-        blend_oof = np.full((len(train_ids), len(classes)), np.nan)
-        read_oof(blend_dir / "oof.csv", train_ids, classes, blend_oof)
-        if np.isnan(blend_oof).any():
-            raise ReportError(f"{blend_dir / 'oof.csv'} does not cover every clip of train.csv; re-run `ens blend`.")
+    if (blend_dir / run_store.OOF).exists():
+        try:
+            rows, proba = run_store.read_oof(blend_dir / run_store.OOF, split, None, "re-run `ens blend`")
+        except run_store.RunError as err:
+            raise ReportError(str(err)) from err
+        blend_oof = np.empty((len(train_ids), len(classes)))
+        blend_oof[rows] = proba
 
     sections = {}
     # 1. leaderboard
-    if (blend_dir / "leaderboard.csv").exists():
-        board = pd.read_csv(blend_dir / "leaderboard.csv")
-        source = f"From {blend_dir / 'leaderboard.csv'} (written by ens blend): OOF scores over all {len(y)} training clips."
+    if (blend_dir / run_store.LEADERBOARD).exists():
+        board = pd.read_csv(blend_dir / run_store.LEADERBOARD)
+        source = f"From {blend_dir / run_store.LEADERBOARD} (written by ens blend): OOF scores over all {len(y)} training clips."
         if weights:
             source += f" The last ens blend submitted {blend_name}, whose OOF probabilities blend/oof.csv holds."
         late = [name for name in finished if split_backbone(name)[0] not in set(board["model"].astype(str))]  # name@S: member name
@@ -458,7 +434,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
 
     # 5. blend weights
     if weights is None:
-        sections["Blend weights"] = _note(f"No {blend_dir / 'weights.json'} yet: run ens blend.")
+        sections["Blend weights"] = _note(f"No {blend_dir / run_store.WEIGHTS} yet: run ens blend.")
     elif weights.get("weights"):
         sections["Blend weights"] = _png(weights_figure(weights["weights"], weights["method"]), "blend weights")
     else:
@@ -498,6 +474,6 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         f"<style>{_CSS}</style></head><body>\n<h1>ens report: {html.escape(recipe.name)}</h1>\n"
         f'<p class="meta">{html.escape(meta)}</p>\n<nav>{nav}</nav>\n' + "\n".join(_section(t, sections[t]) for t in SECTIONS) + "\n</body></html>\n"
     )
-    path = Path(out) if out is not None else root / "report.html"
+    path = Path(out) if out is not None else root / run_store.REPORT
     atomic.write_text(path, page)
     return path

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from ensemble import data as data_mod
+from ensemble import loop, models, runtime
+from ensemble import runs as run_store
+
 ROOT = Path(__file__).resolve().parents[1]
 RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
 
@@ -99,27 +103,25 @@ def fold_mean(r, entries, images, shifts=()):
     import numpy as np
     from safetensors.torch import load_file
 
-    from ensemble import train
-
     probas = []
     for entry in entries:
         for fold in range(r.folds.n_splits):
-            model = train.build_model(r, entry, len(r.competition.classes))
-            model.load_state_dict(load_file(r.run_dir(entry, fold) / "model.safetensors"))
-            probas.append(train.predict(model, images, train.resolve_device("cpu"), shifts=shifts))
+            model = models.build(r, entry, len(r.competition.classes))
+            model.load_state_dict(load_file(run_store.run_dir(r, entry, fold) / "model.safetensors"))
+            probas.append(loop.predict(model, images, runtime.resolve_device("cpu"), shifts=shifts))
     return np.mean(probas, axis=0)
 
 
 def tiny_competition(recipe_path: Path, recipe_text: str, source: Path) -> Path:
     """Write ``recipe_text`` to ``recipe_path``, build its competition from the RAVDESS-layout
     ``source`` (actors 5 and 6 held out, 2 folds) and fill its feature cache. Returns ``recipe_path``."""
-    from ensemble import recipe, train
+    from ensemble import recipe
 
     recipe_path.write_text(recipe_text)
     r = recipe.load(recipe_path)
     comp = Path(r.competition.dir)
     cli_ok(["data", "ravdess", "--source", str(source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
-    train.load_data(r, progress=False)
+    data_mod.load_data(r, progress=False)
     return recipe_path
 
 

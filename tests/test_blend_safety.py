@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ensemble import blend, blenders, competition, train
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble.blend import BlendError
 
 CLASSES = ["calm", "happy", "sad"]
@@ -67,7 +68,7 @@ def probabilities(rng: np.random.Generator, n: int, multilabel: bool) -> np.ndar
 
 def make_run(recipe: recipe_mod.Recipe, data: train.Data, backbone: str, fold: int) -> Path:
     """A finished run folder of ``backbone`` / ``fold`` as ``ens train`` writes it, with seeded random probabilities."""
-    run = recipe.run_dir(backbone, fold)
+    run = run_store.run_dir(recipe, backbone, fold)
     run.mkdir(parents=True)
     rng = np.random.default_rng([BACKBONES.index(backbone), fold])
     multilabel = data.competition.multilabel
@@ -108,11 +109,11 @@ def test_fabricated_runs_load_exactly(setup):
     recipe, data = setup
     oof, test = blend.load_runs(recipe, data, "m1")
     for fold in (0, 1):
-        run = recipe.run_dir("m1", fold)
+        run = run_store.run_dir(recipe, "m1", fold)
         frame = pd.read_csv(run / "oof.csv", dtype={"id": str}).set_index("id")
         rows = data.folds["fold"].to_numpy() == fold
         np.testing.assert_array_equal(oof[rows], frame.loc[data.folds["id"][rows], CLASSES].to_numpy())
-    tests = [pd.read_csv(recipe.run_dir("m1", k) / "test.csv")[CLASSES].to_numpy() for k in (0, 1)]
+    tests = [pd.read_csv(run_store.run_dir(recipe, "m1", k) / "test.csv")[CLASSES].to_numpy() for k in (0, 1)]
     np.testing.assert_array_equal(test, (np.zeros_like(tests[0]) + tests[0] + tests[1]) / 2)
 
 
@@ -131,7 +132,7 @@ def test_a_run_trained_on_another_fold_assignment_is_refused(setup):
     edit_table(folds_path, lambda f: f.assign(fold=(1 - f["fold"].astype(int)).astype(str)))  # the folds.csv changed since training
     with pytest.raises(
         BlendError,
-        match=rf"{recipe.run_dir('m1', 0)} was trained on another fold assignment than {folds_path}; "
+        match=rf"{run_store.run_dir(recipe, 'm1', 0)} was trained on another fold assignment than {folds_path}; "
         r"re-train it with `ens train --backbone m1 --fold 0 --force`, or restore the folds.csv it was trained on",
     ):
         blend.blend(recipe, make_data(recipe))
@@ -139,13 +140,13 @@ def test_a_run_trained_on_another_fold_assignment_is_refused(setup):
 
 def test_a_missing_fold_skips_the_backbone_with_the_reason(setup):
     recipe, data = setup
-    (recipe.run_dir("m2", 1) / "metrics.json").unlink()
+    (run_store.run_dir(recipe, "m2", 1) / "metrics.json").unlink()
     members, skipped = blend.collect(recipe, data)
     assert [m.backbone for m in members] == ["m1"]
-    assert skipped == {"m2": f"{recipe.run_dir('m2', 1)} is not finished; run `ens train --backbone m2 --fold 1`."}
+    assert skipped == {"m2": f"{run_store.run_dir(recipe, 'm2', 1)} is not finished; run `ens train --backbone m2 --fold 1`."}
     result = blend.blend(recipe, data)
     assert result.skipped == skipped and list(result.weights) == ["m1"]
-    shutil.rmtree(recipe.run_dir("m1", 0))
+    shutil.rmtree(run_store.run_dir(recipe, "m1", 0))
     with pytest.raises(BlendError, match=r"no backbone of recipe 'safe' has all 2 folds finished under .*runs/safe; run `ens train` first"):
         blend.collect(recipe, data)
 
@@ -164,7 +165,7 @@ BAD_PROBABILITIES = [
 @pytest.mark.parametrize("cell, message", [case[1:] for case in BAD_PROBABILITIES], ids=[case[0] for case in BAD_PROBABILITIES])
 def test_invalid_probabilities_are_refused_naming_file_line_and_class(setup, table, cell, message):
     recipe, data = setup
-    path = recipe.run_dir("m2", 1) / table
+    path = run_store.run_dir(recipe, "m2", 1) / table
 
     def change(frame):
         frame.loc[2, "happy"] = cell
@@ -179,7 +180,7 @@ def test_invalid_probabilities_are_refused_naming_file_line_and_class(setup, tab
 @pytest.mark.parametrize("table", ["oof.csv", "test.csv"])
 def test_multiclass_rows_must_sum_to_one(setup, table):
     recipe, data = setup
-    path = recipe.run_dir("m1", 0) / table
+    path = run_store.run_dir(recipe, "m1", 0) / table
 
     def scale(row: int, factor: float):
         def change(frame):
@@ -204,7 +205,7 @@ def test_shuffled_class_columns_and_rows_are_realigned_exactly(setup, tmp_path):
     for backbone in BACKBONES:
         for fold in (0, 1):
             for table in ("oof.csv", "test.csv"):
-                path = recipe.run_dir(backbone, fold) / table
+                path = run_store.run_dir(recipe, backbone, fold) / table
                 frame = pd.read_csv(path, dtype=str, keep_default_na=False)
                 columns = list(rng.permutation(frame.columns))
                 assert columns != list(frame.columns)
@@ -228,7 +229,7 @@ COLUMN_CASES = [
 @pytest.mark.parametrize("change, message", [case[1:] for case in COLUMN_CASES], ids=[case[0] for case in COLUMN_CASES])
 def test_other_class_columns_are_refused(setup, table, change, message):
     recipe, data = setup
-    path = recipe.run_dir("m1", 1) / table
+    path = run_store.run_dir(recipe, "m1", 1) / table
     edit_table(path, change)
     keys = r"\['id', 'fold'\]" if table == "oof.csv" else r"\['id'\]"
     with pytest.raises(
@@ -258,7 +259,7 @@ ID_CASES = [
 @pytest.mark.parametrize("table, change, message", [(c[0], *c[2:]) for c in ID_CASES], ids=[f"{c[0]}-{c[1]}" for c in ID_CASES])
 def test_duplicate_missing_or_unknown_ids_are_refused(setup, table, change, message):
     recipe, data = setup
-    path = recipe.run_dir("m1", 0) / table
+    path = run_store.run_dir(recipe, "m1", 0) / table
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     edit_table(path, change)
     expected = message.format(first=frame["id"].iloc[0], last=len(frame) + 2) + r"; re-train it with `ens train --backbone m1 --fold 0 --force`"
@@ -268,12 +269,12 @@ def test_duplicate_missing_or_unknown_ids_are_refused(setup, table, change, mess
 
 def test_a_run_with_other_classes_in_config_is_refused(setup):
     recipe, data = setup
-    path = recipe.run_dir("m2", 0) / "config.json"
+    path = run_store.run_dir(recipe, "m2", 0) / "config.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "classes": ["sad", "happy", "calm"]}))
     with pytest.raises(
         BlendError,
-        match=rf"{recipe.run_dir('m2', 0)} was trained with classes \['sad', 'happy', 'calm'\], "
+        match=rf"{run_store.run_dir(recipe, 'm2', 0)} was trained with classes \['sad', 'happy', 'calm'\], "
         r"the competition has \['calm', 'happy', 'sad'\] \(names and order\); re-train it",
     ):
         blend.collect(recipe, data)
@@ -291,7 +292,7 @@ def test_a_run_with_other_classes_in_config_is_refused(setup):
 )
 def test_a_damaged_finished_run_is_refused(setup, damage, message):
     recipe, data = setup
-    damage(recipe.run_dir("m1", 1))
+    damage(run_store.run_dir(recipe, "m1", 1))
     with pytest.raises(BlendError, match=message):
         blend.collect(recipe, data)
 
@@ -304,7 +305,7 @@ def test_multilabel_rows_need_not_sum_to_one_but_stay_in_0_1(tmp_path):
         make_run(recipe, data, "m1", fold)
     oof, _ = blend.load_runs(recipe, data, "m1")
     assert np.abs(oof.sum(axis=1) - 1).max() > 0.1  # independent sigmoids are accepted
-    path = recipe.run_dir("m1", 0) / "oof.csv"
+    path = run_store.run_dir(recipe, "m1", 0) / "oof.csv"
     edit_table(path, lambda f: f.assign(sad=f["sad"].where(f.index != 0, "1.01")))
     with pytest.raises(BlendError, match=r"oof.csv: line 2, class 'sad' holds '1.01', not a probability in \[0, 1\]"):
         blend.load_runs(recipe, data, "m1")

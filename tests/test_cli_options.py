@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ensemble import competition, predict
+from ensemble import split as split_mod
 from ensemble.cli import app
 
 from .conftest import ravdess_clip
@@ -68,7 +69,7 @@ def test_every_refusal_is_an_ens_error():
     ]
     assert all(issubclass(cls, EnsError) for cls in refusals)
     with pytest.raises(EnsError, match="on_error='ignore': use one of"):  # a bad argument to a library function
-        train.check_on_error("ignore")
+        split_mod.check_on_error("ignore")
 
 
 def test_the_cli_prints_ens_errors_and_keeps_the_traceback_of_anything_else(tmp_path, monkeypatch):

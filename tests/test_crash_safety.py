@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ensemble import atomic, features
+from ensemble import runs as run_store
 from ensemble.cli import app
 from ensemble.recipe import FeatureConfig
 
@@ -176,7 +177,7 @@ def test_ens_train_names_resume_when_it_starts_an_interrupted_run_afresh_and_res
         crashed = CliRunner().invoke(app, args)
         assert isinstance(crashed.exception, Crash), crashed.output
         assert "--resume" not in crashed.output  # no checkpoint yet when it started
-        assert torch_load_epoch(run / train.CHECKPOINT) == 1 and not (run / "metrics.json").exists()
+        assert torch_load_epoch(run / run_store.CHECKPOINT) == 1 and not (run / "metrics.json").exists()
         saved.clear()
 
     def outputs():
@@ -188,14 +189,14 @@ def test_ens_train_names_resume_when_it_starts_an_interrupted_run_afresh_and_res
     output = cli_ok(args)
     assert "test_resnet fold 0: starting afresh; pass --resume to continue the interrupted run from its checkpoint." in output
     assert saved == [1, 2, 3]  # every epoch again, not from epoch 2
-    assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
+    assert (run / "metrics.json").exists() and not (run / run_store.CHECKPOINT).exists()
     uninterrupted = outputs()
     assert len(uninterrupted[2]) == 3
 
     interrupted()
     output = cli_ok(args + ["--resume"])
     assert saved == [2, 3] and "starting afresh" not in output  # continued from the checkpoint
-    assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
+    assert (run / "metrics.json").exists() and not (run / run_store.CHECKPOINT).exists()
     resumed = outputs()
     for a, b in zip(resumed[:3], uninterrupted[:3]):
         pd.testing.assert_frame_equal(a, b, check_exact=True)

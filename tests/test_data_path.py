@@ -8,8 +8,10 @@ import threading
 import numpy as np
 import pandas as pd
 
-from ensemble import features, train
+from ensemble import data as data_mod
+from ensemble import features, loop, models, train
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble.recipe import AugmentConfig, FeatureConfig
 
 from .conftest import ravdess_clip, tiny_competition
@@ -50,12 +52,12 @@ def test_ahead_prepares_the_next_batch_while_the_caller_works_in_order():
         return k * 10
 
     results = []
-    for value in train.ahead([(k,) for k in range(5)], prepare):
+    for value in loop.ahead([(k,) for k in range(5)], prepare):
         if value == 0:  # still busy with the first batch: the second is being prepared already
             assert second_started.wait(timeout=10)
         results.append(value)
     assert results == [0, 10, 20, 30, 40]
-    assert list(train.ahead([], prepare)) == []
+    assert list(loop.ahead([], prepare)) == []
 
 
 def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_path, monkeypatch):
@@ -64,7 +66,7 @@ def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_p
 
     text = tiny_recipe_text(tmp_path / "comp", tmp_path / "runs", tmp_path / "subs")
     r = recipe_mod.load(tiny_competition(tmp_path / "tiny.toml", text, small_source))
-    data = train.load_data(r, progress=False)
+    data = data_mod.load_data(r, progress=False)
     assert isinstance(data.x_train, np.memmap) and isinstance(data.x_test, np.memmap)  # views of the cache, not copies
     real_compile, compiled_modules = torch.compile, []
 
@@ -83,27 +85,27 @@ def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_p
     # the training model really was compiled, by inductor (the default backend), and the compiled
     # module is what trained: dynamo captured the forward pass into a graph and inductor compiled it
     [(model, kwargs, out)] = compiled_modules
-    assert isinstance(model, train.Normalize) and kwargs.get("backend", "inductor") == "inductor"
+    assert isinstance(model, models.Normalize) and kwargs.get("backend", "inductor") == "inductor"
     assert isinstance(out, torch._dynamo.eval_frame.OptimizedModule) and out._orig_mod is model
     assert counters["frames"]["ok"] >= 1 and counters["stats"]["unique_graphs"] >= 1
     assert sum(counters["inductor"].values()) > 0, dict(counters)
     assert abs(compiled["log_loss"] - plain["log_loss"]) < 1e-3  # inductor's fused kernels round differently, barely
-    oof = [pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")]
+    oof = [pd.read_csv(run_store.run_dir(r, "test_resnet", 0) / "oof.csv")]
     r.name = "tiny"
-    oof.append(pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv"))
+    oof.append(pd.read_csv(run_store.run_dir(r, "test_resnet", 0) / "oof.csv"))
     np.testing.assert_allclose(oof[0][data.competition.classes].to_numpy(), oof[1][data.competition.classes].to_numpy(), atol=1e-3)
 
 
 def test_cpu_bf16_autocast_changes_the_arithmetic_not_the_run(small_source, tiny_recipe_text, tmp_path):
     text = tiny_recipe_text(tmp_path / "comp", tmp_path / "runs", tmp_path / "subs")
     r = recipe_mod.load(tiny_competition(tmp_path / "tiny.toml", text, small_source))
-    data = train.load_data(r, progress=False)
+    data = data_mod.load_data(r, progress=False)
     train.train_fold(r, data, "test_resnet", 0, progress=False)
     r.train.cpu_precision, r.name = "bf16", "bf16"
     train.train_fold(r, data, "test_resnet", 0, progress=False)
-    assert json.loads((r.run_dir("test_resnet", 0) / "config.json").read_text())["recipe"]["train"]["cpu_precision"] == "bf16"
-    half = pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
+    assert json.loads((run_store.run_dir(r, "test_resnet", 0) / "config.json").read_text())["recipe"]["train"]["cpu_precision"] == "bf16"
+    half = pd.read_csv(run_store.run_dir(r, "test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
     r.name = "tiny"
-    full = pd.read_csv(r.run_dir("test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
+    full = pd.read_csv(run_store.run_dir(r, "test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
     assert np.abs(half - full).max() > 1e-6  # bf16 autocast did run on the CPU
     np.testing.assert_allclose(half, full, atol=2e-3)  # ...and rounds the run's probabilities only slightly (1e-4 measured)

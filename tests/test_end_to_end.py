@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ensemble import atomic, blenders
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
@@ -128,11 +129,11 @@ def test_bad_options_are_clear_errors(pipeline):
 
 
 def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline, tmp_path):
-    from ensemble import blend, train
+    from ensemble import blend
 
     r = recipe_mod.load(copy_tiny_runs(pipeline, tmp_path))  # blend writes its leaderboard and weights into the copy
     r.backbones = ["test_efficientnet", "test_resnet", "test_convnext"]
-    result = blend.blend(r, train.load_data(r, progress=False), name="partial")
+    result = blend.blend(r, data_mod.load_data(r, progress=False), name="partial")
     assert list(result.skipped) == ["test_convnext"] and "fold0 is not finished" in result.skipped["test_convnext"]
     assert set(result.weights) == {"test_efficientnet", "test_resnet"}
 

@@ -13,8 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import metrics, train
+from ensemble import data as data_mod
+from ensemble import loop, metrics, models, runtime
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble.cli import app
 
 from .conftest import cli_ok, copy_tiny_runs
@@ -75,7 +77,7 @@ def test_force_replaces_every_file_of_the_run_with_the_new_configurations(forced
     run, old = forced["run"], forced["old"]
     for name in FILES:
         assert (run / name).read_bytes() != old[name], f"{name} was not replaced"
-    assert not (run / train.CHECKPOINT).exists()
+    assert not (run / run_store.CHECKPOINT).exists()
 
     config, old_config = json.loads((run / "config.json").read_text()), json.loads(old["config.json"])
     assert (old_config["recipe"]["train"]["epochs"], config["recipe"]["train"]["epochs"]) == (1, 2)
@@ -98,18 +100,18 @@ def test_the_replaced_tables_and_metrics_are_the_new_models(forced):
     over from the old run."""
     r = recipe_mod.load(forced["recipe_path"])
     r.train.epochs = 2
-    data = train.load_data(r, progress=False)
+    data = data_mod.load_data(r, progress=False)
     run, classes = forced["run"], data.competition.classes
-    model = train.build_model(r, BACKBONE, len(classes))
+    model = models.build(r, BACKBONE, len(classes))
     model.load_state_dict(load_file(run / "model.safetensors"))
-    cpu = train.resolve_device("cpu")
+    cpu = runtime.resolve_device("cpu")
     valid = np.flatnonzero(data.folds["fold"].to_numpy() == FOLD)
 
     oof, test = pd.read_csv(run / "oof.csv"), pd.read_csv(run / "test.csv")
     ids = data.competition.train[data.competition.config.id_col].to_numpy()
     assert oof["id"].astype(str).tolist() == ids[valid].astype(str).tolist() and (oof["fold"] == FOLD).all()
-    np.testing.assert_allclose(oof[classes].to_numpy(), train.predict(model, data.x_train[valid], cpu), atol=1e-6)
-    np.testing.assert_allclose(test[classes].to_numpy(), train.predict(model, data.x_test, cpu), atol=1e-6)
+    np.testing.assert_allclose(oof[classes].to_numpy(), loop.predict(model, data.x_train[valid], cpu), atol=1e-6)
+    np.testing.assert_allclose(test[classes].to_numpy(), loop.predict(model, data.x_test, cpu), atol=1e-6)
 
     report = json.loads((run / "metrics.json").read_text())
     expected = metrics.report(data.y[valid], oof[classes].to_numpy(), classes)

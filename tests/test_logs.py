@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ensemble import data as data_mod
+
 from .conftest import cli_ok
 
 BACKBONE = "test_efficientnet"
@@ -84,7 +86,7 @@ def test_terminal_gets_bars(tiny, monkeypatch, capsys):
     stderr = TerminalStream()
     monkeypatch.setattr(sys, "stderr", stderr)
     r = recipe.load(tiny)
-    data = train.load_data(r, progress=True)
+    data = data_mod.load_data(r, progress=True)
     train.train_fold(r, data, BACKBONE, 0, progress=True)
     bars, out = stderr.getvalue(), capsys.readouterr().out
 
@@ -111,7 +113,7 @@ def test_quiet_prints_no_progress(tiny, monkeypatch, capsys):
     r = recipe.load(tiny)
     r.train.epochs = 1
     (Path(r.competition.dir) / ".ens_cache").rename(Path(r.competition.dir) / "old_cache")  # render again
-    data = train.load_data(r, progress=False)
+    data = data_mod.load_data(r, progress=False)
     train.train_fold(r, data, BACKBONE, 1, progress=False)
     assert stderr.getvalue() == ""
     assert capsys.readouterr().out == ""

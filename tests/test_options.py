@@ -24,7 +24,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from ensemble import audio, metrics, predict, train
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble.cli import app
 
 from .conftest import cli_ok, copy_tiny_runs, fold_mean, ravdess_clip, tiny_competition
@@ -38,7 +40,7 @@ def tiny(small_source, tiny_recipe_text, tmp_path_factory):
     root = tmp_path_factory.mktemp("options")
     path = tiny_competition(root / "tiny.toml", tiny_recipe_text(root / "comp", root / "runs", root / "subs"), small_source)
     r = recipe_mod.load(path)
-    return {"path": path, "recipe": r, "data": train.load_data(r, progress=False)}
+    return {"path": path, "recipe": r, "data": data_mod.load_data(r, progress=False)}
 
 
 def _variant(tiny, tmp_path, name: str, **train_settings) -> recipe_mod.Recipe:
@@ -52,16 +54,16 @@ def _variant(tiny, tmp_path, name: str, **train_settings) -> recipe_mod.Recipe:
 
 
 def _log(r, fold: int = 0) -> pd.DataFrame:
-    return pd.read_csv(r.run_dir(BACKBONE, fold) / "log.csv")
+    return pd.read_csv(run_store.run_dir(r, BACKBONE, fold) / "log.csv")
 
 
 def _saved_epoch(r) -> int:
-    with safe_open(r.run_dir(BACKBONE, 0) / "model.safetensors", "pt") as f:
+    with safe_open(run_store.run_dir(r, BACKBONE, 0) / "model.safetensors", "pt") as f:
         return int(f.metadata()["epoch"])
 
 
 def _oof(r, classes) -> np.ndarray:
-    return pd.read_csv(r.run_dir(BACKBONE, 0) / "oof.csv")[classes].to_numpy()
+    return pd.read_csv(run_store.run_dir(r, BACKBONE, 0) / "oof.csv")[classes].to_numpy()
 
 
 # --- [train].patience ------------------------------------------------------------------------
@@ -94,8 +96,8 @@ def test_patience_stops_the_run_after_that_many_epochs_without_gain(tiny, tmp_pa
     assert (log["lr"] == 0).all() and log["valid_log_loss"].nunique() == 1  # the construction: nothing changed after epoch 1
     assert f"{BACKBONE} fold 0: early stop, no uar gain in 2 epochs" in capsys.readouterr().out
     assert report["epoch"] == 1 and _saved_epoch(r) == 1
-    assert not (r.run_dir(BACKBONE, 0) / train.CHECKPOINT).exists()  # a stopped run is a finished run
-    assert json.loads((r.run_dir(BACKBONE, 0) / "metrics.json").read_text())["epoch"] == 1
+    assert not (run_store.run_dir(r, BACKBONE, 0) / run_store.CHECKPOINT).exists()  # a stopped run is a finished run
+    assert json.loads((run_store.run_dir(r, BACKBONE, 0) / "metrics.json").read_text())["epoch"] == 1
 
     # the same run without patience trains all 6 epochs: the stop above is patience's doing
     r = _variant(tiny, tmp_path, "impatient", epochs=6, patience=0, lr=0.0, min_lr=0.0)
@@ -162,14 +164,14 @@ def test_select_last_keeps_the_last_epoch_not_the_best(tiny, tmp_path, epochs_se
     # select = "best": epoch 1 (the best uar) is kept
     assert _log(r_best)["selected"].tolist() == [True, False, False]
     assert best_report["epoch"] == 1 and _saved_epoch(r_best) == 1
-    assert _same_weights(r_best.run_dir(BACKBONE, 0) / "model.safetensors", first["weights"])
+    assert _same_weights(run_store.run_dir(r_best, BACKBONE, 0) / "model.safetensors", first["weights"])
     np.testing.assert_allclose(_oof(r_best, classes), first["proba"], rtol=0, atol=1e-12)
 
     # select = "last": every epoch is taken, and the run ends with epoch 3's weights and predictions
     assert _log(r_last)["selected"].tolist() == [True, True, True]
     assert last_report["epoch"] == 3 and _saved_epoch(r_last) == 3
-    assert _same_weights(r_last.run_dir(BACKBONE, 0) / "model.safetensors", last["weights"])
-    assert not _same_weights(r_last.run_dir(BACKBONE, 0) / "model.safetensors", first["weights"])
+    assert _same_weights(run_store.run_dir(r_last, BACKBONE, 0) / "model.safetensors", last["weights"])
+    assert not _same_weights(run_store.run_dir(r_last, BACKBONE, 0) / "model.safetensors", first["weights"])
     np.testing.assert_allclose(_oof(r_last, classes), last["proba"], rtol=0, atol=1e-12)
     assert last_report["accuracy"] == metrics.scores(data.y[data.folds["fold"].to_numpy() == 0], last["proba"])["accuracy"]
 
@@ -208,7 +210,7 @@ def test_given_class_weights_of_the_wrong_length_are_refused(tiny, tmp_path):
     r = _variant(tiny, tmp_path, "short", epochs=1, class_weights="given", class_weight_values=[1.0, 2.0, 3.0], classes=[])
     with pytest.raises(ValueError, match=r"\[train\].class_weight_values has 3 values for 8 classes"):  # classes from the data
         train.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
-    assert not (r.run_dir(BACKBONE, 0) / "metrics.json").exists()
+    assert not (run_store.run_dir(r, BACKBONE, 0) / "metrics.json").exists()
 
     recipe_file = tmp_path / "short.toml"
     recipe_file.write_text(

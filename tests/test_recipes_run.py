@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble import train
 from ensemble.corpora import ravdess
 
@@ -17,7 +19,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 def _first_run(path) -> str:
     """What a recipe's first backbone's run is defined by (train.run_config's recipe part and the backbone)."""
     r = recipe_mod.load(path)
-    return json.dumps([r.backbones[0], r.competition.dir, train._training_settings(r.for_backbone(r.backbones[0]))], sort_keys=True)
+    return json.dumps([r.backbones[0], r.competition.dir, run_store._training_settings(r.for_backbone(r.backbones[0]))], sort_keys=True)
 
 
 FIRST_RUNS: dict[str, object] = {}
@@ -55,13 +57,13 @@ def test_recipe_builds_and_runs_one_epoch(path, competitions, tmp_path):
     r.train.epochs = 1
     r.train.batch_size = 8
     r.augment.copies = min(r.augment.copies, 1)
-    data = train.load_data(r, progress=False)
+    data = data_mod.load_data(r, progress=False)
     assert data.x_train.shape[1] == len(r.features.channels)
     if r.augment.copies:
         assert data.x_aug.shape == (1, *data.x_train.shape)
     report = train.train_fold(r, data, r.backbones[0], 0, progress=False)
     classes = {"gender_emotion": 10, "emotion_intensity": 9}.get(scheme, 8)
     assert len(report["per_class_ap" if r.competition.task == "multilabel" else "per_class_accuracy"]) == classes
-    run = r.run_dir(r.backbones[0], 0)
+    run = run_store.run_dir(r, r.backbones[0], 0)
     log = [line for line in (run / "log.csv").read_text().splitlines()[1:]]
     assert len(log) == 1 and np.isfinite(json.loads((run / "metrics.json").read_text())["log_loss"])

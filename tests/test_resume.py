@@ -21,7 +21,9 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble import train
 from ensemble.cli import app
 
@@ -91,7 +93,7 @@ def uninterrupted(setup):
     path = _recipe(root, text, "uninterrupted")
     cli_ok(["train", "--recipe", str(path), *RUN])
     run = _run_dir(path)
-    assert not (run / train.CHECKPOINT).exists()  # a finished run keeps no checkpoint
+    assert not (run / run_store.CHECKPOINT).exists()  # a finished run keeps no checkpoint
     outputs = _outputs(run)
     assert outputs[2]["selected"].tolist() == SELECTED, f"premise: seed 7 no longer makes epoch {BEST} the best\n{outputs[2]}"
     assert train._saved_epoch(run) == BEST and json.loads((run / "metrics.json").read_text())["epoch"] == BEST
@@ -112,7 +114,7 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup, un
     command = [sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(killed), *RUN]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": "0"})
     deadline = time.time() + 300
-    while not (run / train.CHECKPOINT).exists():  # the first epoch is done
+    while not (run / run_store.CHECKPOINT).exists():  # the first epoch is done
         assert process.poll() is None, process.stderr.read().decode()
         assert time.time() < deadline, "no checkpoint after 300 s"
         time.sleep(0.01)
@@ -121,14 +123,14 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup, un
     assert not (run / "metrics.json").exists(), "the run finished before it was killed"
     epochs_done = len(pd.read_csv(run / "log.csv"))
     assert 1 <= epochs_done < EPOCHS
-    assert "best" not in torch.load(run / train.CHECKPOINT, weights_only=False)  # the best weights are in model.safetensors only
+    assert "best" not in torch.load(run / run_store.CHECKPOINT, weights_only=False)  # the best weights are in model.safetensors only
 
     # a checkpoint of another configuration is refused, not mixed in
     result = CliRunner().invoke(app, ["train", "--recipe", str(killed), *RUN, "--epochs", "5", "--resume"])
     assert result.exit_code == 2 and "different configuration" in result.output
 
     cli_ok(["train", "--recipe", str(killed), *RUN, "--resume"])
-    assert (run / "metrics.json").exists() and not (run / train.CHECKPOINT).exists()
+    assert (run / "metrics.json").exists() and not (run / run_store.CHECKPOINT).exists()
     _assert_same(_outputs(run), uninterrupted)
 
 
@@ -140,7 +142,7 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
     root, text = setup
     path = _recipe(root, text, "afresh")
     r = recipe_mod.load(path)
-    data = train.load_data(r, progress=False)
+    data = data_mod.load_data(r, progress=False)
     saved, crashed = [], []
     real_save = train.torch.save
 
@@ -154,8 +156,8 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
     monkeypatch.setattr(train.torch, "save", save_then_crash_once_at_epoch_2)
     with pytest.raises(Crash):
         train.train_fold(r, data, "test_efficientnet", 0, progress=False)
-    run = r.run_dir("test_efficientnet", 0)
-    assert (run / train.CHECKPOINT).exists() and len(pd.read_csv(run / "log.csv")) == 2
+    run = run_store.run_dir(r, "test_efficientnet", 0)
+    assert (run / run_store.CHECKPOINT).exists() and len(pd.read_csv(run / "log.csv")) == 2
     saved.clear()
     train.train_fold(r, data, "test_efficientnet", 0, progress=False)  # no resume: all four epochs again
     assert saved == [1, 2, 3, 4] and (run / "metrics.json").exists()
@@ -177,9 +179,9 @@ def _stop_before_the_weights_of(path, epoch, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(train, "save_file", crash_at_epoch)
         with pytest.raises(Crash):
-            train.train_fold(r, train.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
-    run = r.run_dir("test_efficientnet", 0)
-    checkpoint = torch.load(run / train.CHECKPOINT, weights_only=False)
+            train.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
+    run = run_store.run_dir(r, "test_efficientnet", 0)
+    checkpoint = torch.load(run / run_store.CHECKPOINT, weights_only=False)
     assert (checkpoint["epoch"], checkpoint["best_epoch"]) == (epoch, epoch)
     previous_best = max((k + 1 for k in range(epoch - 1) if SELECTED[k]), default=None)
     assert train._saved_epoch(run) == previous_best  # model.safetensors is still the earlier best, or absent
@@ -213,9 +215,9 @@ def test_stopped_after_an_epoch_that_did_not_improve_resume_keeps_the_earlier_be
     with monkeypatch.context() as patch:
         patch.setattr(train.torch, "save", crash_writing_epoch_3s_checkpoint)
         with pytest.raises(Crash):
-            train.train_fold(r, train.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
-    run = r.run_dir("test_efficientnet", 0)
-    checkpoint = torch.load(run / train.CHECKPOINT, weights_only=False)
+            train.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
+    run = run_store.run_dir(r, "test_efficientnet", 0)
+    checkpoint = torch.load(run / run_store.CHECKPOINT, weights_only=False)
     assert (checkpoint["epoch"], checkpoint["best_epoch"], train._saved_epoch(run)) == (2, 1, 1)
     assert len(pd.read_csv(run / "log.csv")) == 3  # the row of the unfinished epoch 3, which the resume trains again
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
@@ -232,7 +234,7 @@ def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted,
     del checkpoint["best_epoch"]
     checkpoint["best"] = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items()}  # the best epoch's EMA weights, the evaluated ones
     checkpoint["config"]["recipe"]["submissions_dir"] = str(root / "elsewhere")
-    torch.save(checkpoint, run / train.CHECKPOINT)
+    torch.save(checkpoint, run / run_store.CHECKPOINT)
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
     _assert_same(_outputs(run), uninterrupted)
 

@@ -12,8 +12,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import audio, blend, blenders, metrics, predict, train
+from ensemble import audio, blend, blenders, loop, metrics, models, predict, train
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble.cli import app
 
 from .conftest import cli_ok as _ok
@@ -29,14 +31,14 @@ def _tiny_model(seed: int = 0) -> torch.nn.Module:
     """An untrained test_resnet with 4 outputs on 3-channel images, in eval mode."""
     torch.manual_seed(seed)
     r = recipe_mod.from_dict({"train": {"pretrained": False}})
-    return train.build_model(r, "test_resnet", 4).eval()
+    return models.build(r, "test_resnet", 4).eval()
 
 
 def test_no_shifts_is_plain_prediction():
     model = _tiny_model()
     x = np.random.default_rng(0).random((5, 3, 32, 40), dtype=np.float32)
-    plain = train.predict(model, x, CPU, batch_size=2)
-    np.testing.assert_array_equal(train.predict(model, x, CPU, batch_size=2, shifts=[]), plain)
+    plain = loop.predict(model, x, CPU, batch_size=2)
+    np.testing.assert_array_equal(loop.predict(model, x, CPU, batch_size=2, shifts=[]), plain)
     with torch.no_grad():
         np.testing.assert_allclose(plain, model(torch.from_numpy(x)).softmax(dim=1).numpy(), atol=1e-6)
 
@@ -50,9 +52,9 @@ def test_shifts_average_the_image_rolled_along_time(multilabel):
     with torch.no_grad():
         batch = torch.from_numpy(x)
         expected = np.mean([activation(model(torch.roll(batch, frames, dims=3))).numpy() for frames in (0, -4, 10)], axis=0)
-    shifted = train.predict(model, x, CPU, batch_size=2, multilabel=multilabel, shifts=shifts)
+    shifted = loop.predict(model, x, CPU, batch_size=2, multilabel=multilabel, shifts=shifts)
     np.testing.assert_allclose(shifted, expected, atol=1e-6)
-    assert not np.allclose(shifted, train.predict(model, x, CPU, multilabel=multilabel), atol=1e-4)  # the shifts change it
+    assert not np.allclose(shifted, loop.predict(model, x, CPU, multilabel=multilabel), atol=1e-4)  # the shifts change it
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def trained(small_source, tiny_recipe_text, tmp_path_factory):
         "all": _ok(["train", "--recipe", str(recipe_path), "--quiet"]),
         "blend": _ok(["blend", "--recipe", str(recipe_path), "--method", "mean"]),
     }
-    return {"recipe_path": recipe_path, "recipe": r, "data": train.load_data(r, progress=False), "subs": subs, **outputs}
+    return {"recipe_path": recipe_path, "recipe": r, "data": data_mod.load_data(r, progress=False), "subs": subs, **outputs}
 
 
 def _pooled(r, entry, data, name="oof.csv"):
@@ -79,11 +81,11 @@ def _pooled(r, entry, data, name="oof.csv"):
     test.csv rows ``(n_test, classes)`` averaged over folds."""
     classes = data.competition.classes
     if name == "test.csv":
-        return np.mean([pd.read_csv(r.run_dir(entry, k) / name, dtype={"id": str})[classes].to_numpy() for k in range(2)], axis=0)
+        return np.mean([pd.read_csv(run_store.run_dir(r, entry, k) / name, dtype={"id": str})[classes].to_numpy() for k in range(2)], axis=0)
     ids = pd.Index(data.competition.train["id"].astype(str))
     out = np.full((len(ids), len(classes)), np.nan)
     for fold in range(2):
-        frame = pd.read_csv(r.run_dir(entry, fold) / name, dtype={"id": str})
+        frame = pd.read_csv(run_store.run_dir(r, entry, fold) / name, dtype={"id": str})
         out[ids.get_indexer(frame["id"])] = frame[classes].to_numpy()
     assert not np.isnan(out).any()
     return out
@@ -92,12 +94,12 @@ def _pooled(r, entry, data, name="oof.csv"):
 def test_each_seed_trains_its_own_run_folders_with_its_seed(trained):
     r = trained["recipe"]
     assert trained["seed"].count("test_resnet@7 fold") == 2 and "already finished" not in trained["seed"]
-    assert f"-> {r.run_dir('test_resnet@7', 0)}" in trained["seed"]
+    assert f"-> {run_store.run_dir(r, 'test_resnet@7', 0)}" in trained["seed"]
     # the second ens train trains the other entries and skips the seed trained by name
     assert trained["all"].count("[already finished, skipped]") == 2 and trained["all"].count("->") == 6
     for entry, seed in (("test_resnet", 42), ("test_resnet@7", 7)):
         for fold in range(2):
-            config = json.loads((r.run_dir(entry, fold) / "config.json").read_text())
+            config = json.loads((run_store.run_dir(r, entry, fold) / "config.json").read_text())
             assert config["backbone"] == entry and config["recipe"]["train"]["seed"] == seed
             assert config["recipe"]["train"]["tta_shifts"] == SHIFTS
     assert not np.allclose(_pooled(r, "test_resnet", trained["data"]), _pooled(r, "test_resnet@7", trained["data"]), atol=1e-3)
@@ -123,17 +125,17 @@ def test_the_seeds_of_a_backbone_blend_as_one_member_their_mean(trained):
 
 def test_runs_save_their_predictions_with_time_shift_tta(trained):
     r, data = trained["recipe"], trained["data"]
-    run = r.run_dir("test_resnet@7", 1)
-    model = train.build_model(r, "test_resnet@7", 8)
+    run = run_store.run_dir(r, "test_resnet@7", 1)
+    model = models.build(r, "test_resnet@7", 8)
     model.load_state_dict(load_file(run / "model.safetensors"))
     classes = data.competition.classes
     oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
     rows = pd.Index(data.competition.train["id"].astype(str)).get_indexer(oof["id"])
     images = data.x_train[rows]
-    np.testing.assert_allclose(oof[classes].to_numpy(), train.predict(model, images, CPU, shifts=SHIFTS), atol=1e-7)
-    assert not np.allclose(oof[classes].to_numpy(), train.predict(model, images, CPU), atol=1e-4)
+    np.testing.assert_allclose(oof[classes].to_numpy(), loop.predict(model, images, CPU, shifts=SHIFTS), atol=1e-7)
+    assert not np.allclose(oof[classes].to_numpy(), loop.predict(model, images, CPU), atol=1e-4)
     test = pd.read_csv(run / "test.csv", dtype={"id": str})
-    np.testing.assert_allclose(test[classes].to_numpy(), train.predict(model, data.x_test, CPU, shifts=SHIFTS), atol=1e-7)
+    np.testing.assert_allclose(test[classes].to_numpy(), loop.predict(model, data.x_test, CPU, shifts=SHIFTS), atol=1e-7)
 
 
 def test_predict_averages_the_seeds_with_the_recipe_tta(trained, tmp_path):
@@ -155,7 +157,7 @@ def test_a_run_finished_before_tta_shifts_existed_is_still_finished(trained):
     """A config.json written before the setting existed has no tta_shifts; it reads as today's default []."""
     r, data = trained["recipe"], trained["data"]
     before = dataclasses.replace(r, name="before_tta", train=dataclasses.replace(r.train, tta_shifts=[]))
-    run = before.run_dir("test_resnet", 0)
+    run = run_store.run_dir(before, "test_resnet", 0)
     config = train.run_config(before, data, "test_resnet", 0)
     del config["recipe"]["train"]["tta_shifts"]
     run.mkdir(parents=True)

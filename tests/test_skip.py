@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ensemble import blend, blenders, features, train
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
 from ensemble.cli import app
 
 from .conftest import cli_ok, ravdess_clip, tiny_competition
@@ -58,15 +60,15 @@ def test_skip_leaves_bad_clips_out_lists_them_and_predicts_skipped_test_clips_as
 
     r = recipe_mod.load(broken["recipe"])
     r.backbones = ["test_resnet"]
-    with pytest.warns(train.SkippedClipsWarning):
-        data = train.load_data(r, progress=False, on_error="skip")
+    with pytest.warns(data_mod.SkippedClipsWarning):
+        data = data_mod.load_data(r, progress=False, on_error="skip")
     assert broken["bad_train"] not in set(data.competition.train["id"]) and len(data.y) == len(data.folds) == len(data.x_train) == 31
     classes = data.competition.classes
     prior = np.bincount(data.y, minlength=len(classes)) / len(data.y)
-    oof = pd.concat([pd.read_csv(r.run_dir("test_resnet", k) / "oof.csv", dtype={"id": str}) for k in (0, 1)])
+    oof = pd.concat([pd.read_csv(run_store.run_dir(r, "test_resnet", k) / "oof.csv", dtype={"id": str}) for k in (0, 1)])
     assert len(oof) == 31 and broken["bad_train"] not in set(oof["id"])
     for k in (0, 1):
-        test = pd.read_csv(r.run_dir("test_resnet", k) / "test.csv", dtype={"id": str}).set_index("id")
+        test = pd.read_csv(run_store.run_dir(r, "test_resnet", k) / "test.csv", dtype={"id": str}).set_index("id")
         assert len(test) == 16
         np.testing.assert_allclose(test.loc[broken["bad_test"], classes].to_numpy(dtype=float), prior)
         assert not np.allclose(test.drop(index=broken["bad_test"])[classes].to_numpy(dtype=float), prior)
@@ -108,15 +110,15 @@ def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp
     r = recipe_mod.load(broken["recipe"])
     r.competition.dir, r.runs_dir = str(comp), str(tmp_path / "runs")
     with pytest.raises(train.comp_mod.CompetitionError, match=message):
-        train.load_data(r, progress=False, on_error="skip")
+        data_mod.load_data(r, progress=False, on_error="skip")
     assert not (tmp_path / "runs").exists()
 
 
 def test_skip_with_augmented_copies_drops_only_the_bad_clip(broken, tmp_path):
     r = recipe_mod.load(broken["recipe"])
     r.augment.copies, r.runs_dir = 1, str(tmp_path / "runs")
-    with pytest.warns(train.SkippedClipsWarning, match="skipped 1 training and 1 test clip"):
-        data = train.load_data(r, progress=False, on_error="skip")
+    with pytest.warns(data_mod.SkippedClipsWarning, match="skipped 1 training and 1 test clip"):
+        data = data_mod.load_data(r, progress=False, on_error="skip")
     full = pd.read_csv(broken["root"] / "comp" / "train.csv", dtype=str, keep_default_na=False)
     assert sorted(data.competition.train["id"]) == sorted(set(full["id"]) - {broken["bad_train"]})
     assert data.x_aug.shape[:2] == (1, 31) and len(data.x_train) == len(data.y) == len(data.folds) == 31

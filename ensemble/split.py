@@ -1,0 +1,114 @@
+"""The competition as training and blending see it: its tables, folds and labels, without the
+clips that cannot be loaded (:class:`Split`). Reads tables only: no audio, no feature cache, no
+torch, so blending imports it cheaply; :mod:`ensemble.data` adds the images for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import competition as comp_mod
+from . import runs
+from .errors import OptionError
+from .recipe import Recipe
+
+ON_ERROR = ("fail", "skip")  # what load_data and predict.predict do with clips that cannot be loaded
+
+
+def check_on_error(on_error: str) -> None:
+    """Refuse an unknown policy for clips that cannot be loaded.
+
+    Raises:
+        OptionError: ``on_error`` is not one of :data:`ON_ERROR` (``fail``, ``skip``).
+    """
+    if on_error not in ON_ERROR:
+        raise OptionError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
+
+
+def _no_skips() -> pd.DataFrame:
+    return pd.DataFrame(columns=runs.SKIPPED_COLUMNS)
+
+
+@dataclass
+class Split:
+    """The competition as training and blending see it.
+
+    Attributes:
+        competition: the loaded competition folder, without the training rows that were skipped.
+        folds: ``id, fold`` aligned with ``competition.train``.
+        skipped: the clips left out because they cannot be loaded (``on_error="skip"``): columns
+            ``table`` (train or test), ``id``, ``path``, ``error``. Skipped training rows are not
+            in ``competition.train``, ``folds`` or ``y``; skipped test rows stay (a submission
+            needs every id) and are predicted as :attr:`prior`, see :meth:`fill_skipped`.
+    """
+
+    competition: comp_mod.Competition
+    folds: pd.DataFrame
+    skipped: pd.DataFrame = dataclasses.field(default_factory=_no_skips)
+
+    @functools.cached_property
+    def y(self) -> np.ndarray:
+        """The training labels, encoded (:meth:`ensemble.competition.Competition.encode`)."""
+        return self.competition.y
+
+    @functools.cached_property
+    def folds_hash(self) -> str:
+        """:func:`ensemble.runs.folds_hash` of :attr:`folds`; runs of one blend must share it."""
+        return runs.folds_hash(self.folds)
+
+    @property
+    def prior(self) -> np.ndarray:
+        """Class frequencies of the training labels ``(classes,)``: what a skipped test clip is predicted
+        (multilabel: each class's label rate)."""
+        if self.competition.multilabel:
+            return np.asarray(self.y, dtype=np.float64).mean(axis=0)
+        return np.bincount(self.y, minlength=len(self.competition.classes)) / len(self.y)
+
+    def fill_skipped(self, proba: np.ndarray) -> np.ndarray:
+        """``proba`` ``(n_test, classes)`` with the rows of skipped test clips set to :attr:`prior`."""
+        ids = self.skipped.loc[self.skipped["table"] == "test", "id"]
+        if len(ids):
+            proba = proba.copy()
+            proba[self.competition.test[self.competition.config.id_col].isin(ids).to_numpy()] = self.prior
+        return proba
+
+    def without(self, skipped: pd.DataFrame) -> Split:
+        """This split without the training rows of ``skipped`` (``table, id, path, error``), which it records.
+
+        Raises:
+            CompetitionError: no training row would be left, or a fold would be left empty.
+        """
+        comp = self.competition
+        ids = comp.train[comp.config.id_col]
+        keep = np.flatnonzero(~ids.isin(skipped.loc[skipped["table"] == "train", "id"]).to_numpy())
+        n_bad = len(ids) - len(keep)
+        if not len(keep):
+            raise comp_mod.CompetitionError(
+                f"none of the {len(ids)} training clips of {comp.root / comp_mod.TRAIN} can be loaded; see the errors with on_error='fail'."
+            )
+        folds = self.folds.iloc[keep].reset_index(drop=True)
+        empty = sorted(set(self.folds["fold"]) - set(folds["fold"]))
+        if empty:
+            raise comp_mod.CompetitionError(
+                f"skipping {n_bad} unloadable training clips leaves fold(s) {empty} empty; fix the files or lower [folds].n_splits."
+            )
+        kept = dataclasses.replace(comp, train=comp.train.iloc[keep].reset_index(drop=True))
+        return Split(kept, folds, skipped.reset_index(drop=True))
+
+
+def load_split(recipe: Recipe) -> Split:
+    """The competition, its folds and the clips the recipe's training skipped (``skipped.csv`` in its
+    run store): what blending needs. Reads tables only: no audio, no feature cache.
+
+    Raises:
+        CompetitionError: see :func:`ensemble.competition.load` and :func:`ensemble.competition.folds`.
+    """
+    competition = comp_mod.load(recipe.competition)
+    split = Split(competition, comp_mod.folds(competition, recipe.folds))
+    skipped = runs.read_skipped(recipe)
+    return split.without(skipped) if len(skipped) else split
