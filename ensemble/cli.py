@@ -10,7 +10,7 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from . import atomic, competition, deps
+from . import atomic, competition, deps, runs
 from . import recipe as recipe_mod
 from .corpora import ravdess
 from .errors import EnsError
@@ -194,6 +194,9 @@ def train(
         r.backbones = [b.strip() for b in backbone.split(",")]
 
     def show(kind: str, value) -> None:
+        if kind == "skipped":
+            typer.secho(f"the clips that cannot be loaded are listed in {value}", fg=typer.colors.YELLOW, err=True)
+            return
         if kind == "afresh":
             typer.secho(f"{value}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.", fg=typer.colors.YELLOW, err=True)
             return
@@ -230,8 +233,16 @@ def blend(
         path = blend_mod.write(r, result, name)
     except REFUSED as err:
         _fail(err)
-    for backbone, reason in result.skipped.items():
-        typer.secho(f"skipped {backbone}: {reason}", fg=typer.colors.YELLOW, err=True)
+    for member, reason in result.skipped.items():
+        typer.secho(f"skipped {member}: {reason}", fg=typer.colors.YELLOW, err=True)
+    left_out = result.split.skipped["table"].value_counts()
+    if len(left_out):
+        typer.secho(
+            f"training left out {left_out.get('train', 0)} training and {left_out.get('test', 0)} test clip(s) that cannot be loaded "
+            f"({runs.root(r) / runs.SKIPPED}); the test clips are predicted as the training prior.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         typer.echo(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     weights = "" if result.weights is None else f"  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})"

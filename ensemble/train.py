@@ -304,8 +304,9 @@ def train(
     unless ``resume``. The folds are written to the competition folder (``folds.csv``) and the
     clips left out under ``on_error="skip"`` to the run store (``skipped.csv``) before training.
 
-    ``on_event(kind, value)``, if given, hears ``("afresh", "<entry> fold <K>")`` before an
-    interrupted run is started afresh and ``("run", RunResult)`` after each run.
+    ``on_event(kind, value)``, if given, hears ``("skipped", path of skipped.csv)`` when clips were
+    left out, ``("afresh", "<entry> fold <K>")`` before an interrupted run is started afresh and
+    ``("run", RunResult)`` after each run.
 
     Returns:
         one :class:`RunResult` per (entry, fold), in grid order.
@@ -325,6 +326,8 @@ def train(
     skipped = runs.root(recipe) / runs.SKIPPED
     if len(data.skipped):
         atomic.write_csv(skipped, data.skipped)
+        if on_event is not None:
+            on_event("skipped", skipped)
     else:  # a list from an earlier run with clips that load now would drop them from the blend
         skipped.unlink(missing_ok=True)
     results = []

@@ -3,7 +3,7 @@ realigned explicitly, never mixed silently; `ens blend` writes the same bytes ev
 
 The run folders are fabricated, not trained: ``config.json`` from ``train.run_config``, an empty
 ``metrics.json``, and ``oof.csv`` / ``test.csv`` of seeded random probabilities, on a competition
-folder written here; ``train.Data`` gets dummy images (blending reads none)."""
+folder written here and read as a :class:`ensemble.split.Split` (blending reads no images)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import blend, blenders, competition, train
+from ensemble import blend, blenders, train
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
+from ensemble import split as split_mod
 from ensemble.blend import BlendError
+from ensemble.runs import RunError
 
 CLASSES = ["calm", "happy", "sad"]
 BACKBONES = ["m1", "m2"]
@@ -55,18 +57,26 @@ def make_recipe(tmp: Path, task: str = "multiclass") -> recipe_mod.Recipe:
     )
 
 
-def make_data(recipe: recipe_mod.Recipe) -> train.Data:
-    comp = competition.load(recipe.competition)
-    folds = competition.folds(comp, recipe.folds)
-    dummy = np.zeros((1, 1, 1), dtype=np.float16)
-    return train.Data(comp, folds, np.broadcast_to(dummy, (len(comp.train), 1, 1, 1)), np.broadcast_to(dummy, (len(comp.test), 1, 1, 1)), comp.y)
+def make_data(recipe: recipe_mod.Recipe) -> split_mod.Split:
+    return split_mod.load_split(recipe)
+
+
+def load_runs(recipe: recipe_mod.Recipe, data: split_mod.Split, backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """The OOF and fold-mean test probabilities of one backbone's runs, read by the blend's strict reader."""
+    return run_store.read_member(run_store.Member(backbone, run_store.root(recipe), (backbone,), recipe.folds.n_splits), data)
+
+
+def blend_and_write(recipe: recipe_mod.Recipe, data: split_mod.Split, **options) -> tuple[blend.BlendResult, Path]:
+    name = options.pop("name", None)
+    result = blend.blend(recipe, split=data, **options)
+    return result, blend.write(recipe, result, name)
 
 
 def probabilities(rng: np.random.Generator, n: int, multilabel: bool) -> np.ndarray:
     return rng.uniform(0, 1, (n, len(CLASSES))) if multilabel else rng.dirichlet(np.ones(len(CLASSES)), n)
 
 
-def make_run(recipe: recipe_mod.Recipe, data: train.Data, backbone: str, fold: int) -> Path:
+def make_run(recipe: recipe_mod.Recipe, data: split_mod.Split, backbone: str, fold: int) -> Path:
     """A finished run folder of ``backbone`` / ``fold`` as ``ens train`` writes it, with seeded random probabilities."""
     run = run_store.run_dir(recipe, backbone, fold)
     run.mkdir(parents=True)
@@ -107,7 +117,7 @@ def edit_table(path: Path, change) -> pd.DataFrame:
 
 def test_fabricated_runs_load_exactly(setup):
     recipe, data = setup
-    oof, test = blend.load_runs(recipe, data, "m1")
+    oof, test = load_runs(recipe, data, "m1")
     for fold in (0, 1):
         run = run_store.run_dir(recipe, "m1", fold)
         frame = pd.read_csv(run / "oof.csv", dtype={"id": str}).set_index("id")
@@ -123,7 +133,7 @@ def test_the_folds_hash_is_computed_once(setup, monkeypatch):
     first = data.folds_hash
     monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: pytest.fail("folds_hash re-hashed the folds"))
     assert data.folds_hash == first
-    blend.load_runs(recipe, data, "m1")  # checks every fold's run against the hash
+    load_runs(recipe, data, "m1")  # checks every fold's run against the hash
 
 
 def test_a_run_trained_on_another_fold_assignment_is_refused(setup):
@@ -131,23 +141,23 @@ def test_a_run_trained_on_another_fold_assignment_is_refused(setup):
     folds_path = data.competition.root / "folds.csv"
     edit_table(folds_path, lambda f: f.assign(fold=(1 - f["fold"].astype(int)).astype(str)))  # the folds.csv changed since training
     with pytest.raises(
-        BlendError,
+        RunError,
         match=rf"{run_store.run_dir(recipe, 'm1', 0)} was trained on another fold assignment than {folds_path}; "
         r"re-train it with `ens train --backbone m1 --fold 0 --force`, or restore the folds.csv it was trained on",
     ):
-        blend.blend(recipe, make_data(recipe))
+        blend.blend(recipe, split=make_data(recipe))
 
 
 def test_a_missing_fold_skips_the_backbone_with_the_reason(setup):
     recipe, data = setup
     (run_store.run_dir(recipe, "m2", 1) / "metrics.json").unlink()
-    members, skipped = blend.collect(recipe, data)
-    assert [m.backbone for m in members] == ["m1"]
-    assert skipped == {"m2": f"{run_store.run_dir(recipe, 'm2', 1)} is not finished; run `ens train --backbone m2 --fold 1`."}
-    result = blend.blend(recipe, data)
+    members, _, _, skipped = blend.collect(recipe, data)
+    assert [m.name for m in members] == ["m1"]
+    assert skipped == {"m2": f"{run_store.run_dir(recipe, 'm2', 1)} is not finished; run `ens train --backbone m2 --fold 1`"}
+    result = blend.blend(recipe, split=data)
     assert result.skipped == skipped and list(result.weights) == ["m1"]
     shutil.rmtree(run_store.run_dir(recipe, "m1", 0))
-    with pytest.raises(BlendError, match=r"no backbone of recipe 'safe' has all 2 folds finished under .*runs/safe; run `ens train` first"):
+    with pytest.raises(BlendError, match=r"no member of recipe 'safe' has all 2 folds finished under .*runs/safe; run `ens train` first"):
         blend.collect(recipe, data)
 
 
@@ -173,7 +183,7 @@ def test_invalid_probabilities_are_refused_naming_file_line_and_class(setup, tab
 
     edit_table(path, change)
     expected = rf"{path}: line 4, class 'happy' holds {message}; re-train it with `ens train --backbone m2 --fold 1 --force`"
-    with pytest.raises(BlendError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(RunError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         blend.collect(recipe, data)
 
 
@@ -191,16 +201,16 @@ def test_multiclass_rows_must_sum_to_one(setup, table):
         return change
 
     edit_table(path, scale(0, 1 + 5e-4))  # within the 1e-3 tolerance: accepted
-    blend.load_runs(recipe, data, "m1")
+    load_runs(recipe, data, "m1")
     edit_table(path, scale(1, 0.9))
-    with pytest.raises(BlendError, match=rf"{path}: the probabilities in line 3 sum to 0.9, not 1 \(a multiclass run writes softmax outputs\)"):
-        blend.load_runs(recipe, data, "m1")
+    with pytest.raises(RunError, match=rf"{path}: the probabilities in line 3 sum to 0.9, not 1 \(a multiclass run writes softmax outputs\)"):
+        load_runs(recipe, data, "m1")
 
 
 def test_shuffled_class_columns_and_rows_are_realigned_exactly(setup, tmp_path):
     recipe, data = setup
-    before = [blend.load_runs(recipe, data, b) for b in BACKBONES]
-    submission = blend.blend(recipe, data, name="plain").submission.read_bytes()
+    before = [load_runs(recipe, data, b) for b in BACKBONES]
+    submission = blend_and_write(recipe, data, name="plain")[1].read_bytes()
     rng = np.random.default_rng(0)
     for backbone in BACKBONES:
         for fold in (0, 1):
@@ -210,11 +220,11 @@ def test_shuffled_class_columns_and_rows_are_realigned_exactly(setup, tmp_path):
                 columns = list(rng.permutation(frame.columns))
                 assert columns != list(frame.columns)
                 frame.iloc[rng.permutation(len(frame))][columns].to_csv(path, index=False)
-    after = [blend.load_runs(recipe, data, b) for b in BACKBONES]
+    after = [load_runs(recipe, data, b) for b in BACKBONES]
     for (oof, test), (oof2, test2) in zip(before, after):
         np.testing.assert_array_equal(oof, oof2)
         np.testing.assert_array_equal(test, test2)
-    assert blend.blend(recipe, data, name="shuffled").submission.read_bytes() == submission
+    assert blend_and_write(recipe, data, name="shuffled")[1].read_bytes() == submission
 
 
 COLUMN_CASES = [
@@ -233,11 +243,11 @@ def test_other_class_columns_are_refused(setup, table, change, message):
     edit_table(path, change)
     keys = r"\['id', 'fold'\]" if table == "oof.csv" else r"\['id'\]"
     with pytest.raises(
-        BlendError,
+        RunError,
         match=rf"{path} has columns \[.*\]: it {message}, where a run table holds {keys} and one column per class "
         r"of the competition, \['calm', 'happy', 'sad'\]; re-train it with `ens train --backbone m1 --fold 1 --force`",
     ):
-        blend.load_runs(recipe, data, "m1")
+        load_runs(recipe, data, "m1")
 
 
 ID_CASES = [
@@ -263,8 +273,8 @@ def test_duplicate_missing_or_unknown_ids_are_refused(setup, table, change, mess
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     edit_table(path, change)
     expected = message.format(first=frame["id"].iloc[0], last=len(frame) + 2) + r"; re-train it with `ens train --backbone m1 --fold 0 --force`"
-    with pytest.raises(BlendError, match=expected):
-        blend.load_runs(recipe, data, "m1")
+    with pytest.raises(RunError, match=expected):
+        load_runs(recipe, data, "m1")
 
 
 def test_a_run_with_other_classes_in_config_is_refused(setup):
@@ -273,7 +283,7 @@ def test_a_run_with_other_classes_in_config_is_refused(setup):
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "classes": ["sad", "happy", "calm"]}))
     with pytest.raises(
-        BlendError,
+        RunError,
         match=rf"{run_store.run_dir(recipe, 'm2', 0)} was trained with classes \['sad', 'happy', 'calm'\], "
         r"the competition has \['calm', 'happy', 'sad'\] \(names and order\); re-train it",
     ):
@@ -286,14 +296,14 @@ def test_a_run_with_other_classes_in_config_is_refused(setup):
         (lambda run: (run / "oof.csv").unlink(), r"oof.csv does not exist or is not a file. The run is damaged; re-train it"),
         (lambda run: (run / "test.csv").write_bytes(b"\x00\xff\xfe"), r"test.csv is not UTF-8 text .* The run is damaged; re-train it"),
         (lambda run: (run / "config.json").write_text("{"), r"config.json cannot be read .*; the run is damaged: re-train it"),
-        (lambda run: (run / "config.json").write_text("[]"), r"config.json has no folds_hash and classes; the run is damaged: re-train it"),
+        (lambda run: (run / "config.json").write_text("[]"), r"config.json has no folds_hash, classes and recipe; the run is damaged: re-train it"),
     ],
     ids=["no-oof", "binary-test", "bad-json", "config-not-a-run-config"],
 )
 def test_a_damaged_finished_run_is_refused(setup, damage, message):
     recipe, data = setup
     damage(run_store.run_dir(recipe, "m1", 1))
-    with pytest.raises(BlendError, match=message):
+    with pytest.raises(RunError, match=message):
         blend.collect(recipe, data)
 
 
@@ -303,18 +313,18 @@ def test_multilabel_rows_need_not_sum_to_one_but_stay_in_0_1(tmp_path):
     data = make_data(recipe)
     for fold in (0, 1):
         make_run(recipe, data, "m1", fold)
-    oof, _ = blend.load_runs(recipe, data, "m1")
+    oof, _ = load_runs(recipe, data, "m1")
     assert np.abs(oof.sum(axis=1) - 1).max() > 0.1  # independent sigmoids are accepted
     path = run_store.run_dir(recipe, "m1", 0) / "oof.csv"
     edit_table(path, lambda f: f.assign(sad=f["sad"].where(f.index != 0, "1.01")))
-    with pytest.raises(BlendError, match=r"oof.csv: line 2, class 'sad' holds '1.01', not a probability in \[0, 1\]"):
-        blend.load_runs(recipe, data, "m1")
+    with pytest.raises(RunError, match=r"oof.csv: line 2, class 'sad' holds '1.01', not a probability in \[0, 1\]"):
+        load_runs(recipe, data, "m1")
 
 
-def blend_outputs(recipe: recipe_mod.Recipe, data: train.Data, method: str) -> dict[str, bytes]:
-    result = blend.blend(recipe, data, method=method)
-    out = Path(recipe.runs_dir) / recipe.name / "blend"
-    return {"submission": result.submission.read_bytes(), **{name: (out / name).read_bytes() for name in ("leaderboard.csv", "weights.json", "oof.csv")}}
+def blend_outputs(recipe: recipe_mod.Recipe, data: split_mod.Split, method: str) -> dict[str, bytes]:
+    _, path = blend_and_write(recipe, data, method=method)
+    out = run_store.blend_dir(recipe)
+    return {"submission": path.read_bytes(), **{name: (out / name).read_bytes() for name in ("leaderboard.csv", "weights.json", "oof.csv")}}
 
 
 @pytest.mark.parametrize("method", blenders.METHODS)
@@ -326,14 +336,14 @@ def test_blend_is_deterministic(setup, method):
         assert first[name] == second[name], f"{name} differs between two blends with {method}"
 
 
-# ---- fuzzing: any oof.csv text is blended as written or refused with BlendError ----
+# ---- fuzzing: any oof.csv text is blended as written or refused with RunError ----
 
 OOF_CELLS = st.sampled_from(["0", "1", "0.5", "0.25", "0.75", "1e-3", "nan", "-0", "2", "x", "", " 0.5", "c00", "c02", "c04", "0,5", '"'])
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data_draw=st.data())
-def test_fuzzed_oof_tables_blend_or_raise_blend_error(data_draw):
+def test_fuzzed_oof_tables_blend_or_raise_run_error(data_draw):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_competition(tmp / "comp")
@@ -355,8 +365,8 @@ def test_fuzzed_oof_tables_blend_or_raise_blend_error(data_draw):
             text = text[:at] + data_draw.draw(st.text(alphabet=st.sampled_from(list('0.5,"\nx\x00')), max_size=5)) + text[at:]
         (run / "oof.csv").write_text(text, newline="")
         try:
-            oof, test = blend.load_runs(recipe, data, "m1")
-        except BlendError as err:
+            oof, test = load_runs(recipe, data, "m1")
+        except RunError as err:
             assert str(run) in str(err)
             event("refused")
             return

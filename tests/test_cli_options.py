@@ -50,7 +50,8 @@ def test_an_unknown_cpu_precision_is_refused_by_typer():
 
 def test_every_refusal_is_an_ens_error():
     """One ``except EnsError`` catches every error class ens raises on purpose."""
-    from ensemble import EnsError, audio, augment, blend, deps, errors, models, recipe, report, train
+    from ensemble import EnsError, audio, augment, blend, deps, errors, models, recipe, report
+    from ensemble import runs as run_store
     from ensemble.corpora import ravdess
 
     refusals = [
@@ -59,7 +60,8 @@ def test_every_refusal_is_an_ens_error():
         audio.AudioError,
         augment.UnsafeAugmentationError,
         models.BackboneError,
-        train.RunConflictError,
+        run_store.RunError,
+        run_store.RunConflictError,
         blend.BlendError,
         predict.PredictError,
         report.ReportError,

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
-from ensemble import audio, metrics, predict, train
+from ensemble import audio, loop, metrics, models, predict, train
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
@@ -75,7 +75,7 @@ def frozen(monkeypatch):
     ``min_lr = 0``, so the warm-up and the cosine schedule stay at 0) no number of the model
     changes in training, every epoch predicts exactly what the first did, and the fold metric can
     never improve after epoch 1."""
-    real = train.build_model
+    real = models.build
 
     def build(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -84,7 +84,7 @@ def frozen(monkeypatch):
                 module.momentum = 0.0
         return model
 
-    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(models, "build", build)
 
 
 def test_patience_stops_the_run_after_that_many_epochs_without_gain(tiny, tmp_path, frozen, capsys):
@@ -114,10 +114,10 @@ def epochs_seen(tiny, monkeypatch) -> list[dict]:
 
     The fold metric (``uar``) each epoch reports is replaced by 1 / epoch, so under ``best`` epoch
     1 is kept whatever training does (the other scores, ``metrics.json`` and the weights are
-    real). Each :func:`train.predict` of the validation fold (any call but the one on the test
+    real). Each :func:`loop.predict` of the validation fold (any call but the one on the test
     images) is recorded with its model's weights and its output. Returns those records, one per
     epoch, of the latest run."""
-    real_for_task, real_predict, x_test = metrics.for_task, train.predict, tiny["data"].x_test
+    real_for_task, real_predict, x_test = metrics.for_task, loop.predict, tiny["data"].x_test
     epochs: list[dict] = []
 
     def for_task(multilabel_task):
@@ -191,7 +191,7 @@ def test_given_class_weights_reach_the_loss(tiny, tmp_path, monkeypatch):
             losses.append((self.weight, self.label_smoothing, logits.detach().clone(), target.clone(), loss.detach()))
             return loss
 
-    monkeypatch.setattr(train.nn, "CrossEntropyLoss", SpyLoss)  # train.nn is torch.nn: undone after the test
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SpyLoss)  # undone after the test
     r = _variant(tiny, tmp_path, "weighted", epochs=1, class_weights="given", class_weight_values=GIVEN)
     train.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
     assert losses, "training did not use nn.CrossEntropyLoss"

@@ -21,10 +21,12 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
+from ensemble import checkpoint as checkpoint_mod
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
 from ensemble import train
+from ensemble.checkpoint import Checkpoint
 from ensemble.cli import app
 
 from .conftest import cli_ok, tiny_competition
@@ -96,7 +98,7 @@ def uninterrupted(setup):
     assert not (run / run_store.CHECKPOINT).exists()  # a finished run keeps no checkpoint
     outputs = _outputs(run)
     assert outputs[2]["selected"].tolist() == SELECTED, f"premise: seed 7 no longer makes epoch {BEST} the best\n{outputs[2]}"
-    assert train._saved_epoch(run) == BEST and json.loads((run / "metrics.json").read_text())["epoch"] == BEST
+    assert Checkpoint(run, {}, "").saved_epoch() == BEST and json.loads((run / "metrics.json").read_text())["epoch"] == BEST
     return outputs
 
 
@@ -169,7 +171,7 @@ def _stop_before_the_weights_of(path, epoch, monkeypatch):
     the checkpoint."""
     assert SELECTED[epoch - 1]
     r = recipe_mod.load(path)
-    real_save_file = train.save_file
+    real_save_file = checkpoint_mod.save_file
 
     def crash_at_epoch(tensors, filename, metadata):
         if metadata["epoch"] == str(epoch):
@@ -177,14 +179,14 @@ def _stop_before_the_weights_of(path, epoch, monkeypatch):
         real_save_file(tensors, filename, metadata=metadata)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "save_file", crash_at_epoch)
+        patch.setattr(checkpoint_mod, "save_file", crash_at_epoch)
         with pytest.raises(Crash):
             train.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
     run = run_store.run_dir(r, "test_efficientnet", 0)
     checkpoint = torch.load(run / run_store.CHECKPOINT, weights_only=False)
     assert (checkpoint["epoch"], checkpoint["best_epoch"]) == (epoch, epoch)
     previous_best = max((k + 1 for k in range(epoch - 1) if SELECTED[k]), default=None)
-    assert train._saved_epoch(run) == previous_best  # model.safetensors is still the earlier best, or absent
+    assert Checkpoint(run, {}, "").saved_epoch() == previous_best  # model.safetensors is still the earlier best, or absent
     return run, checkpoint
 
 
@@ -195,7 +197,7 @@ def test_stopped_between_the_checkpoint_and_the_weights_resume_restores_them(set
     run, _ = _stop_before_the_weights_of(path, epoch, monkeypatch)
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
     _assert_same(_outputs(run), uninterrupted)
-    assert train._saved_epoch(run) == BEST
+    assert Checkpoint(run, {}, "").saved_epoch() == BEST
 
 
 def test_stopped_after_an_epoch_that_did_not_improve_resume_keeps_the_earlier_best_and_trains_the_later_one(setup, uninterrupted, monkeypatch):
@@ -218,7 +220,7 @@ def test_stopped_after_an_epoch_that_did_not_improve_resume_keeps_the_earlier_be
             train.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
     run = run_store.run_dir(r, "test_efficientnet", 0)
     checkpoint = torch.load(run / run_store.CHECKPOINT, weights_only=False)
-    assert (checkpoint["epoch"], checkpoint["best_epoch"], train._saved_epoch(run)) == (2, 1, 1)
+    assert (checkpoint["epoch"], checkpoint["best_epoch"], Checkpoint(run, {}, "").saved_epoch()) == (2, 1, 1)
     assert len(pd.read_csv(run / "log.csv")) == 3  # the row of the unfinished epoch 3, which the resume trains again
     cli_ok(["train", "--recipe", str(path), *RUN, "--resume"])
     _assert_same(_outputs(run), uninterrupted)
@@ -242,14 +244,15 @@ def test_a_checkpoint_with_its_own_best_copy_still_resumes(setup, uninterrupted,
 def test_resume_refuses_weights_of_another_epoch_than_the_checkpoints_best(tmp_path):
     model = torch.nn.Linear(2, 2)
     checkpoint = {"epoch": 3, "best_epoch": 2, "log": []}
+    saved = Checkpoint(tmp_path, {}, "linear")
     with pytest.raises(
-        train.RunConflictError,
+        run_store.RunConflictError,
         match=r"model.safetensors holds no weights, not epoch 2, the best epoch .*checkpoint.pt was saved "
-        r"with; train without --resume to start afresh",
+        r"with; train with resume=False to start afresh",
     ):
-        train._restore_best(tmp_path, checkpoint, model, "linear")
-    train._save_weights(tmp_path, model.state_dict(), "linear", 3)
-    with pytest.raises(train.RunConflictError, match="model.safetensors holds epoch 3, not epoch 2"):
-        train._restore_best(tmp_path, checkpoint, model, "linear")
-    train._save_weights(tmp_path, model.state_dict(), "linear", 2)
-    assert train._restore_best(tmp_path, checkpoint, model, "linear") == 2
+        saved.restore_best(checkpoint, model)
+    saved.save_best(model.state_dict(), 3)
+    with pytest.raises(run_store.RunConflictError, match="model.safetensors holds epoch 3, not epoch 2"):
+        saved.restore_best(checkpoint, model)
+    saved.save_best(model.state_dict(), 2)
+    assert saved.restore_best(checkpoint, model) == 2

@@ -109,10 +109,10 @@ def test_the_seeds_of_a_backbone_blend_as_one_member_their_mean(trained):
     r, data = trained["recipe"], trained["data"]
     mean_oof = (_pooled(r, "test_resnet", data) + _pooled(r, "test_resnet@7", data)) / 2
     mean_test = (_pooled(r, "test_resnet", data, "test.csv") + _pooled(r, "test_resnet@7", data, "test.csv")) / 2
-    members, skipped = blend.collect(r, data)
-    assert [(m.backbone, m.seeds) for m in members] == [("test_resnet", [42, 7]), ("test_efficientnet", [42])] and not skipped
-    np.testing.assert_allclose(members[0].oof, mean_oof, atol=1e-9)
-    np.testing.assert_allclose(members[0].test, mean_test, atol=1e-9)
+    members, oofs, tests, skipped = blend.collect(r, data)
+    assert [(m.name, m.seeds()) for m in members] == [("test_resnet", [42, 7]), ("test_efficientnet", [42])] and not skipped
+    np.testing.assert_allclose(oofs[0], mean_oof, atol=1e-9)
+    np.testing.assert_allclose(tests[0], mean_test, atol=1e-9)
 
     board = pd.read_csv(Path(r.runs_dir) / r.name / "blend" / "leaderboard.csv", dtype={"seeds": str})
     assert list(board["model"]) == ["test_resnet", "test_efficientnet", *(f"blend: {m}" for m in blenders.METHODS)]
@@ -144,13 +144,16 @@ def test_predict_averages_the_seeds_with_the_recipe_tta(trained, tmp_path):
     out = tmp_path / "pred.csv"
     output = _ok(["predict", str(clip), "--recipe", str(trained["recipe_path"]), "--out", str(out)])
     assert "test_resnet x4 folds of seeds 42, 7 (0.50)" in output and f"time-shift TTA {SHIFTS}" in output
-    image = predict.model_inputs([audio.load_trimmed(clip, r.features.sample_rate, r.features.trim_db)[0]], r.features)
+    waveform = audio.load_trimmed(clip, r.features.sample_rate, r.features.trim_db)[0]
+    image = predict.model_inputs([waveform], r.features)
     expected = 0.5 * fold_mean(r, ["test_resnet", "test_resnet@7"], image, SHIFTS)[0] + 0.5 * fold_mean(r, ["test_efficientnet"], image, SHIFTS)[0]
     np.testing.assert_allclose(pd.read_csv(out)[r.competition.classes].to_numpy()[0], expected, atol=1e-6)
 
+    # each member predicts with the TTA its runs were made with (its OOF, and so the blend weights, used it), whatever the recipe says now
     other_tta = dataclasses.replace(r, train=dataclasses.replace(r.train, tta_shifts=[0.2]))
-    with pytest.raises(predict.PredictError, match=r"made with \[train\].tta_shifts = \[-0.1, 0.1\], 'tiny' has \[0.2\] now"):
-        predict.load_ensemble(other_tta)
+    ensemble = predict.load_ensemble(other_tta)
+    assert {name: made.train.tta_shifts for name, made in ensemble.trained_with.items()} == {"test_resnet": SHIFTS, "test_efficientnet": SHIFTS}
+    np.testing.assert_allclose(ensemble.predict_waveforms([waveform])[0], expected, atol=1e-6)
 
 
 def test_a_run_finished_before_tta_shifts_existed_is_still_finished(trained):

@@ -75,20 +75,20 @@ def test_skip_leaves_bad_clips_out_lists_them_and_predicts_skipped_test_clips_as
 
     rows = (data.competition.test["id"] == broken["bad_test"]).to_numpy()
     for method in blenders.METHODS:  # the prior whatever the method makes of it, even a rank blend
-        result = blend.blend(r, data, method=method, name=f"skip-{method}")
+        result = blend.blend(r, method=method)  # the skipped clips read from skipped.csv, no audio
         np.testing.assert_allclose(result.test[rows][0], prior, err_msg=method)
-        submission = pd.read_csv(result.submission, dtype=str, keep_default_na=False)
+        submission = pd.read_csv(blend.write(r, result, f"skip-{method}"), dtype=str, keep_default_na=False)
         assert sorted(submission["id"]) == sorted(data.competition.sample["id"])  # every id, the skipped one included
         assert submission.set_index("id").loc[broken["bad_test"], "label"] == classes[int(prior.argmax())], method
 
 
-def test_blend_needs_the_same_policy_as_training(broken):
-    cli_ok(["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "skip"])
-    result = CliRunner().invoke(app, ["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet"])
-    assert result.exit_code == 2 and "cannot be used" in result.output
-    assert "gone.wav: audio file does not exist" in result.output  # the bad files listed again (missing ones first, as in ens train)
-    output = cli_ok(["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet", "--on-error", "skip"])
-    assert "skipped 1 training and 1 test clip(s)" in output and "wrote" in output
+def test_blend_leaves_out_the_clips_training_skipped(broken):
+    """Blending reads no audio: the clips training skipped come from the run store's skipped.csv."""
+    output = cli_ok(["train", "--recipe", str(broken["recipe"]), *RUN, "--on-error", "skip"])
+    skipped = broken["root"] / "runs" / "tiny" / "skipped.csv"
+    assert f"listed in {skipped}" in output
+    output = cli_ok(["blend", "--recipe", str(broken["recipe"]), "--backbone", "test_resnet"])
+    assert f"training left out 1 training and 1 test clip(s) that cannot be loaded ({skipped})" in output and "wrote" in output
 
 
 def test_unknown_policy_is_refused(broken):
@@ -122,8 +122,8 @@ def test_skip_with_augmented_copies_drops_only_the_bad_clip(broken, tmp_path):
     full = pd.read_csv(broken["root"] / "comp" / "train.csv", dtype=str, keep_default_na=False)
     assert sorted(data.competition.train["id"]) == sorted(set(full["id"]) - {broken["bad_train"]})
     assert data.x_aug.shape[:2] == (1, 31) and len(data.x_train) == len(data.y) == len(data.folds) == 31
-    skipped = pd.read_csv(tmp_path / "runs" / "tiny" / "skipped.csv", dtype=str)
-    assert skipped[["table", "id"]].values.tolist() == [["train", broken["bad_train"]], ["test", broken["bad_test"]]]
+    assert data.skipped[["table", "id"]].values.tolist() == [["train", broken["bad_train"]], ["test", broken["bad_test"]]]
+    assert not (tmp_path / "runs").exists()  # loading writes nothing
 
 
 def test_a_failed_clip_is_not_read_again_until_it_is_fixed_then_it_is_rendered(tmp_path, monkeypatch):
