@@ -1,8 +1,9 @@
 """Blend methods over members' probabilities, and their honest (cross-validated) OOF score.
 
-Every method is fitted on OOF probabilities ``oof`` ``(members, n, classes)`` with integer labels
-``y`` ``(n,)`` and returns a :class:`Blender` whose ``combine(probs)`` maps ``(members, m,
-classes)`` to ``(m, classes)`` rows that sum to 1.
+Every method is fitted on OOF probabilities ``oof`` ``(members, n, classes)`` with the task's
+encoded targets ``y`` (a :class:`ensemble.tasks.Task`: integer labels ``(n,)``, or multi-hot
+``(n, classes)``) and returns a :class:`Blender` whose ``combine(probs)`` maps ``(members, m,
+classes)`` to ``(m, classes)`` rows (summing to 1 when the task's rows do).
 
 Methods (:data:`METHODS`):
     ``mean``: arithmetic mean of the probabilities.
@@ -18,8 +19,9 @@ Methods (:data:`METHODS`):
     ``stacking``: multinomial logistic regression (scikit-learn) on the members' log-probabilities
     concatenated, ``(n, members * classes)``.
 
-For a multilabel task (``y`` multi-hot ``(n, classes)``, rows not normalised) the methods of
-:data:`MULTILABEL_METHODS` blend in probability space, Caruana selection minimising mean BCE.
+A task blends with its :attr:`~ensemble.tasks.Task.blend_methods` (multiclass: all of them;
+multilabel: ``mean`` and ``caruana``, in probability space, rows not normalised); Caruana
+selection minimises the task's :meth:`~ensemble.tasks.Task.blend_loss` (multilabel: mean BCE).
 
 A method fitted on all OOF rows and scored on them is optimistic: :func:`cross_validate` fits it
 on the other folds and predicts each held-out fold, the figure to trust.
@@ -33,11 +35,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import multilabel
+from . import tasks
 from .errors import OptionError
+from .tasks import Task
 
-METHODS = ("mean", "rank", "geometric", "caruana", "optimize", "stacking")
-MULTILABEL_METHODS = ("mean", "caruana")  # weighted means of sigmoid outputs; Caruana on mean BCE
+METHODS = tasks.MULTICLASS.blend_methods  # every method; a multiclass task takes them all
+MULTILABEL_METHODS = tasks.MULTILABEL.blend_methods  # old name, for blend.py until it asks its task
 EPS = 1e-7
 
 
@@ -45,10 +48,12 @@ class BlendWarning(UserWarning):
     """A blend was fitted, but not as asked (e.g. the weight optimiser stopped early)."""
 
 
-def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
-    if y.ndim == 2:  # multi-hot: mean binary cross-entropy, as the leaderboard reports it
-        return multilabel.bce(y, proba)
-    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, None)).mean())
+def _task_of(y: np.ndarray, task: Task | None) -> Task:
+    """``task``; None only from callers not yet passing their task (blend.py): then the task is
+    read off the targets' shape, multi-hot ``(n, classes)`` meaning multilabel (to remove once they pass it)."""
+    if task is not None:
+        return task
+    return tasks.MULTILABEL if y.ndim == 2 else tasks.MULTICLASS
 
 
 def _normalise(scores: np.ndarray) -> np.ndarray:
@@ -82,30 +87,35 @@ class Blender:
     weights: np.ndarray | None = None
 
 
-def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50) -> np.ndarray:
+def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, task: Task | None = None) -> np.ndarray:
     """Greedy ensemble selection with replacement (Caruana et al. 2004) on OOF log-loss.
 
     Starts from the single best member, then ``iterations`` times adds (again, if best) the member
-    whose inclusion gives the lowest log-loss of the running average. Ties go to the lower index.
+    whose inclusion gives the lowest loss of the running average. Ties go to the lower index.
 
     Args:
         oof: ``(members, n, classes)`` OOF probabilities.
-        y: ``(n,)`` integer labels, or multi-hot ``(n, classes)`` (then the loss is mean BCE).
+        y: the task's targets: ``(n,)`` integer labels, or multi-hot ``(n, classes)``.
+        task: whose :meth:`~ensemble.tasks.Task.blend_loss` is minimised (multiclass: the mean
+            negative log-probability of the truth; multilabel: mean BCE); None: see :func:`_task_of`.
 
     Returns:
         ``(members,)`` non-negative weights summing to 1 (pick counts / total picks).
     """
+    loss = _task_of(y, task).blend_loss
     counts = np.zeros(oof.shape[0])
     total = np.zeros_like(oof[0])
     for step in range(iterations + 1):
-        best = int(np.argmin([_log_loss((total + member) / (step + 1), y) for member in oof]))
+        best = int(np.argmin([loss(y, (total + member) / (step + 1)) for member in oof]))
         counts[best] += 1
         total += oof[best]
     return counts / counts.sum()
 
 
-def bagged_caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
-    """:func:`caruana_weights` averaged over ``bags`` random subsets of ``ceil(bag_fraction *
+def bagged_caruana_weights(
+    oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0, task: Task | None = None
+) -> np.ndarray:
+    """:func:`caruana_weights` (of ``task``) averaged over ``bags`` random subsets of ``ceil(bag_fraction *
     members)`` members, but at least two (Caruana et al. 2006, section 2.3); ``bags = 0`` selects
     from all members once. A bag of one member would select it whatever the data say: with two
     members and ``bag_fraction = 0.5`` every bag would, and the weights would only count the draws.
@@ -115,13 +125,13 @@ def bagged_caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50,
     """
     m = oof.shape[0]
     if bags == 0 or m == 1:
-        return caruana_weights(oof, y, iterations)
+        return caruana_weights(oof, y, iterations, task)
     rng = np.random.default_rng(seed)
     size = max(2, int(np.ceil(bag_fraction * m)))  # m >= 2 here
     weights = np.zeros(m)
     for _ in range(bags):
         subset = np.sort(rng.choice(m, size=size, replace=False))
-        weights[subset] += caruana_weights(oof[subset], y, iterations)
+        weights[subset] += caruana_weights(oof[subset], y, iterations, task)
     return weights / weights.sum()
 
 
@@ -176,34 +186,45 @@ def _stacking(oof: np.ndarray, y: np.ndarray, c: float, seed: int) -> Callable[[
 
 
 def fit(
-    method: str, oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, stacking_c: float = 1.0, seed: int = 0
+    method: str,
+    oof: np.ndarray,
+    y: np.ndarray,
+    iterations: int = 50,
+    bags: int = 20,
+    bag_fraction: float = 0.5,
+    stacking_c: float = 1.0,
+    seed: int = 0,
+    task: Task | None = None,
 ) -> Blender:
-    """Fit blend ``method`` (one of :data:`METHODS`) on ``oof`` ``(members, n, classes)`` and ``y``
-    ``(n,)`` (multilabel: multi-hot ``(n, classes)``, methods of :data:`MULTILABEL_METHODS`).
+    """Fit blend ``method`` (one of ``task.blend_methods``) on ``oof`` ``(members, n, classes)`` and
+    the task's targets ``y`` (``(n,)`` integer labels, or multi-hot ``(n, classes)``).
+
+    Args:
+        task: the competition's task (None: see :func:`_task_of`); its weighted means are
+            renormalised when its rows sum to 1.
 
     Raises:
         OptionError: unknown method, or one that does not fit the task.
     """
+    task = _task_of(y, task)
+    if method not in task.blend_methods:
+        problem = f"blend method {method!r} does not fit a {task.name} task" if method in METHODS else f"unknown blend method {method!r}"
+        raise OptionError(f"{problem}; choose one of {task.blend_methods}.")
     m = oof.shape[0]
-    multilabel = y.ndim == 2
-    if multilabel and method not in MULTILABEL_METHODS:
-        raise OptionError(f"blend method {method!r} is for single-label tasks; a multilabel task takes one of {MULTILABEL_METHODS}.")
     if method in ("mean", "caruana", "optimize"):
         if method == "mean":
             w = np.full(m, 1.0 / m)
         elif method == "caruana":
-            w = bagged_caruana_weights(oof, y, iterations, bags, bag_fraction, seed)
+            w = bagged_caruana_weights(oof, y, iterations, bags, bag_fraction, seed, task)
         else:
             w = optimized_weights(oof, y)
-        combine = (lambda probs: np.tensordot(w, probs, axes=1)) if multilabel else (lambda probs: _weighted_mean(w, probs))
+        combine = (lambda probs: _weighted_mean(w, probs)) if task.rows_sum_to_one else (lambda probs: np.tensordot(w, probs, axes=1))
         return Blender(method, combine, w)
     if method == "rank":
         return Blender(method, lambda probs: _normalise(_ranks(probs).mean(axis=0)))
     if method == "geometric":
         return Blender(method, _geometric)
-    if method == "stacking":
-        return Blender(method, _stacking(oof, y, stacking_c, seed))
-    raise OptionError(f"unknown blend method {method!r}; choose one of {METHODS}.")
+    return Blender(method, _stacking(oof, y, stacking_c, seed))
 
 
 def cross_validate(method: str, oof: np.ndarray, y: np.ndarray, fold_of: np.ndarray, **options) -> np.ndarray:
@@ -212,7 +233,7 @@ def cross_validate(method: str, oof: np.ndarray, y: np.ndarray, fold_of: np.ndar
 
     Args:
         oof: ``(members, n, classes)``; y: ``(n,)`` or multi-hot ``(n, classes)``; fold_of: ``(n,)`` fold index of each row;
-        options: passed to :func:`fit`.
+        options: passed to :func:`fit` (``task`` among them).
     """
     out = np.zeros(oof.shape[1:])
     for fold in np.unique(fold_of):

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import atomic, multilabel
+from . import atomic, tasks
 from .errors import EnsError
 from .recipe import CompetitionConfig, FoldsConfig
+from .tasks import Task
 
 TRAIN, TEST, SAMPLE, SOLUTION, FOLDS = "train.csv", "test.csv", "sample_submission.csv", "solution.csv", "folds.csv"
 
@@ -152,17 +153,21 @@ class Competition:
         return [p if p.is_absolute() else self.audio_root / p for p in map(Path, frame[self.config.path_col])]
 
     @property
+    def task(self) -> Task:
+        """The task of ``[competition].task`` (:func:`ensemble.tasks.get`): ask it, not the task's name."""
+        return tasks.get(self.config.task)
+
+    @property
     def multilabel(self) -> bool:
-        """Whether the task is multilabel (space-separated labels, sigmoid outputs)."""
-        return self.config.task == "multilabel"
+        """Whether the task is multilabel. Old way to ask, kept for the callers not yet asking
+        :attr:`task` (train, blend, report): to remove once they do."""
+        return self.task is tasks.MULTILABEL
 
     def encode(self, labels: pd.Series) -> np.ndarray:
-        """Label strings (names among :attr:`classes`, checked by the caller) as the task's targets:
-        integer class indices ``(n,)``, or for a multilabel task multi-hot float32 ``(n, classes)``."""
-        if self.multilabel:
-            return multilabel.encode(labels, self.classes)
-        index = {c: i for i, c in enumerate(self.classes)}
-        return labels.map(index).to_numpy(dtype=np.int64)
+        """Label strings (names among :attr:`classes`, checked by the caller) as the task's targets
+        (:meth:`ensemble.tasks.Task.encode`): integer class indices ``(n,)``, or for a multilabel
+        task multi-hot float32 ``(n, classes)``."""
+        return self.task.encode(labels, self.classes)
 
     @property
     def y(self) -> np.ndarray:
@@ -185,13 +190,17 @@ def load(config: CompetitionConfig) -> Competition:
         CompetitionError: naming the file, the line or column, and the fix, when a table is
             missing or not a readable CSV (see :func:`read_csv`); a column is missing;
             ``train.csv`` or ``test.csv`` has no rows; an id is empty or repeated; a path or a
-            label is empty; the classes repeat a name, name an empty class, or (multiclass) are
-            fewer than two; a label (for a multilabel task, a space-separated name) is not one
-            of the classes; ``sample_submission.csv`` has neither one label column nor exactly
-            the classes as columns; or the test ids differ from the sample submission's.
+            label is empty; the classes repeat a name, name an empty class, or do not fit the
+            task (:meth:`ensemble.tasks.Task.class_problem`: multiclass, fewer than two;
+            multilabel, a name with spaces); a label (for a multilabel task, a space-separated
+            name) is not one of the classes; ``sample_submission.csv`` has neither one label
+            column nor exactly the classes as columns; or the test ids differ from the sample
+            submission's.
+        TaskError: ``[competition].task`` is not a task (:func:`ensemble.tasks.get`).
     """
     root = Path(config.dir)
     c = config
+    task = tasks.get(c.task)
     tables = {}
     for name, required in ((TRAIN, [c.id_col, c.path_col, c.label_col]), (TEST, [c.id_col, c.path_col]), (SAMPLE, [c.id_col])):
         path = root / name
@@ -213,12 +222,10 @@ def load(config: CompetitionConfig) -> Competition:
         classes, source = list(c.classes), "the recipe's [competition].classes"
     elif len(targets) > 1:
         classes, source = targets, f"the columns of {root / SAMPLE}"
-    elif c.task == "multilabel":
-        classes, source = sorted({t for label in train[c.label_col] for t in multilabel.tokens(label)}), f"the labels of {root / TRAIN}"
     else:
-        classes, source = sorted(train[c.label_col].unique()), f"the labels of {root / TRAIN}"
-    _check_classes(classes, source, c.task == "multilabel")
-    _check_labels(train, train_lines, c, classes, root / TRAIN)
+        classes, source = sorted({name for label in train[c.label_col] for name in task.tokens(label)}), f"the labels of {root / TRAIN}"
+    _check_classes(classes, source, task)
+    _check_labels(train, train_lines, c, task, classes, root / TRAIN)
 
     label_submission = len(targets) == 1 and (targets[0] not in classes or len(classes) == 1)  # one column, not named after a class
     if not label_submission and set(targets) != set(classes):  # nor a probability submission: the classes, in any order
@@ -237,30 +244,27 @@ def load(config: CompetitionConfig) -> Competition:
     return Competition(root=root, config=config, train=train, test=test, sample=sample, classes=classes)
 
 
-def _check_classes(classes: list[str], source: str, multilabel_task: bool) -> None:
-    """Refuse a class list (from ``source``) that repeats or leaves empty a name, has a name with
-    spaces in a multilabel task (labels are space-separated names), or gives a multiclass task fewer than two classes."""
+def _check_classes(classes: list[str], source: str, task: Task) -> None:
+    """Refuse a class list (from ``source``) that repeats or leaves empty a name, or that ``task``
+    cannot use (:meth:`ensemble.tasks.Task.class_problem`)."""
     repeated = sorted({name for name in classes if classes.count(name) > 1})
-    checks = [
-        (not repeated, f"repeat {repeated}"),
-        (all(name.strip() for name in classes), "include an empty name"),
-        (
-            not multilabel_task or all(len(name.split()) == 1 for name in classes),
-            "include a name with spaces, which a space-separated multilabel label cannot hold",
-        ),
-        (multilabel_task or len(classes) >= 2, f"are only {classes}: a multiclass task needs at least two"),
+    problems = [
+        f"repeat {repeated}" if repeated else None,
+        None if all(name.strip() for name in classes) else "include an empty name",
+        task.class_problem(classes),
     ]
-    for ok, problem in checks:
-        if not ok:
+    for problem in problems:
+        if problem:
             raise CompetitionError(f"the classes {classes} (from {source}) {problem}; fix them there.")
 
 
-def _check_labels(train: pd.DataFrame, lines: np.ndarray, c: CompetitionConfig, classes: list[str], path: Path) -> None:
-    """Refuse a label (multilabel: a space-separated name) that is not one of ``classes``, naming its line."""
+def _check_labels(train: pd.DataFrame, lines: np.ndarray, c: CompetitionConfig, task: Task, classes: list[str], path: Path) -> None:
+    """Refuse a label whose name (:meth:`ensemble.tasks.Task.tokens`: multilabel, each
+    space-separated name) is not one of ``classes``, naming its line."""
     known = set(classes)
     labels = train[c.label_col]
     for row, label in enumerate(labels):
-        names = multilabel.tokens(label) if c.task == "multilabel" else [label]
+        names = task.tokens(label)
         unknown = [name for name in names if name not in known]
         if unknown:
             which = "" if unknown == [label] else f": {unknown[0]!r}"
@@ -284,9 +288,7 @@ def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFra
             some class, has fewer examples than folds.
     """
     train, c = competition.train, competition.config
-    y = competition.y
-    if competition.multilabel:  # stratify on each clip's first label in class order
-        y = y.argmax(axis=1)
+    y = competition.task.strata(competition.y)  # multilabel: each clip's first label in class order
     if competition.has_groups:
         groups = train[c.group_col].to_numpy()
         if len(set(groups)) < n_splits:

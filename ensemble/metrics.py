@@ -1,5 +1,9 @@
 """Single-label classification metrics (scikit-learn): accuracy, macro-F1, UAR, log-loss, confusion
-matrix; and :func:`for_task`, the metrics of a task (these, or :mod:`ensemble.multilabel`'s)."""
+matrix. :class:`ensemble.tasks.Multiclass` calls them; callers ask their task, not this module.
+
+:func:`for_task` and :class:`TaskMetrics` remain only for the callers not yet asking their task
+(train, blend, report): to remove once they are wired to :mod:`ensemble.tasks`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss
 
 from . import multilabel
+
+METRICS = ("accuracy", "macro_f1", "uar")  # the fold metrics of :func:`scores`, higher is better
 
 
 def _clip(proba: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -35,6 +41,13 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     }
 
 
+def nll(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log-probability (nats) of the true classes ``y`` ``(n,)`` under ``proba``
+    ``(n, classes)``, each probability floored at 1e-15 and not renormalised (the loss blend
+    selection minimises; :func:`scores`' ``log_loss`` clips and renormalises instead)."""
+    return float(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-15, None)).mean())
+
+
 def report(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """:func:`scores` plus ``per_class_accuracy`` (recall of each class, by name) and
     ``confusion_matrix`` (rows = true class, columns = predicted, in ``classes`` order) and ``n``."""
@@ -53,7 +66,8 @@ class TaskMetrics(NamedTuple):
 
 
 def for_task(multilabel_task: bool) -> TaskMetrics:
-    """The metrics of a task: :func:`ensemble.multilabel.scores` and :func:`ensemble.multilabel.report`
+    """Old way to ask (use :meth:`ensemble.tasks.Task.scores` / ``report``). The metrics of a task:
+    :func:`ensemble.multilabel.scores` and :func:`ensemble.multilabel.report`
     (``y`` multi-hot ``(n, classes)``) for a multilabel task, else this module's :func:`scores` and
     :func:`report` (``y`` integer labels ``(n,)``)."""
     return TaskMetrics(multilabel.scores, multilabel.report) if multilabel_task else TaskMetrics(scores, report)

@@ -1,14 +1,21 @@
-"""The multilabel task (``[competition].task = "multilabel"``): labels, loss targets, metrics, thresholds.
+"""The multilabel task's math (``[competition].task = "multilabel"``): labels, loss, mixup, metrics,
+thresholds. :class:`ensemble.tasks.Multilabel` calls it; callers ask their task, not this module
+(train and blend still call it directly: to wire to :mod:`ensemble.tasks`).
 
 Labels are space-separated class names in one column (the Freesound / BirdCLEF convention), e.g.
 ``"angry strong"``. A model has one sigmoid output per class, trained with binary cross-entropy.
+Importing this module does not import torch; the loss and mixup import it when called.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from sklearn.metrics import average_precision_score, f1_score, label_ranking_average_precision_score
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS = ("lwlrap", "map", "micro_f1", "macro_f1")
 
@@ -43,6 +50,8 @@ def smooth(target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Binary cross-entropy with logits ``(batch, classes)`` against :func:`smooth` targets."""
+    import torch
+
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, smooth(target, label_smoothing))
 
 
@@ -55,6 +64,8 @@ def union_mixup(batch: torch.Tensor, target: torch.Tensor, alpha: float) -> tupl
     Args:
         batch: ``(batch, channels, height, frames)``; target: ``(batch, classes)`` multi-hot.
     """
+    import torch
+
     lam = float(np.random.beta(alpha, alpha))
     return lam * batch + (1.0 - lam) * batch.flip(0), torch.maximum(target, target.flip(0))
 

@@ -21,8 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import multilabel
-from .blenders import METHODS, MULTILABEL_METHODS
+from . import tasks
 from .errors import EnsError
 
 if sys.version_info >= (3, 11):
@@ -405,8 +404,6 @@ def load(path: str | Path) -> Recipe:
 
 
 CHANNELS = ("mel", "chroma", "stft", "mfcc")
-METRICS = ("accuracy", "macro_f1", "uar")
-TASKS = ("multiclass", "multilabel")
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 
 
@@ -417,20 +414,21 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         RecipeError: naming the key, the bad value and what is allowed.
     """
     f, t, a = recipe.features, recipe.train, recipe.augment
-    task = recipe.competition.task
+    try:
+        task = tasks.get(recipe.competition.task)
+    except tasks.TaskError as err:
+        raise RecipeError(f"{source}: {err}") from err
     try:
         members = recipe.members()
     except RecipeError as err:
         raise RecipeError(f"{source}: {err}") from err
     repeated = [entries for entries in members.values() if len(set(recipe.seeds(entries))) < len(entries)]
-    metrics, methods = (multilabel.METRICS, MULTILABEL_METHODS) if task == "multilabel" else (METRICS, METHODS)
     checks = [
-        (task in TASKS, f"[competition].task = {task!r}: must be one of {TASKS}"),
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
         (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),
         (f.hop_length > 0 and f.n_fft >= f.hop_length, "[features].n_fft must be >= hop_length > 0"),
         (f.height >= 8, "[features].height must be at least 8 rows"),
-        (t.metric in metrics, f"[train].metric = {t.metric!r}: must be one of {metrics} for a {task} task"),
+        (t.metric in task.metric_names, f"[train].metric = {t.metric!r}: must be one of {task.metric_names} for a {task.name} task"),
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
         (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
         (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
@@ -455,8 +453,8 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             a.mixup_alpha == 0 or t.batch_size % 2 == 0,
             f"[augment].mixup_alpha > 0 mixes each image with its partner in the flipped batch, so [train].batch_size = {t.batch_size} must be even",
         ),
-        (recipe.blend.method in methods, f"[blend].method = {recipe.blend.method!r}: must be one of {methods} for a {task} task"),
-        (task == "multiclass" or t.class_weights == "none", "[train].class_weights works for multiclass tasks only; set it to 'none'"),
+        (recipe.blend.method in task.blend_methods, f"[blend].method = {recipe.blend.method!r}: must be one of {task.blend_methods} for a {task.name} task"),
+        (task.takes_class_weights or t.class_weights == "none", f"[train].class_weights does not work for a {task.name} task; set it to 'none'"),
         (
             recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
             "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0",

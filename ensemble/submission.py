@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, metrics, multilabel
+from . import atomic
 from .competition import SAMPLE, SOLUTION, Competition, CompetitionError, check_ids, read_csv, require_filled
 
 
@@ -19,12 +19,13 @@ def to_frame(competition: Competition, test_ids, proba: np.ndarray, thresholds: 
 
     The format follows ``sample_submission.csv``: with one column per class it holds the
     probabilities, in the sample's column order; with one column besides the id it holds the
-    predicted class name (argmax), or for a multilabel task the space-separated classes at or
-    above their ``thresholds`` ``(classes,)`` (default 0.5; see :func:`multilabel.labels`).
-    Rows are in the sample's id order.
+    task's labels (:meth:`ensemble.tasks.Task.labels`): the predicted class name (argmax), or
+    for a multilabel task the space-separated classes at or above their ``thresholds``
+    ``(classes,)`` (default 0.5). Rows are in the sample's id order.
 
     Raises:
         CompetitionError: ``test_ids`` differ from the sample's, or its columns fit neither format.
+        TaskError: ``thresholds`` for a multiclass task, which has none.
     """
     id_col, sample = competition.config.id_col, competition.sample
     frame = pd.DataFrame(proba, index=list(test_ids), columns=competition.classes)
@@ -33,11 +34,7 @@ def to_frame(competition: Competition, test_ids, proba: np.ndarray, thresholds: 
     frame = frame.loc[sample[id_col]]
     targets = [c for c in sample.columns if c != id_col]
     if len(targets) == 1:
-        if competition.multilabel:
-            cut = np.full(len(competition.classes), 0.5) if thresholds is None else thresholds
-            labels = multilabel.labels(frame.to_numpy(), cut, competition.classes)
-        else:
-            labels = np.asarray(competition.classes)[frame.to_numpy().argmax(axis=1)]
+        labels = competition.task.labels(frame.to_numpy(), competition.classes, thresholds)
         out = pd.DataFrame({id_col: sample[id_col].to_numpy(), targets[0]: labels})
     elif set(targets) == set(competition.classes):
         out = frame[targets].reset_index(drop=True)
@@ -165,7 +162,7 @@ def read_solution(competition: Competition) -> tuple[pd.DataFrame, str, np.ndarr
     known = set(competition.classes)
     for row in np.flatnonzero(scored):
         label = frame[target].iloc[row]
-        names = multilabel.tokens(label) if competition.multilabel else [label]
+        names = competition.task.tokens(label)
         wrong = [name for name in names if name not in known]
         if wrong:
             which = "" if wrong == [label] else f" ({wrong[0]!r})"
@@ -189,7 +186,8 @@ def score_splits(competition: Competition, path: str | os.PathLike) -> dict[str,
         and ``Private`` rows together, and ``"public"`` and ``"private"`` each its own rows (a
         key only when it has rows); ``Ignored`` rows are scored in none. Each ``scores`` is
         ``accuracy``, ``macro_f1``, ``uar`` (plus ``log_loss``) and ``n`` (rows scored); a
-        multilabel task gives those of :func:`multilabel.scores` and ``n`` instead.
+        multilabel task gives those of :func:`ensemble.multilabel.scores` and ``n`` instead
+        (:meth:`ensemble.tasks.Task.scores`).
 
     Raises:
         CompetitionError: a bad ``solution.csv`` (see :func:`read_solution`), or a submission
@@ -208,7 +206,7 @@ def score_splits(competition: Competition, path: str | os.PathLike) -> dict[str,
     scored = split.astype(bool)  # Ignored rows out: their labels are unchecked
     truth, pred, split = solution[target][scored], pred[scored], split[scored]
     y = competition.encode(truth)
-    task_scores = metrics.for_task(competition.multilabel).scores
+    task_scores = competition.task.scores
 
     def scores_of(rows: np.ndarray) -> dict[str, float]:
         with warnings.catch_warnings():  # a leaderboard's few rows may lack a predicted class: UAR is still defined
@@ -232,7 +230,7 @@ def score(competition: Competition, path: str | os.PathLike) -> dict[str, float]
     Returns:
         ``accuracy``, ``macro_f1``, ``uar`` and ``n``. For a probability submission the
         argmax class is scored, and ``log_loss`` is added. A multilabel task gives the scores of
-        :func:`multilabel.scores` instead.
+        :func:`ensemble.multilabel.scores` instead.
 
     Raises:
         CompetitionError: see :func:`score_splits`.
@@ -266,11 +264,7 @@ def _predictions(competition: Competition, sub: pd.DataFrame, path) -> tuple[np.
             f"write one column per class, as {competition.root / SAMPLE} lists them."
         )
     predicted = sub[sub.columns[0]]
-    if competition.multilabel:
-        unknown = sorted({t for label in predicted for t in multilabel.tokens(label)} - set(classes))
-    else:
-        unknown = sorted(set(predicted) - set(classes))
+    unknown = sorted({name for label in predicted for name in competition.task.tokens(label)} - set(classes))
     if unknown:
         raise CompetitionError(f"{path}: labels {unknown[:3]} are not among the classes {classes}.")
-    encoded = competition.encode(predicted)  # multilabel: multi-hot already; multiclass: indices, one-hot below
-    return (encoded if competition.multilabel else np.eye(len(classes))[encoded]), False
+    return competition.task.indicators(competition.encode(predicted), len(classes)), False

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import competition, multilabel, submission
+from ensemble import competition, submission
 from ensemble.recipe import CompetitionConfig
 
 
@@ -52,7 +52,7 @@ def test_space_separated_submission_round_trips_thresholded_labels(tmp_path):
     assert list(written.columns) == ["id", "label"] and list(written["id"]) == ["t2", "t3", "t1"]
     # t2: b and c over their thresholds; t3: a and c; t1: nothing over -> its most probable class alone
     assert list(written["label"]) == ["b c", "a c", "b"]
-    decoded = multilabel.encode(written["label"], comp.classes)
+    decoded = comp.task.encode(written["label"], comp.classes)
     np.testing.assert_array_equal(decoded, [[0, 1, 1], [1, 0, 1], [0, 1, 0]])
     pd.DataFrame({"id": ["t1", "t2", "t3"], "label": ["b", "b c", "a"]}).to_csv(tmp_path / "solution.csv", index=False)
     scores = submission.score(comp, tmp_path / "m.csv")
