@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, features
+from ensemble import audio, features, reference
 from ensemble.recipe import FeatureConfig
 
 from .conftest import ravdess_clip
@@ -29,7 +29,7 @@ def test_fix_length_centres_crop_and_pad():
 def test_render_shape_range_and_channel_order_on_real_clip():
     config = FeatureConfig()
     y = audio.load(CLIPS[0], config.sample_rate, config.duration, config.trim_db)
-    image = features.render(y, config)
+    image = reference.render(y, config)
     assert image.shape == (3, 128, features.frames(config)) == (3, 128, 176)
     assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
 
@@ -45,10 +45,10 @@ def test_render_shape_range_and_channel_order_on_real_clip():
     stft_db = (librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=1024, hop_length=320)), ref=np.max, top_db=80) + 80) / 80
     assert abs(image[2].mean() - stft_db.mean()) < 0.02
 
-    swapped = features.render(y, FeatureConfig(channels=["stft", "mel"]))
+    swapped = reference.render(y, FeatureConfig(channels=["stft", "mel"]))
     np.testing.assert_array_equal(swapped[1], image[0])
     np.testing.assert_array_equal(swapped[0], image[2])
-    mfcc = features.render(y, FeatureConfig(channels=["mfcc"], height=40))
+    mfcc = reference.render(y, FeatureConfig(channels=["mfcc"], height=40))
     assert mfcc.shape == (1, 40, 176) and mfcc.min() == 0 and mfcc.max() == 1
 
 
@@ -67,7 +67,7 @@ PARITY_ATOL = 1e-4  # on [0, 1] images; measured max 1.7e-5 on RAVDESS, the floa
 def test_torch_renderer_matches_librosa_reference_on_real_clips(config):
     clips = [audio.load(p, config.sample_rate, config.duration, config.trim_db) for p in CLIPS]
     clips.append(np.zeros_like(clips[0]))  # silence: every dB channel sits at its floor
-    expected = np.stack([features.render(y, config) for y in clips])
+    expected = np.stack([reference.render(y, config) for y in clips])
     batched = features.render_batch(np.stack(clips), config, batch_size=3)  # batches of 3 and 1
     assert batched.shape == expected.shape == (4, len(config.channels), config.height, features.frames(config))
     np.testing.assert_allclose(batched, expected, rtol=0, atol=PARITY_ATOL)
