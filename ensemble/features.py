@@ -1,9 +1,11 @@
 """Feature rendering: a clip becomes an image of shape ``(channels, height, frames)`` in [0, 1], cached.
 
-Images are rendered in batches by :class:`Renderer` (torch, CPU or CUDA);
-:func:`ensemble.reference.render` is the per-clip librosa reference it matches within 1e-4.
-Channels share one STFT, hence one time axis (the names, and how figures show each channel:
-:mod:`ensemble.channels`):
+:func:`model_inputs` is the one way waveforms become what a model sees: fixed to ``duration``,
+rendered in batches by :class:`Renderer` (torch, CPU or CUDA) and rounded to float16. The feature
+cache stores its images, ``ens predict`` renders its windows and ``ens report`` its feature images
+with it. :func:`ensemble.reference.render` is the per-clip librosa reference the renderer matches
+within 1e-4. Channels share one STFT, hence one time axis (the names, and how figures show each
+channel: :mod:`ensemble.channels`):
 
 - ``mel``: log-Mel power, as ``librosa.feature.melspectrogram`` + ``power_to_db`` (ref = clip peak).
 - ``chroma``: chromagram, as ``librosa.feature.chroma_stft`` with ``tuning=0`` (12 pitch classes).
@@ -226,6 +228,28 @@ def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | tor
     return out
 
 
+def model_inputs(
+    waveforms: Sequence[np.ndarray] | np.ndarray, config: FeatureConfig, device: str | torch.device = "cpu", batch_size: int | None = None
+) -> np.ndarray:
+    """The images a model sees for ``waveforms``: the one way a waveform becomes a model input,
+    used by the feature cache, ``ens predict`` and ``ens report``.
+
+    Each waveform is centre-cropped or zero-padded to ``duration`` (:func:`ensemble.audio.fix_length`,
+    which leaves a waveform of that length as it is), all are rendered by :func:`render_batch`, and
+    the images are rounded to float16, as the cache stores them.
+
+    Args:
+        waveforms: float32 waveforms, each ``(samples,)`` at ``config.sample_rate`` Hz, of any
+            length (a sequence, or a ``(clips, samples)`` array); at least one.
+        device, batch_size: as :func:`render_batch`.
+
+    Returns:
+        float16 ``(len(waveforms), channels, height, frames(config))`` in [0, 1].
+    """
+    n = samples(config)
+    return render_batch(np.stack([audio.fix_length(y, n) for y in waveforms]), config, device, batch_size).astype(np.float16)
+
+
 def load_waveform(path: str | os.PathLike, config: FeatureConfig, augment: AugmentConfig | None = None, copy: int = 0) -> np.ndarray:
     """The waveform a clip is rendered from: :func:`audio.load` (``(round(duration * sample_rate),)``
     float32), then for ``copy >= 1`` augmented copy number ``copy`` of it
@@ -439,12 +463,11 @@ class FeatureCache:
                 for (key, _), (_, error) in zip(chunk, loaded):
                     if error is not None:
                         errors[key] = error
-                waves = np.stack([np.zeros(n_samples, np.float32) if wave is None else wave for wave, _ in loaded])
-                images = render_batch(waves, c, device)
+                images = model_inputs([np.zeros(n_samples, np.float32) if wave is None else wave for wave, _ in loaded], c, device)
                 images[[wave is None for wave, _ in loaded]] = 0.0
-                out[row : row + len(waves)] = images
-                row += len(waves)
-                bar.update(len(waves))
+                out[row : row + len(images)] = images
+                row += len(images)
+                bar.update(len(images))
             out.flush()
             del out
         bar.close()

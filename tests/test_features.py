@@ -101,6 +101,20 @@ def test_bands_cover_every_nonzero_and_handle_an_empty_block():
     torch.testing.assert_close(banded, torch.matmul(matrix, x))
 
 
+def test_model_inputs_fix_the_length_render_and_round_like_the_cache(tmp_path):
+    config = FeatureConfig(height=32)
+    n = features.samples(config)
+    clips = [audio.load(p, config.sample_rate, config.duration, config.trim_db) for p in CLIPS]
+    long, short = np.concatenate([clips[0], clips[1]]), clips[2][n // 4 : n // 2]  # 7 s and 0.875 s
+    images = features.model_inputs([clips[0], long, short], config, batch_size=2)
+    assert images.shape == (3, 3, 32, features.frames(config)) and images.dtype == np.float16
+    fixed = np.stack([clips[0], audio.fix_length(long, n), audio.fix_length(short, n)])
+    np.testing.assert_array_equal(images, features.render_batch(fixed, config).astype(np.float16))
+    assert not np.array_equal(images[0], images[1])  # the long clip is centre-cropped, not its first 3.5 s
+    cached = features.FeatureCache(tmp_path, config).get(CLIPS, progress=False)  # the cache stores these images
+    np.testing.assert_array_equal(cached, features.model_inputs(clips, config))
+
+
 def test_cache_renders_each_clip_once(tmp_path, monkeypatch):
     config = FeatureConfig(height=32)
     cache = features.FeatureCache(tmp_path, config)
