@@ -3,7 +3,7 @@
 On the same real RAVDESS clips (loaded once, fixed to ``[features].duration``), round-robin over
 ``--repeats`` rounds so every renderer sees the same machine load, reports clips/s of:
 
-- ``librosa_reference``: :func:`ensemble.features.render`, one clip at a time (same images);
+- ``librosa_reference``: :func:`ensemble.reference.render`, one clip at a time (same images);
 - ``librosa_defaults``: what a notebook does per clip: ``melspectrogram``, ``chroma_stft`` (tuning
   estimated) and ``amplitude_to_db(|stft|)`` with librosa's default settings, each its own STFT;
 - ``torch_cpu_b<N>``: :func:`ensemble.features.render_batch` on CPU in batches of N clips;
@@ -40,6 +40,7 @@ from common import machine, median, peak_rss_mib, save
 
 from ensemble import audio, features
 from ensemble.recipe import FeatureConfig
+from ensemble.reference import render as reference_render
 
 RAVDESS = Path("../shared/data/ravdess")
 
@@ -98,7 +99,7 @@ def main() -> None:
         return lambda: features.render_batch(waves, config, "cpu", batch)
 
     arms = {
-        "librosa_reference": lambda: [features.render(y, config) for y in waves],
+        "librosa_reference": lambda: [reference_render(y, config) for y in waves],
         "librosa_defaults": lambda: [librosa_defaults(y, config.sample_rate) for y in waves],
         **{f"torch_cpu_b{b}": run_torch(b) for b in (1, 8, 32, 256)},
         "torch_cpu_b8_dense_mel": run_dense,

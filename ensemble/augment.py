@@ -1,5 +1,6 @@
-"""Audio-safe augmentation: waveform transforms before rendering, SpecAugment / roll / mixup on the batch,
-and albumentations image pipelines restricted to an allowlist.
+"""Audio-safe augmentation: waveform transforms before rendering (``[augment].waveform``, an
+allowlisted list of audiomentations transforms: :mod:`ensemble.waveform_augment`), SpecAugment /
+roll / mixup on the batch, and albumentations image pipelines restricted to an allowlist.
 
 A spectrogram image is not a photo: moving content along the frequency axis changes what a sound
 is (pitch, formants), reversing or transposing the time axis changes what it means, and colour
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import waveform_augment
 from .errors import EnsError
 from .recipe import AugmentConfig
 
@@ -88,19 +90,11 @@ def image_pipeline(specs: list[dict], seed: int | None = None):
 
 
 def waveform_pipeline(config: AugmentConfig):
-    """The audiomentations ``Compose`` of the waveform settings: time stretch (signalsmith, length
-    kept), pitch shift, shift without rollover, gain, then Gaussian noise at a random SNR."""
+    """The audiomentations ``Compose`` of ``config.waveform``, its transforms in order
+    (:func:`ensemble.waveform_augment.transforms`; the recipe has checked the list)."""
     import audiomentations as am
 
-    return am.Compose(
-        [
-            am.TimeStretch(min_rate=config.stretch_min, max_rate=config.stretch_max, leave_length_unchanged=True, p=config.stretch_p),
-            am.PitchShift(min_semitones=-config.pitch_semitones, max_semitones=config.pitch_semitones, p=config.pitch_p),
-            am.Shift(min_shift=-config.shift_max, max_shift=config.shift_max, shift_unit="fraction", rollover=False, p=config.shift_p),
-            am.Gain(min_gain_db=-config.gain_db, max_gain_db=config.gain_db, p=config.gain_p),
-            am.AddGaussianSNR(min_snr_db=config.snr_min_db, max_snr_db=config.snr_max_db, p=config.noise_p),
-        ]
-    )
+    return am.Compose(waveform_augment.transforms(config.waveform))
 
 
 def augment_waveform(y: np.ndarray, sample_rate: int, config: AugmentConfig, seed: int) -> np.ndarray:

@@ -1,12 +1,16 @@
 """Feature rendering: a clip becomes an image of shape ``(channels, height, frames)`` in [0, 1], cached.
 
-Images are rendered in batches by :class:`Renderer` (torch, CPU or CUDA); :func:`render` is the
-per-clip librosa reference it matches within 1e-4. Channels share one STFT, hence one time axis:
+:func:`model_inputs` is the one way waveforms become what a model sees: fixed to ``duration``,
+rendered in batches by :class:`Renderer` (torch, CPU or CUDA) and rounded to float16. The feature
+cache stores its images, ``ens predict`` renders its windows and ``ens report`` its feature images
+with it. :func:`ensemble.reference.render` is the per-clip librosa reference the renderer matches
+within 1e-4. Channels share one STFT, hence one time axis (the names, and how figures show each
+channel: :mod:`ensemble.channels`):
 
-- ``mel``: log-Mel power, ``librosa.feature.melspectrogram`` + ``power_to_db`` (ref = clip peak).
-- ``chroma``: chromagram, ``librosa.feature.chroma_stft`` with ``tuning=0`` (12 pitch classes).
-- ``stft``: log-STFT magnitude, ``amplitude_to_db`` (ref = clip peak).
-- ``mfcc``: ``librosa.feature.mfcc`` of the log-Mel, min-max scaled per clip.
+- ``mel``: log-Mel power, as ``librosa.feature.melspectrogram`` + ``power_to_db`` (ref = clip peak).
+- ``chroma``: chromagram, as ``librosa.feature.chroma_stft`` with ``tuning=0`` (12 pitch classes).
+- ``stft``: log-STFT magnitude, as ``amplitude_to_db`` (ref = clip peak).
+- ``mfcc``: as ``librosa.feature.mfcc`` of the log-Mel, min-max scaled per clip.
 
 Log channels span ``top_db`` dB and are mapped linearly to [0, 1]; chroma is already in [0, 1]
 (each frame divided by its maximum). Every channel is resized along frequency to ``height`` rows:
@@ -43,6 +47,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, audio
 from .augment import augment_waveform
+from .channels import CHANNELS as FACTS
 from .recipe import AugmentConfig, FeatureConfig
 
 
@@ -56,8 +61,9 @@ def frames(config: FeatureConfig) -> int:
     return 1 + samples(config) // config.hop_length
 
 
-def _resize(rows: torch.Tensor, height: int, nearest: bool) -> torch.Tensor:
-    """Resize ``rows`` ``(batch, rows, frames)`` along frequency to ``(batch, height, frames)``.
+def resize(rows: torch.Tensor, height: int, nearest: bool) -> torch.Tensor:
+    """Resize ``rows`` ``(batch, rows, frames)`` along frequency to ``(batch, height, frames)``, as
+    both the torch renderer and the librosa reference (:mod:`ensemble.reference`) do.
 
     Bilinear with anti-aliasing (``F.interpolate``; its weights are non-negative and sum to 1, so
     it commutes with an affine map of the values), or nearest for chroma's pitch classes. Equal
@@ -88,49 +94,8 @@ def _bands(matrix: torch.Tensor, rows_per_band: int) -> list[tuple[int, int, int
     return bands
 
 
-def render(y: np.ndarray, config: FeatureConfig) -> np.ndarray:
-    """Render a waveform into the image described by ``config``.
-
-    Args:
-        y: float32 waveform of shape ``(samples,)`` at ``config.sample_rate`` Hz.
-
-    Returns:
-        float32 array ``(len(config.channels), config.height, 1 + samples // hop_length)`` in [0, 1],
-        channels in the order of ``config.channels``.
-    """
-    c = config
-    magnitude = np.abs(librosa.stft(y, n_fft=c.n_fft, hop_length=c.hop_length, center=True))
-    power = magnitude**2
-    fmax = c.fmax or c.sample_rate / 2
-    mel_db = None
-
-    def log_mel() -> np.ndarray:
-        nonlocal mel_db
-        if mel_db is None:
-            mel = librosa.feature.melspectrogram(S=power, sr=c.sample_rate, n_mels=c.n_mels, fmin=c.fmin, fmax=fmax)
-            mel_db = librosa.power_to_db(mel, ref=np.max, top_db=c.top_db)
-        return mel_db
-
-    images = []
-    for name in c.channels:
-        if name == "mel":
-            rows, nearest = (log_mel() + c.top_db) / c.top_db, False
-        elif name == "stft":
-            rows, nearest = (librosa.amplitude_to_db(magnitude, ref=np.max, top_db=c.top_db) + c.top_db) / c.top_db, False
-        elif name == "chroma":
-            rows, nearest = librosa.feature.chroma_stft(S=power, sr=c.sample_rate, tuning=0.0, n_fft=c.n_fft), True
-        elif name == "mfcc":
-            mfcc = librosa.feature.mfcc(S=log_mel(), n_mfcc=c.n_mfcc)
-            span = mfcc.max() - mfcc.min()
-            rows, nearest = (mfcc - mfcc.min()) / (span if span > 0 else 1.0), False
-        else:  # validated by the recipe
-            raise ValueError(f"unknown channel {name!r}")
-        images.append(_resize(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))[None], c.height, nearest)[0].numpy())
-    return np.clip(np.stack(images), 0.0, 1.0).astype(np.float32)
-
-
 class Renderer(nn.Module):
-    """Batched torch rendering of the images :func:`render` makes, on CPU or CUDA.
+    """Batched torch rendering of the images :func:`ensemble.reference.render` makes, on CPU or CUDA.
 
     One STFT (``torchaudio.transforms.Spectrogram``: periodic Hann window, centred with zero
     padding, as ``librosa.stft``), then per channel: log-Mel through the mel filterbank
@@ -139,9 +104,10 @@ class Renderer(nn.Module):
     ``librosa.filters.chroma``'s matrix with each frame divided by its maximum, log-STFT
     magnitude, MFCC as the orthonormal DCT-II of the log-Mel
     (``torchaudio.functional.create_dct``). dB values are taken relative to each clip's peak, as
-    librosa's ``ref=np.max``. The filterbanks are buffers, so ``.to(device)`` moves them.
+    librosa's ``ref=np.max``. The filterbanks are buffers, so ``.to(device)`` moves them. Each
+    channel is the method :attr:`CHANNELS` names for it.
 
-    :func:`render` (librosa, one clip at a time) is the reference; ``tests/test_features.py``
+    :func:`ensemble.reference.render` (librosa, one clip at a time) is the reference; ``tests/test_features.py``
     checks that both agree within 1e-4 on real RAVDESS clips (images are in [0, 1], and the
     cache stores float16, whose step near 1 is 5e-4).
 
@@ -188,7 +154,42 @@ class Renderer(nn.Module):
         ``height`` rows, into ``out`` ``(batch, height, frames)``. The resize comes first: it is linear
         with weights summing to 1, so it commutes with this affine map and runs on fewer rows."""
         scale = 10.0 / self.config.top_db
-        torch.add(1.0 - scale * log10_peak, _resize(log10, self.config.height, nearest=False), alpha=scale, out=out)
+        torch.add(1.0 - scale * log10_peak, resize(log10, self.config.height, nearest=False), alpha=scale, out=out)
+
+    def _log_mel(self, power: torch.Tensor, shared: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_log10` of the mel power of ``power``, computed once per batch and kept in ``shared``
+        for the ``mel`` and ``mfcc`` channels."""
+        if "log_mel" not in shared:
+            shared["log_mel"] = self._log10(self._mel(power))
+        return shared["log_mel"]
+
+    def _fit(self, name: str, rows: torch.Tensor, out: torch.Tensor) -> None:
+        """Write channel ``name``'s ``rows`` ``(batch, rows, frames)`` resized to ``height`` rows (nearest or
+        bilinear, as :data:`ensemble.channels.CHANNELS` says) into ``out``."""
+        out.copy_(resize(rows, self.config.height, FACTS[name].nearest))
+
+    def _mel_channel(self, power: torch.Tensor, shared: dict, out: torch.Tensor) -> None:
+        self._unit(*self._log_mel(power, shared), out=out)
+
+    def _stft_channel(self, power: torch.Tensor, shared: dict, out: torch.Tensor) -> None:
+        self._unit(*self._log10(power), out=out)
+
+    def _chroma_channel(self, power: torch.Tensor, shared: dict, out: torch.Tensor) -> None:
+        raw = torch.matmul(self.chroma_fb, power)
+        peak = raw.amax(dim=1, keepdim=True)
+        self._fit("chroma", raw / torch.where(peak < torch.finfo(raw.dtype).tiny, torch.ones_like(peak), peak), out)
+
+    def _mfcc_channel(self, power: torch.Tensor, shared: dict, out: torch.Tensor) -> None:
+        log10, log10_peak = self._log_mel(power, shared)
+        mfcc = torch.matmul(self.dct, 10.0 * (log10 - log10_peak))
+        low, high = mfcc.amin(dim=(1, 2), keepdim=True), mfcc.amax(dim=(1, 2), keepdim=True)
+        span = high - low
+        self._fit("mfcc", (mfcc - low) / torch.where(span > 0, span, torch.ones_like(span)), out)
+
+    CHANNELS = {"mel": _mel_channel, "chroma": _chroma_channel, "stft": _stft_channel, "mfcc": _mfcc_channel}
+    """Channel name -> the method that writes that channel of a batch, ``(self, power, shared, out)``:
+    ``power`` ``(batch, n_freqs, frames)``, ``shared`` a dict of results the channels of one batch
+    share, ``out`` the channel's ``(batch, height, frames)`` slice of the output."""
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``y``: float32 waveforms ``(batch, samples)`` at ``config.sample_rate`` Hz ->
@@ -197,26 +198,9 @@ class Renderer(nn.Module):
         spectrum = self.stft(y)  # complex (batch, n_freqs, frames)
         power = spectrum.real.square() + spectrum.imag.square()
         out = power.new_empty(power.shape[0], len(c.channels), c.height, power.shape[-1])
-        mel = None
+        shared: dict = {}
         for k, name in enumerate(c.channels):
-            if name in ("mel", "mfcc") and mel is None:
-                mel = self._log10(self._mel(power))
-            if name == "mel":
-                self._unit(*mel, out=out[:, k])
-            elif name == "stft":
-                self._unit(*self._log10(power), out=out[:, k])
-            elif name == "chroma":
-                raw = torch.matmul(self.chroma_fb, power)
-                peak = raw.amax(dim=1, keepdim=True)
-                out[:, k] = _resize(raw / torch.where(peak < torch.finfo(raw.dtype).tiny, torch.ones_like(peak), peak), c.height, nearest=True)
-            elif name == "mfcc":
-                log10, log10_peak = mel
-                mfcc = torch.matmul(self.dct, 10.0 * (log10 - log10_peak))
-                low, high = mfcc.amin(dim=(1, 2), keepdim=True), mfcc.amax(dim=(1, 2), keepdim=True)
-                span = high - low
-                out[:, k] = _resize((mfcc - low) / torch.where(span > 0, span, torch.ones_like(span)), c.height, nearest=False)
-            else:  # validated by the recipe
-                raise ValueError(f"unknown channel {name!r}")
+            self.CHANNELS[name](self, power, shared, out[:, k])
         return out.clamp_(0.0, 1.0)
 
 
@@ -242,6 +226,28 @@ def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | tor
             batch = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size], dtype=np.float32))
             out[start : start + batch_size] = renderer(batch.to(device, non_blocking=True)).cpu().numpy()
     return out
+
+
+def model_inputs(
+    waveforms: Sequence[np.ndarray] | np.ndarray, config: FeatureConfig, device: str | torch.device = "cpu", batch_size: int | None = None
+) -> np.ndarray:
+    """The images a model sees for ``waveforms``: the one way a waveform becomes a model input,
+    used by the feature cache, ``ens predict`` and ``ens report``.
+
+    Each waveform is centre-cropped or zero-padded to ``duration`` (:func:`ensemble.audio.fix_length`,
+    which leaves a waveform of that length as it is), all are rendered by :func:`render_batch`, and
+    the images are rounded to float16, as the cache stores them.
+
+    Args:
+        waveforms: float32 waveforms, each ``(samples,)`` at ``config.sample_rate`` Hz, of any
+            length (a sequence, or a ``(clips, samples)`` array); at least one.
+        device, batch_size: as :func:`render_batch`.
+
+    Returns:
+        float16 ``(len(waveforms), channels, height, frames(config))`` in [0, 1].
+    """
+    n = samples(config)
+    return render_batch(np.stack([audio.fix_length(y, n) for y in waveforms]), config, device, batch_size).astype(np.float16)
 
 
 def load_waveform(path: str | os.PathLike, config: FeatureConfig, augment: AugmentConfig | None = None, copy: int = 0) -> np.ndarray:
@@ -457,12 +463,11 @@ class FeatureCache:
                 for (key, _), (_, error) in zip(chunk, loaded):
                     if error is not None:
                         errors[key] = error
-                waves = np.stack([np.zeros(n_samples, np.float32) if wave is None else wave for wave, _ in loaded])
-                images = render_batch(waves, c, device)
+                images = model_inputs([np.zeros(n_samples, np.float32) if wave is None else wave for wave, _ in loaded], c, device)
                 images[[wave is None for wave, _ in loaded]] = 0.0
-                out[row : row + len(waves)] = images
-                row += len(waves)
-                bar.update(len(waves))
+                out[row : row + len(images)] = images
+                row += len(images)
+                bar.update(len(images))
             out.flush()
             del out
         bar.close()

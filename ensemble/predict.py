@@ -10,14 +10,14 @@ time-shift TTA (``[train].tta_shifts``), the TTA its OOF and so the blend weight
 
 A file goes through the training pipeline: :func:`ensemble.audio.load_trimmed` (read, resample to
 ``[features].sample_rate``, trim silence: the first steps of :func:`ensemble.audio.load`), then
-:func:`ensemble.audio.fix_length` to the member's ``[features].duration``,
-:func:`ensemble.features.render_batch`, float16 rounding as the feature cache stores images, and
-the backbone's input normalisation (:class:`ensemble.models.Normalize`, inside the model). A file
-whose trimmed audio fits in one window (by default: is no longer than the shortest member
-duration) is thus one image identical to its cached training image. A longer file is cut into
-windows of ``window`` seconds every ``hop`` seconds (the last window ends at the end of the
-trimmed audio); each window is padded to each member's duration like a short clip, and the file's
-probabilities are the mean over its windows.
+:func:`ensemble.features.model_inputs` with the member's ``[features]``
+(:func:`ensemble.audio.fix_length` to its ``duration``, :func:`ensemble.features.render_batch`,
+float16 rounding: the images the feature cache stores), and the backbone's input normalisation
+(:class:`ensemble.models.Normalize`, inside the model). A file whose trimmed audio fits in one
+window (by default: is no longer than the shortest member duration) is thus one image identical
+to its cached training image. A longer file is cut into windows of ``window`` seconds every
+``hop`` seconds (the last window ends at the end of the trimmed audio); each window is padded to
+each member's duration like a short clip, and the file's probabilities are the mean over its windows.
 """
 
 from __future__ import annotations
@@ -34,21 +34,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from . import atomic, audio, features, loop, runs, runtime
+from . import atomic, audio, features, loop, plots, runs, runtime
 from . import models as models_mod
 from .data import SkippedClipsWarning
 from .errors import EnsError
+from .features import model_inputs
 from .recipe import FeatureConfig, Recipe
 from .split import check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
-PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
 class PredictError(EnsError, ValueError):
@@ -269,15 +267,6 @@ def windows(n: int, window: int, hop: int) -> list[tuple[int, int]]:
     return spans
 
 
-def model_inputs(clips: Sequence[np.ndarray], config: FeatureConfig) -> np.ndarray:
-    """The images a model sees for waveforms ``clips`` (each ``(samples,)``): each centre-cropped
-    or padded to ``duration`` (:func:`ensemble.audio.fix_length`), rendered in one batch
-    (:func:`ensemble.features.render_batch`, as the feature cache) and rounded to float16 as the
-    cache stores them. Returns float16 ``(len(clips), channels, height, frames(config))``."""
-    n = features.samples(config)
-    return features.render_batch(np.stack([audio.fix_length(y, n) for y in clips]), config).astype(np.float16)
-
-
 @dataclass
 class FilePrediction:
     """One file's prediction.
@@ -372,50 +361,25 @@ def table(predictions: list[FilePrediction], classes: list[str], timeline: bool 
     return pd.DataFrame(rows, columns=["path", *(["start_s", "end_s"] if timeline else []), *classes])
 
 
-def _panel(name: str, rows: np.ndarray, config: FeatureConfig) -> tuple[str, np.ndarray, tuple[float, float], str, tuple[float, float], str]:
-    """A channel's title, values in its own unit, y extent, y label, colour range and colour-bar label."""
-    db, db_range = rows * config.top_db - config.top_db, (-config.top_db, 0.0)
-    if name == "mel":
-        return "log-Mel", db, (0, config.n_mels), "mel band", db_range, "dB re clip peak"
-    if name == "stft":
-        return "log-STFT magnitude", db, (0, config.sample_rate / 2), "frequency (Hz)", db_range, "dB re clip peak"
-    if name == "chroma":
-        return "chroma", rows, (0, 12), "pitch class", (0.0, 1.0), "energy / frame max"
-    return "MFCC", rows, (0, config.n_mfcc), "coefficient", (0.0, 1.0), "scaled per clip"
-
-
 def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.PathLike) -> Path:
     """Render ``path``'s feature image and write it as a PNG (matplotlib, Agg) atomically to ``out``.
 
-    One panel per ``config.channels`` entry (log-Mel and log-STFT in dB under the clip peak, chroma
-    0-1 with pitch-class ticks, MFCC scaled 0-1), time in seconds on x. A file that fits in
-    ``duration`` is drawn trimmed and centre-padded, exactly the model's input; a longer one whole
-    (trimmed), on one time axis.
+    One panel per ``config.channels`` entry with time in seconds (:func:`ensemble.plots.clip_figure`:
+    log-Mel and log-STFT in dB under the clip peak, chroma 0-1 with pitch-class ticks, MFCC scaled
+    0-1). A file that fits in ``duration`` is drawn as the model's input
+    (:func:`ensemble.features.model_inputs`: trimmed and centre-padded); a longer one whole
+    (trimmed, :func:`ensemble.features.render_batch`), on one time axis.
 
     Raises:
         AudioError: the file cannot be read as audio.
     """
     y, start = audio.load_trimmed(path, config.sample_rate, config.trim_db)
-    n = features.samples(config)
-    image = features.render_batch(audio.fix_length(y, max(len(y), n))[None], config)[0]
-    step = config.hop_length / config.sample_rate
-    x_extent = (-step / 2, (image.shape[2] - 0.5) * step)
-    fig = Figure(figsize=(max(6.0, min(20.0, 2.0 * x_extent[1])), 2.2 * len(config.channels) + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(config.channels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, name, rows in zip(axes, config.channels, image):
-        title, values, y_extent, ylabel, (vmin, vmax), unit = _panel(name, rows, config)
-        shown = ax.imshow(values, origin="lower", aspect="auto", extent=(*x_extent, *y_extent), cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
-        fig.colorbar(shown, ax=ax, label=unit)
-        if name == "chroma":
-            ax.set_yticks(np.arange(12) + 0.5, PITCH_CLASSES, fontsize=7)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, loc="left", fontsize=9)
-    axes[-1].set_xlabel("time (s) in the rendered audio")
+    fits = len(y) <= features.samples(config)
+    image = (model_inputs([y], config) if fits else features.render_batch(y[None], config))[0]
     how = f"trimmed ({start / config.sample_rate:.2f}-{(start + len(y)) / config.sample_rate:.2f} s of the file), " + (
-        f"centre-padded to {config.duration} s" if len(y) <= n else "whole"
+        f"centre-padded to {config.duration} s" if fits else "whole"
     )
-    fig.suptitle(f"{Path(path).name}\n{how}", fontsize=10)
+    fig = plots.clip_figure(image, config, f"{Path(path).name}\n{how}")
     out = Path(out)
     with atomic.atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100)

@@ -14,6 +14,7 @@ its seeds (:meth:`Recipe.members`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -21,7 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tasks
+from . import tasks, waveform_augment
+from .channels import NAMES as CHANNELS
 from .errors import EnsError
 
 if sys.version_info >= (3, 11):
@@ -78,7 +80,8 @@ class FeatureConfig:
         duration: fixed clip length in seconds after silence trimming (centre crop or centre pad).
         trim_db: leading/trailing frames quieter than ``trim_db`` dB below the peak are dropped
             (``librosa.effects.trim``); 0 disables trimming.
-        channels: any of ``mel``, ``chroma``, ``stft``, ``mfcc``, one image channel each, in order.
+        channels: any of ``mel``, ``chroma``, ``stft``, ``mfcc`` (:data:`CHANNELS`, from
+            :mod:`ensemble.channels`), one image channel each, in order.
         n_fft, hop_length: STFT window and hop in samples (1024 / 320 = 64 ms / 20 ms at 16 kHz).
         n_mels, fmin, fmax: mel filterbank size and band edges in Hz (fmax 0 = Nyquist).
         n_mfcc: number of MFCC coefficients for the ``mfcc`` channel.
@@ -115,12 +118,18 @@ class AugmentConfig:
 
     Attributes:
         copies: augmented renderings per training clip; 0 disables waveform augmentation.
-        noise_p, snr_min_db, snr_max_db: ``AddGaussianSNR`` probability and SNR range in dB.
-        shift_p, shift_max: ``Shift`` probability and largest shift as a fraction of the clip
-            (no rollover: what leaves the clip is replaced by silence).
-        gain_p, gain_db: ``Gain`` probability and range (+-dB).
-        stretch_p, stretch_min, stretch_max: ``TimeStretch`` (signalsmith, length kept) and its rate range.
-        pitch_p, pitch_semitones: ``PitchShift`` probability and range (+- semitones).
+        waveform: the audiomentations transforms applied in order, each
+            ``{name = "AddGaussianSNR", p = 0.5, min_snr_db = 15.0, max_snr_db = 40.0}`` (the class
+            name and its keyword arguments; omitted ones take audiomentations' defaults), checked
+            against the audio-safe allowlist :data:`ensemble.waveform_augment.ALLOWED`. Default
+            (:data:`ensemble.waveform_augment.DEFAULT`): ``TimeStretch`` 0.9-1.1 (signalsmith,
+            length kept), ``PitchShift`` +-2 semitones, ``Shift`` up to +-10 % of the clip without
+            rollover (what leaves the clip is replaced by silence), ``Gain`` +-6 dB and
+            ``AddGaussianSNR`` at 15-40 dB, each with p = 0.5. Recipes and run configurations
+            written before this list use twelve flat keys instead (``noise_p``, ``snr_min_db``,
+            ``snr_max_db``, ``shift_p``, ``shift_max``, ``gain_p``, ``gain_db``, ``stretch_p``,
+            ``stretch_min``, ``stretch_max``, ``pitch_p``, ``pitch_semitones``): :func:`from_dict`
+            still reads them, as the list they describe (:func:`ensemble.waveform_augment.from_flat`).
 
     On the batch of images:
 
@@ -135,18 +144,7 @@ class AugmentConfig:
     """
 
     copies: int = 0
-    noise_p: float = 0.5
-    snr_min_db: float = 15.0
-    snr_max_db: float = 40.0
-    shift_p: float = 0.5
-    shift_max: float = 0.1
-    gain_p: float = 0.5
-    gain_db: float = 6.0
-    stretch_p: float = 0.5
-    stretch_min: float = 0.9
-    stretch_max: float = 1.1
-    pitch_p: float = 0.5
-    pitch_semitones: float = 2.0
+    waveform: list[dict] = field(default_factory=lambda: copy.deepcopy(waveform_augment.DEFAULT))
     freq_mask: int = 0
     time_mask: int = 0
     n_masks: int = 2
@@ -155,22 +153,17 @@ class AugmentConfig:
     image: list[dict] = field(default_factory=list)
 
     def waveform_key(self) -> str:
-        """A short hash of the waveform settings: augmented renderings are cached under it."""
-        keys = (
-            "noise_p",
-            "snr_min_db",
-            "snr_max_db",
-            "shift_p",
-            "shift_max",
-            "gain_p",
-            "gain_db",
-            "stretch_p",
-            "stretch_min",
-            "stretch_max",
-            "pitch_p",
-            "pitch_semitones",
-        )
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()
+        """A short hash of the waveform settings: augmented renderings are cached under it, and the
+        seed of each augmented copy derives from it (:func:`ensemble.features.load_waveform`).
+
+        The first 12 hex digits of the SHA-1 of the JSON (sorted keys) of the old flat keys when
+        ``waveform`` is a list they describe (:func:`ensemble.waveform_augment.to_flat`: the five
+        transforms of the default, in its order, with its fixed settings), as the key was before the
+        list form, so the caches and the augmented copies of existing recipes stay the same;
+        otherwise of the ``waveform`` list itself.
+        """
+        flat = waveform_augment.to_flat(self.waveform)
+        blob = json.dumps(self.waveform if flat is None else flat, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -355,13 +348,43 @@ def _check(cls, values: dict, where: str, source: str) -> dict:
     return {k: (float(v) if isinstance(getattr(defaults, k), float) else v) for k, v in values.items()}
 
 
+def _flat_waveform_keys(section: dict, source: str) -> dict:
+    """An ``[augment]`` section with the old flat waveform keys (those of
+    :data:`ensemble.waveform_augment.FLAT_DEFAULTS`, before ``waveform`` was a list) replaced by the
+    ``waveform`` list they describe (:func:`ensemble.waveform_augment.from_flat`, missing keys at
+    their old defaults), so old recipes and the stored recipes of finished runs still load; a
+    section without them is returned as it is.
+
+    Raises:
+        RecipeError: a flat key is not a number, or the section gives both flat keys and ``waveform``.
+    """
+    flat = {key: value for key, value in section.items() if key in waveform_augment.FLAT_DEFAULTS}
+    if not flat:
+        return section
+    if "waveform" in section:
+        raise RecipeError(
+            f"{source}: [augment] gives both waveform and the old flat waveform key(s) {sorted(flat)}; "
+            f"write every transform in waveform (such as {waveform_augment.DEFAULT[-1]}) and remove the flat keys."
+        )
+    for key, value in flat.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{source}: [augment].{key} = {value!r} should be of type float.")
+    rest = {key: value for key, value in section.items() if key not in flat}
+    return {**rest, "waveform": waveform_augment.from_flat({key: float(value) for key, value in flat.items()})}
+
+
 def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
     """Build a :class:`Recipe` from a TOML-like dict.
+
+    An ``[augment]`` section in the form before ``waveform`` was a list (the flat keys ``noise_p``
+    ... ``pitch_semitones``) is read as the list those keys describe (:func:`_flat_waveform_keys`).
 
     Raises:
         RecipeError: on an unknown section or key, or a value of the wrong type.
     """
     data = dict(data)
+    if isinstance(data.get("augment"), dict):
+        data["augment"] = _flat_waveform_keys(data["augment"], source)
     sections = {name: cls(**_check(cls, data.pop(name, {}), f"[{name}]", source)) for name, cls in _SECTIONS.items()}
     recipe = Recipe(**_check(Recipe, data, "the top level", source), **sections)
     validate(recipe, source)
@@ -403,7 +426,6 @@ def load(path: str | Path) -> Recipe:
     return from_dict(data, str(path))
 
 
-CHANNELS = ("mel", "chroma", "stft", "mfcc")
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 
 
@@ -423,6 +445,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     except RecipeError as err:
         raise RecipeError(f"{source}: {err}") from err
     repeated = [entries for entries in members.values() if len(set(recipe.seeds(entries))) < len(entries)]
+    waveform_problem = waveform_augment.problem(a.waveform)
     checks = [
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
         (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),
@@ -445,9 +468,8 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         ),
         (0 <= t.ema_decay < 1 and t.patience >= 0, "[train].ema_decay must be in [0, 1) and patience >= 0"),
         (a.copies >= 0 and a.freq_mask >= 0 and a.time_mask >= 0 and a.n_masks >= 0, "[augment] copies, freq_mask, time_mask and n_masks must be >= 0"),
-        (0 < a.stretch_min <= a.stretch_max, "[augment] needs 0 < stretch_min <= stretch_max"),
-        (a.snr_min_db <= a.snr_max_db, "[augment] needs snr_min_db <= snr_max_db"),
-        (0 <= a.time_roll < 1 and 0 <= a.shift_max < 1, "[augment].time_roll and shift_max are fractions in [0, 1)"),
+        (waveform_problem is None, waveform_problem),
+        (0 <= a.time_roll < 1, "[augment].time_roll is a fraction in [0, 1)"),
         (a.mixup_alpha >= 0, "[augment].mixup_alpha must be >= 0"),
         (
             a.mixup_alpha == 0 or t.batch_size % 2 == 0,

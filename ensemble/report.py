@@ -11,8 +11,9 @@
 - **Per-class accuracy**: recall of each class for every finished backbone and the blend.
 - **Training curves**: per backbone, one line per fold from ``log.csv`` (unfinished folds too).
 - **Blend weights**: ``blend/weights.json``.
-- **Feature images**: every channel of a few training clips per class, rendered with
-  :func:`ensemble.features.load_waveform` and :func:`ensemble.features.render_batch` (the cache is neither read nor written).
+- **Feature images**: every channel of a few training clips per class, the images the backbones
+  see (:func:`ensemble.features.load_waveform` and :func:`ensemble.features.model_inputs`; the cache
+  is neither read nor written), drawn by :func:`ensemble.plots.clips_figure`.
 - **Unfinished backbones**: the recipe's backbones without every fold finished, with the reason.
 
 A backbone's pooled OOF is the union of its folds' ``oof.csv``: every training clip predicted by
@@ -37,18 +38,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, features, metrics
+from . import atomic, features, metrics, plots
 from . import competition as comp_mod
 from . import runs as run_store
 from .errors import EnsError
-from .recipe import FeatureConfig, Recipe, split_backbone
+from .recipe import Recipe, split_backbone
 from .split import Split, load_split
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights", "Feature images", "Unfinished backbones")
 """The report's section headings, in order."""
 
 DPI = 100  # a 13-inch-wide figure becomes 1300 px, about the page's width
-_CHROMA_TICKS = {0: "C", 2: "D", 4: "E", 6: "F#", 8: "G#", 10: "A#"}
 
 
 class ReportError(EnsError, ValueError):
@@ -261,54 +261,6 @@ def weights_figure(weights: dict[str, float], method: str) -> Figure:
     return fig
 
 
-def _channel_axis(name: str, config: FeatureConfig) -> tuple[tuple[float, float], str]:
-    """Extent along frequency and axis label of feature channel ``name``."""
-    if name == "mel":
-        return (0.0, float(config.n_mels)), "mel band"
-    if name == "stft":
-        return (0.0, config.sample_rate / 2000), "frequency (kHz)"
-    if name == "chroma":
-        return (-0.5, 11.5), "pitch class"
-    return (0.0, float(config.n_mfcc)), "MFCC coefficient"
-
-
-def feature_figure(label: str, clips: list[tuple[str, np.ndarray]], config: FeatureConfig) -> Figure:
-    """One row of panels for one class: every channel of each clip, clip after clip.
-
-    Args:
-        label: the class name (figure title).
-        clips: ``(caption, image)`` pairs; ``image`` ``(channels, height, frames)`` in [0, 1].
-        config: the feature settings the images were rendered with (time axis in seconds from
-            ``hop_length / sample_rate``, frequency axis per channel).
-    """
-    channels = config.channels
-    fig = Figure(figsize=(13, 2.6), layout="constrained")
-    axes = fig.subplots(1, len(clips) * len(channels), squeeze=False)[0]
-    seconds = config.hop_length / config.sample_rate
-    for k, (caption, image) in enumerate(clips):
-        for col, name in enumerate(channels):
-            ax = axes[k * len(channels) + col]
-            (low, high), ylabel = _channel_axis(name, config)
-            ax.imshow(
-                image[col],
-                origin="lower",
-                aspect="auto",
-                cmap="magma",
-                vmin=0,
-                vmax=1,
-                extent=(0, image.shape[-1] * seconds, low, high),
-                interpolation="nearest",
-            )
-            if name == "chroma":
-                ax.set_yticks(list(_CHROMA_TICKS), list(_CHROMA_TICKS.values()))
-            ax.set_title(f"{caption}\n{name}", fontsize=8)
-            ax.set_xlabel("time (s)", fontsize=8)
-            ax.set_ylabel(ylabel, fontsize=8, labelpad=1)
-            ax.tick_params(labelsize=7)
-    fig.suptitle(label, fontsize=11, fontweight="bold")
-    return fig
-
-
 def example_clips(competition: comp_mod.Competition, per_class: int) -> dict[str, list[int]]:
     """Class name -> the first ``per_class`` rows of ``train.csv`` carrying that label (for a
     multilabel task: among their space-separated labels); classes without clips are left out."""
@@ -446,13 +398,14 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     paths = competition.audio_paths(competition.train)
     figures = []
     for label, rows in example_clips(competition, clips_per_class).items():
-        images = features.render_batch(np.stack([features.load_waveform(paths[r], fc) for r in rows]), fc)
+        images = features.model_inputs([features.load_waveform(paths[r], fc) for r in rows], fc)
         clips = [(str(train_ids[r]), image) for r, image in zip(rows, images)]
-        figures.append(_png(feature_figure(label, clips, fc), f"feature images of {label}"))
+        figures.append(_png(plots.clips_figure(label, clips, fc), f"feature images of {label}"))
     sections["Feature images"] = _note(
         f"Channels {', '.join(fc.channels)} of the first {clips_per_class} training clip(s) of each class, "
         f"{fc.duration:g} s at {fc.sample_rate} Hz, hop {fc.hop_length} samples "
-        f"({1000 * fc.hop_length / fc.sample_rate:g} ms); brightness = the [0, 1] pixel value the backbones see."
+        f"({1000 * fc.hop_length / fc.sample_rate:g} ms); brightness = the pixel value the backbones see "
+        "(log-Mel and log-STFT: 0 to 1 is the top_db range under the clip peak)."
     ) + "\n".join(figures)
 
     # 7. unfinished backbones

@@ -27,14 +27,15 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, features
+from ensemble import audio, features, waveform_augment
 from ensemble.recipe import AugmentConfig, FeatureConfig
 
 from .conftest import ravdess_clip
 
 CHUNK = 8
 CONFIG = FeatureConfig(height=32)  # 3 channels x 32 rows x 176 frames
-AUGMENT = AugmentConfig(copies=2, noise_p=1.0)  # the default waveform settings, with noise always on: no copy equals its clean clip
+# the default waveform settings, with noise (the last transform) always on: no copy equals its clean clip
+AUGMENT = AugmentConfig(copies=2, waveform=[*waveform_augment.DEFAULT[:-1], {**waveform_augment.DEFAULT[-1], "p": 1.0}])
 CLEAN = [ravdess_clip(actor, emotion) for actor in (1, 2, 3, 4) for emotion in range(1, 8)]  # 28 real clips
 POOLED = CLEAN[:12]  # x (clean, copy 1, copy 2) = 36 renderings: chunks of 8, 8, 8, 8, 4
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, features
+from ensemble import audio, features, reference
 from ensemble.recipe import FeatureConfig
 
 from .conftest import ravdess_clip
@@ -29,7 +29,7 @@ def test_fix_length_centres_crop_and_pad():
 def test_render_shape_range_and_channel_order_on_real_clip():
     config = FeatureConfig()
     y = audio.load(CLIPS[0], config.sample_rate, config.duration, config.trim_db)
-    image = features.render(y, config)
+    image = reference.render(y, config)
     assert image.shape == (3, 128, features.frames(config)) == (3, 128, 176)
     assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
 
@@ -45,10 +45,10 @@ def test_render_shape_range_and_channel_order_on_real_clip():
     stft_db = (librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=1024, hop_length=320)), ref=np.max, top_db=80) + 80) / 80
     assert abs(image[2].mean() - stft_db.mean()) < 0.02
 
-    swapped = features.render(y, FeatureConfig(channels=["stft", "mel"]))
+    swapped = reference.render(y, FeatureConfig(channels=["stft", "mel"]))
     np.testing.assert_array_equal(swapped[1], image[0])
     np.testing.assert_array_equal(swapped[0], image[2])
-    mfcc = features.render(y, FeatureConfig(channels=["mfcc"], height=40))
+    mfcc = reference.render(y, FeatureConfig(channels=["mfcc"], height=40))
     assert mfcc.shape == (1, 40, 176) and mfcc.min() == 0 and mfcc.max() == 1
 
 
@@ -67,7 +67,7 @@ PARITY_ATOL = 1e-4  # on [0, 1] images; measured max 1.7e-5 on RAVDESS, the floa
 def test_torch_renderer_matches_librosa_reference_on_real_clips(config):
     clips = [audio.load(p, config.sample_rate, config.duration, config.trim_db) for p in CLIPS]
     clips.append(np.zeros_like(clips[0]))  # silence: every dB channel sits at its floor
-    expected = np.stack([features.render(y, config) for y in clips])
+    expected = np.stack([reference.render(y, config) for y in clips])
     batched = features.render_batch(np.stack(clips), config, batch_size=3)  # batches of 3 and 1
     assert batched.shape == expected.shape == (4, len(config.channels), config.height, features.frames(config))
     np.testing.assert_allclose(batched, expected, rtol=0, atol=PARITY_ATOL)
@@ -99,6 +99,20 @@ def test_bands_cover_every_nonzero_and_handle_an_empty_block():
     x = torch.rand(2, 10, 5)
     banded = torch.cat([torch.matmul(matrix[r0:r1, lo:hi], x[:, lo:hi]) for r0, r1, lo, hi in features._bands(matrix, 2)], dim=1)
     torch.testing.assert_close(banded, torch.matmul(matrix, x))
+
+
+def test_model_inputs_fix_the_length_render_and_round_like_the_cache(tmp_path):
+    config = FeatureConfig(height=32)
+    n = features.samples(config)
+    clips = [audio.load(p, config.sample_rate, config.duration, config.trim_db) for p in CLIPS]
+    long, short = np.concatenate([clips[0], clips[1]]), clips[2][n // 4 : n // 2]  # 7 s and 0.875 s
+    images = features.model_inputs([clips[0], long, short], config, batch_size=2)
+    assert images.shape == (3, 3, 32, features.frames(config)) and images.dtype == np.float16
+    fixed = np.stack([clips[0], audio.fix_length(long, n), audio.fix_length(short, n)])
+    np.testing.assert_array_equal(images, features.render_batch(fixed, config).astype(np.float16))
+    assert not np.array_equal(images[0], images[1])  # the long clip is centre-cropped, not its first 3.5 s
+    cached = features.FeatureCache(tmp_path, config).get(CLIPS, progress=False)  # the cache stores these images
+    np.testing.assert_array_equal(cached, features.model_inputs(clips, config))
 
 
 def test_cache_renders_each_clip_once(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from ensemble import audio, competition, features, predict
+from ensemble import audio, competition, features, plots, predict
 from ensemble import recipe as recipe_mod
 from ensemble.cli import app
 
@@ -167,11 +167,25 @@ def test_windows_cover_the_audio():
     assert predict.windows(260, 100, 100) == [(0, 100), (100, 200), (160, 260)]
 
 
-def test_save_image_writes_a_png_per_file(trained, tmp_path):
+def test_save_image_writes_a_png_per_file(trained, long_file, tmp_path, monkeypatch):
     _ok(["predict", str(trained["clip"]), "--recipe", str(trained["recipe_path"]), "--save-image", str(tmp_path / "img")])
     png = tmp_path / "img" / f"{trained['clip'].stem}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert predict.image_names([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.flac"]) == ["x.png", "x-2.png"]
+
+    # what is drawn: a short clip's model input, a long file whole (trimmed), every channel (plots.clip_figure)
+    drawn = []
+    real = plots.clip_figure
+    monkeypatch.setattr(plots, "clip_figure", lambda image, config, title: drawn.append((image, title)) or real(image, config, title))
+    f = trained["recipe"].features
+    predict.save_image(trained["clip"], f, tmp_path / "short.png")
+    y, _ = audio.load_trimmed(trained["clip"], f.sample_rate, f.trim_db)
+    np.testing.assert_array_equal(drawn[0][0], predict.model_inputs([y], f)[0])
+    assert f"centre-padded to {f.duration} s" in drawn[0][1]
+    predict.save_image(long_file[0] / "three_clips.wav", f, tmp_path / "long.png")
+    speech, _ = audio.load_trimmed(long_file[0] / "three_clips.wav", f.sample_rate, f.trim_db)
+    assert drawn[1][0].shape == (len(f.channels), f.height, 1 + len(speech) // f.hop_length) and "whole" in drawn[1][1]
+    assert (tmp_path / "long.png").stat().st_size > (tmp_path / "short.png").stat().st_size  # a wider figure
 
 
 def test_errors_name_the_path_or_folder_and_the_fix(trained, tmp_path):

@@ -1,0 +1,72 @@
+"""The feature channels an image can hold, by name: what each one is and how figures show it.
+
+The one list of channels: :data:`CHANNELS` (name -> :class:`Channel`), in the order of
+:data:`NAMES`, which ``[features].channels`` is checked against (``ensemble.recipe.CHANNELS``).
+How each channel is computed is looked up by the same name: the batched torch computation in
+``ensemble.features.Renderer.CHANNELS`` and the librosa reference in ``ensemble.reference.CHANNELS``
+(``tests/test_channels.py`` checks that both cover every name here).
+
+This module imports neither torch nor librosa, so the recipe can import it cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .recipe import FeatureConfig
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+"""Chroma's 12 rows, lowest first (``librosa.filters.chroma`` with its default ``base_c=True``)."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One feature channel.
+
+    Attributes:
+        name: the name in ``[features].channels``.
+        title: what the channel is, for a figure's panel.
+        axis: the frequency-axis label of a figure, with its unit.
+        extent: ``config -> (low, high)``, the frequency axis spanned by the image's ``height`` rows
+            in the unit of ``axis``.
+        ticks: labels of the rows' centres when they are classes (chroma's pitch classes), else empty.
+        log: a log channel: a pixel value ``v`` in [0, 1] is ``v * top_db - top_db`` dB under the
+            clip's peak.
+        value: what a pixel value measures, for a colour bar (dB for a log channel).
+        nearest: resized to ``height`` rows by repetition (nearest), because the rows are classes,
+            not a continuous axis; otherwise bilinearly with anti-aliasing.
+    """
+
+    name: str
+    title: str
+    axis: str
+    extent: Callable[[FeatureConfig], tuple[float, float]]
+    value: str
+    log: bool = False
+    nearest: bool = False
+    ticks: tuple[str, ...] = ()
+
+    def values(self, rows: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray, tuple[float, float]]:
+        """Pixel values ``rows`` (any shape, in [0, 1]) in the channel's own unit (:attr:`value`), and
+        that unit's full range: dB under the clip's peak in ``(-top_db, 0)`` for a log channel, else
+        the values as they are in ``(0, 1)``."""
+        if self.log:
+            return rows * config.top_db - config.top_db, (-config.top_db, 0.0)
+        return rows, (0.0, 1.0)
+
+
+CHANNELS: dict[str, Channel] = {
+    "mel": Channel("mel", "log-Mel", "mel band", lambda c: (0.0, float(c.n_mels)), "dB re clip peak", log=True),
+    "chroma": Channel("chroma", "chroma", "pitch class", lambda c: (-0.5, 11.5), "energy / frame max", nearest=True, ticks=PITCH_CLASSES),
+    "stft": Channel("stft", "log-STFT magnitude", "frequency (kHz)", lambda c: (0.0, c.sample_rate / 2000), "dB re clip peak", log=True),
+    "mfcc": Channel("mfcc", "MFCC", "MFCC coefficient", lambda c: (0.0, float(c.n_mfcc)), "scaled per clip"),
+}
+"""Every channel by name: log-Mel power, chromagram, log-STFT magnitude, MFCC (see :mod:`ensemble.features`)."""
+
+NAMES = tuple(CHANNELS)
+"""The channel names, the values ``[features].channels`` may list."""
