@@ -51,6 +51,7 @@ FLAGS = {
     "on_error='skip'": "--on-error skip",
     "on_error='fail'": "--on-error fail",
     "pretrained=False": "--no-pretrained",
+    "weights_dir=": "--weights-dir ",
     "window=": "--window ",
     "hop=": "--hop ",
 }

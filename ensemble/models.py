@@ -76,7 +76,7 @@ def create(
     except (OSError, RuntimeError, ValueError) as err:
         raise BackboneError(
             f"no pretrained weights for {backbone!r}: not in a local folder ({local or 'none set'}: "
-            f"pass --weights-dir DIR or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
+            f"pass weights_dir=DIR ([train].weights_dir) or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
             f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Set pretrained=False ([train].pretrained = false) to train from scratch."
         ) from err
 

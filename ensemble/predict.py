@@ -290,7 +290,7 @@ def _samples(value: float | None, default: float, name: str, rate: int) -> int:
     seconds = default if value is None else value
     n = int(round(seconds * rate))
     if n < 1:
-        raise PredictError(f"{name} {seconds}: give a positive number of seconds (at least one sample, 1/{rate} s).")
+        raise PredictError(f"{name}={seconds}: give a positive number of seconds (at least one sample, 1/{rate} s).")
     return n
 
 

@@ -17,7 +17,7 @@ def _unwrapped(output: str) -> str:
     return " ".join(output.replace("│", " ").split())
 
 
-@pytest.mark.parametrize("command", [["predict", str(ravdess_clip(1, 1))], ["train"], ["blend"]])
+@pytest.mark.parametrize("command", [["predict", str(ravdess_clip(1, 1))], ["train"]])  # ens blend reads no audio: no --on-error
 def test_an_unknown_on_error_policy_is_refused_before_anything_loads(command, tmp_path, monkeypatch):
     recipe = tmp_path / "untrained.toml"
     recipe.write_text(f'runs_dir = "{tmp_path / "runs"}"\n[competition]\ndir = "{tmp_path / "comp"}"\n')

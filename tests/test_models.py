@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ensemble import models
+from ensemble.cli import as_flags
 
 from .conftest import ROOT
 
@@ -36,8 +37,10 @@ def test_missing_weights_error_names_both_ways_and_no_pretrained(tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(models.BackboneError) as err:
         models.create("test_resnet", num_classes=8, weights=tmp_path)
-    message = str(err.value)
-    assert "--weights-dir" in message and "ENS_WEIGHTS_DIR" in message and "hub" in message and "--no-pretrained" in message
+    message = str(err.value)  # the library names its parameters; the command line shows them as flags
+    assert "weights_dir=DIR" in message and "ENS_WEIGHTS_DIR" in message and "hub" in message and "pretrained=False" in message
+    shown = as_flags(message)
+    assert "--weights-dir DIR" in shown and "--no-pretrained" in shown and "weights_dir=" not in shown
 
 
 def test_weights_dir_precedence(tmp_path, monkeypatch):

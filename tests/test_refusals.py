@@ -105,7 +105,7 @@ def test_a_zero_weight_member_is_left_out_even_unfinished(runs, tiny_trained, tm
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "zero.csv"), pd.read_csv(tmp_path / "alone.csv"))
 
     path.write_text(json.dumps({"method": "caruana", "weights": {"test_efficientnet": 0.0, "test_resnet": 0}}))
-    assert_names(refused(predict_args(recipe)), f"error: {path} gives no backbone a positive weight; re-run `ens blend`.")
+    assert_names(refused(predict_args(recipe)), f"error: {path} gives no member a positive weight; re-run `ens blend`.")
 
 
 def test_predict_renders_each_member_with_the_features_its_runs_were_trained_with(runs, tmp_path):
@@ -410,6 +410,6 @@ def test_ens_blend_prints_a_skipped_backbone_with_the_reason_and_refuses_when_no
     tiny = tmp_path / "runs" / "tiny"
     (tiny / "test_resnet" / "fold1" / "metrics.json").unlink()
     out = cli_ok(["blend", "--recipe", str(recipe), "--method", "mean"])
-    assert f"skipped test_resnet: {tiny / 'test_resnet' / 'fold1'} is not finished; run `ens train --backbone test_resnet --fold 1`." in out
+    assert f"skipped test_resnet: {tiny / 'test_resnet' / 'fold1'} is not finished; run `ens train --backbone test_resnet --fold 1`" in out
     (tiny / "test_efficientnet" / "fold0" / "metrics.json").unlink()
-    assert_names(refused(["blend", "--recipe", str(recipe)]), "no backbone of recipe 'tiny' has all 2 folds finished", "ens train")
+    assert_names(refused(["blend", "--recipe", str(recipe)]), "no member of recipe 'tiny' has all 2 folds finished", "ens train")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from ensemble import metrics, report
 from ensemble import recipe as recipe_mod
+from ensemble import split as split_mod
 from ensemble.cli import app
 
 from .conftest import cli_ok as _ok
@@ -121,7 +122,7 @@ def test_without_a_blend_the_leaderboard_pools_the_folds_and_unfinished_backbone
     train = pd.read_csv(trained["comp"] / "train.csv", dtype=str)
     classes = r.competition.classes
     y = train["label"].map(classes.index).to_numpy()
-    pooled = {b.name: b for b in report.backbone_runs(r, train["id"].to_numpy(), classes)}
+    pooled = {b.name: b for b in report.backbone_runs(r, split_mod.load_split(r))}
     assert pooled["test_resnet"].oof is None and pooled["test_convnext"].logs == {}
     board = pd.read_csv(trained["runs"] / "blend" / "leaderboard.csv").set_index("model")
     for key, value in metrics.scores(y, pooled["test_efficientnet"].oof).items():
@@ -137,12 +138,17 @@ def test_a_recipe_without_runs_is_a_clear_error(trained, tmp_path):
     assert not (trained["runs"].parent / "empty" / "report.html").exists()
 
 
-def test_read_oof_keeps_ids_as_written_and_refuses_non_numbers(tmp_path):
-    path = tmp_path / "oof.csv"
-    path.write_text("id,fold,b,a\nNA,0,0.25,0.75\n001,0,1.0,0.0\n")
-    out = np.full((3, 2), np.nan)
-    report.read_oof(path, np.array(["1", "001", "NA"]), ["a", "b"], out)  # "NA" is an id, "001" is not "1"
-    np.testing.assert_array_equal(out, [[np.nan, np.nan], [0.0, 1.0], [0.75, 0.25]])
-    path.write_text("id,fold,a,b\n001,0,high,0.0\n")
-    with pytest.raises(report.ReportError, match="not a number"):
-        report.read_oof(path, np.array(["001"]), ["a", "b"], np.zeros((1, 2)))
+def test_a_run_the_blend_refuses_is_shown_with_the_blends_reason(trained, tmp_path):
+    """The report reads runs with the blend's strict reader: a damaged run is listed with the reason, not drawn."""
+    damaged = tmp_path / "damaged.toml"
+    damaged.write_text(f'extends = "{trained["recipe"]}"\nname = "damaged"\n')
+    runs = trained["runs"].parent / "damaged"
+    shutil.copytree(trained["runs"] / "test_resnet", runs / "test_resnet")
+    oof = runs / "test_resnet" / "fold0" / "oof.csv"
+    frame = pd.read_csv(oof, dtype=str)
+    frame.iloc[0, 2] = "high"
+    frame.to_csv(oof, index=False)
+    r = recipe_mod.load(damaged)
+    r.backbones = ["test_resnet"]
+    pooled = report.backbone_runs(r, split_mod.load_split(r))
+    assert pooled[0].oof is None and f"{oof}: line 2, class {frame.columns[2]!r} holds 'high', not a probability in [0, 1]" in pooled[0].reason
