@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 from common import machine, median, save
 
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
-from ensemble import train
+from ensemble import runs, runtime, train
 
 ARMS = {
     "none": "recipes/ravdess_aug_none.toml",
@@ -36,19 +37,19 @@ def main() -> None:
     args = parser.parse_args()
 
     recipes = {arm: recipe_mod.load(path) for arm, path in ARMS.items()}
-    data = {arm: train.load_data(r, progress=True) for arm, r in recipes.items()}
+    data = {arm: data_mod.load_data(r, progress=True) for arm, r in recipes.items()}
     speeds = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for arm, r in recipes.items():
                 r.runs_dir, r.train.epochs, r.name = tmp, 1, f"{arm}{repeat}"
                 train.train_fold(r, data[arm], args.backbone, 0, progress=False)
-                log = pd.read_csv(r.run_dir(args.backbone, 0) / "log.csv")
+                log = pd.read_csv(runs.run_dir(r, args.backbone, 0) / "log.csv")
                 speeds[arm].append(float(log["train_img_per_s"].iloc[0]))
                 print(f"repeat {repeat + 1}: {arm:12s} {speeds[arm][-1]:7.1f} img/s", flush=True)
     medians = {arm: median(v) for arm, v in speeds.items()}
     result = {
-        "machine": machine(str(train.resolve_device(recipes["none"].train.device))),
+        "machine": machine(str(runtime.resolve_device(recipes["none"].train.device))),
         "backbone": args.backbone,
         "batch_size": recipes["none"].train.batch_size,
         "image": list(data["none"].x_train.shape[1:]),

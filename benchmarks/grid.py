@@ -25,8 +25,9 @@ from pathlib import Path
 
 from common import machine, peak_rss_mib, reset_peak, save
 
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
-from ensemble import train
+from ensemble import runtime, train
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
         "recipe": str(args.recipe),
         "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full, "pretrained": recipe.train.pretrained},
         "finished": False,
-        "machine": machine(str(train.resolve_device(recipe.train.device))),
+        "machine": machine(str(runtime.resolve_device(recipe.train.device))),
     }
     source = Path(recipe.competition.dir).resolve()
     if not (source / "train.csv").exists():
@@ -65,7 +66,7 @@ def main() -> None:
         recipe.competition.dir, recipe.runs_dir = str(competition), str(Path(tmp) / "runs")
 
         started = time.perf_counter()
-        data = train.load_data(recipe)
+        data = data_mod.load_data(recipe)
         result["clips"] = {"train": len(data.x_train), "test": len(data.x_test), "augmented_copies": recipe.augment.copies}
         result["feature_build_s"] = round(time.perf_counter() - started, 1)
         result["peak_rss_mib"] = {"feature_build": peak_rss_mib()}

@@ -38,21 +38,25 @@ def _ms(seconds: float) -> float:
 
 def untrained_ensemble(recipe, device: str):
     """The recipe's full ensemble (every backbone, ``n_splits`` fold models, equal weights) with random weights."""
-    from ensemble import competition, predict, train
+    from ensemble import competition, models, predict, runs, runtime
 
     classes = competition.load(recipe.competition).classes
     untrained = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
-    torch_device = train.resolve_device(device)
-    members = [
-        predict.Member(
-            b,
-            1 / len(recipe.backbones),
-            [train.to_device(train.build_model(untrained, b, len(classes)), torch_device).eval() for _ in range(recipe.folds.n_splits)],
-            [recipe.train.seed],
-        )
-        for b in recipe.backbones
-    ]
-    return predict.Ensemble(recipe, classes, members, "untrained models, equal weights (--untrained)", torch_device)
+    torch_device = runtime.resolve_device(device)
+    members = runs.members(recipe)
+    return predict.Ensemble(
+        recipe=recipe,
+        classes=classes,
+        members=members,
+        weights={m.name: 1 / len(members) for m in members},
+        models={
+            m.name: [runtime.to_device(models.build(untrained, m.entries[0], len(classes)), torch_device).eval() for _ in range(recipe.folds.n_splits)]
+            for m in members
+        },
+        trained_with={m.name: untrained for m in members},
+        weights_from="untrained models, equal weights (--untrained)",
+        device=torch_device,
+    )
 
 
 def main() -> None:

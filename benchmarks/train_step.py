@@ -1,12 +1,12 @@
 """Training-step speed by memory layout and autocast precision, each backbone side by side.
 
 For every backbone of each ``--recipes`` recipe: images/s of forward/backward/AdamW steps of the
-model ens trains (:func:`ensemble.train.build_model`, randomly initialised: speed does not depend
+model ens trains (:func:`ensemble.models.build`, randomly initialised: speed does not depend
 on the weights) on one resident random batch of the recipe's shape ``(batch_size, channels,
 height, frames)``, in three arms measured in alternation for ``--repeats`` rounds:
 
 - ``contiguous_fp32``: timm's default memory order, no autocast;
-- ``channels_last_fp32``: ens's memory order (:func:`ensemble.train.to_device`), no autocast;
+- ``channels_last_fp32``: ens's memory order (:func:`ensemble.runtime.to_device`), no autocast;
 - ``channels_last_bf16``: with bf16 autocast, ``[train].cpu_precision = "bf16"`` on a CPU
   (``[train].precision``'s default on CUDA).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from common import machine, median, peak_rss_mib, save
 
-from ensemble import features, train
+from ensemble import features, models, runtime
 from ensemble import recipe as recipe_mod
 
 ARMS = {"contiguous_fp32": (False, "fp32"), "channels_last_fp32": (True, "fp32"), "channels_last_bf16": (True, "bf16")}
@@ -36,7 +36,7 @@ def run_steps(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, precision: str, recipe: recipe_mod.Recipe, optimizer: torch.optim.Optimizer
 ) -> float:
     """Seconds of ``steps`` training steps (cross-entropy with the recipe's label smoothing, under
-    :func:`ensemble.train.autocast` of ``precision``) of ``model`` on the resident batch ``x``,
+    :func:`ensemble.runtime.autocast` of ``precision``) of ``model`` on the resident batch ``x``,
     labels ``y``; waits for the device before and after."""
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
     model.train()
@@ -44,7 +44,7 @@ def run_steps(
         torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
-        with train.autocast(x.device, precision):
+        with runtime.autocast(x.device, precision):
             loss = criterion(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,11 +58,11 @@ def arm_rate(recipe: recipe_mod.Recipe, backbone: str, classes: int, device: tor
     """Images/s of one arm: a fresh model and AdamW (the recipe's lr and weight decay), the batch
     in channels_last order if ``layout`` else contiguous, two untimed steps, then ``steps`` timed."""
     torch.manual_seed(0)
-    model = train.build_model(recipe, backbone, classes)
-    model = train.to_device(model, device) if layout else model.to(device)
+    model = models.build(recipe, backbone, classes)
+    model = runtime.to_device(model, device) if layout else model.to(device)
     f = recipe.features
     x = torch.rand(recipe.train.batch_size, len(f.channels), f.height, features.frames(f), device=device)
-    x = train.channels_last(x) if layout else x
+    x = runtime.channels_last(x) if layout else x
     y = torch.randint(0, classes, (len(x),), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
     run_steps(model, x, y, 2, precision, recipe, optimizer)
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args()
 
-    device = train.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     jobs = []
     for path in args.recipes:
         recipe = recipe_mod.load(path)

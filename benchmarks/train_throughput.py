@@ -5,7 +5,7 @@ gather of clean or augmented renderings, albumentations / SpecAugment / mixup as
 prefetch, optimizer, scheduler and EMA steps): its ``train_img_per_s`` of epoch 2 (epoch 1 warms
 up). The bare loop is what the hardware can do with no data path: ``timm.create_model`` of the same
 backbone, one random batch of the same shape resident on the device, AdamW, cross-entropy, the
-same channels_last order and autocast (:func:`ensemble.train.precision_on`), for as many steps as an ens epoch; its second pass is
+same channels_last order and autocast (:func:`ensemble.runtime.precision_on`), for as many steps as an ens epoch; its second pass is
 timed. The two alternate for ``--repeats`` rounds; medians and their ratio are reported
 (ratio = ens / bare, the data-path efficiency; 1.0 means the data path costs nothing).
 
@@ -24,18 +24,19 @@ import torch
 from common import machine, median, peak_rss_mib, save
 from train_step import run_steps
 
+from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
-from ensemble import train
+from ensemble import runs, runtime, train
 
 
 def bare_loop(backbone: str, shape: tuple[int, ...], classes: int, steps: int, recipe: recipe_mod.Recipe, device: torch.device) -> float:
     """Images/s of the second of two passes of ``steps`` forward/backward/AdamW steps on one resident random batch ``shape``."""
     torch.manual_seed(0)
-    model = train.to_device(timm.create_model(backbone, pretrained=False, num_classes=classes, in_chans=shape[1]), device)
-    x = train.channels_last(torch.rand(shape, device=device))
+    model = runtime.to_device(timm.create_model(backbone, pretrained=False, num_classes=classes, in_chans=shape[1]), device)
+    x = runtime.channels_last(torch.rand(shape, device=device))
     y = torch.randint(0, classes, (shape[0],), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-    precision = train.precision_on(recipe.train, device)
+    precision = runtime.precision_on(recipe.train, device)
     run_steps(model, x, y, steps, precision, recipe, optimizer)
     return steps * shape[0] / run_steps(model, x, y, steps, precision, recipe, optimizer)
 
@@ -50,8 +51,8 @@ def main() -> None:
 
     recipe = recipe_mod.load(args.recipe)
     recipe.train.epochs, recipe.train.patience = 2, 0
-    data = train.load_data(recipe)
-    device = train.resolve_device(recipe.train.device)
+    data = data_mod.load_data(recipe)
+    device = runtime.resolve_device(recipe.train.device)
     n_train = int((data.folds["fold"] != 0).sum())
     batch = min(recipe.train.batch_size, n_train)
     steps = n_train // batch
@@ -61,7 +62,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             recipe.runs_dir, recipe.name = tmp, f"round{repeat}"
             train.train_fold(recipe, data, args.backbone, 0, progress=False)
-            ens.append(float(pd.read_csv(recipe.run_dir(args.backbone, 0) / "log.csv")["train_img_per_s"].iloc[1]))
+            ens.append(float(pd.read_csv(runs.run_dir(recipe, args.backbone, 0) / "log.csv")["train_img_per_s"].iloc[1]))
             bare.append(bare_loop(args.backbone, shape, len(data.competition.classes), steps, recipe, device))
             print(f"round {repeat + 1}: ens {ens[-1]:.1f} img/s, bare timm {bare[-1]:.1f} img/s", flush=True)
     result = {
@@ -69,7 +70,7 @@ def main() -> None:
         "backbone": args.backbone,
         "batch": list(shape),
         "steps_per_epoch": steps,
-        "precision": train.precision_on(recipe.train, device),
+        "precision": runtime.precision_on(recipe.train, device),
         "channels_last": True,
         "augment": {
             "waveform_copies": recipe.augment.copies,

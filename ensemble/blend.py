@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, blenders, metrics, multilabel, runs, submission
+from . import atomic, blenders, runs, submission
 from .errors import EnsError, OptionError
 from .recipe import Recipe
 from .split import Split, load_split
@@ -88,11 +88,11 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
 
     The leaderboard has a row per member (and, when a member averages several seeds, a ``seeds``
     column listing each member's seeds, e.g. ``42, 43``) and a row per method. Every method of
-    :data:`blenders.METHODS` is fitted and scored twice: in-sample (fitted and scored on all OOF
+    the task's :attr:`~ensemble.tasks.Task.blend_methods` is fitted and scored twice: in-sample (fitted and scored on all OOF
     rows) and cross-validated (``cv_`` columns: fitted on the other folds, scored on each
     held-out fold; see :func:`blenders.cross_validate`). Only ``method`` (default the recipe's) is
     fitted on all rows for the submission. For a multilabel task the per-class thresholds are
-    tuned on the chosen method's cross-validated OOF (:func:`multilabel.tune_thresholds`).
+    tuned on the chosen method's cross-validated OOF (:meth:`ensemble.tasks.Task.tune_thresholds`).
 
     Args:
         split: the competition and folds (default :func:`ensemble.data.load_split` of the recipe).
@@ -103,13 +103,12 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
     """
     split = load_split(recipe) if split is None else split
     method = method or recipe.blend.method
-    multilabel_task = split.competition.multilabel
-    methods = blenders.MULTILABEL_METHODS if multilabel_task else blenders.METHODS
-    score = metrics.for_task(multilabel_task).scores
+    task = split.competition.task
+    methods, score = task.blend_methods, task.scores
     if method not in methods:
-        raise OptionError(f"blend method {method!r} is not one of {methods}, the methods for a {split.competition.config.task} task.")
+        raise OptionError(f"blend method {method!r} is not one of {methods}, the methods for a {task.name} task.")
     b = recipe.blend
-    options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed}
+    options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed, "task": task}
     members, oofs, tests, skipped = collect(recipe, split)
     oof, test = np.stack(oofs), np.stack(tests)
     fold_of = split.folds["fold"].to_numpy()
@@ -138,7 +137,7 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
         weights=weights,
         oof=cv_oof[method],
         test=split.fill_skipped(chosen.combine(test)),  # skipped test clips: the prior, whatever the method made of it
-        thresholds=multilabel.tune_thresholds(split.y, cv_oof[method]) if multilabel_task else None,  # F1-optimal on the honest OOF
+        thresholds=task.tune_thresholds(split.y, cv_oof[method]),  # multilabel: F1-optimal on the honest OOF; multiclass: None
         skipped=skipped,
     )
 

@@ -40,20 +40,11 @@ from .errors import OptionError
 from .tasks import Task
 
 METHODS = tasks.MULTICLASS.blend_methods  # every method; a multiclass task takes them all
-MULTILABEL_METHODS = tasks.MULTILABEL.blend_methods  # old name, for blend.py until it asks its task
 EPS = 1e-7
 
 
 class BlendWarning(UserWarning):
     """A blend was fitted, but not as asked (e.g. the weight optimiser stopped early)."""
-
-
-def _task_of(y: np.ndarray, task: Task | None) -> Task:
-    """``task``; None only from callers not yet passing their task (blend.py): then the task is
-    read off the targets' shape, multi-hot ``(n, classes)`` meaning multilabel (to remove once they pass it)."""
-    if task is not None:
-        return task
-    return tasks.MULTILABEL if y.ndim == 2 else tasks.MULTICLASS
 
 
 def _normalise(scores: np.ndarray) -> np.ndarray:
@@ -87,7 +78,7 @@ class Blender:
     weights: np.ndarray | None = None
 
 
-def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, task: Task | None = None) -> np.ndarray:
+def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, task: Task = tasks.MULTICLASS) -> np.ndarray:
     """Greedy ensemble selection with replacement (Caruana et al. 2004) on OOF log-loss.
 
     Starts from the single best member, then ``iterations`` times adds (again, if best) the member
@@ -97,12 +88,12 @@ def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, task: 
         oof: ``(members, n, classes)`` OOF probabilities.
         y: the task's targets: ``(n,)`` integer labels, or multi-hot ``(n, classes)``.
         task: whose :meth:`~ensemble.tasks.Task.blend_loss` is minimised (multiclass: the mean
-            negative log-probability of the truth; multilabel: mean BCE); None: see :func:`_task_of`.
+            negative log-probability of the truth; multilabel: mean BCE); multiclass by default.
 
     Returns:
         ``(members,)`` non-negative weights summing to 1 (pick counts / total picks).
     """
-    loss = _task_of(y, task).blend_loss
+    loss = task.blend_loss
     counts = np.zeros(oof.shape[0])
     total = np.zeros_like(oof[0])
     for step in range(iterations + 1):
@@ -113,7 +104,7 @@ def caruana_weights(oof: np.ndarray, y: np.ndarray, iterations: int = 50, task: 
 
 
 def bagged_caruana_weights(
-    oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0, task: Task | None = None
+    oof: np.ndarray, y: np.ndarray, iterations: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0, task: Task = tasks.MULTICLASS
 ) -> np.ndarray:
     """:func:`caruana_weights` (of ``task``) averaged over ``bags`` random subsets of ``ceil(bag_fraction *
     members)`` members, but at least two (Caruana et al. 2006, section 2.3); ``bags = 0`` selects
@@ -194,19 +185,18 @@ def fit(
     bag_fraction: float = 0.5,
     stacking_c: float = 1.0,
     seed: int = 0,
-    task: Task | None = None,
+    task: Task = tasks.MULTICLASS,
 ) -> Blender:
     """Fit blend ``method`` (one of ``task.blend_methods``) on ``oof`` ``(members, n, classes)`` and
     the task's targets ``y`` (``(n,)`` integer labels, or multi-hot ``(n, classes)``).
 
     Args:
-        task: the competition's task (None: see :func:`_task_of`); its weighted means are
+        task: the competition's task (multiclass by default); its weighted means are
             renormalised when its rows sum to 1.
 
     Raises:
         OptionError: unknown method, or one that does not fit the task.
     """
-    task = _task_of(y, task)
     if method not in task.blend_methods:
         problem = f"blend method {method!r} does not fit a {task.name} task" if method in METHODS else f"unknown blend method {method!r}"
         raise OptionError(f"{problem}; choose one of {task.blend_methods}.")

@@ -10,7 +10,7 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from . import atomic, competition, deps, runs
+from . import atomic, competition, deps, runs, tasks
 from . import recipe as recipe_mod
 from .corpora import ravdess
 from .errors import EnsError
@@ -42,7 +42,6 @@ OnErrorOption = typer.Option(
     help="Clips that cannot be loaded: fail (list them and stop) or skip (leave them out, "
     "list them in runs/<recipe>/skipped.csv; skipped test clips are predicted as the training prior).",
 )
-HEADLINE = {"multiclass": ("accuracy", "macro_f1", "uar"), "multilabel": ("lwlrap", "map", "micro_f1")}  # printed per fold
 
 
 FLAGS = {
@@ -201,7 +200,7 @@ def train(
         if kind == "afresh":
             typer.secho(f"{value}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.", fg=typer.colors.YELLOW, err=True)
             return
-        headline = "  ".join(f"{key} {value.metrics[key]:.4f}" for key in HEADLINE[r.competition.task])
+        headline = "  ".join(f"{key} {value.metrics[key]:.4f}" for key in tasks.get(r.competition.task).headline)
         done = "  [already finished, skipped]" if value.skipped else ""
         typer.echo(f"{value.entry} fold {value.fold}: {headline}  (epoch {value.metrics['epoch']}) -> {value.run}{done}")
 

@@ -157,12 +157,6 @@ class Competition:
         """The task of ``[competition].task`` (:func:`ensemble.tasks.get`): ask it, not the task's name."""
         return tasks.get(self.config.task)
 
-    @property
-    def multilabel(self) -> bool:
-        """Whether the task is multilabel. Old way to ask, kept for the callers not yet asking
-        :attr:`task` (train, blend, report): to remove once they do."""
-        return self.task is tasks.MULTILABEL
-
     def encode(self, labels: pd.Series) -> np.ndarray:
         """Label strings (names among :attr:`classes`, checked by the caller) as the task's targets
         (:meth:`ensemble.tasks.Task.encode`): integer class indices ``(n,)``, or for a multilabel

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .runtime import autocast, batch_to, channels_last
+from .tasks import MULTICLASS
 
 
 def ahead(jobs: Sequence[tuple], fn) -> Iterator:
@@ -32,10 +33,17 @@ def ahead(jobs: Sequence[tuple], fn) -> Iterator:
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64, multilabel: bool = False, shifts: Sequence[float] = (), precision: str = "fp32"
+    model: nn.Module,
+    x: np.ndarray,
+    device: torch.device,
+    activation: Callable[[torch.Tensor], torch.Tensor] = MULTICLASS.activation,
+    batch_size: int = 64,
+    shifts: Sequence[float] = (),
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``: softmax,
-    or with ``multilabel`` one sigmoid per class, in batches of ``batch_size`` images, under the
+    """Probabilities ``(n, classes)`` of images ``x`` ``(n, channels, height, frames)``: the task's
+    ``activation`` of the logits (:meth:`ensemble.tasks.Task.activation`: a softmax, or one sigmoid
+    per class), in batches of ``batch_size`` images, under the
     :func:`ensemble.runtime.autocast` of ``precision`` (a run's is :func:`ensemble.runtime.precision_on`).
 
     With ``shifts`` (``[train].tta_shifts``: fractions of the frame axis) this is time-shift
@@ -53,7 +61,7 @@ def predict(
             shifted = channels_last(torch.roll(batch, frames, dims=-1)) if frames else batch
             with autocast(device, precision):
                 logits = model(shifted).float()
-            total = total + (logits.sigmoid() if multilabel else logits.softmax(dim=1))
+            total = total + activation(logits)
         out.append((total / len(rolls)).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 

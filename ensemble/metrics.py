@@ -1,19 +1,10 @@
 """Single-label classification metrics (scikit-learn): accuracy, macro-F1, UAR, log-loss, confusion
-matrix. :class:`ensemble.tasks.Multiclass` calls them; callers ask their task, not this module.
-
-:func:`for_task` and :class:`TaskMetrics` remain only for the callers not yet asking their task
-(train, blend, report): to remove once they are wired to :mod:`ensemble.tasks`.
-"""
+matrix. :class:`ensemble.tasks.Multiclass` calls them; callers ask their task, not this module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss
-
-from . import multilabel
 
 METRICS = ("accuracy", "macro_f1", "uar")  # the fold metrics of :func:`scores`, higher is better
 
@@ -56,18 +47,3 @@ def report(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     support = cm.sum(axis=1)
     per_class = {c: (float(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)}
     return {**scores(y, proba), "n": int(len(y)), "per_class_accuracy": per_class, "classes": classes, "confusion_matrix": cm.tolist()}
-
-
-class TaskMetrics(NamedTuple):
-    """The metric functions of one task: ``scores(y, proba) -> dict`` and ``report(y, proba, classes) -> dict``."""
-
-    scores: Callable[[np.ndarray, np.ndarray], dict[str, float]]
-    report: Callable[[np.ndarray, np.ndarray, list[str]], dict]
-
-
-def for_task(multilabel_task: bool) -> TaskMetrics:
-    """Old way to ask (use :meth:`ensemble.tasks.Task.scores` / ``report``). The metrics of a task:
-    :func:`ensemble.multilabel.scores` and :func:`ensemble.multilabel.report`
-    (``y`` multi-hot ``(n, classes)``) for a multilabel task, else this module's :func:`scores` and
-    :func:`report` (``y`` integer labels ``(n,)``)."""
-    return TaskMetrics(multilabel.scores, multilabel.report) if multilabel_task else TaskMetrics(scores, report)

@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from . import atomic, audio, features, loop, plots, runs, runtime
+from . import atomic, audio, features, loop, plots, runs, runtime, tasks
 from . import models as models_mod
 from .data import SkippedClipsWarning
 from .errors import EnsError
@@ -110,7 +110,7 @@ class Ensemble:
             time-shift TTA (:func:`ensemble.loop.predict`, batches of ``batch_size``).
         """
         total = np.zeros((len(clips), len(self.classes)))
-        multilabel = self.recipe.competition.task == "multilabel"
+        task = tasks.get(self.recipe.competition.task)
         rendered: dict[str, np.ndarray] = {}
         for member in self.members:
             made_with = self.trained_with[member.name]
@@ -119,7 +119,7 @@ class Ensemble:
                 rendered[key] = model_inputs(clips, made_with.features)
             shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
             probas = [
-                loop.predict(model, rendered[key], self.device, batch_size, multilabel=multilabel, shifts=shifts, precision=precision)
+                loop.predict(model, rendered[key], self.device, task.activation, batch_size, shifts=shifts, precision=precision)
                 for model in self.models[member.name]
             ]
             total += self.weights[member.name] * np.mean(probas, axis=0)

@@ -44,6 +44,7 @@ from . import runs as run_store
 from .errors import EnsError
 from .recipe import Recipe, split_backbone
 from .split import Split, load_split
+from .tasks import Task
 
 SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights", "Feature images", "Unfinished backbones")
 """The report's section headings, in order."""
@@ -177,17 +178,17 @@ def confusion_figure(y: np.ndarray, proba: np.ndarray, classes: list[str], title
     return fig
 
 
-def per_class_figure(y: np.ndarray, probas: dict[str, np.ndarray], classes: list[str]) -> Figure:
+def per_class_figure(y: np.ndarray, probas: dict[str, np.ndarray], classes: list[str], task: Task) -> Figure:
     """Grouped bars: recall of each class (x) for each model of ``probas`` (name -> ``(n, classes)``);
-    for a multilabel task (``y`` multi-hot ``(n, classes)``) each class's average precision."""
-    ml = y.ndim == 2
+    for a multilabel task (``y`` multi-hot ``(n, classes)``, no single predicted class) each class's average precision."""
+    ml = not task.has_confusion_matrix
     fig = Figure(figsize=(13, 4.2), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(probas)
     x = np.arange(len(classes))
     colors = [f"C{k}" for k in range(10)]
     for k, (name, proba) in enumerate(probas.items()):
-        report = metrics.for_task(ml).report(y, proba, classes)
+        report = task.report(y, proba, classes)
         values = report["per_class_ap"] if ml else report["per_class_accuracy"]
         headline = f"lwlrap {report['lwlrap']:.3f}" if ml else f"UAR {report['uar']:.3f}"
         ax.bar(
@@ -264,10 +265,10 @@ def weights_figure(weights: dict[str, float], method: str) -> Figure:
 def example_clips(competition: comp_mod.Competition, per_class: int) -> dict[str, list[int]]:
     """Class name -> the first ``per_class`` rows of ``train.csv`` carrying that label (for a
     multilabel task: among their space-separated labels); classes without clips are left out."""
-    y = competition.y
+    indicators = competition.task.indicators(competition.y, len(competition.classes))  # (n, classes) one-hot or multi-hot
     out = {}
     for k, name in enumerate(competition.classes):
-        rows = np.flatnonzero(y[:, k] if competition.multilabel else y == k)[:per_class]
+        rows = np.flatnonzero(indicators[:, k])[:per_class]
         if len(rows):
             out[name] = [int(r) for r in rows]
     return out
@@ -320,7 +321,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     classes, y = competition.classes, split.y
     train_ids = competition.train[competition.config.id_col].astype(str).to_numpy()
     metric = recipe.train.metric
-    score = metrics.for_task(competition.multilabel).scores
+    score = competition.task.scores
     runs = backbone_runs(recipe, split)
     finished = {r.name: r.oof for r in runs if r.oof is not None}
 
@@ -363,7 +364,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         cm_proba = finished[cm_name]
     else:
         cm_name, cm_proba = None, None
-    if competition.multilabel:
+    if not competition.task.has_confusion_matrix:
         sections["Confusion matrix"] = _note("A multilabel task has no confusion matrix: see each class's average precision below.")
     else:
         sections["Confusion matrix"] = (
@@ -377,7 +378,9 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
     if blend_oof is not None:
         probas[blend_name] = blend_oof
     sections["Per-class accuracy"] = (
-        _png(per_class_figure(y, probas, classes), "per-class recall") if probas else _note("No finished backbone and no blend: nothing to show yet.")
+        _png(per_class_figure(y, probas, classes, competition.task), "per-class recall")
+        if probas
+        else _note("No finished backbone and no blend: nothing to show yet.")
     )
 
     # 4. training curves

@@ -34,6 +34,7 @@ import pandas as pd
 from . import competition as comp_mod
 from .errors import EnsError
 from .recipe import Recipe, from_dict, split_backbone
+from .tasks import Task
 
 CONFIG, METRICS, LOG, OOF, TEST, MODEL, CHECKPOINT = "config.json", "metrics.json", "log.csv", "oof.csv", "test.csv", "model.safetensors", "checkpoint.pt"
 SKIPPED, REPORT = "skipped.csv", "report.html"
@@ -199,14 +200,14 @@ def _number(cell: str) -> float:
         return np.nan
 
 
-def _probabilities(frame: pd.DataFrame, lines: np.ndarray, classes: list[str], multilabel_task: bool, path: Path, fix: str) -> np.ndarray:
+def _probabilities(frame: pd.DataFrame, lines: np.ndarray, classes: list[str], task: Task, path: Path, fix: str) -> np.ndarray:
     """The ``classes`` columns of a run table as float64 ``(rows, classes)``, in ``classes`` order
     whatever the file's column order (the realignment is by column name, exact).
 
     Raises:
         RunError: naming the file, line and class, a cell that is not a number, is NaN or
-            infinite, or lies outside [0, 1]; for a multiclass task, a row whose probabilities do
-            not sum to 1 within 1e-3.
+            infinite, or lies outside [0, 1]; for a task whose rows sum to 1 (multiclass), a row
+            whose probabilities do not, within 1e-3 (:meth:`ensemble.tasks.Task.unnormalised_row`).
     """
     cells = frame[classes].to_numpy(dtype=object)
     try:
@@ -217,13 +218,10 @@ def _probabilities(frame: pd.DataFrame, lines: np.ndarray, classes: list[str], m
     if problems.any():
         row, col = (int(k) for k in np.argwhere(problems)[0])
         raise RunError(f"{path}: line {lines[row]}, class {classes[col]!r} holds {cells[row, col]!r}, not a probability in [0, 1]; {fix}.")
-    if not multilabel_task and len(values):
-        off = np.abs(values.sum(axis=1) - 1.0)
-        if (off > 1e-3).any():
-            row = int(np.argmax(off > 1e-3))
-            raise RunError(
-                f"{path}: the probabilities in line {lines[row]} sum to {values[row].sum():.6g}, not 1 (a multiclass run writes softmax outputs); {fix}."
-            )
+    if (row := task.unnormalised_row(values)) is not None:
+        raise RunError(
+            f"{path}: the probabilities in line {lines[row]} sum to {values[row].sum():.6g}, not 1 (a multiclass run writes softmax outputs); {fix}."
+        )
     return values
 
 
@@ -269,7 +267,7 @@ def read_oof(path: Path, split, fold: int | None, fix: str) -> tuple[np.ndarray,
         other = np.flatnonzero((frame["fold"].str.strip() != str(fold)).to_numpy())
         if len(other):
             raise RunError(f"{path}: line {lines[other[0]]} is of fold {frame['fold'].iloc[other[0]]!r}, the run of fold {fold}; {fix}.")
-    return rows, _probabilities(frame, lines, classes, comp.multilabel, path, fix)
+    return rows, _probabilities(frame, lines, classes, comp.task, path, fix)
 
 
 def read_test(path: Path, split, fix: str) -> np.ndarray:
@@ -282,7 +280,7 @@ def read_test(path: Path, split, fix: str) -> np.ndarray:
     test_ids = comp.test[comp.config.id_col].to_numpy()
     frame, lines = _table(path, ["id"], comp.classes, fix)
     order = np.argsort(_rows(frame, lines, test_ids, comp.root / comp_mod.TEST, path, fix))
-    return _probabilities(frame, lines, comp.classes, comp.multilabel, path, fix)[order]
+    return _probabilities(frame, lines, comp.classes, comp.task, path, fix)[order]
 
 
 # ---------------------------------------------------------------- members

@@ -65,9 +65,7 @@ class Split:
     def prior(self) -> np.ndarray:
         """Class frequencies of the training labels ``(classes,)``: what a skipped test clip is predicted
         (multilabel: each class's label rate)."""
-        if self.competition.multilabel:
-            return np.asarray(self.y, dtype=np.float64).mean(axis=0)
-        return np.bincount(self.y, minlength=len(self.competition.classes)) / len(self.y)
+        return self.competition.task.prior(self.y, len(self.competition.classes))
 
     def fill_skipped(self, proba: np.ndarray) -> np.ndarray:
         """``proba`` ``(n_test, classes)`` with the rows of skipped test clips set to :attr:`prior`."""

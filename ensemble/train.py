@@ -25,8 +25,8 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from . import atomic, metrics, models, multilabel, runs, runtime
-from .augment import image_pipeline, mixup, spec_augment
+from . import atomic, models, runs, runtime
+from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
 from .data import Data, load_data
 from .errors import OptionError
@@ -151,17 +151,10 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )
-    a = recipe.augment
-    ml = data.competition.multilabel
-    task_metrics = metrics.for_task(ml)
-    if ml:  # one sigmoid per class; mixup takes the union of the labels
-        mix = functools.partial(multilabel.union_mixup, alpha=a.mixup_alpha) if a.mixup_alpha > 0 else None
-        criterion = functools.partial(multilabel.bce_loss, label_smoothing=t.label_smoothing)
-    else:
-        mix = mixup(a, t.label_smoothing, len(classes))
-        weight = class_weights(recipe, data.y[train_idx], len(classes))
-        # with mixup the targets are soft and already smoothed; CrossEntropyLoss takes them as probabilities
-        criterion = torch.nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), label_smoothing=0.0 if mix else t.label_smoothing)
+    a, task = recipe.augment, data.competition.task
+    weight = class_weights(recipe, data.y[train_idx], len(classes)) if task.takes_class_weights else None
+    mix = task.mixup(a.mixup_alpha, t.label_smoothing, len(classes))
+    criterion = task.loss(t.label_smoothing, None if weight is None else weight.to(device), a.mixup_alpha)
     images = image_pipeline(a.image, seed=t.seed + fold)
     copies = 0 if data.x_aug is None else len(data.x_aug)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay > 0 else None
@@ -221,8 +214,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         )
         train_loss = train_one_epoch(updater, bar, y, epoch, on_loss=functools.partial(_show_loss, bar))
         train_seconds = time.time() - started
-        proba = predict(evaluated, data.x_train[valid_idx], device, multilabel=ml, shifts=t.tta_shifts, precision=precision)
-        scores = task_metrics.scores(data.y[valid_idx], proba)
+        proba = predict(evaluated, data.x_train[valid_idx], device, task.activation, shifts=t.tta_shifts, precision=precision)
+        scores = task.scores(data.y[valid_idx], proba)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -268,9 +261,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
     atomic.write_csv(out / runs.OOF, runs.proba_frame(train_ids[valid_idx], best_proba, classes, fold=fold))
-    test_proba = data.fill_skipped(predict(model, data.x_test, device, multilabel=ml, shifts=t.tta_shifts, precision=precision))
+    test_proba = data.fill_skipped(predict(model, data.x_test, device, task.activation, shifts=t.tta_shifts, precision=precision))
     atomic.write_csv(out / runs.TEST, runs.proba_frame(test_ids, test_proba, classes))
-    report = {**task_metrics.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold, "epoch": best_epoch, "device": str(device)}
+    report = {**task.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold, "epoch": best_epoch, "device": str(device)}
     atomic.write_json(out / runs.METRICS, report)
     checkpoint.finish()
     return report

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import blend, blenders, train
+from ensemble import blend, blenders, tasks, train
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
 from ensemble import split as split_mod
@@ -81,7 +81,7 @@ def make_run(recipe: recipe_mod.Recipe, data: split_mod.Split, backbone: str, fo
     run = run_store.run_dir(recipe, backbone, fold)
     run.mkdir(parents=True)
     rng = np.random.default_rng([BACKBONES.index(backbone), fold])
-    multilabel = data.competition.multilabel
+    multilabel = data.competition.task is tasks.MULTILABEL
     (run / "config.json").write_text(json.dumps(train.run_config(recipe, data, backbone, fold)))
     (run / "metrics.json").write_text("{}")
     ids = data.folds["id"][data.folds["fold"] == fold].to_numpy()

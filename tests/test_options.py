@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
-from ensemble import audio, loop, metrics, models, predict, train
+from ensemble import audio, loop, metrics, models, predict, tasks, train
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
@@ -117,26 +117,28 @@ def epochs_seen(tiny, monkeypatch) -> list[dict]:
     real). Each :func:`loop.predict` of the validation fold (any call but the one on the test
     images) is recorded with its model's weights and its output. Returns those records, one per
     epoch, of the latest run."""
-    real_for_task, real_predict, x_test = metrics.for_task, loop.predict, tiny["data"].x_test
+    real_scores, real_predict, x_test = tasks.Multiclass.scores, loop.predict, tiny["data"].x_test
     epochs: list[dict] = []
+    calls: list[None] = []  # validations of the current run
+    ended = [True]  # the last prediction was a run's test set: the next validation starts a new run
 
-    def for_task(multilabel_task):
-        task, calls = real_for_task(multilabel_task), []
-        epochs.clear()  # a new run
-
-        def scores(y, proba):
-            calls.append(None)
-            return {**task.scores(y, proba), "uar": 1.0 / len(calls)}
-
-        return metrics.TaskMetrics(scores, task.report)
+    def scores(self, y, proba):
+        calls.append(None)
+        return {**real_scores(self, y, proba), "uar": 1.0 / len(calls)}
 
     def spy(model, x, device, *args, **kwargs):
         out = real_predict(model, x, device, *args, **kwargs)
-        if x is not x_test:
+        if x is x_test:
+            calls.clear()
+            ended[0] = True
+        else:
+            if ended[0]:
+                epochs.clear()  # a new run
+                ended[0] = False
             epochs.append({"weights": {k: v.detach().clone() for k, v in model.state_dict().items()}, "proba": out})
         return out
 
-    monkeypatch.setattr(metrics, "for_task", for_task)
+    monkeypatch.setattr(tasks.Multiclass, "scores", scores)
     monkeypatch.setattr(train, "predict", spy)
     return epochs
 

@@ -74,7 +74,7 @@ def setup(small_source, tiny_recipe_text, tmp_path_factory):
 
 
 def _run_dir(recipe_path):
-    return recipe_mod.load(recipe_path).run_dir("test_efficientnet", 0)
+    return run_store.run_dir(recipe_mod.load(recipe_path), "test_efficientnet", 0)
 
 
 def _outputs(run):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import audio, blend, blenders, loop, metrics, models, predict, train
+from ensemble import audio, blend, blenders, loop, metrics, models, predict, tasks, train
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
@@ -52,9 +52,10 @@ def test_shifts_average_the_image_rolled_along_time(multilabel):
     with torch.no_grad():
         batch = torch.from_numpy(x)
         expected = np.mean([activation(model(torch.roll(batch, frames, dims=3))).numpy() for frames in (0, -4, 10)], axis=0)
-    shifted = loop.predict(model, x, CPU, batch_size=2, multilabel=multilabel, shifts=shifts)
+    task = tasks.MULTILABEL if multilabel else tasks.MULTICLASS
+    shifted = loop.predict(model, x, CPU, task.activation, batch_size=2, shifts=shifts)
     np.testing.assert_allclose(shifted, expected, atol=1e-6)
-    assert not np.allclose(shifted, loop.predict(model, x, CPU, multilabel=multilabel), atol=1e-4)  # the shifts change it
+    assert not np.allclose(shifted, loop.predict(model, x, CPU, task.activation), atol=1e-4)  # the shifts change it
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_a_run_finished_before_tta_shifts_existed_is_still_finished(trained):
     (run / "metrics.json").write_text(json.dumps({"uar": 0.5}))
     assert train.finished_run(before, data, "test_resnet", 0) == {"uar": 0.5}
     with_tta = dataclasses.replace(before, train=r.train)  # turning TTA on changes the run's predictions: a conflict
-    with pytest.raises(train.RunConflictError, match="different configuration"):
+    with pytest.raises(run_store.RunConflictError, match="different configuration"):
         train.finished_run(with_tta, data, "test_resnet", 0)
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import blend, blenders, features, train
+from ensemble import blend, blenders, features
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
@@ -109,7 +109,7 @@ def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp
     train_csv.to_csv(comp / "train.csv", index=False)
     r = recipe_mod.load(broken["recipe"])
     r.competition.dir, r.runs_dir = str(comp), str(tmp_path / "runs")
-    with pytest.raises(train.comp_mod.CompetitionError, match=message):
+    with pytest.raises(competition.CompetitionError, match=message):
         data_mod.load_data(r, progress=False, on_error="skip")
     assert not (tmp_path / "runs").exists()
 

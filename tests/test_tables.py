@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import competition
+from ensemble import competition, tasks
 from ensemble.competition import CompetitionError
 from ensemble.recipe import CompetitionConfig, FoldsConfig
 
@@ -273,9 +273,9 @@ def check_consistent(comp: competition.Competition, folds: pd.DataFrame, n_split
         ids = frame[c.id_col]
         assert ids.is_unique and (ids.str.strip() != "").all()
     assert len(comp.train) and len(comp.test)
-    assert len(set(comp.classes)) == len(comp.classes) >= (1 if comp.multilabel else 2)
+    assert len(set(comp.classes)) == len(comp.classes) >= (1 if comp.task is tasks.MULTILABEL else 2)
     for label in comp.train[c.label_col]:
-        assert (set(label.split()) if comp.multilabel else {label}) <= set(comp.classes) and label.strip()
+        assert set(comp.task.tokens(label)) <= set(comp.classes) and label.strip()
     assert set(comp.test[c.id_col]) == set(comp.sample[c.id_col])
     targets = [col for col in comp.sample.columns if col != c.id_col]
     assert len(targets) == 1 or set(targets) == set(comp.classes)

@@ -48,11 +48,11 @@ def test_the_competition_gives_the_task_of_its_config_and_encodes_with_it(tmp_pa
     for name in ("mc", "ml"):
         (tmp_path / name).mkdir()
     mc = _competition(tmp_path / "mc", "multiclass", ["calm", "sad", "calm", "angry strong"])
-    assert mc.task is tasks.MULTICLASS and not mc.multilabel
+    assert mc.task is tasks.MULTICLASS
     assert mc.classes == ["angry strong", "calm", "sad"]  # a multiclass name may hold a space
     np.testing.assert_array_equal(mc.y, [1, 2, 1, 0])
     ml = _competition(tmp_path / "ml", "multilabel", ["calm", "sad strong", "calm", "angry strong"])
-    assert ml.task is tasks.MULTILABEL and ml.multilabel
+    assert ml.task is tasks.MULTILABEL
     assert ml.classes == ["angry", "calm", "sad", "strong"]  # the space-separated names
     np.testing.assert_array_equal(ml.y, [[0, 1, 0, 0], [0, 0, 1, 1], [0, 1, 0, 0], [1, 0, 0, 1]])
 
@@ -205,7 +205,7 @@ def test_rows_must_sum_to_one_for_multiclass_only():
 
 def test_blend_methods_per_task_and_blenders_follow_the_task():
     assert tasks.MULTICLASS.blend_methods == blenders.METHODS == ("mean", "rank", "geometric", "caruana", "optimize", "stacking")
-    assert tasks.MULTILABEL.blend_methods == blenders.MULTILABEL_METHODS == ("mean", "caruana")
+    assert tasks.MULTILABEL.blend_methods == ("mean", "caruana")
     rng = np.random.default_rng(0)
     y = (rng.random((40, 3)) < 0.4).astype(np.float32)
     oof = np.stack([np.clip(y * 0.6 + rng.random((40, 3)) * 0.4, 0, 1), rng.random((40, 3))])
