@@ -93,11 +93,22 @@ def _skips_shown(call, *args, **kwargs):
     return result
 
 
-def _load_recipe(path: Path) -> recipe_mod.Recipe:
+def _load_recipe(path: Path, overrides: dict | None = None) -> recipe_mod.Recipe:
+    """:func:`ensemble.recipe.load` with the command line's ``overrides`` (sections as dicts, None values dropped)."""
+    changes = {}
+    for key, value in (overrides or {}).items():
+        value = {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+        if value not in (None, {}):
+            changes[key] = value
     try:
-        return recipe_mod.load(path)
+        return recipe_mod.load(path, changes)
     except recipe_mod.RecipeError as err:
         _fail(err)
+
+
+def _listed(names: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None, or ``all``: not given)."""
+    return None if names in (None, "all") else [name.strip() for name in names.split(",")]
 
 
 @data_app.command("ravdess")
@@ -124,10 +135,7 @@ def data_ravdess(
             if not source.is_dir():
                 raise ravdess.RavdessError("no RAVDESS source: ../shared/data/ravdess does not exist; pass --source DIR or --download.")
         actors = _parse_actors(test_actors)
-        tables = ravdess.build(source, out, actors, seed, labels, song_source)
-        comp = competition.load(recipe_mod.CompetitionConfig(dir=str(out)))
-        folds = competition.make_folds(comp, n_splits, seed)
-        atomic.write_csv(out / competition.FOLDS, folds)
+        tables = ravdess.build_competition(source, out, actors, seed, labels, song_source, n_splits)
     except REFUSED as err:
         _fail(err)
     typer.echo(
@@ -179,19 +187,19 @@ def train(
     per rendering stage; each finished run prints one result line."""
     from . import train as train_mod
 
-    r = _load_recipe(recipe)
-    if epochs is not None:
-        r.train.epochs = epochs
-    if weights_dir is not None:
-        r.train.weights_dir = weights_dir
-    if no_pretrained:
-        r.train.pretrained = False
-    if device is not None:
-        r.train.device = device
-    if cpu_precision is not None:
-        r.train.cpu_precision = cpu_precision.value
-    if backbone != "all":
-        r.backbones = [b.strip() for b in backbone.split(",")]
+    r = _load_recipe(
+        recipe,
+        {
+            "backbones": _listed(backbone),
+            "train": {
+                "epochs": epochs,
+                "weights_dir": weights_dir,
+                "pretrained": False if no_pretrained else None,
+                "device": device,
+                "cpu_precision": None if cpu_precision is None else cpu_precision.value,
+            },
+        },
+    )
 
     def show(kind: str, value) -> None:
         if kind == "skipped":
@@ -205,7 +213,6 @@ def train(
         typer.echo(f"{value.entry} fold {value.fold}: {headline}  (epoch {value.metrics['epoch']}) -> {value.run}{done}")
 
     try:
-        recipe_mod.validate(r, f"{recipe} with command-line overrides")
         folds = _parse_folds(fold, r.folds.n_splits)
         _skips_shown(train_mod.train, r, folds=folds, force=force, resume=resume, progress=not quiet, on_error=on_error.value, on_event=show)
     except REFUSED as err:
@@ -225,9 +232,7 @@ def blend(
     Reads the runs' tables only (no audio, no feature cache)."""
     from . import blend as blend_mod
 
-    r = _load_recipe(recipe)
-    if backbone:
-        r.backbones = [b.strip() for b in backbone.split(",")]
+    r = _load_recipe(recipe, {"backbones": _listed(backbone)})
     try:
         result = blend_mod.blend(r, method)
         path = blend_mod.write(r, result, name)

@@ -312,7 +312,8 @@ def make_folds(competition: Competition, n_splits: int, seed: int) -> pd.DataFra
 
 
 def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
-    """The competition's folds: read ``folds.csv``, or make and write it on first use.
+    """The competition's folds: ``folds.csv`` when it exists, else :func:`make_folds` (not written:
+    reading writes nothing; :func:`write_folds` writes them, and training does before it starts).
 
     Returns:
         DataFrame ``id, fold`` (int64) aligned row by row with ``competition.train``.
@@ -327,9 +328,7 @@ def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
     path = competition.root / FOLDS
     ids = competition.train[competition.config.id_col]
     if not path.exists():
-        frame = make_folds(competition, config.n_splits, config.seed)
-        atomic.write_csv(path, frame)
-        return frame
+        return make_folds(competition, config.n_splits, config.seed)
     remake = "delete it to re-make the folds (runs trained on the old folds must then be re-trained)"
     frame, lines = read_csv(path)
     _require_columns(frame, ["id", "fold"], path, remake)
@@ -358,3 +357,16 @@ def folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
         raise CompetitionError(f"{path} has folds {found} but the recipe asks for {config.n_splits}: {detail}; {remake}, or set [folds].n_splits.")
     fold_of = dict(zip(frame["id"], numbers))
     return pd.DataFrame({"id": ids.to_numpy(), "fold": np.array([fold_of[i] for i in ids], dtype=np.int64)})
+
+
+def write_folds(competition: Competition, config: FoldsConfig) -> pd.DataFrame:
+    """:func:`folds`, written to ``folds.csv`` (atomically) when the folder has none yet, so every
+    later run and blend uses this one assignment.
+
+    Raises:
+        CompetitionError: see :func:`folds`.
+    """
+    frame = folds(competition, config)
+    if not (competition.root / FOLDS).exists():
+        atomic.write_csv(competition.root / FOLDS, frame)
+    return frame

@@ -406,24 +406,37 @@ def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         return data
     base = _read_toml(path.parent / base_name, chain + (path.resolve(),))
     base.pop("name", None)
-    for key, value in data.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
+    return _merged(base, data)
 
 
-def load(path: str | Path) -> Recipe:
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied: a section (a dict) key by key, any other key replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def load(path: str | Path, overrides: dict | None = None) -> Recipe:
     """Read a recipe TOML file. The recipe's ``name`` defaults to the file's stem.
 
     A recipe may start with ``extends = "base.toml"`` (a path relative to it): the base's settings
-    apply, and each section of this file overrides the base's keys it names.
+    apply, and each section of this file overrides the base's keys it names. ``overrides`` is
+    applied last, in the same way (``{"train": {"epochs": 1}, "backbones": ["regnetx_002"]}``),
+    and checked like the file (what ``ens train --epochs 1 --backbone regnetx_002`` does).
+
+    Every other path a recipe holds (``[competition].dir``, ``audio_root``, ``runs_dir``,
+    ``submissions_dir``, ``[train].weights_dir``) is relative to the working directory ens runs
+    in (the project's root, where the README's commands run), not to the recipe file.
 
     Raises:
-        RecipeError: the file (or a base) does not exist, is not valid TOML, or has a bad key or value.
+        RecipeError: the file (or a base) does not exist, is not valid TOML, or has (or ``overrides``
+            give) a bad key or value.
     """
     path = Path(path)
     data = _read_toml(path)
     data.setdefault("name", path.stem)
-    return from_dict(data, str(path))
+    return from_dict(_merged(data, overrides or {}), str(path) if not overrides else f"{path} with overrides {overrides}")
 
 
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision

@@ -26,6 +26,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from . import atomic, models, runs, runtime
+from . import competition as comp_mod
 from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
 from .data import Data, load_data
@@ -315,6 +316,7 @@ def train(
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
         _check_fold(recipe, k)
+    comp_mod.write_folds(comp_mod.load(recipe.competition), recipe.folds)
     data = load_data(recipe, progress=progress, on_error=on_error)
     skipped = runs.root(recipe) / runs.SKIPPED
     if len(data.skipped):

@@ -27,7 +27,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
-from ensemble import blenders, multilabel
+from ensemble import blenders, multilabel, tasks
 from ensemble import recipe as recipe_mod
 
 from .conftest import cli_ok, copy_tiny_runs
@@ -256,7 +256,7 @@ def test_multilabel_blend_values_match_numpy_and_rows_are_not_renormalised(stron
     fold_of = pd.read_csv(comp / "folds.csv", dtype=str).set_index("id").loc[train_ids, "fold"].astype(int).to_numpy()
     members = [_member(runs, b, train_ids, test_ids, ML_CLASSES) for b in BACKBONES]
     oof, test = np.stack([o for o, _ in members]), np.stack([t for _, t in members])
-    options = {"iterations": r.blend.iterations, "bags": r.blend.bags, "bag_fraction": r.blend.bag_fraction, "seed": r.blend.seed}
+    options = {"iterations": r.blend.iterations, "bags": r.blend.bags, "bag_fraction": r.blend.bag_fraction, "seed": r.blend.seed, "task": tasks.MULTILABEL}
     label_sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
     assert list(label_sample.columns) == ["id", "label"]
 

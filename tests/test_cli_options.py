@@ -80,7 +80,7 @@ def test_the_cli_prints_ens_errors_and_keeps_the_traceback_of_anything_else(tmp_
     (tmp_path / "r.toml").write_text("")
     for raised, code in ((recipe.RecipeError("bad setting; fix it"), 2), (ValueError("a bug"), 1)):
 
-        def load(path, raised=raised):
+        def load(path, overrides=None, raised=raised):
             raise raised
 
         monkeypatch.setattr(recipe, "load", load)

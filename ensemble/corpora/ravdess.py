@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import atomic
+from .. import atomic, competition
 from ..competition import SAMPLE, SOLUTION, TEST, TRAIN
 from ..errors import EnsError
+from ..recipe import CompetitionConfig, FoldsConfig
 
 EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 CLASSES = list(EMOTIONS.values())
@@ -216,3 +217,25 @@ def download(dest: str | os.PathLike, url: str = ZENODO_SPEECH_URL, timeout: flo
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(dest)
     return dest
+
+
+def build_competition(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    test_actors: tuple[int, ...] = DEFAULT_TEST_ACTORS,
+    seed: int = 42,
+    labels: str = "emotion",
+    song_source: str | os.PathLike | None = None,
+    n_splits: int = 5,
+) -> dict[str, pd.DataFrame]:
+    """:func:`build` the competition folder ``out``, then write its ``n_splits`` speaker-grouped
+    folds (``folds.csv``, :func:`ensemble.competition.write_folds` with ``seed``): what
+    ``ens data ravdess`` does. Returns the tables :func:`build` wrote, by file name.
+
+    Raises:
+        RavdessError: see :func:`build`. CompetitionError: the folds cannot be made.
+    """
+    tables = build(source, out, test_actors, seed, labels, song_source)
+    # folds stratified on the label strings as written (a multilabel scheme's "happy strong" is one stratum)
+    competition.write_folds(competition.load(CompetitionConfig(dir=str(out))), FoldsConfig(n_splits=n_splits, seed=seed))
+    return tables
