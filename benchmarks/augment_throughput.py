@@ -42,14 +42,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for arm, r in recipes.items():
-                r.runs_dir, r.train.epochs, r.name = tmp, 1, f"{arm}{repeat}"
+                r.paths.runs_dir, r.train.epochs, r.name = tmp, 1, f"{arm}{repeat}"
                 train.train_fold(r, data[arm], args.backbone, 0, progress=False)
                 log = pd.read_csv(runs.run_dir(r, args.backbone, 0) / "log.csv")
                 speeds[arm].append(float(log["train_img_per_s"].iloc[0]))
                 print(f"repeat {repeat + 1}: {arm:12s} {speeds[arm][-1]:7.1f} img/s", flush=True)
     medians = {arm: median(v) for arm, v in speeds.items()}
     result = {
-        "machine": machine(str(runtime.resolve_device(recipes["none"].train.device))),
+        "machine": machine(str(runtime.resolve_device(recipes["none"].runtime.device))),
         "backbone": args.backbone,
         "batch_size": recipes["none"].train.batch_size,
         "image": list(data["none"].x_train.shape[1:]),

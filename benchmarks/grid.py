@@ -52,7 +52,7 @@ def main() -> None:
         "recipe": str(args.recipe),
         "grid": {"backbones": backbones, "folds": folds, "epochs": recipe.train.epochs, "full": full, "pretrained": recipe.train.pretrained},
         "finished": False,
-        "machine": machine(str(runtime.resolve_device(recipe.train.device))),
+        "machine": machine(str(runtime.resolve_device(recipe.runtime.device))),
     }
     source = Path(recipe.competition.dir).resolve()
     if not (source / "train.csv").exists():
@@ -63,7 +63,7 @@ def main() -> None:
         for table in source.glob("*.csv"):
             shutil.copy(table, competition)
         recipe.competition.audio_root = str(Path(recipe.competition.audio_root or source).resolve())
-        recipe.competition.dir, recipe.runs_dir = str(competition), str(Path(tmp) / "runs")
+        recipe.competition.dir, recipe.paths.runs_dir = str(competition), str(Path(tmp) / "runs")
 
         started = time.perf_counter()
         data = data_mod.load_data(recipe)

@@ -69,12 +69,12 @@ def main() -> None:
     for name in backbones:
         seconds[f"train {name}"] = ens("train", "--recipe", args.recipe, "--backbone", name, *(["--force"] if args.force else []))
     comp = competition.load(recipe.competition)
-    board_path = Path(recipe.runs_dir) / recipe.name / "blend" / "leaderboard.csv"
+    board_path = Path(recipe.paths.runs_dir) / recipe.name / "blend" / "leaderboard.csv"
     rows = []
 
     def row(model: str, submission_name: str, board_model: str, cv: bool) -> dict:
         board = pd.read_csv(board_path).set_index("model").loc[board_model]
-        hidden = submission.score(comp, Path(recipe.submissions_dir) / f"{submission_name}.csv")
+        hidden = submission.score(comp, Path(recipe.paths.submissions_dir) / f"{submission_name}.csv")
         prefix = "cv_" if cv else ""
         return {"model": model, **{f"oof_{k}": float(board[prefix + k]) for k in COLUMNS}, **{f"test_{k}": float(hidden[k]) for k in COLUMNS}}
 

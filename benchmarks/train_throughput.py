@@ -52,7 +52,7 @@ def main() -> None:
     recipe = recipe_mod.load(args.recipe)
     recipe.train.epochs, recipe.train.patience = 2, 0
     data = data_mod.load_data(recipe)
-    device = runtime.resolve_device(recipe.train.device)
+    device = runtime.resolve_device(recipe.runtime.device)
     n_train = int((data.folds["fold"] != 0).sum())
     batch = min(recipe.train.batch_size, n_train)
     steps = n_train // batch
@@ -60,7 +60,7 @@ def main() -> None:
     ens, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            recipe.runs_dir, recipe.name = tmp, f"round{repeat}"
+            recipe.paths.runs_dir, recipe.name = tmp, f"round{repeat}"
             train.train_fold(recipe, data, args.backbone, 0, progress=False)
             ens.append(float(pd.read_csv(runs.run_dir(recipe, args.backbone, 0) / "log.csv")["train_img_per_s"].iloc[1]))
             bare.append(bare_loop(args.backbone, shape, len(data.competition.classes), steps, recipe, device))

@@ -159,7 +159,9 @@ def write(recipe: Recipe, result: BlendResult, name: str | None = None) -> Path:
     if result.thresholds is not None:
         atomic.write_json(out_dir / runs.THRESHOLDS, dict(zip(comp.classes, map(float, result.thresholds))))
     test_ids = comp.test[comp.config.id_col].to_numpy()
-    return submission.write(comp, test_ids, result.test, Path(recipe.submissions_dir) / f"{name or f'{recipe.name}-{result.method}'}.csv", result.thresholds)
+    return submission.write(
+        comp, test_ids, result.test, Path(recipe.paths.submissions_dir) / f"{name or f'{recipe.name}-{result.method}'}.csv", result.thresholds
+    )
 
 
 def _prefixed(scores: dict[str, float]) -> dict[str, float]:

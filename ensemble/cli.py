@@ -169,10 +169,10 @@ def train(
     recipe: Path = RecipeOption,
     epochs: Optional[int] = typer.Option(None, help="Override [train].epochs."),
     weights_dir: Optional[str] = typer.Option(
-        None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [train].weights_dir and $ENS_WEIGHTS_DIR."
+        None, help="Folder of timm local-dir weights (one sub-folder per backbone); overrides [paths].weights_dir and $ENS_WEIGHTS_DIR."
     ),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Train from random initialisation."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [train].device."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda; overrides [runtime].device."),
     cpu_precision: Optional[CpuPrecision] = typer.Option(
         None, help="fp32 or bf16 (autocast; pays on CPUs with AVX512-BF16 or AMX); overrides [train].cpu_precision."
     ),
@@ -193,11 +193,11 @@ def train(
             "backbones": _listed(backbone),
             "train": {
                 "epochs": epochs,
-                "weights_dir": weights_dir,
                 "pretrained": False if no_pretrained else None,
-                "device": device,
                 "cpu_precision": None if cpu_precision is None else cpu_precision.value,
             },
+            "runtime": {"device": device},
+            "paths": {"weights_dir": weights_dir},
         },
     )
 

@@ -57,7 +57,7 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     Every image comes from one :meth:`ensemble.features.FeatureCache.get` call (training clips,
     test clips, then each augmented copy of the training clips), so a fresh cache is built in one
     pass and the arrays are views of its memory map, not copies in RAM. Rendering runs on
-    ``[train].device``.
+    ``[runtime].device``, with ``[runtime].workers`` decoding audio.
 
     Args:
         progress: report a render of missing images: a bar on a terminal, else one line when it
@@ -80,7 +80,8 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     n_train, n_test, copies = len(train_paths), len(test_paths), recipe.augment.copies
     paths = train_paths + test_paths + train_paths * copies
     variant = [0] * (n_train + n_test) + [k for k in range(1, copies + 1) for _ in range(n_train)]
-    options = {"copies": variant, "augment": recipe.augment, "progress": progress, "device": runtime.resolve_device(recipe.train.device)}
+    device, workers = runtime.resolve_device(recipe.runtime.device), recipe.runtime.workers or None
+    options = {"copies": variant, "augment": recipe.augment, "progress": progress, "device": device, "workers": workers}
     images, failed = cache.get_skipping(paths, **options) if on_error == "skip" else (cache.get(paths, **options), {})
     x_aug = images[n_train + n_test :].reshape(copies, n_train, *images.shape[1:]) if copies else None
     data = Data(competition, folds, x_train=images[:n_train], x_test=images[n_train : n_train + n_test], x_aug=x_aug)

@@ -76,7 +76,7 @@ def create(
     except (OSError, RuntimeError, ValueError) as err:
         raise BackboneError(
             f"no pretrained weights for {backbone!r}: not in a local folder ({local or 'none set'}: "
-            f"pass weights_dir=DIR ([train].weights_dir) or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
+            f"pass weights_dir=DIR ([paths].weights_dir) or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
             f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Set pretrained=False ([train].pretrained = false) to train from scratch."
         ) from err
 
@@ -121,5 +121,5 @@ def build(recipe: Recipe, entry: str, num_classes: int) -> Normalize:
     in_chans = len(recipe.features.channels)
     t = recipe.train
     extra = {k: v for k, v in (("drop_rate", t.drop_rate), ("drop_path_rate", t.drop_path_rate)) if v > 0}
-    net = create(split_backbone(entry)[0], num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=t.weights_dir or None, **extra)
+    net = create(split_backbone(entry)[0], num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=recipe.paths.weights_dir or None, **extra)
     return Normalize(net, *normalization(net, in_chans))

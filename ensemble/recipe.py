@@ -1,9 +1,10 @@
 """Recipes: one TOML file holds every setting of a competition run (data, folds, features, training, blend).
 
-A recipe has the sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]``, ``[augment]``
-and ``[blend]``
-plus a top-level ``backbones`` list. Every key has a default, so an empty file is a valid recipe;
-unknown keys are refused (a typo must not silently fall back to a default).
+A recipe has the experiment sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]``,
+``[augment]`` and ``[blend]`` plus a top-level ``backbones`` list, and two machine sections kept
+apart from them: ``[runtime]`` (device, compile, workers) and ``[paths]`` (runs, submissions and
+weights folders), which are not part of any run's identity. Every key has a default, so an empty
+file is a valid recipe; unknown keys are refused (a typo must not silently fall back to a default).
 
 A ``backbones`` entry is a timm model name, or ``"name@S"`` for that model trained with
 ``[train].seed = S`` (:func:`split_backbone`): ``["regnetx_002", "regnetx_002@43"]`` trains
@@ -186,10 +187,7 @@ class TrainConfig:
         metric: fold metric used to pick the best epoch: ``accuracy``, ``macro_f1`` or ``uar``;
             for a multilabel task ``lwlrap``, ``map``, ``micro_f1`` or ``macro_f1``.
         select: ``best`` keeps the epoch with the best fold metric, ``last`` the final one.
-        pretrained: start from ImageNet weights (local folder or hub); False trains from scratch.
-        weights_dir: folder of timm ``local-dir:`` weights, one sub-folder per backbone;
-            ``""`` means ``$ENS_WEIGHTS_DIR`` or ``../shared/weights`` when either exists.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        pretrained: start from ImageNet weights (local folder or hub, ``[paths].weights_dir``); False trains from scratch.
         precision: on CUDA, ``bf16`` (default) or ``fp16`` autocast (fp16 with a gradient
             scaler, ``torch.amp.GradScaler``), or ``fp32``.
         cpu_precision: on CPU, ``fp32`` (default) or ``bf16`` autocast. bf16 pays on CPUs with
@@ -197,8 +195,6 @@ class TrainConfig:
             2.1x and four of the five ImageNet backbones 1.1x to 1.4x faster than fp32, but
             ``tf_mobilenetv3_small_100`` 0.7x (``benchmarks/train_step.py``, docs/benchmarks.md).
             Without those instructions bf16 is emulated and slow.
-        compile: wrap the training forward pass in ``torch.compile`` (the first epoch pays the
-            compilation; pays off on long GPU runs).
         seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU. A
             ``backbones`` entry ``"name@S"`` trains with seed ``S`` instead.
         tta_shifts: time-shift test-time augmentation, each a fraction of the frame axis in
@@ -224,11 +220,8 @@ class TrainConfig:
     metric: str = "uar"
     select: str = "best"
     pretrained: bool = True
-    weights_dir: str = ""
-    device: str = "auto"
     precision: str = "bf16"
     cpu_precision: str = "fp32"
-    compile: bool = False
     seed: int = 42
     tta_shifts: list[float] = field(default_factory=list)
 
@@ -254,19 +247,55 @@ class BlendConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How this machine runs the recipe (``[runtime]``). No setting here is part of a run's identity:
+    a run finished on one device is reused on another.
+
+    Attributes:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``: training, feature rendering
+            and ``ens predict``'s default.
+        compile: wrap the training forward pass in ``torch.compile`` (the first epoch pays the
+            compilation; pays off on long GPU runs).
+        workers: audio-decoding processes while the feature cache is filled; 0 chooses
+            (:meth:`ensemble.features.FeatureCache.get`).
+    """
+
+    device: str = "auto"
+    compile: bool = False
+    workers: int = 0
+
+
+@dataclass
+class PathsConfig:
+    """Where a recipe's inputs and outputs live on this machine (``[paths]``); relative paths are
+    relative to the working directory ens runs in. Not part of a run's identity.
+
+    Attributes:
+        runs_dir: the run store's root: ``<runs_dir>/<recipe name>/`` (:mod:`ensemble.runs`).
+        submissions_dir: where ``ens blend`` writes ``<recipe>-<method>.csv``.
+        weights_dir: folder of timm ``local-dir:`` weights, one sub-folder per backbone;
+            ``""`` means ``$ENS_WEIGHTS_DIR`` or ``../shared/weights`` when either exists.
+    """
+
+    runs_dir: str = "runs"
+    submissions_dir: str = "submissions"
+    weights_dir: str = ""
+
+
+@dataclass
 class Recipe:
     """A whole run: the named sections above plus the backbones to train and the output folders."""
 
     name: str = "recipe"
     backbones: list[str] = field(default_factory=lambda: ["efficientnet_b0"])
-    runs_dir: str = "runs"
-    submissions_dir: str = "submissions"
     competition: CompetitionConfig = field(default_factory=CompetitionConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
     def to_dict(self) -> dict:
         """Plain-dict form (for ``config.json`` of a run)."""
@@ -327,7 +356,38 @@ _SECTIONS = {
     "train": TrainConfig,
     "augment": AugmentConfig,
     "blend": BlendConfig,
+    "runtime": RuntimeConfig,
+    "paths": PathsConfig,
 }
+_MOVED = {
+    ("", "runs_dir"): "paths",
+    ("", "submissions_dir"): "paths",
+    ("train", "weights_dir"): "paths",
+    ("train", "device"): "runtime",
+    ("train", "compile"): "runtime",
+}
+"""Keys that lived elsewhere before the ``[runtime]`` and ``[paths]`` sections: (old section, key) -> new section."""
+
+
+def _moved_keys(data: dict, source: str) -> dict:
+    """``data`` with each key of :data:`_MOVED` in its old place moved to its section, so older
+    recipes and the stored recipes of finished runs still load.
+
+    Raises:
+        RecipeError: a key given both in its old place and in its section.
+    """
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for (old, key), new in _MOVED.items():
+        holder = data if not old else data.get(old)
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        target = data.setdefault(new, {})
+        if isinstance(target, dict) and key in target:
+            where = "the top level" if not old else f"[{old}]"
+            raise RecipeError(f"{source}: {key} is given in {where} and in [{new}]; keep only [{new}].{key}.")
+        if isinstance(target, dict):
+            target[key] = holder.pop(key)
+    return data
 
 
 def _check(cls, values: dict, where: str, source: str) -> dict:
@@ -377,12 +437,15 @@ def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
     """Build a :class:`Recipe` from a TOML-like dict.
 
     An ``[augment]`` section in the form before ``waveform`` was a list (the flat keys ``noise_p``
-    ... ``pitch_semitones``) is read as the list those keys describe (:func:`_flat_waveform_keys`).
+    ... ``pitch_semitones``) is read as the list those keys describe (:func:`_flat_waveform_keys`),
+    and the machine settings in their places before ``[runtime]`` and ``[paths]`` existed (top-level
+    ``runs_dir`` / ``submissions_dir``, ``[train].device`` / ``compile`` / ``weights_dir``) are
+    moved there (:func:`_moved_keys`).
 
     Raises:
         RecipeError: on an unknown section or key, or a value of the wrong type.
     """
-    data = dict(data)
+    data = _moved_keys(data, source)
     if isinstance(data.get("augment"), dict):
         data["augment"] = _flat_waveform_keys(data["augment"], source)
     sections = {name: cls(**_check(cls, data.pop(name, {}), f"[{name}]", source)) for name, cls in _SECTIONS.items()}
@@ -401,6 +464,9 @@ def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{path}: not valid TOML: {err}") from err
+    data = _moved_keys(data, str(path))  # each file in today's form before files are merged
+    if isinstance(data.get("augment"), dict):
+        data["augment"] = _flat_waveform_keys(data["augment"], str(path))
     base_name = data.pop("extends", None)
     if base_name is None:
         return data
@@ -425,8 +491,8 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
     applied last, in the same way (``{"train": {"epochs": 1}, "backbones": ["regnetx_002"]}``),
     and checked like the file (what ``ens train --epochs 1 --backbone regnetx_002`` does).
 
-    Every other path a recipe holds (``[competition].dir``, ``audio_root``, ``runs_dir``,
-    ``submissions_dir``, ``[train].weights_dir``) is relative to the working directory ens runs
+    Every other path a recipe holds (``[competition].dir`` and ``audio_root``, and the folders of
+    ``[paths]``) is relative to the working directory ens runs
     in (the project's root, where the README's commands run), not to the recipe file.
 
     Raises:
@@ -466,7 +532,8 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (f.height >= 8, "[features].height must be at least 8 rows"),
         (t.metric in task.metric_names, f"[train].metric = {t.metric!r}: must be one of {task.metric_names} for a {task.name} task"),
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
-        (t.device in ("auto", "cpu", "cuda"), f"[train].device = {t.device!r}: must be auto, cpu or cuda"),
+        (recipe.runtime.device in ("auto", "cpu", "cuda"), f"[runtime].device = {recipe.runtime.device!r}: must be auto, cpu or cuda"),
+        (recipe.runtime.workers >= 0, f"[runtime].workers = {recipe.runtime.workers}: must be >= 0 (0 chooses)"),
         (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
         (t.cpu_precision in CPU_PRECISIONS, f"[train].cpu_precision = {t.cpu_precision!r}: must be bf16 or fp32 (fp16 is CUDA only)"),
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),

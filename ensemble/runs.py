@@ -52,7 +52,7 @@ class RunConflictError(EnsError, RuntimeError):
 
 def root(recipe: Recipe) -> Path:
     """``<runs_dir>/<recipe name>/``: everything a recipe's training and blending writes, but the submission."""
-    return Path(recipe.runs_dir) / recipe.name
+    return Path(recipe.paths.runs_dir) / recipe.name
 
 
 def run_dir(recipe: Recipe, entry: str, fold: int) -> Path:
@@ -77,16 +77,16 @@ def folds_hash(folds: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- identity
 
-_NOT_TRAINING = ("name", "backbones", "runs_dir", "submissions_dir", "blend")
-_RUNTIME = {"competition": ("dir", "audio_root"), "train": ("device", "weights_dir")}
-"""Settings that place or run a recipe on a machine and change no number a model computes: where
-the competition folder and its audio are (the run identity keeps the classes and the fold
-assignment's hash instead), the device and the weights folder."""
+_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths")
+_RUNTIME = {"competition": ("dir", "audio_root")}
+"""Settings that place a recipe on a machine and change no number a model computes, besides the
+``[runtime]`` and ``[paths]`` sections: where the competition folder and its audio are (the run
+identity keeps the classes and the fold assignment's hash instead)."""
 
 
 def _training_settings(recipe: Recipe) -> dict:
-    """The recipe's settings that shape a run's numbers: not its name, backbone list, output folders,
-    blend, or its machine settings (:data:`_RUNTIME`)."""
+    """The recipe's settings that shape a run's numbers: not its name, backbone list, blend, or its
+    machine settings (``[runtime]``, ``[paths]``, :data:`_RUNTIME`)."""
     settings = recipe.to_dict()
     for key in _NOT_TRAINING:
         settings.pop(key)
@@ -354,7 +354,7 @@ def members(recipe: Recipe) -> list[Member]:
                 )
             out.append(Member(item, root(recipe), tuple(own[item]), n_splits))
             continue
-        store = Path(recipe.runs_dir) / other
+        store = Path(recipe.paths.runs_dir) / other
         entries = sorted(p.name for p in store.glob(f"{name}*") if p.is_dir() and split_backbone(p.name)[0] == name) if store.is_dir() else []
         if not entries:
             raise RunError(f"[blend].members item {item!r}: {store} has no run folder of {name!r}; train it with that recipe first.")

@@ -90,7 +90,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     and early stopping; ``[augment]``: a random clean-or-augmented rendering per clip per epoch,
     albumentations image transforms, SpecAugment / time roll, mixup. channels_last; the autocast
     of ``[train].precision`` on CUDA and of ``[train].cpu_precision`` on CPU
-    (:func:`ensemble.runtime.precision_on`); ``[train].compile`` compiles the training forward
+    (:func:`ensemble.runtime.precision_on`); ``[runtime].compile`` compiles the training forward
     pass. Seeded: the same recipe gives the same run on CPU. Validation and the saved ``oof.csv``
     / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`ensemble.loop.predict`);
     skipped test clips (:attr:`ensemble.data.Split.skipped`) are given the prior.
@@ -132,7 +132,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     fold_of = data.folds["fold"].to_numpy()
     train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     generator = runtime.seed_everything(t.seed)
-    device = runtime.resolve_device(t.device)
+    device = runtime.resolve_device(recipe.runtime.device)
     cuda = device.type == "cuda"
     precision = runtime.precision_on(t, device)
     model = runtime.to_device(models.build(recipe, backbone, len(classes)), device)
@@ -161,7 +161,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay > 0 else None
     updater = Updater(
         model=model,
-        forward=torch.compile(model) if t.compile else model,
+        forward=torch.compile(model) if recipe.runtime.compile else model,
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),

@@ -64,6 +64,7 @@ def tiny_recipe_text():
         return f"""
 name = "tiny"
 backbones = ["test_efficientnet", "test_resnet"]
+[paths]
 runs_dir = "{runs_dir}"
 submissions_dir = "{submissions_dir}"
 [competition]
@@ -164,5 +165,5 @@ def copy_tiny_runs(trained: dict, dest: Path, *, blend: bool = True) -> Path:
     source = trained["runs"]
     shutil.copytree(source, dest / "runs" / "tiny", ignore=None if blend else lambda folder, names: ["blend"] if Path(folder) == source else [])
     recipe = dest / "tiny.toml"
-    recipe.write_text(f'extends = "{trained["recipe"]}"\nname = "tiny"\nruns_dir = "{dest / "runs"}"\nsubmissions_dir = "{dest / "subs"}"\n')
+    recipe.write_text(f'extends = "{trained["recipe"]}"\nname = "tiny"\n[paths]\nruns_dir = "{dest / "runs"}"\nsubmissions_dir = "{dest / "subs"}"\n')
     return recipe

@@ -80,7 +80,7 @@ def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_p
     counters.clear()
     plain = train.train_fold(r, data, "test_resnet", 0, progress=False)
     assert compiled_modules == [] and counters["frames"]["ok"] == 0  # compile is off by default
-    r.train.compile, r.name = True, "compiled"
+    r.runtime.compile, r.name = True, "compiled"
     compiled = train.train_fold(r, data, "test_resnet", 0, progress=False)
     # the training model really was compiled, by inductor (the default backend), and the compiled
     # module is what trained: dynamo captured the forward pass into a graph and inductor compiled it

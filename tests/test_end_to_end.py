@@ -115,7 +115,7 @@ def test_a_renamed_recipe_with_other_backbones_blend_and_submissions_reuses_fini
     for fold in (0, 1):  # the renamed recipe's own copies were found finished, not the original's runs
         assert f"-> {runs / f'fold{fold}'}  [already finished, skipped]" in output
     original, other = recipe_mod.load(pipeline["recipe"]), recipe_mod.load(renamed)
-    ignored = [(r.name, r.backbones, r.blend.method, r.runs_dir, r.submissions_dir) for r in (original, other)]  # what the identity must ignore
+    ignored = [(r.name, r.backbones, r.blend.method, r.paths.runs_dir, r.paths.submissions_dir) for r in (original, other)]  # what the identity must ignore
     assert ignored[1] == ("renamed", ["test_resnet"], "mean", str(tmp_path / "runs"), str(tmp_path / "subs"))
     assert ignored[0][:3] == ("tiny", ["test_efficientnet", "test_resnet"], "caruana") and ignored[0][3:] != ignored[1][3:]
 
@@ -148,7 +148,7 @@ def test_machine_settings_are_not_part_of_a_run_identity(pipeline, tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
     stored = json.loads((pipeline["runs"] / "test_resnet" / "fold0" / "config.json").read_text())["recipe"]
-    assert recipe_mod.load(pipeline["recipe"]).train.device == "auto" and "device" not in stored["train"]
+    assert recipe_mod.load(pipeline["recipe"]).runtime.device == "auto" and "device" not in stored["train"]
     output = _ok(["train", "--recipe", str(recipe), "--device", "cpu", "--weights-dir", str(weights), "--quiet"])
     assert output.count("[already finished, skipped]") == 4, output
     result = runner.invoke(

@@ -48,7 +48,13 @@ def _variant(tiny, tmp_path, name: str, **train_settings) -> recipe_mod.Recipe:
     (and ``[competition].classes`` when ``classes`` is given)."""
     base = tiny["recipe"]
     competition = base.competition if "classes" not in train_settings else dataclasses.replace(base.competition, classes=train_settings.pop("classes"))
-    r = dataclasses.replace(base, name=name, runs_dir=str(tmp_path / "runs"), competition=competition, train=dataclasses.replace(base.train, **train_settings))
+    r = dataclasses.replace(
+        base,
+        name=name,
+        paths=dataclasses.replace(base.paths, runs_dir=str(tmp_path / "runs")),
+        competition=competition,
+        train=dataclasses.replace(base.train, **train_settings),
+    )
     recipe_mod.validate(r, name)
     return r
 
@@ -326,7 +332,7 @@ def test_true_and_false_are_not_numbers(tmp_path, section, key, value):
 
 def test_bool_keys_take_bools_and_float_keys_take_integers():
     r = recipe_mod.from_dict({"train": {"pretrained": False, "compile": True, "lr": 1, "epochs": 3}, "features": {"duration": 2}})
-    assert r.train.pretrained is False and r.train.compile is True and r.train.epochs == 3
+    assert r.train.pretrained is False and r.runtime.compile is True and r.train.epochs == 3
     assert r.train.lr == 1.0 and isinstance(r.train.lr, float) and isinstance(r.features.duration, float)
     with pytest.raises(recipe_mod.RecipeError, match=r"\[train\]\.pretrained = 1 should be of type bool"):
         recipe_mod.from_dict({"train": {"pretrained": 1}})

@@ -55,7 +55,7 @@ def test_a_clip_is_predicted_from_its_cached_training_image(trained, tmp_path):
 
 def test_blend_weights_weight_the_members(trained):
     r = trained["recipe"]
-    weights_json = Path(r.runs_dir) / r.name / "blend" / "weights.json"
+    weights_json = Path(r.paths.runs_dir) / r.name / "blend" / "weights.json"
     images = predict.model_inputs([audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0]], r.features)
     a, b = (fold_mean(r, [backbone], images) for backbone in BACKBONES)
     try:

@@ -52,7 +52,7 @@ def test_recipe_builds_and_runs_one_epoch(path, competitions, tmp_path):
     by_folder = {"ravdess_gender_emotion": "gender_emotion", "ravdess_multilabel": "emotion_intensity"}
     scheme = by_folder.get(r.competition.dir.rstrip("/").split("/")[-1], "emotion")
     r.competition.dir = str(competitions[scheme])
-    r.runs_dir = str(tmp_path / "runs")
+    r.paths.runs_dir = str(tmp_path / "runs")
     r.folds.n_splits = 2
     r.train.epochs = 1
     r.train.batch_size = 8

@@ -115,12 +115,12 @@ def test_the_seeds_of_a_backbone_blend_as_one_member_their_mean(trained):
     np.testing.assert_allclose(oofs[0], mean_oof, atol=1e-9)
     np.testing.assert_allclose(tests[0], mean_test, atol=1e-9)
 
-    board = pd.read_csv(Path(r.runs_dir) / r.name / "blend" / "leaderboard.csv", dtype={"seeds": str})
+    board = pd.read_csv(Path(r.paths.runs_dir) / r.name / "blend" / "leaderboard.csv", dtype={"seeds": str})
     assert list(board["model"]) == ["test_resnet", "test_efficientnet", *(f"blend: {m}" for m in blenders.METHODS)]
     assert list(board["seeds"][:2]) == ["42, 7", "42"] and board["seeds"][2:].isna().all()
     assert board["log_loss"][0] == pytest.approx(metrics.scores(data.y, mean_oof)["log_loss"], abs=1e-9)
     assert "42, 7" in trained["blend"] and "test_resnet@7" not in trained["blend"]
-    weights = json.loads((Path(r.runs_dir) / r.name / "blend" / "weights.json").read_text())
+    weights = json.loads((Path(r.paths.runs_dir) / r.name / "blend" / "weights.json").read_text())
     assert weights["members"] == ["test_resnet", "test_efficientnet"] and set(weights["weights"]) == {"test_resnet", "test_efficientnet"}
 
 
@@ -196,4 +196,4 @@ def test_bad_tta_shifts_are_refused(shifts):
 def test_ens_train_refuses_a_malformed_seed_before_training(trained):
     result = runner.invoke(app, ["train", "--recipe", str(trained["recipe_path"]), "--backbone", "test_resnet@x", "--quiet"])
     assert result.exit_code == 2 and "backbones entry 'test_resnet@x'" in result.output and "regnetx_002@43" in result.output
-    assert not (Path(trained["recipe"].runs_dir) / "tiny" / "test_resnet@x").exists()
+    assert not (Path(trained["recipe"].paths.runs_dir) / "tiny" / "test_resnet@x").exists()

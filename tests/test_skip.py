@@ -108,7 +108,7 @@ def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp
     train_csv.loc[rows, "path"] = str(broken["root"] / "notes.wav")
     train_csv.to_csv(comp / "train.csv", index=False)
     r = recipe_mod.load(broken["recipe"])
-    r.competition.dir, r.runs_dir = str(comp), str(tmp_path / "runs")
+    r.competition.dir, r.paths.runs_dir = str(comp), str(tmp_path / "runs")
     with pytest.raises(competition.CompetitionError, match=message):
         data_mod.load_data(r, progress=False, on_error="skip")
     assert not (tmp_path / "runs").exists()
@@ -116,7 +116,7 @@ def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp
 
 def test_skip_with_augmented_copies_drops_only_the_bad_clip(broken, tmp_path):
     r = recipe_mod.load(broken["recipe"])
-    r.augment.copies, r.runs_dir = 1, str(tmp_path / "runs")
+    r.augment.copies, r.paths.runs_dir = 1, str(tmp_path / "runs")
     with pytest.warns(data_mod.SkippedClipsWarning, match="skipped 1 training and 1 test clip"):
         data = data_mod.load_data(r, progress=False, on_error="skip")
     full = pd.read_csv(broken["root"] / "comp" / "train.csv", dtype=str, keep_default_na=False)
