@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import blend, blenders, tasks, train
+from ensemble import blend, blenders, competition, tasks, train
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
 from ensemble import split as split_mod
@@ -58,6 +58,8 @@ def make_recipe(tmp: Path, task: str = "multiclass") -> recipe_mod.Recipe:
 
 
 def make_data(recipe: recipe_mod.Recipe) -> split_mod.Split:
+    """The competition and its folds, written to folds.csv as training writes them."""
+    competition.write_folds(competition.load(recipe.competition), recipe.folds)
     return split_mod.load_split(recipe)
 
 

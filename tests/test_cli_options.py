@@ -37,7 +37,7 @@ def test_help_names_recipe_keys_with_their_section():
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0, result.output
     help_text = _unwrapped(result.output)
-    for key in ("[train].epochs", "[train].device", "[train].cpu_precision"):  # not eaten as markup tags
+    for key in ("[train].epochs", "[runtime].device", "[paths].weights_dir", "[train].cpu_precision"):  # not eaten as markup tags
         assert f"overrides {key}" in help_text or f"Override {key}" in help_text
     assert "<fp32|bf16>" in help_text and "<fail|skip>" in help_text
 

@@ -28,8 +28,10 @@ def test_folds_group_by_actor_stratify_and_are_stable(full_competition):
     share = pd.crosstab(folds["fold"], comp.train["label"], normalize="index")
     overall = comp.train["label"].value_counts(normalize=True)
     assert (share.sub(overall, axis=1).abs() < 0.02).all().all()  # every fold has the corpus's class mix
-    assert (comp.root / "folds.csv").is_file()
-    again = competition.folds(comp, FoldsConfig(n_splits=5, seed=42))
+    assert not (comp.root / "folds.csv").exists()  # reading writes nothing
+    written = competition.write_folds(comp, FoldsConfig(n_splits=5, seed=42))
+    assert written.equals(folds) and (comp.root / "folds.csv").is_file()
+    again = competition.folds(comp, FoldsConfig(n_splits=5, seed=42))  # now read from folds.csv
     assert again.equals(folds)
     remade = competition.make_folds(comp, 5, 42)
     assert remade["fold"].tolist() == folds["fold"].tolist()

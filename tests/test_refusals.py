@@ -100,7 +100,7 @@ def test_a_zero_weight_member_is_left_out_even_unfinished(runs, tiny_trained, tm
     assert ensemble_line.startswith("ensemble: test_resnet x2 folds (1.00); weights: ") and "test_efficientnet" not in ensemble_line
 
     alone = copy_tiny_runs(tiny_trained, tmp_path / "alone", blend=False)  # test_resnet by itself, no blend
-    alone.write_text(alone.read_text() + 'backbones = ["test_resnet"]\n')
+    alone.write_text(alone.read_text().replace("[paths]\n", 'backbones = ["test_resnet"]\n[paths]\n'))
     cli_ok(predict_args(alone) + ["--out", str(tmp_path / "alone.csv")])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "zero.csv"), pd.read_csv(tmp_path / "alone.csv"))
 
