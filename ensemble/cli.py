@@ -51,6 +51,9 @@ FLAGS = {
     "on_error='fail'": "--on-error fail",
     "pretrained=False": "--no-pretrained",
     "weights_dir=": "--weights-dir ",
+    "source=DIR": "--source DIR",
+    "download it": "--download",
+    "test_actors=": "--test-actors",
     "window=": "--window ",
     "hop=": "--hop ",
 }

@@ -379,7 +379,7 @@ class FeatureCache:
         images, failed = self._lookup(paths, copies, augment, progress, workers, device, skip=False)
         if failed:
             raise audio.AudioError(
-                audio.error_list({Path(paths[i]): message for i, message in failed.items()}, "fix or remove these files, or pass --on-error skip")
+                audio.error_list({Path(paths[i]): message for i, message in failed.items()}, "fix or remove these files, or pass on_error='skip'")
             )
         return images
 

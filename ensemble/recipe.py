@@ -457,7 +457,7 @@ def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
 def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A recipe file's dict with its ``extends = "other.toml"`` base merged under it (section by section)."""
     if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist; pass --recipe with a TOML file such as recipes/ravdess.toml.")
+        raise RecipeError(f"recipe file {path} does not exist; give the path of a recipe TOML file such as recipes/ravdess.toml.")
     if path.resolve() in chain:
         raise RecipeError(f"{path}: 'extends' forms a cycle through {[str(p) for p in chain]}.")
     try:

@@ -69,7 +69,7 @@ def test_build_refuses_unknown_test_actor(small_source, tmp_path):
 
 
 def test_download_offline_says_so(tmp_path):
-    with pytest.raises(ravdess.RavdessError, match="could not download RAVDESS.*--source"):
+    with pytest.raises(ravdess.RavdessError, match="could not download RAVDESS.*source=DIR"):
         ravdess.download(tmp_path, url="http://127.0.0.1:9/ravdess.zip", timeout=2)
 
 

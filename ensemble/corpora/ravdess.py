@@ -107,7 +107,7 @@ def find_clips(source: str | os.PathLike) -> list[Path]:
     """
     source = Path(source)
     if not source.is_dir():
-        raise RavdessError(f"RAVDESS source {source} is not a folder; pass --source DIR (the folder with Actor_01 ...) or --download.")
+        raise RavdessError(f"RAVDESS source {source} is not a folder; pass source=DIR (the folder with Actor_01 ...) or download it.")
     clips = sorted((p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()), key=lambda p: p.name)
     if not clips:
         raise RavdessError(f"no .wav or .flac files below {source}; pass the folder that holds Actor_01 ... Actor_24.")
@@ -159,9 +159,9 @@ def build(
     actors = set(table["actor"])
     missing = sorted(set(test_actors) - actors)
     if missing:
-        raise RavdessError(f"test actor(s) {missing} have no clips in {source}; choose --test-actors among {sorted(actors)}.")
+        raise RavdessError(f"test actor(s) {missing} have no clips in {source}; choose test_actors= among {sorted(actors)}.")
     if actors <= set(test_actors):
-        raise RavdessError("every actor is a test actor; leave some for training with --test-actors.")
+        raise RavdessError("every actor is a test actor; leave some for training (test_actors=).")
 
     is_test = table["actor"].isin(test_actors)
     train_rows, test_rows = table[~is_test].reset_index(drop=True), table[is_test].reset_index(drop=True)
@@ -212,7 +212,7 @@ def download(dest: str | os.PathLike, url: str = ZENODO_SPEECH_URL, timeout: flo
         except (urllib.error.URLError, OSError) as err:
             raise RavdessError(
                 f"could not download RAVDESS from {url} ({err}); this machine may be offline. "
-                "Pass --source DIR with a local copy of the speech set (the folder holding Actor_01 ... Actor_24)."
+                "Pass source=DIR with a local copy of the speech set (the folder holding Actor_01 ... Actor_24)."
             ) from err
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(dest)
