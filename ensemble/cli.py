@@ -208,6 +208,9 @@ def train(
         if kind == "skipped":
             typer.secho(f"the clips that cannot be loaded are listed in {value}", fg=typer.colors.YELLOW, err=True)
             return
+        if kind == "speakers":
+            typer.echo(value, err=True)
+            return
         if kind == "afresh":
             typer.secho(f"{value}: starting afresh; pass --resume to continue the interrupted run from its checkpoint.", fg=typer.colors.YELLOW, err=True)
             return

@@ -6,6 +6,7 @@ grid writes their list to the run store.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import competition as comp_mod
-from . import features, runs, runtime
+from . import features, runs, runtime, speaker_groups
 from .recipe import Recipe
 from .split import Split, check_on_error
 
@@ -31,11 +32,14 @@ class Data(Split):
         x_test: float16 ``(n_test, channels, height, frames)``.
         x_aug: float16 ``(copies, n_train, channels, height, frames)`` augmented renderings of the
             training clips (``[augment].copies``), or None.
+        test_speakers: with ``[speakers].norm = "speaker"``, the test clips' speakers the test
+            images were normalised with (:func:`ensemble.speaker_groups.test_speakers`), else None.
     """
 
     x_train: np.ndarray = None
     x_test: np.ndarray = None
     x_aug: np.ndarray | None = None
+    test_speakers: speaker_groups.TestSpeakers | None = None
 
     def gather(self, idx: np.ndarray, variant: np.ndarray | None) -> np.ndarray:
         """Training images ``(len(idx), channels, height, frames)`` float32: for each row the clean
@@ -85,7 +89,17 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     images, failed = cache.get_skipping(paths, **options) if on_error == "skip" else (cache.get(paths, **options), {})
     x_aug = images[n_train + n_test :].reshape(copies, n_train, *images.shape[1:]) if copies else None
     data = Data(competition, folds, x_train=images[:n_train], x_test=images[n_train : n_train + n_test], x_aug=x_aug)
-    return _skip(data, failed, paths) if failed else data
+    data = _skip(data, failed, paths) if failed else data
+    return _speaker_normalised(recipe, data, progress) if recipe.speakers.norm == "speaker" else data
+
+
+def _speaker_normalised(recipe: Recipe, data: Data, progress: bool) -> Data:
+    """``data`` with every image normalised per speaker (:func:`ensemble.speaker_groups.normalise_images`):
+    training speakers from the group column, test speakers as ``[speakers].test`` says."""
+    found = speaker_groups.test_speakers(data.competition, recipe.speakers, recipe.features, progress=progress)
+    train = speaker_groups.train_groups(data.competition)
+    x_train, x_test, x_aug = speaker_groups.normalise_images(data.x_train, train, data.x_test, found.groups, data.x_aug)
+    return dataclasses.replace(data, x_train=x_train, x_test=x_test, x_aug=x_aug, test_speakers=found)
 
 
 def _skip(data: Data, failed: dict[int, str], paths: list) -> Data:

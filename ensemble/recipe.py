@@ -1,7 +1,7 @@
 """Recipes: one TOML file holds every setting of a competition run (data, folds, features, training, blend).
 
 A recipe has the experiment sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]``,
-``[augment]`` and ``[blend]`` plus a top-level ``backbones`` list, and two machine sections kept
+``[augment]``, ``[speakers]`` and ``[blend]`` plus a top-level ``backbones`` list, and two machine sections kept
 apart from them: ``[runtime]`` (device, compile, workers) and ``[paths]`` (runs, submissions and
 weights folders), which are not part of any run's identity. Every key has a default, so an empty
 file is a valid recipe; unknown keys are refused (a typo must not silently fall back to a default).
@@ -247,6 +247,29 @@ class BlendConfig:
 
 
 @dataclass
+class SpeakersConfig:
+    """Speaker-aware normalisation (``[speakers]``; see :mod:`ensemble.speaker_groups`).
+
+    Attributes:
+        norm: ``clip`` (each image as rendered: every channel scaled to its own clip's peak) or
+            ``speaker``: each channel and frequency row standardised by the mean and standard
+            deviation over all frames of all clips of the clip's speaker (speaker-level CMVN;
+            Busso et al. 2011, the ComParE baselines' per-speaker z-normalisation), no label used.
+        test: where the test clips' speakers come from: ``given`` (the test table's ``group_col``),
+            ``inferred`` (a pretrained speaker encoder's embeddings clustered, :func:`ensemble.speakers.infer`),
+            ``pool`` (the whole test set as one speaker), or ``auto``: ``given`` when the test table
+            has the group column, else ``inferred``.
+        k: the number of inferred test speakers; 0 chooses it by the best silhouette in ``k_min..k_max``.
+    """
+
+    norm: str = "clip"
+    test: str = "auto"
+    k: int = 0
+    k_min: int = 2
+    k_max: int = 8
+
+
+@dataclass
 class RuntimeConfig:
     """How this machine runs the recipe (``[runtime]``). No setting here is part of a run's identity:
     a run finished on one device is reused on another.
@@ -294,6 +317,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
+    speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -356,6 +380,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "augment": AugmentConfig,
     "blend": BlendConfig,
+    "speakers": SpeakersConfig,
     "runtime": RuntimeConfig,
     "paths": PathsConfig,
 }
@@ -506,6 +531,8 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
 
 
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
+SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
+TEST_SPEAKERS = ("auto", "given", "inferred", "pool")  # [speakers].test
 
 
 def validate(recipe: Recipe, source: str = "<recipe>") -> None:
@@ -533,6 +560,13 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (t.metric in task.metric_names, f"[train].metric = {t.metric!r}: must be one of {task.metric_names} for a {task.name} task"),
         (t.select in ("best", "last"), f"[train].select = {t.select!r}: must be 'best' or 'last'"),
         (recipe.runtime.device in ("auto", "cpu", "cuda"), f"[runtime].device = {recipe.runtime.device!r}: must be auto, cpu or cuda"),
+        (recipe.speakers.norm in SPEAKER_NORMS, f"[speakers].norm = {recipe.speakers.norm!r}: must be one of {SPEAKER_NORMS}"),
+        (recipe.speakers.test in TEST_SPEAKERS, f"[speakers].test = {recipe.speakers.test!r}: must be one of {TEST_SPEAKERS}"),
+        (
+            recipe.speakers.k >= 0 and 2 <= recipe.speakers.k_min <= recipe.speakers.k_max,
+            f"[speakers] needs k >= 0 (0: chosen by silhouette) and 2 <= k_min <= k_max, not k = {recipe.speakers.k}, "
+            f"k_min = {recipe.speakers.k_min}, k_max = {recipe.speakers.k_max}",
+        ),
         (recipe.runtime.workers >= 0, f"[runtime].workers = {recipe.runtime.workers}: must be >= 0 (0 chooses)"),
         (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
         (t.cpu_precision in CPU_PRECISIONS, f"[train].cpu_precision = {t.cpu_precision!r}: must be bf16 or fp32 (fp16 is CUDA only)"),

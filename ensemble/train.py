@@ -25,7 +25,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from . import atomic, models, runs, runtime
+from . import atomic, models, runs, runtime, speaker_groups
 from . import competition as comp_mod
 from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
@@ -299,7 +299,9 @@ def train(
     clips left out under ``on_error="skip"`` to the run store (``skipped.csv``) before training.
 
     ``on_event(kind, value)``, if given, hears ``("skipped", path of skipped.csv)`` when clips were
-    left out, ``("afresh", "<entry> fold <K>")`` before an interrupted run is started afresh and
+    left out, ``("speakers", description)`` when test speakers were found for speaker normalisation
+    (also written next to the competition, :func:`ensemble.speaker_groups.write`),
+    ``("afresh", "<entry> fold <K>")`` before an interrupted run is started afresh and
     ``("run", RunResult)`` after each run.
 
     Returns:
@@ -325,6 +327,10 @@ def train(
             on_event("skipped", skipped)
     else:  # a list from an earlier run with clips that load now would drop them from the blend
         skipped.unlink(missing_ok=True)
+    if data.test_speakers is not None:
+        speaker_groups.write(data.competition, data.test_speakers)
+        if on_event is not None:
+            on_event("speakers", data.test_speakers.describe())
     results = []
     for entry in entries:
         for k in folds:

@@ -1,0 +1,110 @@
+"""Speaker groups of a competition and speaker-level normalisation of its images, on real RAVDESS clips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble import competition, speaker_groups
+from ensemble import data as data_mod
+from ensemble import recipe as recipe_mod
+
+from .conftest import cli_ok
+
+
+@pytest.fixture(scope="module")
+def comp_dir(small_source, tmp_path_factory):
+    """A competition of 48 real clips (actors 1-6; actors 5 and 6 are the test set, 2 folds)."""
+    root = tmp_path_factory.mktemp("speaker_groups") / "comp"
+    cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(root), "--test-actors", "5,6", "--folds", "2"])
+    return root
+
+
+def _recipe(comp_dir, **speakers) -> recipe_mod.Recipe:
+    return recipe_mod.from_dict(
+        {
+            "competition": {"dir": str(comp_dir)},
+            "folds": {"n_splits": 2},
+            "features": {"duration": 2.0, "height": 32, "hop_length": 640},
+            "speakers": speakers,
+        }
+    )
+
+
+def _with_test_groups(comp_dir, tmp_path, groups) -> competition.Competition:
+    """A copy of the competition whose test.csv has a group column holding ``groups``."""
+    copy = tmp_path / "comp"
+    copy.mkdir()
+    for name in ("train.csv", "sample_submission.csv", "folds.csv"):
+        (copy / name).write_bytes((comp_dir / name).read_bytes())
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str)
+    test["path"] = [str(comp_dir / p) for p in test["path"]]
+    test["group"] = groups
+    test.to_csv(copy / "test.csv", index=False)
+    train = pd.read_csv(comp_dir / "train.csv", dtype=str)
+    train["path"] = [str(comp_dir / p) for p in train["path"]]
+    train.to_csv(copy / "train.csv", index=False)
+    return competition.load(recipe_mod.CompetitionConfig(dir=str(copy)))
+
+
+def test_a_test_group_column_is_used_as_given_and_an_empty_one_is_refused_naming_the_row(comp_dir, tmp_path):
+    solution = pd.read_csv(comp_dir / "solution.csv", dtype=str).set_index("id")
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str)
+    actors = solution.loc[test["id"], "group"].to_numpy()
+    comp = _with_test_groups(comp_dir, tmp_path, actors)
+    found = speaker_groups.test_speakers(comp, recipe_mod.SpeakersConfig(test="auto"), recipe_mod.FeatureConfig())
+    assert (found.how, found.k) == ("given", 2) and list(found.groups) == list(actors)
+
+    test = pd.read_csv(comp.root / "test.csv", dtype=str)
+    test.loc[3, "group"] = " "
+    test.to_csv(comp.root / "test.csv", index=False)
+    comp = competition.load(comp.config)
+    with pytest.raises(speaker_groups.SpeakerGroupError, match=rf"test.csv: the row with id {test['id'][3]!r} has no 'group' \(speaker\)"):
+        speaker_groups.test_speakers(comp, recipe_mod.SpeakersConfig(test="given"), recipe_mod.FeatureConfig())
+
+
+def test_given_without_a_column_and_norm_without_training_groups_are_refused(comp_dir, tmp_path):
+    comp = competition.load(recipe_mod.CompetitionConfig(dir=str(comp_dir)))
+    with pytest.raises(speaker_groups.SpeakerGroupError, match="has no group column 'group' for \\[speakers\\].test = 'given'"):
+        speaker_groups.test_speakers(comp, recipe_mod.SpeakersConfig(test="given"), recipe_mod.FeatureConfig())
+    no_groups = competition.load(recipe_mod.CompetitionConfig(dir=str(comp_dir), group_col="speaker"))
+    with pytest.raises(speaker_groups.SpeakerGroupError, match="train.csv has no group column 'speaker'"):
+        speaker_groups.train_groups(no_groups)
+
+
+def test_pool_is_one_speaker_and_inferred_speakers_are_written_with_their_ari(comp_dir):
+    comp = competition.load(recipe_mod.CompetitionConfig(dir=str(comp_dir)))
+    pooled = speaker_groups.test_speakers(comp, recipe_mod.SpeakersConfig(test="pool"), recipe_mod.FeatureConfig())
+    assert pooled.k == 1 and set(pooled.groups) == {"pool"} and pooled.ari == 0.0  # two true actors, one pooled group
+    found = speaker_groups.test_speakers(comp, recipe_mod.SpeakersConfig(test="auto"), recipe_mod.FeatureConfig())
+    assert found.how == "inferred" and found.k >= 2 and found.silhouette is not None
+    assert found.ari >= 0.8  # actors 5 and 6, 8 clips each: the encoder separates two voices (measured 1.0)
+    path = speaker_groups.write(comp, found)
+    written = pd.read_csv(path, dtype=str)
+    assert list(written["id"]) == list(comp.test["id"]) and list(written["speaker"]) == list(found.groups)
+    report = json.loads((comp_dir / speaker_groups.JSON).read_text())
+    assert report["how"] == "inferred" and report["ari"] == pytest.approx(found.ari)
+
+
+def test_speaker_normalised_images_use_only_their_own_speakers_clips_and_no_label(comp_dir):
+    r = _recipe(comp_dir, norm="speaker", test="pool")
+    clip = data_mod.load_data(r, progress=False)
+    plain = data_mod.load_data(_recipe(comp_dir), progress=False)
+    train = speaker_groups.train_groups(plain.competition)
+    assert clip.test_speakers.how == "pool" and plain.test_speakers is None
+    # by hand: per speaker, channel and row, over that speaker's clips and frames
+    for speaker in set(train):
+        rows = train == speaker
+        x = plain.x_train[rows].astype(np.float64)
+        mean, std = x.mean(axis=(0, 3), keepdims=True), x.std(axis=(0, 3), keepdims=True)
+        expected = np.clip(0.5 + (x - mean) / np.maximum(std, 1e-6) / 6, 0, 1)
+        np.testing.assert_allclose(clip.x_train[rows].astype(np.float64), expected, atol=2e-3)
+    # another speaker's images and every label changed: this speaker's normalised images are the same
+    first = train == sorted(set(train))[0]
+    other = plain.x_train.copy()
+    other[~first] = other[~first][::-1]
+    again, _, _ = speaker_groups.normalise_images(other, train, plain.x_test, np.full(len(plain.x_test), "pool"))
+    np.testing.assert_array_equal(again[first], clip.x_train[first])
