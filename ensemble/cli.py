@@ -14,7 +14,7 @@ from . import atomic, competition, deps, runs, tasks
 from . import recipe as recipe_mod
 from .corpora import ravdess
 from .errors import EnsError
-from .split import ON_ERROR
+from .split import ON_ERROR, SkippedClipsWarning
 
 app = typer.Typer(
     help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False, rich_markup_mode=None
@@ -56,6 +56,9 @@ FLAGS = {
     "test_actors=": "--test-actors",
     "window=": "--window ",
     "hop=": "--hop ",
+    "speaker=DIR": "--speaker-dir DIR",
+    "speaker=": "--speaker-dir ",
+    "same_speaker=True": "--same-speaker",
 }
 """The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
 
@@ -81,16 +84,16 @@ def _startup() -> None:
         _fail(err)
 
 
-def _skips_shown(call, *args, **kwargs):
-    """``call(*args, **kwargs)``, each :class:`ensemble.data.SkippedClipsWarning` it raises shown as a plain line."""
-    from .data import SkippedClipsWarning
-
+def _warnings_shown(categories: tuple[type[Warning], ...], call, *args, **kwargs):
+    """``call(*args, **kwargs)``, each warning of ``categories`` it raises shown as a plain ``warning:`` line
+    (parameters named as flags, :func:`as_flags`); other warnings pass on unchanged."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedClipsWarning)
+        for category in categories:
+            warnings.simplefilter("always", category)
         result = call(*args, **kwargs)
     for warning in caught:
-        if issubclass(warning.category, SkippedClipsWarning):
-            typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+        if issubclass(warning.category, categories):
+            typer.secho(f"warning: {as_flags(str(warning.message))}", fg=typer.colors.YELLOW, err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return result
@@ -220,7 +223,9 @@ def train(
 
     try:
         folds = _parse_folds(fold, r.folds.n_splits)
-        _skips_shown(train_mod.train, r, folds=folds, force=force, resume=resume, progress=not quiet, on_error=on_error.value, on_event=show)
+        _warnings_shown(
+            (SkippedClipsWarning,), train_mod.train, r, folds=folds, force=force, resume=resume, progress=not quiet, on_error=on_error.value, on_event=show
+        )
     except REFUSED as err:
         _fail(err)
 
@@ -323,8 +328,15 @@ def predict(
         "--on-error",
         help="Files that cannot be read as audio: fail (stop at the first) or skip (leave them out and list them, each with its problem).",
     ),
+    speaker_dir: Optional[Path] = typer.Option(
+        None, "--speaker-dir", help="Other recordings of the same speaker: members trained with [speakers].norm = speaker normalise with their statistics."
+    ),
+    same_speaker: bool = typer.Option(
+        False, "--same-speaker", help="The files given are one speaker: their windows give the statistics of speaker-normalised members."
+    ),
 ) -> None:
-    """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights)."""
+    """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights).
+    Speaker-normalised members use --speaker-dir or --same-speaker, else the training population's statistics (with a warning)."""
     from . import predict as predict_mod
 
     r = _load_recipe(recipe)
@@ -335,7 +347,9 @@ def predict(
         shifts = f"; time-shift TTA {', '.join(tta)}" if tta else ""
         members = ", ".join(_member_text(ensemble, m) for m in ensemble.members)
         typer.echo(f"ensemble: {members}; weights: {ensemble.weights_from}{shifts}", err=True)
-        predictions = _skips_shown(predict_mod.predict, ensemble, files, window, hop, on_error.value)
+        speaker = None if speaker_dir is None else [speaker_dir]
+        shown = (SkippedClipsWarning, predict_mod.SpeakerNormWarning)
+        predictions = _warnings_shown(shown, predict_mod.predict, ensemble, files, window, hop, on_error.value, speaker, same_speaker)
         frame = predict_mod.table(predictions, ensemble.classes, timeline)
         if out is not None:
             atomic.write_csv(out, frame)

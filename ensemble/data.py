@@ -14,13 +14,9 @@ import numpy as np
 import pandas as pd
 
 from . import competition as comp_mod
-from . import features, runs, runtime, speaker_groups
+from . import features, runs, runtime, speaker_groups, speakers
 from .recipe import Recipe
-from .split import Split, check_on_error
-
-
-class SkippedClipsWarning(UserWarning):
-    """Clips that cannot be loaded were skipped (``on_error="skip"``); the list is in :attr:`ensemble.split.Split.skipped`."""
+from .split import SkippedClipsWarning, Split, check_on_error
 
 
 @dataclass
@@ -34,12 +30,15 @@ class Data(Split):
             training clips (``[augment].copies``), or None.
         test_speakers: with ``[speakers].norm = "speaker"``, the test clips' speakers the test
             images were normalised with (:func:`ensemble.speaker_groups.test_speakers`), else None.
+        speaker_population: with ``[speakers].norm = "speaker"``, the training population's
+            statistics (saved with each run for recordings of unknown speakers), else None.
     """
 
     x_train: np.ndarray = None
     x_test: np.ndarray = None
     x_aug: np.ndarray | None = None
     test_speakers: speaker_groups.TestSpeakers | None = None
+    speaker_population: speakers.Statistics | None = None
 
     def gather(self, idx: np.ndarray, variant: np.ndarray | None) -> np.ndarray:
         """Training images ``(len(idx), channels, height, frames)`` float32: for each row the clean
@@ -98,8 +97,8 @@ def _speaker_normalised(recipe: Recipe, data: Data, progress: bool) -> Data:
     training speakers from the group column, test speakers as ``[speakers].test`` says."""
     found = speaker_groups.test_speakers(data.competition, recipe.speakers, recipe.features, progress=progress)
     train = speaker_groups.train_groups(data.competition)
-    x_train, x_test, x_aug = speaker_groups.normalise_images(data.x_train, train, data.x_test, found.groups, data.x_aug)
-    return dataclasses.replace(data, x_train=x_train, x_test=x_test, x_aug=x_aug, test_speakers=found)
+    x_train, x_test, x_aug, population = speaker_groups.normalise_images(data.x_train, train, data.x_test, found.groups, data.x_aug)
+    return dataclasses.replace(data, x_train=x_train, x_test=x_test, x_aug=x_aug, test_speakers=found, speaker_population=population)
 
 
 def _skip(data: Data, failed: dict[int, str], paths: list) -> Data:

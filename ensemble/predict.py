@@ -38,19 +38,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from . import atomic, audio, features, loop, plots, runs, runtime, tasks
+from . import atomic, audio, features, loop, plots, runs, runtime, speaker_groups, speakers, tasks
 from . import models as models_mod
-from .data import SkippedClipsWarning
 from .errors import EnsError
 from .features import model_inputs
 from .recipe import FeatureConfig, Recipe
-from .split import check_on_error
+from .split import SkippedClipsWarning, check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 
 class PredictError(EnsError, ValueError):
     """No trained ensemble, a path that is not audio, or a window/hop that does not fit the recipe."""
+
+
+class SpeakerNormWarning(UserWarning):
+    """Speaker-normalised members normalised a recording with the training population's statistics (no other recording of its speaker was given)."""
 
 
 @dataclass
@@ -70,6 +73,8 @@ class Ensemble:
         weights_from: where the weights come from: ``runs/<recipe>/blend/weights.json`` and its
             method, or equal weights and why.
         device: where the models run.
+        populations: member name -> the training population's statistics, for each member
+            trained with ``[speakers].norm = "speaker"`` (its runs' ``speaker_population.npz``).
     """
 
     recipe: Recipe
@@ -80,6 +85,7 @@ class Ensemble:
     trained_with: dict[str, Recipe]
     weights_from: str
     device: torch.device
+    populations: dict[str, speakers.Statistics] = dataclasses.field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:
@@ -96,13 +102,17 @@ class Ensemble:
         """The shortest clip length in seconds a member was trained on: the longest window."""
         return min(r.features.duration for r in self.trained_with.values())
 
-    def predict_waveforms(self, clips: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    def predict_waveforms(self, clips: Sequence[np.ndarray], batch_size: int = 64, speaker_clips: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Blended probabilities of waveforms.
 
         Args:
             clips: each ``(samples,)`` at :attr:`sample_rate` Hz, silence trimmed; each member
                 centre-crops or pads it to its own ``[features].duration`` and renders it with its
                 own ``[features]`` (:func:`model_inputs`, once per distinct feature setting).
+            speaker_clips: for members trained with ``[speakers].norm = "speaker"``: waveforms of
+                the same speaker as ``clips`` (they may include ``clips``) whose images give the
+                speaker's statistics; None normalises with the training population's
+                (:func:`ensemble.speaker_groups.normalise_with`).
 
         Returns:
             float64 ``(len(clips), classes)``: sum over members of weight x the mean of its models'
@@ -117,10 +127,13 @@ class Ensemble:
             key = made_with.features.key()
             if key not in rendered:
                 rendered[key] = model_inputs(clips, made_with.features)
+            images = rendered[key]
+            if member.name in self.populations:
+                reference = None if speaker_clips is None else model_inputs(speaker_clips, made_with.features)
+                images, _ = speaker_groups.normalise_with(images, reference, self.populations[member.name])
             shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
             probas = [
-                loop.predict(model, rendered[key], self.device, task.activation, batch_size, shifts=shifts, precision=precision)
-                for model in self.models[member.name]
+                loop.predict(model, images, self.device, task.activation, batch_size, shifts=shifts, precision=precision) for model in self.models[member.name]
             ]
             total += self.weights[member.name] * np.mean(probas, axis=0)
         return total
@@ -199,7 +212,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
     """
     members, weights, source = _member_weights(recipe)
     torch_device = runtime.resolve_device(device)
-    classes, models, trained_with = None, {}, {}
+    classes, models, trained_with, populations = None, {}, {}, {}
     for member in members:
         models[member.name] = []
         for entry, fold in itertools.product(member.entries, range(member.n_splits)):
@@ -209,6 +222,8 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             made_with = dataclasses.replace(runs.stored_recipe(run, fix), name=recipe.name)
             made_with.train.pretrained = False
             trained_with.setdefault(member.name, made_with)
+            if made_with.speakers.norm == "speaker" and member.name not in populations:
+                populations[member.name] = _population(run, fix)
             if classes is None:
                 classes = list(recipe.competition.classes) or config["classes"]  # the recipe's, when it lists them
             if config["classes"] != classes:
@@ -229,7 +244,20 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             f"the members of {recipe.name!r} read audio at different [features] sample_rate / trim_db {sorted(reading)}; "
             "blend members that read audio alike to predict new files."
         )
-    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device)
+    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations)
+
+
+def _population(run: Path, fix: str) -> speakers.Statistics:
+    """The training population's statistics a speaker-normalised run saved (``speaker_population.npz``).
+
+    Raises:
+        PredictError: the file is missing or unreadable.
+    """
+    try:
+        with np.load(run / runs.POPULATION) as saved:
+            return speakers.Statistics(saved["mean"], saved["std"])
+    except (OSError, KeyError, ValueError) as err:
+        raise PredictError(f"{run / runs.POPULATION} cannot be read ({err}); the speaker-normalised run is damaged: {fix}.") from err
 
 
 def audio_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -295,9 +323,21 @@ def _samples(value: float | None, default: float, name: str, rate: int) -> int:
 
 
 def predict(
-    ensemble: Ensemble, paths: list[str | os.PathLike], window: float | None = None, hop: float | None = None, on_error: str = "fail"
+    ensemble: Ensemble,
+    paths: list[str | os.PathLike],
+    window: float | None = None,
+    hop: float | None = None,
+    on_error: str = "fail",
+    speaker: list[str | os.PathLike] | None = None,
+    same_speaker: bool = False,
 ) -> list[FilePrediction]:
     """Predict audio files (see the module docstring for the preprocessing and windowing).
+
+    Members trained with ``[speakers].norm = "speaker"`` normalise each file's images with one
+    speaker's statistics: those of the recordings ``speaker`` (audio files or folders of the same
+    speaker as every file of ``paths``), or with ``same_speaker`` those of every window of the
+    files given together (one speaker); otherwise the training population's, with a
+    :class:`SpeakerNormWarning` that says so.
 
     Args:
         paths: audio files or folders (:func:`audio_files`).
@@ -306,13 +346,15 @@ def predict(
         on_error: ``fail`` (default): the first file that cannot be read as audio stops the run;
             ``skip``: such files are left out and listed in one
             :class:`ensemble.SkippedClipsWarning` (file and problem each).
+        speaker: other recordings of the files' speaker, for speaker normalisation.
+        same_speaker: the files given are one speaker; their windows give its statistics.
 
     Returns:
         one :class:`FilePrediction` per file that was read, in :func:`audio_files` order.
 
     Raises:
         PredictError: a bad path, a window longer than ``duration`` or a hop outside (0, window],
-            or, under ``skip``, no file that can be read.
+            ``speaker`` together with ``same_speaker``, or, under ``skip``, no file that can be read.
         AudioError: under ``fail``, a file cannot be read as audio.
         ValueError: ``on_error`` is not ``fail`` or ``skip``.
     """
@@ -327,7 +369,9 @@ def predict(
     hop_n = _samples(hop, window_n / 2 / rate, "hop", rate)
     if hop_n > window_n:
         raise PredictError(f"hop={hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
-    results, skipped = [], {}
+    if speaker is not None and same_speaker:
+        raise PredictError("give either speaker= (other recordings of the speaker) or same_speaker=True (the files are one speaker), not both.")
+    loaded, skipped = [], {}
     for path in audio_files(paths):
         try:
             y, start = audio.load_trimmed(path, rate, ensemble.trim_db)
@@ -337,7 +381,22 @@ def predict(
             skipped[path] = str(err)
             continue
         spans = windows(len(y), window_n, hop_n)
-        proba = ensemble.predict_waveforms([y[a:b] for a, b in spans])
+        loaded.append((path, start, spans, [y[a:b] for a, b in spans]))
+    reference = None
+    if speaker is not None:
+        reference = [audio.load_trimmed(path, rate, ensemble.trim_db)[0] for path in audio_files(speaker)]
+    elif same_speaker:
+        reference = [clip for *_, clips in loaded for clip in clips]
+    if ensemble.populations and reference is None and loaded:
+        warnings.warn(
+            f"members {sorted(ensemble.populations)} were trained on speaker-normalised images; with no other recording of the "
+            "speaker (speaker=DIR) and no same_speaker=True, each file is normalised with the training population's statistics.",
+            SpeakerNormWarning,
+            stacklevel=2,
+        )
+    results = []
+    for path, start, spans, clips in loaded:
+        proba = ensemble.predict_waveforms(clips, speaker_clips=reference)
         seconds = (np.array(spans, dtype=np.float64) + start) / rate
         results.append(FilePrediction(path, proba.mean(axis=0), seconds, proba))
     if skipped and not results:

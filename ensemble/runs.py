@@ -38,6 +38,7 @@ from .tasks import Task
 
 CONFIG, METRICS, LOG, OOF, TEST, MODEL, CHECKPOINT = "config.json", "metrics.json", "log.csv", "oof.csv", "test.csv", "model.safetensors", "checkpoint.pt"
 SKIPPED, REPORT = "skipped.csv", "report.html"
+POPULATION = "speaker_population.npz"  # a speaker-normalised run's training population statistics (mean, std)
 BLEND, LEADERBOARD, WEIGHTS, THRESHOLDS = "blend", "leaderboard.csv", "weights.json", "thresholds.json"
 SKIPPED_COLUMNS = ["table", "id", "path", "error"]
 

@@ -118,7 +118,7 @@ def test_speakers(competition: comp_mod.Competition, config: SpeakersConfig, fea
         embeddings = cache.get(competition.audio_paths(test), features.sample_rate, features.trim_db, progress=progress)
         inferred = speakers.infer(embeddings, k=config.k, k_min=config.k_min, k_max=config.k_max)
         groups = np.array([f"speaker{label}" for label in inferred.labels], dtype=object)
-        found = TestSpeakers(groups, "inferred", inferred.k, silhouette=float(inferred.silhouette[inferred.k]))
+        found = TestSpeakers(groups, "inferred", inferred.k, silhouette=float(inferred.score))
     found.ari = _ari(competition, found.groups)
     return found
 
@@ -155,7 +155,7 @@ def to_unit(z: np.ndarray) -> np.ndarray:
 
 def normalise_images(
     x_train: np.ndarray, train: np.ndarray, x_test: np.ndarray, test: np.ndarray, x_aug: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, speakers.Statistics]:
     """Speaker-level CMVN of images ``(n, channels, height, frames)``: each channel and frequency
     row standardised by its speaker's mean and standard deviation over all frames of the
     speaker's clips (:class:`ensemble.speakers.SpeakerNorm` with the frame axis pooled), mapped to
@@ -164,10 +164,26 @@ def normalise_images(
     clips' speaker statistics; test speakers ``test`` ``(n_test,)`` are fitted on the test images.
 
     Returns:
-        float16 ``x_train``, ``x_test`` and ``x_aug`` (or None).
+        float16 ``x_train``, ``x_test`` and ``x_aug`` (or None), and the training population's
+        statistics (``(channels, height, 1)`` mean and std: what a recording of an unknown
+        speaker is normalised with, :func:`normalise_with`).
     """
     norm = speakers.SpeakerNorm(pooled_axes=(-1,)).fit(x_train, train)
     out_train = to_unit(norm.transform(x_train, train))
     out_aug = None if x_aug is None else np.stack([to_unit(norm.transform(copy, train)) for copy in x_aug])
     out_test = to_unit(speakers.SpeakerNorm(pooled_axes=(-1,)).fit_transform(x_test, test))
-    return out_train, out_test, out_aug
+    return out_train, out_test, out_aug, norm.population_
+
+
+def normalise_with(images: np.ndarray, reference: np.ndarray | None, population: speakers.Statistics) -> tuple[np.ndarray, str]:
+    """Images ``(n, channels, height, frames)`` of one speaker normalised as training normalised its
+    speakers: with the statistics of ``reference`` (other images of the same speaker, e.g. every
+    window of the recordings given together) when given, else with the training ``population``'s.
+
+    Returns:
+        float16 images in [0, 1] and ``speaker`` or ``population``, the statistics used.
+    """
+    if reference is not None:
+        norm = speakers.SpeakerNorm(pooled_axes=(-1,)).fit(reference, np.zeros(len(reference), dtype=np.int64))
+        return to_unit(norm.transform(images, np.zeros(len(images), dtype=np.int64))), "speaker"
+    return to_unit((images.astype(np.float32) - population.mean) / population.std), "population"

@@ -30,6 +30,10 @@ def check_on_error(on_error: str) -> None:
         raise OptionError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
 
 
+class SkippedClipsWarning(UserWarning):
+    """Clips that cannot be loaded were skipped (``on_error="skip"``); the list is in :attr:`Split.skipped`."""
+
+
 def _no_skips() -> pd.DataFrame:
     return pd.DataFrame(columns=runs.SKIPPED_COLUMNS)
 

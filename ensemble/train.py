@@ -265,6 +265,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     test_proba = data.fill_skipped(predict(model, data.x_test, device, task.activation, shifts=t.tta_shifts, precision=precision))
     atomic.write_csv(out / runs.TEST, runs.proba_frame(test_ids, test_proba, classes))
     report = {**task.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold, "epoch": best_epoch, "device": str(device)}
+    if data.speaker_population is not None:  # for recordings of unknown speakers (ensemble.predict)
+        with atomic.atomic_path(out / runs.POPULATION) as tmp:
+            np.savez(tmp, mean=data.speaker_population.mean, std=data.speaker_population.std)
     atomic.write_json(out / runs.METRICS, report)
     checkpoint.finish()
     return report

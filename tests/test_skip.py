@@ -14,6 +14,7 @@ from ensemble import blend, blenders, competition, features
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
+from ensemble import split as split_mod
 from ensemble.cli import app
 
 from .conftest import cli_ok, ravdess_clip, tiny_competition
@@ -60,7 +61,7 @@ def test_skip_leaves_bad_clips_out_lists_them_and_predicts_skipped_test_clips_as
 
     r = recipe_mod.load(broken["recipe"])
     r.backbones = ["test_resnet"]
-    with pytest.warns(data_mod.SkippedClipsWarning):
+    with pytest.warns(split_mod.SkippedClipsWarning):
         data = data_mod.load_data(r, progress=False, on_error="skip")
     assert broken["bad_train"] not in set(data.competition.train["id"]) and len(data.y) == len(data.folds) == len(data.x_train) == 31
     classes = data.competition.classes
@@ -117,7 +118,7 @@ def test_skipping_that_empties_a_fold_or_the_training_set_is_refused(broken, tmp
 def test_skip_with_augmented_copies_drops_only_the_bad_clip(broken, tmp_path):
     r = recipe_mod.load(broken["recipe"])
     r.augment.copies, r.paths.runs_dir = 1, str(tmp_path / "runs")
-    with pytest.warns(data_mod.SkippedClipsWarning, match="skipped 1 training and 1 test clip"):
+    with pytest.warns(split_mod.SkippedClipsWarning, match="skipped 1 training and 1 test clip"):
         data = data_mod.load_data(r, progress=False, on_error="skip")
     full = pd.read_csv(broken["root"] / "comp" / "train.csv", dtype=str, keep_default_na=False)
     assert sorted(data.competition.train["id"]) == sorted(set(full["id"]) - {broken["bad_train"]})

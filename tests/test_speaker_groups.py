@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import competition, speaker_groups
+from ensemble import competition, predict, speaker_groups
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 
@@ -106,5 +106,59 @@ def test_speaker_normalised_images_use_only_their_own_speakers_clips_and_no_labe
     first = train == sorted(set(train))[0]
     other = plain.x_train.copy()
     other[~first] = other[~first][::-1]
-    again, _, _ = speaker_groups.normalise_images(other, train, plain.x_test, np.full(len(plain.x_test), "pool"))
+    again, _, _, _ = speaker_groups.normalise_images(other, train, plain.x_test, np.full(len(plain.x_test), "pool"))
     np.testing.assert_array_equal(again[first], clip.x_train[first])
+
+
+@pytest.fixture(scope="module")
+def speaker_run(comp_dir, tmp_path_factory):
+    """test_resnet trained 1 epoch on 2 folds with speaker-normalised images (test speakers inferred)."""
+    root = tmp_path_factory.mktemp("speaker_run")
+    recipe = root / "spk.toml"
+    recipe.write_text(
+        f'name = "spk"\nbackbones = ["test_resnet"]\n[paths]\nruns_dir = "{root / "runs"}"\nsubmissions_dir = "{root / "subs"}"\n'
+        f'[competition]\ndir = "{comp_dir}"\n[folds]\nn_splits = 2\n[features]\nduration = 2.0\nheight = 32\nhop_length = 640\n'
+        '[train]\nepochs = 1\nbatch_size = 8\npretrained = false\n[speakers]\nnorm = "speaker"\n'
+    )
+    output = cli_ok(["train", "--recipe", str(recipe), "--quiet"])
+    return {"recipe": recipe, "output": output, "root": root}
+
+
+def test_training_prints_the_test_speakers_and_saves_the_population_statistics(speaker_run, comp_dir):
+    assert "test speakers: " in speaker_run["output"] and "(inferred, silhouette" in speaker_run["output"]
+    assert (comp_dir / speaker_groups.CSV).is_file()
+    r = recipe_mod.load(speaker_run["recipe"])
+    plain = data_mod.load_data(_recipe(comp_dir), progress=False)
+    train = speaker_groups.train_groups(plain.competition)
+    x = plain.x_train.astype(np.float64)
+    for fold in (0, 1):
+        with np.load(speaker_run["root"] / "runs" / "spk" / "test_resnet" / f"fold{fold}" / "speaker_population.npz") as saved:
+            # the population: every training speaker's clips pooled (means and variances combined by speaker)
+            assert saved["mean"].shape == (3, 32, 1)
+            np.testing.assert_allclose(saved["mean"], x.mean(axis=(0, 3))[..., None], atol=1e-4)
+    assert len(set(train)) == 4 and r.speakers.norm == "speaker"
+
+
+def test_predict_normalises_with_the_speakers_recordings_or_warns_and_uses_the_population(speaker_run, comp_dir, tmp_path):
+    r = recipe_mod.load(speaker_run["recipe"])
+    ensemble = predict.load_ensemble(r)
+    assert list(ensemble.populations) == ["test_resnet"]
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str).set_index("id")
+    solution = pd.read_csv(comp_dir / "solution.csv", dtype=str).set_index("id")
+    files = [comp_dir / test.loc[i, "path"] for i in solution.index[solution["group"] == solution["group"].iloc[0]][:3]]  # one test actor
+    with pytest.warns(predict.SpeakerNormWarning, match="training population's statistics"):
+        population = predict.predict(ensemble, files)
+    together = predict.predict(ensemble, files, same_speaker=True)
+    speaker_dir = tmp_path / "same_speaker"
+    speaker_dir.mkdir()
+    for f in files:
+        (speaker_dir / f.name).symlink_to(f)
+    from_dir = predict.predict(ensemble, files, speaker=[speaker_dir])
+    for a, b, c in zip(population, together, from_dir):
+        # the same recordings: as windows (same_speaker) or whole and centre-cropped (speaker=): nearly the same statistics
+        np.testing.assert_allclose(b.proba, c.proba, atol=2e-3)
+        assert not np.allclose(a.proba, b.proba, atol=1e-4)
+    with pytest.raises(predict.PredictError, match="either speaker= .* or same_speaker=True"):
+        predict.predict(ensemble, files, speaker=[speaker_dir], same_speaker=True)
+    output = cli_ok(["predict", str(files[0]), "--recipe", str(speaker_run["recipe"])])
+    assert "warning: members ['test_resnet'] were trained on speaker-normalised images; with no other recording of the speaker (--speaker-dir DIR)" in output
