@@ -58,3 +58,10 @@ def save(result: dict, out, echo: bool = True) -> None:
     if echo:
         print(json.dumps(result, indent=2))
         print(f"-> {out}")
+
+
+def markdown_table(frame, digits: int = 4) -> str:
+    """``frame`` (a pandas DataFrame) as a Markdown table, floats with ``digits`` decimals."""
+    cells = [[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
