@@ -193,7 +193,7 @@ def test_a_bad_file_in_a_later_chunk_loaded_by_a_worker_is_named_and_the_other_r
     with pytest.raises(audio.AudioError, match=r"^1 audio file\(s\) cannot be used") as caught:
         failing.get(paths, copies=copies, augment=AUGMENT, progress=False, workers=2)
     message = str(caught.value)
-    assert f"{bad}: the file is empty" in message and "--on-error skip" in message
+    assert f"{bad}: the file is empty" in message and "on_error='skip'" in message
     assert sum(str(p) in message for p in set(paths)) == 1  # only the bad file is named
     assert len(pools) == 1 and pools[0].pids and _pool_jobs(pools[0]) == list(zip(paths, copies))  # a worker met it
     assert small_chunks == [8, 8, 8, 1]
