@@ -26,11 +26,13 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -38,11 +40,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from . import atomic, audio, features, loop, plots, runs, runtime, speaker_groups, speakers, tasks
+from . import atomic, audio, features, loop, plots, runs, runtime, speaker_groups, speakers, tabular, tasks
 from . import models as models_mod
 from .errors import EnsError
 from .features import model_inputs
-from .recipe import FeatureConfig, Recipe
+from .recipe import FeatureConfig, FunctionalsMember, Recipe
 from .split import SkippedClipsWarning, check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -75,6 +77,8 @@ class Ensemble:
         device: where the models run.
         populations: member name -> the training population's statistics, for each member
             trained with ``[speakers].norm = "speaker"`` (its runs' ``speaker_population.npz``).
+        functionals: member name -> its ``[[functionals]]`` settings, for each functionals member
+            (its ``models`` are fitted scikit-learn pipelines, :mod:`ensemble.tabular`).
     """
 
     recipe: Recipe
@@ -86,6 +90,7 @@ class Ensemble:
     weights_from: str
     device: torch.device
     populations: dict[str, speakers.Statistics] = dataclasses.field(default_factory=dict)
+    functionals: dict[str, FunctionalsMember] = dataclasses.field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:
@@ -98,9 +103,10 @@ class Ensemble:
         return self.trained_with[self.members[0].name].features.trim_db
 
     @property
-    def duration(self) -> float:
-        """The shortest clip length in seconds a member was trained on: the longest window."""
-        return min(r.features.duration for r in self.trained_with.values())
+    def duration(self) -> float | None:
+        """The shortest clip length in seconds an image member was trained on: the longest window
+        (None without image members: functionals members take a whole recording)."""
+        return min((r.features.duration for name, r in self.trained_with.items() if name not in self.functionals), default=None)
 
     def predict_waveforms(self, clips: Sequence[np.ndarray], batch_size: int = 64, speaker_clips: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Blended probabilities of waveforms.
@@ -117,13 +123,21 @@ class Ensemble:
         Returns:
             float64 ``(len(clips), classes)``: sum over members of weight x the mean of its models'
             softmax (rows sum to 1), or for a multilabel task their sigmoids, each with the member's
-            time-shift TTA (:func:`ensemble.loop.predict`, batches of ``batch_size``).
+            time-shift TTA (:func:`ensemble.loop.predict`, batches of ``batch_size``); a functionals
+            member's pipelines predict the clips' functionals (:func:`ensemble.tabular.predict`).
         """
         total = np.zeros((len(clips), len(self.classes)))
         task = tasks.get(self.recipe.competition.task)
         rendered: dict[str, np.ndarray] = {}
         for member in self.members:
             made_with = self.trained_with[member.name]
+            if member.name in self.functionals:
+                population = self.populations.get(member.name)
+                proba = tabular.predict(
+                    self.models[member.name], self.functionals[member.name], clips, self.sample_rate, len(self.classes), population, speaker_clips
+                )
+                total += self.weights[member.name] * proba
+                continue
             key = made_with.features.key()
             if key not in rendered:
                 rendered[key] = model_inputs(clips, made_with.features)
@@ -212,7 +226,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
     """
     members, weights, source = _member_weights(recipe)
     torch_device = runtime.resolve_device(device)
-    classes, models, trained_with, populations = None, {}, {}, {}
+    classes, models, trained_with, populations, functionals = None, {}, {}, {}, {}
     for member in members:
         models[member.name] = []
         for entry, fold in itertools.product(member.entries, range(member.n_splits)):
@@ -232,6 +246,10 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
                     + (f"{recipe.name!r} has [competition].classes = {classes}" if recipe.competition.classes else f"other runs of the ensemble with {classes}")
                     + f" (names and order); predict with the recipe it was trained with, or {fix}."
                 )
+            if "member" in config:  # a functionals member: its fitted scikit-learn pipeline
+                functionals[member.name] = FunctionalsMember(**config["member"])
+                models[member.name].append(_pipeline(run, fix))
+                continue
             model = models_mod.build(made_with, entry, len(classes))
             try:
                 model.load_state_dict(load_file(run / runs.MODEL))
@@ -244,7 +262,19 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             f"the members of {recipe.name!r} read audio at different [features] sample_rate / trim_db {sorted(reading)}; "
             "blend members that read audio alike to predict new files."
         )
-    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations)
+    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations, functionals)
+
+
+def _pipeline(run: Path, fix: str):
+    """A functionals run's fitted pipeline (``model.joblib``, written by ens itself).
+
+    Raises:
+        PredictError: the file is missing or does not load.
+    """
+    try:
+        return joblib.load(run / tabular.MODEL)
+    except (OSError, EOFError, ValueError, AttributeError, ImportError) as err:
+        raise PredictError(f"{run / tabular.MODEL} does not load ({err!r}); {fix}.") from err
 
 
 def _population(run: Path, fix: str) -> speakers.Statistics:
@@ -360,13 +390,14 @@ def predict(
     """
     check_on_error(on_error)
     rate, duration = ensemble.sample_rate, ensemble.duration
-    window_n = _samples(window, duration, "window", rate)
-    if window_n > int(round(duration * rate)):
+    whole = duration is None and window is None  # functionals members only: each recording whole
+    window_n = sys.maxsize if whole else _samples(window, duration, "window", rate)
+    if duration is not None and window_n > int(round(duration * rate)):
         raise PredictError(
             f"window={window} s is longer than {duration} s, the shortest clip length ([features].duration) the models were "
             f"trained on (each window would be cropped); give at most {duration}."
         )
-    hop_n = _samples(hop, window_n / 2 / rate, "hop", rate)
+    hop_n = window_n if whole else _samples(hop, window_n / 2 / rate, "hop", rate)
     if hop_n > window_n:
         raise PredictError(f"hop={hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
     if speaker is not None and same_speaker:

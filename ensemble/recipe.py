@@ -247,6 +247,28 @@ class BlendConfig:
 
 
 @dataclass
+class FunctionalsMember:
+    """One functionals member (a ``[[functionals]]`` table of the recipe; :mod:`ensemble.tabular`):
+    acoustic functionals of each clip (:mod:`ensemble.functionals`), standardised per speaker
+    (``[speakers].norm = "speaker"``) or over the training folds, and a scikit-learn model trained
+    per fold on the same folds as the backbones; its run tables go to ``<runs_dir>/<recipe>/<name>/``.
+
+    Attributes:
+        name: the member's name: its run folders and its row in the leaderboard.
+        set: ``ComParE_2016`` (6373 functionals) or ``eGeMAPSv02`` (88), from openSMILE (the
+            ``opensmile`` extra, a research licence), or ``ens_basic`` (librosa descriptors, permissive).
+        model: ``logreg`` (multinomial logistic regression, balanced class weights) or ``svm``
+            (RBF support vector machine with Platt-scaled probabilities, balanced class weights).
+        c: inverse regularisation strength of either model (scikit-learn's ``C``).
+    """
+
+    name: str = "functionals"
+    set: str = "eGeMAPSv02"
+    model: str = "logreg"
+    c: float = 0.1
+
+
+@dataclass
 class SpeakersConfig:
     """Speaker-aware normalisation (``[speakers]``; see :mod:`ensemble.speaker_groups`).
 
@@ -318,6 +340,7 @@ class Recipe:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
+    functionals: list[FunctionalsMember] = field(default_factory=list)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -345,7 +368,8 @@ class Recipe:
 
     def members(self) -> dict[str, list[str]]:
         """Blend members: each timm model name of ``backbones`` -> its entries (one per seed), in
-        the order the entries first appear; ``["a", "b", "a@7"]`` gives ``{"a": ["a", "a@7"], "b": ["b"]}``.
+        the order the entries first appear (``["a", "b", "a@7"]`` gives ``{"a": ["a", "a@7"], "b": ["b"]}``),
+        then each functionals member -> ``[its name]``.
 
         Raises:
             RecipeError: a malformed entry (see :func:`split_backbone`).
@@ -353,7 +377,13 @@ class Recipe:
         groups: dict[str, list[str]] = {}
         for entry in self.backbones:
             groups.setdefault(split_backbone(entry)[0], []).append(entry)
+        for member in self.functionals:
+            groups[member.name] = [member.name]
         return groups
+
+    def functionals_member(self, name: str) -> FunctionalsMember | None:
+        """The ``[[functionals]]`` member called ``name``, or None for a backbone entry."""
+        return next((m for m in self.functionals if m.name == name), None)
 
 
 def split_backbone(entry: str) -> tuple[str, int | None]:
@@ -474,7 +504,11 @@ def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
     if isinstance(data.get("augment"), dict):
         data["augment"] = _flat_waveform_keys(data["augment"], source)
     sections = {name: cls(**_check(cls, data.pop(name, {}), f"[{name}]", source)) for name, cls in _SECTIONS.items()}
-    recipe = Recipe(**_check(Recipe, data, "the top level", source), **sections)
+    tables = data.pop("functionals", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RecipeError(f"{source}: functionals must be [[functionals]] tables (name, set, model, c), not {tables!r}.")
+    functionals = [FunctionalsMember(**_check(FunctionalsMember, t, f"[[functionals]] {k + 1}", source)) for k, t in enumerate(tables)]
+    recipe = Recipe(**_check(Recipe, data, "the top level", source), **sections, functionals=functionals)
     validate(recipe, source)
     return recipe
 
@@ -532,6 +566,8 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
 
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
+FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic")  # [[functionals]].set (ensemble.functionals)
+FUNCTIONAL_MODELS = ("logreg", "svm")  # [[functionals]].model (ensemble.tabular)
 TEST_SPEAKERS = ("auto", "given", "inferred", "pool")  # [speakers].test
 
 
@@ -551,6 +587,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     except RecipeError as err:
         raise RecipeError(f"{source}: {err}") from err
     repeated = [entries for entries in members.values() if len(set(recipe.seeds(entries))) < len(entries)]
+    functional_names = [m.name for m in recipe.functionals]
     waveform_problem = waveform_augment.problem(a.waveform)
     checks = [
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
@@ -595,7 +632,16 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
             "[blend] needs iterations >= 0, bags >= 0, 0 < bag_fraction <= 1 and stacking_c > 0",
         ),
-        (bool(recipe.backbones), "backbones must name at least one timm model"),
+        (bool(recipe.backbones) or bool(recipe.functionals), "backbones must name at least one timm model, or [[functionals]] one member"),
+        (
+            len(set(functional_names)) == len(functional_names) and not set(functional_names) & {split_backbone(e)[0] for e in recipe.backbones},
+            f"[[functionals]] names {functional_names} must be unique and differ from the backbones' names",
+        ),
+        (task.name == "multiclass" or not recipe.functionals, "[[functionals]] members work for multiclass tasks only; remove them"),
+        (
+            all(m.set in FUNCTIONAL_SETS and m.model in FUNCTIONAL_MODELS and m.c > 0 and m.name.strip() for m in recipe.functionals),
+            f"each [[functionals]] member needs a name, set in {FUNCTIONAL_SETS}, model in {FUNCTIONAL_MODELS} and c > 0",
+        ),
         (
             not repeated,
             f"backbones {repeated[0] if repeated else []} train one model twice with one seed "

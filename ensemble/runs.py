@@ -78,7 +78,7 @@ def folds_hash(folds: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- identity
 
-_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths")
+_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths", "functionals")  # a functionals run keeps its own member instead
 _RUNTIME = {"competition": ("dir", "audio_root")}
 """Settings that place a recipe on a machine and change no number a model computes, besides the
 ``[runtime]`` and ``[paths]`` sections: where the competition folder and its audio are (the run
@@ -97,7 +97,7 @@ def _training_settings(recipe: Recipe) -> dict:
     return settings
 
 
-def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str, fold: int) -> dict:
+def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str, fold: int, member: dict | None = None) -> dict:
     """What a run is defined by (``config.json``); a finished run with another config is a conflict.
     ``entry`` is a ``backbones`` entry: the settings are :meth:`Recipe.for_backbone`'s (its seed for
     ``name@S``); ``folds_digest`` is :func:`folds_hash` of the folds it trains on.
@@ -105,9 +105,13 @@ def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str
     Renaming a recipe, editing its backbone list, its output folders or its ``[blend]``, moving the
     competition folder, or training on another device or from another weights folder leaves finished
     runs valid; every other setting (features, augmentation, training, precision, seed) is part of it.
+    A functionals member's run adds its ``member`` settings (its ``[[functionals]]`` table); the
+    other members of that list are part of no run's identity.
     The result is as ``config.json`` holds it (lists, not tuples).
     """
     config = {"recipe": _training_settings(recipe.for_backbone(entry)), "backbone": entry, "fold": fold, "classes": classes, "folds_hash": folds_digest}
+    if member is not None:
+        config["member"] = member
     return json.loads(json.dumps(config))
 
 

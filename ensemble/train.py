@@ -25,7 +25,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from . import atomic, models, runs, runtime, speaker_groups
+from . import atomic, models, runs, runtime, speaker_groups, tabular
 from . import competition as comp_mod
 from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
@@ -33,6 +33,7 @@ from .data import Data, load_data
 from .errors import OptionError
 from .loop import Updater, ahead, predict, train_one_epoch
 from .recipe import Recipe, RecipeError
+from .split import load_split
 
 
 def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tensor | None:
@@ -53,6 +54,22 @@ def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tens
     if (counts == 0).any():
         raise RecipeError("[train].class_weights = 'balanced' needs every class in the training folds.")
     return torch.tensor(compute_class_weight("balanced", classes=np.arange(num_classes), y=y), dtype=torch.float32)
+
+
+def _record(recipe: Recipe, data: Data, on_event) -> None:
+    """Write what loading found: ``skipped.csv`` in the run store (or remove a stale one) and the test
+    speakers next to the competition, each also told to ``on_event``."""
+    skipped = runs.root(recipe) / runs.SKIPPED
+    if len(data.skipped):
+        atomic.write_csv(skipped, data.skipped)
+        if on_event is not None:
+            on_event("skipped", skipped)
+    else:  # a list from an earlier run with clips that load now would drop them from the blend
+        skipped.unlink(missing_ok=True)
+    if data.test_speakers is not None:
+        speaker_groups.write(data.competition, data.test_speakers)
+        if on_event is not None:
+            on_event("speakers", data.test_speakers.describe())
 
 
 def _show_loss(bar: tqdm, loss: float) -> None:
@@ -295,8 +312,10 @@ def train(
     on_error: str = "fail",
     on_event: Callable[[str, RunResult | str], None] | None = None,
 ) -> list[RunResult]:
-    """Train the grid: every entry of ``backbones`` (default the recipe's) x every fold of ``folds``
-    (default all), loading the data once (:func:`ensemble.data.load_data`). A run already finished
+    """Train the grid: every entry of ``backbones`` (default the recipe's backbones, then its
+    ``[[functionals]]`` members) x every fold of ``folds`` (default all). Backbones train on the
+    images loaded once (:func:`ensemble.data.load_data`), functionals members on their cached
+    functionals (:mod:`ensemble.tabular`). A run already finished
     with the same configuration is skipped unless ``force``; an interrupted run starts afresh
     unless ``resume``. The folds are written to the competition folder (``folds.csv``) and the
     clips left out under ``on_error="skip"`` to the run store (``skipped.csv``) before training.
@@ -312,37 +331,38 @@ def train(
 
     Raises:
         RecipeError: a malformed entry. OptionError: a fold outside ``0..n_splits-1``, or a bad
-        ``on_error``. And everything :func:`ensemble.data.load_data` and :func:`train_fold` raise.
+        ``on_error``. And everything :func:`ensemble.data.load_data`, :func:`train_fold` and
+        :func:`ensemble.tabular.train_fold` raise.
     """
-    entries = list(backbones) if backbones is not None else list(recipe.backbones)
-    for entry in entries:
+    entries = list(backbones) if backbones is not None else [*recipe.backbones, *(m.name for m in recipe.functionals)]
+    tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
+    images = [e for e in entries if recipe.functionals_member(e) is None]
+    for entry in images:
         recipe.for_backbone(entry)  # a malformed name@seed fails before the data loads
     n_splits = recipe.folds.n_splits
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
         _check_fold(recipe, k)
     comp_mod.write_folds(comp_mod.load(recipe.competition), recipe.folds)
-    data = load_data(recipe, progress=progress, on_error=on_error)
-    skipped = runs.root(recipe) / runs.SKIPPED
-    if len(data.skipped):
-        atomic.write_csv(skipped, data.skipped)
-        if on_event is not None:
-            on_event("skipped", skipped)
-    else:  # a list from an earlier run with clips that load now would drop them from the blend
-        skipped.unlink(missing_ok=True)
-    if data.test_speakers is not None:
-        speaker_groups.write(data.competition, data.test_speakers)
-        if on_event is not None:
-            on_event("speakers", data.test_speakers.describe())
+    data = load_data(recipe, progress=progress, on_error=on_error) if images else None
+    if data is not None:
+        _record(recipe, data, on_event)
     results = []
-    for entry in entries:
+
+    def done_run(entry: str, k: int, report: dict, skipped: bool) -> None:
+        results.append(RunResult(entry, k, runs.run_dir(recipe, entry, k), report, skipped=skipped))
+        if on_event is not None:
+            on_event("run", results[-1])
+
+    for entry in images:
         for k in folds:
             done = None if force else finished_run(recipe, data, entry, k)
-            run = runs.run_dir(recipe, entry, k)
-            if not done and not resume and (run / runs.CHECKPOINT).exists() and on_event is not None:
+            if not done and not resume and (runs.run_dir(recipe, entry, k) / runs.CHECKPOINT).exists() and on_event is not None:
                 on_event("afresh", f"{entry} fold {k}")
-            report = done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume)
-            results.append(RunResult(entry, k, run, report, skipped=done is not None))
-            if on_event is not None:
-                on_event("run", results[-1])
+            done_run(entry, k, done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume), done is not None)
+    split = data if data is not None else load_split(recipe)
+    for member in tables:
+        table = tabular.load_table(recipe, split, member, progress=progress)
+        for k in folds:
+            done_run(member.name, k, *tabular.train_fold(recipe, split, table, member, k, force=force))
     return results

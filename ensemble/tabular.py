@@ -1,0 +1,167 @@
+"""Functionals members: a scikit-learn model per fold on acoustic functionals, written to the run
+store like any member, so ``ens blend``, ``ens report`` and ``ens score`` treat it as they treat a
+backbone.
+
+Per clip: the functionals of ``[[functionals]].set`` (:mod:`ensemble.functionals`, cached per clip).
+With ``[speakers].norm = "speaker"`` every clip's functionals are z-normalised by its speaker's
+statistics (:class:`ensemble.speakers.SpeakerNorm`: training speakers from the group column, test
+speakers as :func:`ensemble.speaker_groups.test_speakers` finds them; no label used), the
+classic per-speaker normalisation of the INTERSPEECH / ComParE baselines. Then per fold a
+pipeline of scikit-learn's ``StandardScaler`` (fitted on the training folds) and the model:
+``logreg`` (``LogisticRegression``, balanced class weights) or ``svm`` (``SVC`` with an RBF
+kernel and Platt-scaled probabilities, balanced class weights), both with ``C = c``.
+
+A run folder holds ``config.json`` (the recipe's identity plus the member's settings),
+``oof.csv``, ``test.csv``, ``model.joblib`` (the fitted pipeline) and ``metrics.json``, written
+last, each atomically (:mod:`ensemble.runs` has the layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import joblib
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from . import atomic, functionals, runs, speaker_groups, speakers
+from .recipe import FunctionalsMember, Recipe, from_dict
+from .split import Split
+
+MODEL = "model.joblib"
+
+
+@dataclass
+class Table:
+    """A member's inputs: functionals ``(n_train, d)`` and ``(n_test, d)`` as the model sees them
+    (speaker-normalised or not), in the split's training and test order, and with speaker
+    normalisation the training population's statistics (for recordings of unknown speakers)."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    population: speakers.Statistics | None = None
+
+
+def load_table(recipe: Recipe, split: Split, member: FunctionalsMember, progress: bool = True) -> Table:
+    """The functionals of every training and test clip of ``split`` for ``member.set`` (computed once
+    per clip into ``<competition>/.ens_cache/``), speaker-normalised when ``[speakers].norm`` says so.
+
+    Raises:
+        AudioError: a clip cannot be loaded. FunctionalsError: see :mod:`ensemble.functionals`.
+        SpeakerGroupError, SpeakerError: see :mod:`ensemble.speaker_groups`.
+    """
+    comp, f = split.competition, recipe.features
+    cache = functionals.FunctionalsCache(comp.root / ".ens_cache")
+    x_train = cache.get(comp.audio_paths(comp.train), f.sample_rate, f.trim_db, member.set, progress=progress)
+    x_test = cache.get(comp.audio_paths(comp.test), f.sample_rate, f.trim_db, member.set, progress=progress)
+    population = None
+    if recipe.speakers.norm == "speaker":
+        test = speaker_groups.test_speakers(comp, recipe.speakers, f, progress=progress).groups
+        train = speaker_groups.train_groups(comp)
+        norm = speakers.SpeakerNorm().fit(x_train, train)
+        x_train, population = norm.transform(x_train, train), norm.population_
+        x_test = speakers.SpeakerNorm().fit_transform(x_test, test)
+    return Table(np.asarray(x_train, dtype=np.float64), np.asarray(x_test, dtype=np.float64), population)
+
+
+def identity(recipe: Recipe) -> Recipe:
+    """The recipe as far as a functionals run depends on it: the competition, the folds, how audio is
+    loaded (``[features].sample_rate`` and ``trim_db``), ``[speakers]`` and ``[train].seed``; every
+    image setting at its default, so changing a backbone's training leaves functionals runs valid."""
+    f = recipe.features
+    return from_dict(
+        {
+            "competition": dataclasses.asdict(recipe.competition),
+            "folds": dataclasses.asdict(recipe.folds),
+            "features": {"sample_rate": f.sample_rate, "trim_db": f.trim_db},
+            "speakers": dataclasses.asdict(recipe.speakers),
+            "train": {"seed": recipe.train.seed},
+        },
+        f"the functionals identity of {recipe.name!r}",
+    )
+
+
+def pipeline(member: FunctionalsMember, seed: int) -> Pipeline:
+    """The member's scikit-learn pipeline: ``StandardScaler`` then the model (see the module docstring)."""
+    if member.model == "svm":
+        model = SVC(C=member.c, kernel="rbf", probability=True, class_weight="balanced", random_state=seed)
+    else:
+        model = LogisticRegression(C=member.c, class_weight="balanced", max_iter=5000)
+    return make_pipeline(StandardScaler(), model)
+
+
+def _proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` as ``(n, n_classes)`` in class order (a class absent from a training fold keeps 0)."""
+    out = np.zeros((len(x), n_classes))
+    out[:, model.classes_] = model.predict_proba(x)
+    return out
+
+
+def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMember, fold: int, force: bool = False) -> tuple[dict, bool]:
+    """Fit ``member`` on every fold but ``fold`` and write its run folder (see the module docstring).
+
+    Returns:
+        the ``metrics.json`` dict (the task's report of the fold's OOF predictions), and whether
+        the run was already finished with the same configuration (then it is skipped).
+
+    Raises:
+        RunConflictError: a finished run with another configuration exists and ``force`` is False.
+    """
+    comp, task = split.competition, split.competition.task
+    classes = comp.classes
+    out = runs.run_dir(recipe, member.name, fold)
+    config = runs.run_config(identity(recipe), classes, split.folds_hash, member.name, fold, member=dataclasses.asdict(member))
+    if not force and (done := runs.finished_metrics(out, config)) is not None:
+        return done, True
+    (out / runs.METRICS).unlink(missing_ok=True)
+    atomic.write_json(out / runs.CONFIG, config)
+    fold_of = split.folds["fold"].to_numpy()
+    train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    model = pipeline(member, recipe.train.seed).fit(table.x_train[train_idx], split.y[train_idx])
+    oof = _proba(model, table.x_train[valid_idx], len(classes))
+    test = split.fill_skipped(_proba(model, table.x_test, len(classes)))
+    ids = comp.train[comp.config.id_col].to_numpy()
+    atomic.write_csv(out / runs.OOF, runs.proba_frame(ids[valid_idx], oof, classes, fold=fold))
+    atomic.write_csv(out / runs.TEST, runs.proba_frame(comp.test[comp.config.id_col].to_numpy(), test, classes))
+    with atomic.atomic_path(out / MODEL) as tmp:
+        joblib.dump(model, tmp)
+    if table.population is not None:  # for recordings of unknown speakers (ensemble.predict)
+        with atomic.atomic_path(out / runs.POPULATION) as tmp:
+            np.savez(tmp, mean=table.population.mean, std=table.population.std)
+    report = {**task.report(split.y[valid_idx], oof, classes), "backbone": member.name, "fold": fold, "set": member.set, "model": member.model}
+    atomic.write_json(out / runs.METRICS, report)
+    return report, False
+
+
+def predict(
+    models: list[Pipeline],
+    member: FunctionalsMember,
+    clips: list[np.ndarray],
+    sample_rate: int,
+    n_classes: int,
+    population: speakers.Statistics | None = None,
+    speaker_clips: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Probabilities ``(len(clips), n_classes)`` of waveforms (each ``(samples,)`` at ``sample_rate``
+    Hz, silence trimmed): the mean over a member's fold pipelines ``models`` of their
+    ``predict_proba`` on the clips' functionals. A speaker-normalised member (``population`` given)
+    normalises them with the functionals of ``speaker_clips`` (other clips of the same speaker) when
+    given, else with the training ``population``'s statistics.
+
+    Raises:
+        FunctionalsError: see :func:`ensemble.functionals.extract`.
+    """
+    x = functionals.extract(clips, sample_rate, member.set)
+    if population is not None:
+        if speaker_clips is not None:
+            reference = functionals.extract(speaker_clips, sample_rate, member.set)
+            one = speakers.SpeakerNorm().fit(reference, np.zeros(len(reference), dtype=np.int64))
+            x = one.transform(x, np.zeros(len(x), dtype=np.int64))
+        else:
+            x = (x - population.mean) / population.std
+    x = np.asarray(x, dtype=np.float64)
+    return np.mean([_proba(model, x, n_classes) for model in models], axis=0)

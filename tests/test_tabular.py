@@ -1,0 +1,108 @@
+"""Functionals members: trained per fold on real RAVDESS clips, written to the run store, read by the
+blend's strict reader, blended with a backbone of the same recipe, and predicted by ens predict."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble import blend, functionals, predict, runs, tabular
+from ensemble import recipe as recipe_mod
+from ensemble import split as split_mod
+
+from .conftest import cli_ok
+
+MEMBERS = """
+[[functionals]]
+name = "basic_lr"
+set = "ens_basic"
+model = "logreg"
+c = 0.1
+
+[[functionals]]
+name = "egemaps_svm"
+set = "eGeMAPSv02"
+model = "svm"
+c = 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def mixed(small_source, tiny_recipe_text, tmp_path_factory):
+    """The tiny recipe (test_resnet, 2 folds, 1 epoch) with two functionals members, trained by one ens train and blended by one ens blend."""
+    root = tmp_path_factory.mktemp("tabular")
+    comp, runs_dir, subs = root / "comp", root / "runs", root / "subs"
+    cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
+    text = tiny_recipe_text(comp, runs_dir, subs).replace('backbones = ["test_efficientnet", "test_resnet"]', 'backbones = ["test_resnet"]')
+    recipe = root / "tiny.toml"
+    recipe.write_text(text.replace("[paths]\n", "[speakers]\nnorm = \"speaker\"\n[paths]\n", 1) + MEMBERS)
+    train_output = cli_ok(["train", "--recipe", str(recipe), "--quiet"])
+    blend_output = cli_ok(["blend", "--recipe", str(recipe), "--method", "mean"])
+    return {"recipe": recipe, "root": root, "comp": comp, "train": train_output, "blend": blend_output}
+
+
+def test_one_ens_train_trains_every_kind_and_one_ens_blend_blends_them(mixed):
+    for name in ("test_resnet", "basic_lr", "egemaps_svm"):
+        assert f"{name} fold 0:" in mixed["train"] and f"{name} fold 1:" in mixed["train"]
+    board = pd.read_csv(mixed["root"] / "runs" / "tiny" / "blend" / "leaderboard.csv")
+    assert list(board["model"][:3]) == ["test_resnet", "basic_lr", "egemaps_svm"]
+    assert "wrote" in mixed["blend"]
+
+
+def test_functionals_tables_pass_the_strict_reader_and_match_the_saved_pipelines(mixed):
+    r = recipe_mod.load(mixed["recipe"])
+    split = split_mod.load_split(r)
+    member = next(m for m in runs.members(r) if m.name == "egemaps_svm")
+    oof, test = runs.read_member(member, split)  # the blend's checks: ids, folds, classes, rows sum to 1
+    assert np.isfinite(oof).all() and np.allclose(oof.sum(axis=1), 1)
+    spec = r.functionals_member("egemaps_svm")
+    table = tabular.load_table(r, split, spec, progress=False)
+    assert table.x_train.shape == (len(split.y), len(functionals.names("eGeMAPSv02"))) and table.population is not None
+    fold_of = split.folds["fold"].to_numpy()
+    for fold, run in enumerate(member.runs("egemaps_svm")):
+        model = joblib.load(run / tabular.MODEL)
+        np.testing.assert_allclose(oof[fold_of == fold], model.predict_proba(table.x_train[fold_of == fold]), atol=1e-9)
+        assert (run / runs.POPULATION).is_file()
+    # per-speaker z-normalised training functionals: every training speaker has mean 0 in every functional
+    groups = split.competition.train["group"].to_numpy()
+    for speaker in set(groups):
+        np.testing.assert_allclose(table.x_train[groups == speaker].mean(axis=0), 0, atol=1e-6)
+
+
+def test_a_functionals_run_stays_valid_when_the_backbones_training_changes(mixed):
+    output = cli_ok(["train", "--recipe", str(mixed["recipe"]), "--quiet", "--epochs", "2", "--backbone", "test_resnet", "--fold", "0"])
+    assert "basic_lr fold 0:" in output and "basic_lr fold 0: " in output and "[already finished, skipped]" in output.split("basic_lr fold 0:")[1].splitlines()[0]
+
+
+def test_ens_predict_predicts_with_functionals_members(mixed):
+    r = recipe_mod.load(mixed["recipe"])
+    ensemble = predict.load_ensemble(r)
+    assert set(ensemble.functionals) == {"basic_lr", "egemaps_svm"} and ensemble.duration == 2.0
+    test = pd.read_csv(mixed["comp"] / "test.csv", dtype=str)
+    files = [mixed["comp"] / p for p in test["path"][:2]]
+    (first, second) = predict.predict(ensemble, files, same_speaker=True)
+    assert first.proba.sum() == pytest.approx(1.0) and not np.allclose(first.proba, second.proba)
+    functionals_only = recipe_mod.load(mixed["recipe"])
+    functionals_only.blend.members = ["basic_lr", "egemaps_svm"]
+    alone = predict.load_ensemble(functionals_only)
+    assert alone.duration is None
+    (whole,) = predict.predict(alone, files[:1], same_speaker=True)  # no image member: the recording whole
+    assert whole.spans.shape == (1, 2)
+
+
+def test_functionals_members_are_refused_for_a_multilabel_task_and_need_unique_names():
+    with pytest.raises(recipe_mod.RecipeError, match="functionals\\]\\] members work for multiclass tasks only"):
+        recipe_mod.from_dict({"competition": {"task": "multilabel"}, "train": {"metric": "lwlrap"}, "blend": {"method": "mean"}, "functionals": [{"name": "a"}]})
+    with pytest.raises(recipe_mod.RecipeError, match="must be unique and differ from the backbones' names"):
+        recipe_mod.from_dict({"backbones": ["a"], "functionals": [{"name": "a"}]})
+
+
+def test_blending_reads_functionals_tables_without_audio(mixed, monkeypatch):
+    def refuse(*args, **kwargs):
+        pytest.fail("blending computed functionals")
+
+    monkeypatch.setattr(functionals, "extract", refuse)
+    result = blend.blend(recipe_mod.load(mixed["recipe"]), method="mean")
+    assert [m.name for m in result.members] == ["test_resnet", "basic_lr", "egemaps_svm"]
