@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -40,10 +39,9 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score, silhouette_score
-from tqdm.auto import tqdm
 
-from . import atomic, audio
 from .errors import EnsError
+from .vectors import VectorCache
 
 EMBEDDING_SIZE = 256
 """Length of one voice embedding (the GE2E encoder's output; each has unit L2 norm)."""
@@ -163,32 +161,34 @@ def _prepare(y: np.ndarray, sample_rate: int, index: int) -> np.ndarray:
     return rz.normalize_volume(resampled, rz.hparams.audio_norm_target_dBFS, increase_only=True)
 
 
-def _clip_key(path: Path) -> str:
-    """A clip's identity in the cache, as the feature cache keys clips: resolved path, size, modification time (ns)."""
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+def _embed_one(y: np.ndarray, sample_rate: int) -> np.ndarray:
+    """:func:`embed` of one waveform: float32 ``(256,)``."""
+    return embed([y], sample_rate)[0]
 
 
 class EmbeddingCache:
-    """Voice embeddings of audio files, computed once: :func:`embed` of :func:`ensemble.audio.load_trimmed`.
+    """Voice embeddings of audio files, computed once: :func:`embed` of :func:`ensemble.audio.load_trimmed`,
+    kept by a :class:`ensemble.vectors.VectorCache` named after the encoder.
 
     One ``.npz`` file per encoder and loading setting, ``<root>/<encoder_id()>-<rate>hz-trim<dB>.npz``
-    (``keys``: each clip's resolved path, size and modification time; ``embeddings``: float32
-    ``(clips, 256)``), replaced atomically (:mod:`ensemble.atomic`) after every :attr:`SAVE_EVERY`
-    new clips, so an interrupted run keeps what it embedded. A changed file (size or modification
-    time) is embedded again; another encoder version or weights writes another file. An unreadable
-    cache file is embedded again, with a warning. One process writes a cache at a time.
+    (``keys``: each clip's resolved path, size and modification time; ``vectors``: float32
+    ``(clips, 256)``), replaced atomically after every ``VectorCache.SAVE_EVERY`` new clips, so an
+    interrupted run keeps what it embedded. A changed file (size or modification time) is embedded
+    again; another encoder version or weights writes another file. An unreadable cache file is
+    embedded again, with a warning. One process writes a cache at a time.
     A competition's cache belongs beside its feature cache, e.g. ``<competition>/.ens_cache/voices``.
     """
-
-    SAVE_EVERY = 64
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
+    def _vectors(self) -> VectorCache:
+        """The cache of the installed encoder (its identity read on first use, so constructing loads nothing)."""
+        return VectorCache(self.root, encoder_id(), EMBEDDING_SIZE, _embed_one, label="embed voices")
+
     def file(self, sample_rate: int, trim_db: float) -> Path:
         """The cache file of one setting."""
-        return self.root / f"{encoder_id()}-{sample_rate}hz-trim{trim_db:g}.npz"
+        return self._vectors().file(sample_rate, trim_db)
 
     def get(self, paths: Sequence[str | os.PathLike], sample_rate: int, trim_db: float = 0.0, progress: bool = True) -> np.ndarray:
         """Embeddings of ``paths``, embedding (and adding to the cache) only clips not cached yet.
@@ -208,66 +208,9 @@ class EmbeddingCache:
         Raises:
             AudioError: files that do not exist (before anything is embedded) or cannot be loaded
                 (after the others are embedded and cached); the message names each file and its problem.
-            SpeakerError: a clip is all zeros (:func:`embed`).
+            SpeakerError: a clip is all zeros (:func:`embed`); the clips embedded before it are cached.
         """
-        paths = [Path(p) for p in paths]
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise audio.AudioError(audio.error_list(dict.fromkeys(missing, "audio file does not exist"), "check the paths"))
-        keys = [_clip_key(p) for p in paths]
-        file = self.file(sample_rate, trim_db)
-        stored = self._read(file)
-        todo = {key: path for key, path in zip(keys, paths) if key not in stored}
-        failed = self._embed(file, stored, todo, sample_rate, trim_db, progress) if todo else {}
-        if failed:
-            raise audio.AudioError(audio.error_list(failed, "fix or remove these files"))
-        return np.stack([stored[key] for key in keys]) if keys else np.zeros((0, EMBEDDING_SIZE), np.float32)
-
-    def _read(self, file: Path) -> dict[str, np.ndarray]:
-        """The cached embeddings by clip key; empty when there is no cache file or it is unreadable."""
-        if not file.exists():
-            return {}
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                keys, embeddings = data["keys"], data["embeddings"]
-            if embeddings.shape != (len(keys), EMBEDDING_SIZE):
-                raise ValueError(f"embeddings of shape {embeddings.shape} for {len(keys)} clips")
-        except (OSError, ValueError, KeyError) as err:
-            warnings.warn(f"{file}: the voice embedding cache is unreadable ({err!r}); embedding again.", stacklevel=4)
-            return {}
-        return dict(zip(keys.tolist(), embeddings.astype(np.float32, copy=False)))
-
-    def _embed(self, file: Path, stored: dict, todo: dict[str, Path], sample_rate: int, trim_db: float, progress: bool) -> dict[Path, str]:
-        """Embed ``todo`` into ``stored``, saving as it goes; returns the files that could not be loaded -> problem."""
-        failed: dict[Path, str] = {}
-        started = time.monotonic()
-        # disable=None: no bar when stderr is not a terminal (logs); the closing line reports the stage instead
-        bar = tqdm(total=len(todo), desc="embed voices", unit="clip", disable=None if progress else True)
-        as_line = progress and bar.disable  # read now: close() sets disable
-        unsaved = 0
-        for key, path in todo.items():
-            try:
-                y, _ = audio.load_trimmed(path, sample_rate, trim_db)
-            except audio.AudioError as err:
-                failed[path] = str(err)
-            else:
-                stored[key] = embed([y], sample_rate)[0]
-                unsaved += 1
-            bar.update(1)
-            if unsaved == self.SAVE_EVERY:
-                self._write(file, stored)
-                unsaved = 0
-        if unsaved:
-            self._write(file, stored)
-        bar.close()
-        if as_line:
-            tqdm.write(f"embed voices: {len(todo)} clips in {time.monotonic() - started:.1f} s")
-        return failed
-
-    @staticmethod
-    def _write(file: Path, stored: dict[str, np.ndarray]) -> None:
-        with atomic.atomic_path(file) as tmp:
-            np.savez(tmp, keys=np.array(list(stored), dtype=str), embeddings=np.stack(list(stored.values())).astype(np.float32))
+        return self._vectors().get(paths, sample_rate, trim_db, progress)
 
 
 @dataclass(frozen=True)
