@@ -219,7 +219,9 @@ def train(
             return
         headline = "  ".join(f"{key} {value.metrics[key]:.4f}" for key in tasks.get(r.competition.task).headline)
         done = "  [already finished, skipped]" if value.skipped else ""
-        typer.echo(f"{value.entry} fold {value.fold}: {headline}  (epoch {value.metrics['epoch']}) -> {value.run}{done}")
+        m = value.metrics  # a backbone's run reports its kept epoch, a functionals member its set and model
+        detail = f"epoch {m['epoch']}" if "epoch" in m else f"{m['set']}, {m['model']}"
+        typer.echo(f"{value.entry} fold {value.fold}: {headline}  ({detail}) -> {value.run}{done}")
 
     try:
         folds = _parse_folds(fold, r.folds.n_splits)

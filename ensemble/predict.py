@@ -106,7 +106,7 @@ class Ensemble:
     def duration(self) -> float | None:
         """The shortest clip length in seconds an image member was trained on: the longest window
         (None without image members: functionals members take a whole recording)."""
-        return min((r.features.duration for name, r in self.trained_with.items() if name not in self.functionals), default=None)
+        return min((self.trained_with[m.name].features.duration for m in self.members if m.name not in self.functionals), default=None)
 
     def predict_waveforms(self, clips: Sequence[np.ndarray], batch_size: int = 64, speaker_clips: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Blended probabilities of waveforms.
@@ -154,8 +154,10 @@ class Ensemble:
 
 
 def _trained(member: runs.Member) -> bool:
-    """Whether every fold of every seed of ``member`` is finished and holds its weights."""
-    return member.unfinished() is None and all((run / runs.MODEL).is_file() for e in member.entries for run in member.runs(e))
+    """Whether every fold of every seed of ``member`` is finished and holds its model: a backbone's
+    weights (``model.safetensors``) or a functionals member's pipeline (``model.joblib``)."""
+    runs_ = [run for e in member.entries for run in member.runs(e)]
+    return member.unfinished() is None and all((run / runs.MODEL).is_file() or (run / tabular.MODEL).is_file() for run in runs_)
 
 
 def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float], str]:

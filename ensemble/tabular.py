@@ -9,7 +9,7 @@ speakers as :func:`ensemble.speaker_groups.test_speakers` finds them; no label u
 classic per-speaker normalisation of the INTERSPEECH / ComParE baselines. Then per fold a
 pipeline of scikit-learn's ``StandardScaler`` (fitted on the training folds) and the model:
 ``logreg`` (``LogisticRegression``, balanced class weights) or ``svm`` (``SVC`` with an RBF
-kernel and Platt-scaled probabilities, balanced class weights), both with ``C = c``.
+kernel and balanced class weights, probabilities Platt-scaled), both with ``C = c``.
 
 A run folder holds ``config.json`` (the recipe's identity plus the member's settings),
 ``oof.csv``, ``test.csv``, ``model.joblib`` (the fitted pipeline) and ``metrics.json``, written
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import joblib
 import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -85,10 +86,15 @@ def identity(recipe: Recipe) -> Recipe:
     )
 
 
-def pipeline(member: FunctionalsMember, seed: int) -> Pipeline:
-    """The member's scikit-learn pipeline: ``StandardScaler`` then the model (see the module docstring)."""
+def pipeline(member: FunctionalsMember, seed: int, y: np.ndarray) -> Pipeline:
+    """The member's scikit-learn pipeline for training targets ``y`` ``(n,)``: ``StandardScaler`` then
+    the model (see the module docstring). The SVM's probabilities are Platt-scaled
+    (``CalibratedClassifierCV(method="sigmoid", ensemble=False)``, scikit-learn's replacement for
+    ``SVC(probability=True)``) on up to 5 stratified internal folds, fewer when a class has fewer clips."""
     if member.model == "svm":
-        model = SVC(C=member.c, kernel="rbf", probability=True, class_weight="balanced", random_state=seed)
+        folds = int(max(2, min(5, np.bincount(y).min())))
+        svm = SVC(C=member.c, kernel="rbf", class_weight="balanced", random_state=seed)
+        model = CalibratedClassifierCV(svm, method="sigmoid", cv=folds, ensemble=False)
     else:
         model = LogisticRegression(C=member.c, class_weight="balanced", max_iter=5000)
     return make_pipeline(StandardScaler(), model)
@@ -121,7 +127,7 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     atomic.write_json(out / runs.CONFIG, config)
     fold_of = split.folds["fold"].to_numpy()
     train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-    model = pipeline(member, recipe.train.seed).fit(table.x_train[train_idx], split.y[train_idx])
+    model = pipeline(member, recipe.train.seed, split.y[train_idx]).fit(table.x_train[train_idx], split.y[train_idx])
     oof = _proba(model, table.x_train[valid_idx], len(classes))
     test = split.fill_skipped(_proba(model, table.x_test, len(classes)))
     ids = comp.train[comp.config.id_col].to_numpy()
