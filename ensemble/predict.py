@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -224,7 +223,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             sample rates or trimming thresholds; a run was trained with other classes (names
             and order) than the recipe's ``[competition].classes`` (when it lists them) or than
             the other runs; or its weights do not load.
-        RunError: a run's ``config.json`` cannot be read.
+        RunError: a run's ``config.json`` cannot be read. TabularError: a functionals run's pipeline does not load.
     """
     members, weights, source = _member_weights(recipe)
     torch_device = runtime.resolve_device(device)
@@ -250,7 +249,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
                 )
             if "member" in config:  # a functionals member: its fitted scikit-learn pipeline
                 functionals[member.name] = FunctionalsMember(**config["member"])
-                models[member.name].append(_pipeline(run, fix))
+                models[member.name].append(tabular.load_pipeline(run))
                 continue
             model = models_mod.build(made_with, entry, len(classes))
             try:
@@ -265,18 +264,6 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             "blend members that read audio alike to predict new files."
         )
     return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations, functionals)
-
-
-def _pipeline(run: Path, fix: str):
-    """A functionals run's fitted pipeline (``model.joblib``, written by ens itself).
-
-    Raises:
-        PredictError: the file is missing or does not load.
-    """
-    try:
-        return joblib.load(run / tabular.MODEL)
-    except (OSError, EOFError, ValueError, AttributeError, ImportError) as err:
-        raise PredictError(f"{run / tabular.MODEL} does not load ({err!r}); {fix}.") from err
 
 
 def _population(run: Path, fix: str) -> speakers.Statistics:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -30,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from . import atomic, functionals, runs, speaker_groups, speakers
+from .errors import EnsError
 from .recipe import FunctionalsMember, Recipe, from_dict
 from .split import Split
 
@@ -100,7 +102,7 @@ def pipeline(member: FunctionalsMember, seed: int, y: np.ndarray) -> Pipeline:
     return make_pipeline(StandardScaler(), model)
 
 
-def _proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
+def class_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
     """``predict_proba`` as ``(n, n_classes)`` in class order (a class absent from a training fold keeps 0)."""
     out = np.zeros((len(x), n_classes))
     out[:, model.classes_] = model.predict_proba(x)
@@ -128,8 +130,8 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     fold_of = split.folds["fold"].to_numpy()
     train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     model = pipeline(member, recipe.train.seed, split.y[train_idx]).fit(table.x_train[train_idx], split.y[train_idx])
-    oof = _proba(model, table.x_train[valid_idx], len(classes))
-    test = split.fill_skipped(_proba(model, table.x_test, len(classes)))
+    oof = class_proba(model, table.x_train[valid_idx], len(classes))
+    test = split.fill_skipped(class_proba(model, table.x_test, len(classes)))
     ids = comp.train[comp.config.id_col].to_numpy()
     atomic.write_csv(out / runs.OOF, runs.proba_frame(ids[valid_idx], oof, classes, fold=fold))
     atomic.write_csv(out / runs.TEST, runs.proba_frame(comp.test[comp.config.id_col].to_numpy(), test, classes))
@@ -170,4 +172,20 @@ def predict(
         else:
             x = (x - population.mean) / population.std
     x = np.asarray(x, dtype=np.float64)
-    return np.mean([_proba(model, x, n_classes) for model in models], axis=0)
+    return np.mean([class_proba(model, x, n_classes) for model in models], axis=0)
+
+
+class TabularError(EnsError, ValueError):
+    """A functionals run's fitted pipeline is missing or does not load."""
+
+
+def load_pipeline(run: Path) -> Pipeline:
+    """A functionals run's fitted pipeline (``model.joblib``, written by :func:`train_fold`).
+
+    Raises:
+        TabularError: the file is missing or does not load.
+    """
+    try:
+        return joblib.load(run / MODEL)
+    except (OSError, EOFError, ValueError, AttributeError, ImportError) as err:
+        raise TabularError(f"{run / MODEL} does not load ({err!r}); re-train the run with `ens train --force`.") from err
