@@ -117,6 +117,18 @@ def _listed(names: str | None) -> list[str] | None:
     return None if names in (None, "all") else [name.strip() for name in names.split(",")]
 
 
+def _selected(path: Path, backbone: str | None, overrides: dict) -> tuple[recipe_mod.Recipe, list[str] | None]:
+    """The recipe with ``--backbone`` applied, and the listed names (None: all). A name of a
+    ``[[functionals]]`` member selects that member; the other names (``name`` or ``name@seed``)
+    replace ``backbones``."""
+    listed = _listed(backbone)
+    r = _load_recipe(path, overrides)
+    if listed is None:
+        return r, None
+    images = [name for name in listed if r.functionals_member(name) is None]
+    return _load_recipe(path, {**overrides, "backbones": images}), listed
+
+
 @data_app.command("ravdess")
 def data_ravdess(
     source: Optional[Path] = typer.Option(None, help="Folder holding Actor_01 ... Actor_24 (.wav or .flac). Default: ../shared/data/ravdess when it exists."),
@@ -169,7 +181,10 @@ def _parse_folds(fold: str, n_splits: int) -> list[int]:
 @app.command()
 def train(
     backbone: str = typer.Option(
-        "all", "--backbone", "-b", help="timm model name (name@seed: with that [train].seed), comma-separated names, or 'all' (the recipe's backbones)."
+        "all",
+        "--backbone",
+        "-b",
+        help="timm model name (name@seed: with that [train].seed) or [[functionals]] member name, comma-separated, or 'all' (every member of the recipe).",
     ),
     fold: str = typer.Option("all", "--fold", "-f", help="Fold number, comma-separated folds, or 'all'."),
     recipe: Path = RecipeOption,
@@ -193,10 +208,10 @@ def train(
     per rendering stage; each finished run prints one result line."""
     from . import train as train_mod
 
-    r = _load_recipe(
+    r, listed = _selected(
         recipe,
+        backbone,
         {
-            "backbones": _listed(backbone),
             "train": {
                 "epochs": epochs,
                 "pretrained": False if no_pretrained else None,
@@ -226,7 +241,16 @@ def train(
     try:
         folds = _parse_folds(fold, r.folds.n_splits)
         _warnings_shown(
-            (SkippedClipsWarning,), train_mod.train, r, folds=folds, force=force, resume=resume, progress=not quiet, on_error=on_error.value, on_event=show
+            (SkippedClipsWarning,),
+            train_mod.train,
+            r,
+            listed,
+            folds=folds,
+            force=force,
+            resume=resume,
+            progress=not quiet,
+            on_error=on_error.value,
+            on_event=show,
         )
     except REFUSED as err:
         _fail(err)
@@ -238,14 +262,19 @@ def blend(
     method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
     backbone: Optional[str] = typer.Option(
-        None, "--backbone", "-b", help="Comma-separated backbones to blend, name or name@seed (default: the recipe's); seeds of one name are averaged."
+        None,
+        "--backbone",
+        "-b",
+        help="Comma-separated members to blend: backbones (name or name@seed; a name's seeds are averaged), [[functionals]] members (default: all).",
     ),
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv.
     Reads the runs' tables only (no audio, no feature cache)."""
     from . import blend as blend_mod
 
-    r = _load_recipe(recipe, {"backbones": _listed(backbone)})
+    r, listed = _selected(recipe, backbone, {})
+    if listed is not None:  # blend exactly the listed members (a model's listed seeds averaged)
+        r = _load_recipe(recipe, {"backbones": r.backbones, "blend": {"members": list(dict.fromkeys(recipe_mod.split_backbone(n)[0] for n in listed))}})
     try:
         result = blend_mod.blend(r, method)
         path = blend_mod.write(r, result, name)

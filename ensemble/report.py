@@ -79,13 +79,13 @@ class BackboneRuns:
 
 
 def backbone_runs(recipe: Recipe, split: Split) -> list[BackboneRuns]:
-    """The runs of each of ``recipe.backbones`` (see :class:`BackboneRuns`); never raises for an
+    """The runs of each of ``recipe.backbones`` and ``[[functionals]]`` members (see :class:`BackboneRuns`); never raises for an
     unfinished or inconsistent backbone, whose ``reason`` says what is wrong instead: its pooled
     OOF is read by the same strict reader as the blend's (:func:`ensemble.runs.read_member`), so
     the report shows a run the blend refuses with the blend's reason."""
     out = []
     n_splits = recipe.folds.n_splits
-    for name in recipe.backbones:
+    for name in [*recipe.backbones, *(m.name for m in recipe.functionals)]:  # functionals members have no log.csv
         runs = BackboneRuns(name, n_splits)
         member = run_store.Member(name, run_store.root(recipe), (name,), n_splits)
         for fold, run in enumerate(member.runs(name)):
@@ -311,7 +311,10 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         AudioError: an example clip cannot be loaded.
     """
     root, blend_dir = run_store.root(recipe), run_store.blend_dir(recipe)
-    has_runs = any((run_store.run_dir(recipe, b, f) / run_store.LOG).exists() for b in recipe.backbones for f in range(recipe.folds.n_splits))
+    entries = [*recipe.backbones, *(m.name for m in recipe.functionals)]
+    has_runs = any(
+        (run_store.run_dir(recipe, b, f) / name).exists() for b in entries for f in range(recipe.folds.n_splits) for name in (run_store.LOG, run_store.METRICS)
+    )
     if not has_runs and not (blend_dir / run_store.LEADERBOARD).exists():
         raise ReportError(
             f"no runs of recipe {recipe.name!r} under {root} (no backbone of {recipe.backbones} has a log.csv); train first with `ens train` and this recipe."

@@ -4,6 +4,7 @@ blend's strict reader, blended with a backbone of the same recipe, and predicted
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import joblib
 import numpy as np
@@ -115,3 +116,15 @@ def test_blending_reads_functionals_tables_without_audio(mixed, monkeypatch):
     monkeypatch.setattr(functionals, "extract", refuse)
     result = blend.blend(recipe_mod.load(mixed["recipe"]), method="mean")
     assert [m.name for m in result.members] == ["test_resnet", "basic_lr", "egemaps_svm"]
+
+
+def test_backbone_option_selects_functionals_members_too(mixed, tmp_path):
+    output = cli_ok(["train", "--recipe", str(mixed["recipe"]), "--backbone", "basic_lr", "--quiet"])
+    lines = [line for line in output.splitlines() if " fold " in line]
+    assert [line.split(":")[0] for line in lines] == ["basic_lr fold 0", "basic_lr fold 1"] and all("[already finished, skipped]" in x for x in lines)
+    copy = tmp_path / "tiny.toml"  # blend into a copy of the run store: the shared one stays as the module made it
+    shutil.copytree(mixed["root"] / "runs", tmp_path / "runs")
+    copy.write_text(f'extends = "{mixed["recipe"]}"\nname = "tiny"\n[paths]\nruns_dir = "{tmp_path / "runs"}"\nsubmissions_dir = "{tmp_path / "subs"}"\n')
+    cli_ok(["blend", "--recipe", str(copy), "--backbone", "basic_lr,test_resnet", "--method", "mean"])
+    board = pd.read_csv(tmp_path / "runs" / "tiny" / "blend" / "leaderboard.csv")
+    assert list(board["model"][:2]) == ["basic_lr", "test_resnet"] and "egemaps_svm" not in set(board["model"])
