@@ -257,15 +257,21 @@ class FunctionalsMember:
         name: the member's name: its run folders and its row in the leaderboard.
         set: ``ComParE_2016`` (6373 functionals) or ``eGeMAPSv02`` (88), from openSMILE (the
             ``opensmile`` extra, a research licence), or ``ens_basic`` (librosa descriptors, permissive).
-        model: ``logreg`` (multinomial logistic regression, balanced class weights) or ``svm``
-            (RBF support vector machine with Platt-scaled probabilities, balanced class weights).
-        c: inverse regularisation strength of either model (scikit-learn's ``C``).
+        model: ``logreg`` (multinomial logistic regression, balanced class weights), ``svm``
+            (RBF support vector machine with Platt-scaled probabilities, balanced class weights) or
+            ``lightgbm`` (gradient-boosted trees, LightGBM, balanced class weights).
+        c: inverse regularisation strength of ``logreg`` and ``svm`` (scikit-learn's ``C``).
+        trees, learning_rate, leaves: ``lightgbm``'s number of boosting rounds, shrinkage and
+            leaves per tree (``n_estimators``, ``learning_rate``, ``num_leaves``).
     """
 
     name: str = "functionals"
     set: str = "eGeMAPSv02"
     model: str = "logreg"
     c: float = 0.1
+    trees: int = 300
+    learning_rate: float = 0.05
+    leaves: int = 15
 
 
 @dataclass
@@ -567,7 +573,7 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
 FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic")  # [[functionals]].set (ensemble.functionals)
-FUNCTIONAL_MODELS = ("logreg", "svm")  # [[functionals]].model (ensemble.tabular)
+FUNCTIONAL_MODELS = ("logreg", "svm", "lightgbm")  # [[functionals]].model (ensemble.tabular)
 TEST_SPEAKERS = ("auto", "given", "inferred", "pool")  # [speakers].test
 
 
@@ -639,8 +645,18 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         ),
         (task.name == "multiclass" or not recipe.functionals, "[[functionals]] members work for multiclass tasks only; remove them"),
         (
-            all(m.set in FUNCTIONAL_SETS and m.model in FUNCTIONAL_MODELS and m.c > 0 and m.name.strip() for m in recipe.functionals),
-            f"each [[functionals]] member needs a name, set in {FUNCTIONAL_SETS}, model in {FUNCTIONAL_MODELS} and c > 0",
+            all(
+                m.set in FUNCTIONAL_SETS
+                and m.model in FUNCTIONAL_MODELS
+                and m.c > 0
+                and m.trees >= 1
+                and m.learning_rate > 0
+                and m.leaves >= 2
+                and m.name.strip()
+                for m in recipe.functionals
+            ),
+            f"each [[functionals]] member needs a name, set in {FUNCTIONAL_SETS}, model in {FUNCTIONAL_MODELS}, c > 0, trees >= 1, "
+            "learning_rate > 0 and leaves >= 2",
         ),
         (
             not repeated,

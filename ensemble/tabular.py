@@ -8,8 +8,9 @@ statistics (:class:`ensemble.speakers.SpeakerNorm`: training speakers from the g
 speakers as :func:`ensemble.speaker_groups.test_speakers` finds them; no label used), the
 classic per-speaker normalisation of the INTERSPEECH / ComParE baselines. Then per fold a
 pipeline of scikit-learn's ``StandardScaler`` (fitted on the training folds) and the model:
-``logreg`` (``LogisticRegression``, balanced class weights) or ``svm`` (``SVC`` with an RBF
-kernel and balanced class weights, probabilities Platt-scaled), both with ``C = c``.
+``logreg`` (``LogisticRegression``, balanced class weights), ``svm`` (``SVC`` with an RBF
+kernel and balanced class weights, probabilities Platt-scaled), both with ``C = c``, or
+``lightgbm`` (LightGBM's ``LGBMClassifier``, balanced class weights).
 
 A run folder holds ``config.json`` (the recipe's identity plus the member's settings),
 ``oof.csv``, ``test.csv``, ``model.joblib`` (the fitted pipeline) and ``metrics.json``, written
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from lightgbm import LGBMClassifier
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -92,11 +94,23 @@ def pipeline(member: FunctionalsMember, seed: int, y: np.ndarray) -> Pipeline:
     """The member's scikit-learn pipeline for training targets ``y`` ``(n,)``: ``StandardScaler`` then
     the model (see the module docstring). The SVM's probabilities are Platt-scaled
     (``CalibratedClassifierCV(method="sigmoid", ensemble=False)``, scikit-learn's replacement for
-    ``SVC(probability=True)``) on up to 5 stratified internal folds, fewer when a class has fewer clips."""
+    ``SVC(probability=True)``) on up to 5 stratified internal folds, fewer when a class has fewer clips.
+    LightGBM runs one thread in deterministic mode, so a run is repeatable."""
     if member.model == "svm":
         folds = int(max(2, min(5, np.bincount(y).min())))
         svm = SVC(C=member.c, kernel="rbf", class_weight="balanced", random_state=seed)
         model = CalibratedClassifierCV(svm, method="sigmoid", cv=folds, ensemble=False)
+    elif member.model == "lightgbm":
+        model = LGBMClassifier(
+            n_estimators=member.trees,
+            learning_rate=member.learning_rate,
+            num_leaves=member.leaves,
+            class_weight="balanced",
+            random_state=seed,
+            n_jobs=1,
+            deterministic=True,
+            verbose=-1,
+        )
     else:
         model = LogisticRegression(C=member.c, class_weight="balanced", max_iter=5000)
     return make_pipeline(StandardScaler(), model)

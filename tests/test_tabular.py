@@ -29,6 +29,12 @@ name = "egemaps_svm"
 set = "eGeMAPSv02"
 model = "svm"
 c = 1.0
+
+[[functionals]]
+name = "basic_gbm"
+set = "ens_basic"
+model = "lightgbm"
+trees = 40
 """
 
 
@@ -47,7 +53,7 @@ def mixed(small_source, tiny_recipe_text, tmp_path_factory):
 
 
 def test_one_ens_train_trains_every_kind_and_one_ens_blend_blends_them(mixed):
-    for name in ("test_resnet", "basic_lr", "egemaps_svm"):
+    for name in ("test_resnet", "basic_lr", "egemaps_svm", "basic_gbm"):
         assert f"{name} fold 0:" in mixed["train"] and f"{name} fold 1:" in mixed["train"]
     board = pd.read_csv(mixed["root"] / "runs" / "tiny" / "blend" / "leaderboard.csv")
     assert list(board["model"][:3]) == ["test_resnet", "basic_lr", "egemaps_svm"]
@@ -89,13 +95,13 @@ def test_a_functionals_run_stays_valid_when_the_backbones_training_changes(mixed
 def test_ens_predict_predicts_with_functionals_members(mixed):
     r = recipe_mod.load(mixed["recipe"])
     ensemble = predict.load_ensemble(r)
-    assert set(ensemble.functionals) == {"basic_lr", "egemaps_svm"} and ensemble.duration == 2.0
+    assert set(ensemble.functionals) == {"basic_lr", "egemaps_svm", "basic_gbm"} and ensemble.duration == 2.0
     test = pd.read_csv(mixed["comp"] / "test.csv", dtype=str)
     files = [mixed["comp"] / p for p in test["path"][:2]]
     (first, second) = predict.predict(ensemble, files, same_speaker=True)
     assert first.proba.sum() == pytest.approx(1.0) and not np.allclose(first.proba, second.proba)
     kept = [m for m in ensemble.members if m.name in ensemble.functionals]
-    alone = dataclasses.replace(ensemble, members=kept, weights={m.name: 0.5 for m in kept})  # functionals members only
+    alone = dataclasses.replace(ensemble, members=kept, weights={m.name: 1 / len(kept) for m in kept})  # functionals members only
     assert alone.duration is None
     (whole,) = predict.predict(alone, files[:1], same_speaker=True)  # no image member: the recording whole
     assert whole.spans.shape == (1, 2)
@@ -115,7 +121,7 @@ def test_blending_reads_functionals_tables_without_audio(mixed, monkeypatch):
 
     monkeypatch.setattr(functionals, "extract", refuse)
     result = blend.blend(recipe_mod.load(mixed["recipe"]), method="mean")
-    assert [m.name for m in result.members] == ["test_resnet", "basic_lr", "egemaps_svm"]
+    assert [m.name for m in result.members] == ["test_resnet", "basic_lr", "egemaps_svm", "basic_gbm"]
 
 
 def test_backbone_option_selects_functionals_members_too(mixed, tmp_path):
@@ -128,3 +134,20 @@ def test_backbone_option_selects_functionals_members_too(mixed, tmp_path):
     cli_ok(["blend", "--recipe", str(copy), "--backbone", "basic_lr,test_resnet", "--method", "mean"])
     board = pd.read_csv(tmp_path / "runs" / "tiny" / "blend" / "leaderboard.csv")
     assert list(board["model"][:2]) == ["basic_lr", "test_resnet"] and "egemaps_svm" not in set(board["model"])
+
+
+def test_a_lightgbm_member_is_repeatable_and_its_pipelines_reproduce_its_tables(mixed):
+    r = recipe_mod.load(mixed["recipe"])
+    split = split_mod.load_split(r)
+    member = next(m for m in runs.members(r) if m.name == "basic_gbm")
+    oof, _ = runs.read_member(member, split)
+    spec = r.functionals_member("basic_gbm")
+    table = tabular.load_table(r, split, spec, progress=False)
+    fold_of = split.folds["fold"].to_numpy()
+    for fold, run in enumerate(member.runs("basic_gbm")):
+        model = tabular.load_pipeline(run)
+        assert type(model.steps[-1][1]).__name__ == "LGBMClassifier" and model.steps[-1][1].n_estimators == 40
+        rows = fold_of == fold
+        np.testing.assert_allclose(oof[rows], tabular.class_proba(model, table.x_train[rows], len(split.competition.classes)), atol=1e-9)
+        again = tabular.pipeline(spec, r.train.seed, split.y[~rows]).fit(table.x_train[~rows], split.y[~rows])  # the same seed: the same trees
+        np.testing.assert_array_equal(tabular.class_proba(again, table.x_train[rows], 8), tabular.class_proba(model, table.x_train[rows], 8))
