@@ -1,14 +1,14 @@
 """Functionals members beside the image members on RAVDESS: each member alone, and blends of them.
 
 Trains (or reuses, when finished with the same configuration) ``recipes/ravdess_speaker.toml``:
-two backbones on speaker-normalised images and three functionals members (ComParE_2016 + logistic
-regression, eGeMAPSv02 + SVM, ens_basic + logistic regression), all per-speaker normalised with
-the test speakers inferred. For each member and for mean blends of the backbones, of the
-functionals members and of all five, it scores the pooled OOF (accuracy, macro-F1, UAR) and the
+two backbones on speaker-normalised images and its functionals members (ComParE_2016 + logistic
+regression, eGeMAPSv02 + SVM, ens_basic + logistic regression, ens_basic + LightGBM), all
+per-speaker normalised with the test speakers inferred. For each member and for mean blends of the
+backbones, of the functionals members and of all members, it scores the pooled OOF (accuracy, macro-F1, UAR) and the
 hidden test set; for the functionals members the test set is also re-scored from the same fold
 pipelines with the test speakers true (``solution.csv``'s actors, for reference) or pooled (the
 classic "test set as one pool" setting). The blender's cross-validated OOF of each method over
-all five members comes from :func:`ensemble.blend.blend`. Settings are chosen on OOF only.
+all members comes from :func:`ensemble.blend.blend`. Settings are chosen on OOF only.
 
     python benchmarks/functionals_members.py
 
@@ -89,7 +89,7 @@ def main() -> None:
     text = (
         f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores.\n\n"
         + markdown_table(table)
-        + "\n\nBlender over all five members, cross-validated OOF accuracy: "
+        + f"\n\nBlender over all {len(members)} members, cross-validated OOF accuracy: "
         + ", ".join(f"{k} {v:.4f}" for k, v in cv.items())
         + f"; caruana fitted on all OOF rows, hidden-test accuracy {caruana:.4f} (weights "
         + ", ".join(f"{k} {v:.2f}" for k, v in (result.weights or {}).items())

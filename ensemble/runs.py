@@ -23,6 +23,7 @@ no torch and no feature cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -118,9 +119,13 @@ def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str
 def as_today(stored: dict, source: Path) -> dict:
     """A run configuration ``stored`` by an earlier ens (in ``config.json`` or ``checkpoint.pt``,
     named by ``source``) as :func:`run_config` makes it today: its recipe is re-read through
-    today's :class:`Recipe`, so settings added since take their defaults and settings no longer
-    part of a run's identity drop out."""
-    return {**stored, "recipe": _training_settings(from_dict(stored["recipe"], str(source)))}
+    today's :class:`Recipe` (and a functionals run's member through today's
+    :class:`~ensemble.recipe.FunctionalsMember`), so settings added since take their defaults and
+    settings no longer part of a run's identity drop out."""
+    today = {**stored, "recipe": _training_settings(from_dict(stored["recipe"], str(source)))}
+    if "member" in stored:  # a functionals run: its member read through today's FunctionalsMember too
+        today["member"] = dataclasses.asdict(from_dict({"functionals": [stored["member"]]}, str(source)).functionals[0])
+    return today
 
 
 def finished_metrics(run: Path, config: dict) -> dict | None:

@@ -4,6 +4,7 @@ blend's strict reader, blended with a backbone of the same recipe, and predicted
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import joblib
@@ -151,3 +152,17 @@ def test_a_lightgbm_member_is_repeatable_and_its_pipelines_reproduce_its_tables(
         np.testing.assert_allclose(oof[rows], tabular.class_proba(model, table.x_train[rows], len(split.competition.classes)), atol=1e-9)
         again = tabular.pipeline(spec, r.train.seed, split.y[~rows]).fit(table.x_train[~rows], split.y[~rows])  # the same seed: the same trees
         np.testing.assert_array_equal(tabular.class_proba(again, table.x_train[rows], 8), tabular.class_proba(model, table.x_train[rows], 8))
+
+
+def test_a_functionals_run_saved_before_a_member_setting_existed_is_still_finished(mixed):
+    """config.json's member is read through today's FunctionalsMember: a setting added since takes its default."""
+    r = recipe_mod.load(mixed["recipe"])
+    run = runs.run_dir(r, "basic_lr", 1)
+    config = json.loads((run / runs.CONFIG).read_text())
+    for key in ("trees", "learning_rate", "leaves"):  # lightgbm's settings, added after the first functionals members
+        del config["member"][key]
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    split = split_mod.load_split(r)
+    spec = r.functionals_member("basic_lr")
+    _, skipped = tabular.train_fold(r, split, tabular.load_table(r, split, spec, progress=False), spec, 1)
+    assert skipped
