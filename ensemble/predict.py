@@ -273,8 +273,7 @@ def _population(run: Path, fix: str) -> speakers.Statistics:
         PredictError: the file is missing or unreadable.
     """
     try:
-        with np.load(run / runs.POPULATION) as saved:
-            return speakers.Statistics(saved["mean"], saved["std"])
+        return speakers.load_statistics(run / runs.POPULATION)
     except (OSError, KeyError, ValueError) as err:
         raise PredictError(f"{run / runs.POPULATION} cannot be read ({err}); the speaker-normalised run is damaged: {fix}.") from err
 

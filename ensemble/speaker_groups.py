@@ -183,7 +183,5 @@ def normalise_with(images: np.ndarray, reference: np.ndarray | None, population:
     Returns:
         float16 images in [0, 1] and ``speaker`` or ``population``, the statistics used.
     """
-    if reference is not None:
-        norm = speakers.SpeakerNorm(pooled_axes=(-1,)).fit(reference, np.zeros(len(reference), dtype=np.int64))
-        return to_unit(norm.transform(images, np.zeros(len(images), dtype=np.int64))), "speaker"
-    return to_unit((images.astype(np.float32) - population.mean) / population.std), "population"
+    z = speakers.standardise_one(images, reference, population, pooled_axes=(-1,))
+    return to_unit(z), "population" if reference is None else "speaker"

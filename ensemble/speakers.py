@@ -40,6 +40,7 @@ from sklearn.base import BaseEstimator
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
+from . import atomic
 from .errors import EnsError
 from .vectors import VectorCache
 
@@ -295,6 +296,32 @@ class Statistics(NamedTuple):
 
     mean: np.ndarray
     std: np.ndarray
+
+
+def save_statistics(path: str | os.PathLike, stats: Statistics) -> None:
+    """Write ``stats`` to the ``.npz`` file ``path`` (``mean``, ``std``) atomically."""
+    with atomic.atomic_path(path) as tmp:
+        np.savez(tmp, mean=stats.mean, std=stats.std)
+
+
+def load_statistics(path: str | os.PathLike) -> Statistics:
+    """The :class:`Statistics` :func:`save_statistics` wrote.
+
+    Raises:
+        OSError, KeyError, ValueError: the file is missing, lacks ``mean`` / ``std`` or is not an ``.npz`` file.
+    """
+    with np.load(path) as saved:
+        return Statistics(saved["mean"], saved["std"])
+
+
+def standardise_one(x: np.ndarray, reference: np.ndarray | None, population: Statistics, pooled_axes: tuple[int, ...] = ()) -> np.ndarray:
+    """Rows ``x`` of one speaker (a new recording) standardised as a training speaker's were: by the
+    statistics of ``reference`` (other rows of the same speaker; ``pooled_axes`` pooled as in
+    :class:`SpeakerNorm`) when given, else by the training ``population``'s (float32 arithmetic)."""
+    if reference is not None:
+        norm = SpeakerNorm(pooled_axes=pooled_axes).fit(reference, np.zeros(len(reference), dtype=np.int64))
+        return norm.transform(x, np.zeros(len(x), dtype=np.int64))
+    return (np.asarray(x).astype(np.float32) - population.mean) / population.std
 
 
 class SpeakerNorm(BaseEstimator):

@@ -152,8 +152,7 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     with atomic.atomic_path(out / MODEL) as tmp:
         joblib.dump(model, tmp)
     if table.population is not None:  # for recordings of unknown speakers (ensemble.predict)
-        with atomic.atomic_path(out / runs.POPULATION) as tmp:
-            np.savez(tmp, mean=table.population.mean, std=table.population.std)
+        speakers.save_statistics(out / runs.POPULATION, table.population)
     report = {**task.report(split.y[valid_idx], oof, classes), "backbone": member.name, "fold": fold, "set": member.set, "model": member.model}
     atomic.write_json(out / runs.METRICS, report)
     return report, False
@@ -179,12 +178,8 @@ def predict(
     """
     x = functionals.extract(clips, sample_rate, member.set)
     if population is not None:
-        if speaker_clips is not None:
-            reference = functionals.extract(speaker_clips, sample_rate, member.set)
-            one = speakers.SpeakerNorm().fit(reference, np.zeros(len(reference), dtype=np.int64))
-            x = one.transform(x, np.zeros(len(x), dtype=np.int64))
-        else:
-            x = (x - population.mean) / population.std
+        reference = None if speaker_clips is None else functionals.extract(speaker_clips, sample_rate, member.set)
+        x = speakers.standardise_one(x, reference, population)
     x = np.asarray(x, dtype=np.float64)
     return np.mean([class_proba(model, x, n_classes) for model in models], axis=0)
 

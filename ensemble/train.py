@@ -25,7 +25,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from . import atomic, models, runs, runtime, speaker_groups, tabular
+from . import atomic, models, runs, runtime, speaker_groups, speakers, tabular
 from . import competition as comp_mod
 from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
@@ -283,8 +283,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     atomic.write_csv(out / runs.TEST, runs.proba_frame(test_ids, test_proba, classes))
     report = {**task.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold, "epoch": best_epoch, "device": str(device)}
     if data.speaker_population is not None:  # for recordings of unknown speakers (ensemble.predict)
-        with atomic.atomic_path(out / runs.POPULATION) as tmp:
-            np.savez(tmp, mean=data.speaker_population.mean, std=data.speaker_population.std)
+        speakers.save_statistics(out / runs.POPULATION, data.speaker_population)
     atomic.write_json(out / runs.METRICS, report)
     checkpoint.finish()
     return report
