@@ -387,6 +387,10 @@ class Recipe:
             groups[member.name] = [member.name]
         return groups
 
+    def entries(self) -> list[str]:
+        """Every run folder name of the recipe: its ``backbones`` entries, then its functionals members' names."""
+        return [*self.backbones, *(m.name for m in self.functionals)]
+
     def functionals_member(self, name: str) -> FunctionalsMember | None:
         """The ``[[functionals]]`` member called ``name``, or None for a backbone entry."""
         return next((m for m in self.functionals if m.name == name), None)

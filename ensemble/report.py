@@ -85,7 +85,7 @@ def backbone_runs(recipe: Recipe, split: Split) -> list[BackboneRuns]:
     the report shows a run the blend refuses with the blend's reason."""
     out = []
     n_splits = recipe.folds.n_splits
-    for name in [*recipe.backbones, *(m.name for m in recipe.functionals)]:  # functionals members have no log.csv
+    for name in recipe.entries():  # functionals members have no log.csv
         runs = BackboneRuns(name, n_splits)
         member = run_store.Member(name, run_store.root(recipe), (name,), n_splits)
         for fold, run in enumerate(member.runs(name)):
@@ -311,7 +311,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         AudioError: an example clip cannot be loaded.
     """
     root, blend_dir = run_store.root(recipe), run_store.blend_dir(recipe)
-    entries = [*recipe.backbones, *(m.name for m in recipe.functionals)]
+    entries = recipe.entries()
     has_runs = any(
         (run_store.run_dir(recipe, b, f) / name).exists() for b in entries for f in range(recipe.folds.n_splits) for name in (run_store.LOG, run_store.METRICS)
     )

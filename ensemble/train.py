@@ -333,7 +333,7 @@ def train(
         ``on_error``. And everything :func:`ensemble.data.load_data`, :func:`train_fold` and
         :func:`ensemble.tabular.train_fold` raise.
     """
-    entries = list(backbones) if backbones is not None else [*recipe.backbones, *(m.name for m in recipe.functionals)]
+    entries = list(backbones) if backbones is not None else recipe.entries()
     tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
     images = [e for e in entries if recipe.functionals_member(e) is None]
     for entry in images:
