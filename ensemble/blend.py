@@ -8,7 +8,7 @@ selection, optimised weights, stacking) live in :mod:`ensemble.blenders`; a blen
 rows and scored on them is optimistic, so the leaderboard also gives each method's
 cross-validated score.
 
-Blending reads tables only (:func:`ensemble.data.load_split` and the members' CSV files): no
+Blending reads tables only (:func:`ensemble.split.load_split` and the members' CSV files): no
 audio, no feature cache, no torch. :func:`blend` returns a :class:`BlendResult` and writes
 nothing; :func:`write` writes it.
 """
@@ -95,11 +95,11 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
     tuned on the chosen method's cross-validated OOF (:meth:`ensemble.tasks.Task.tune_thresholds`).
 
     Args:
-        split: the competition and folds (default :func:`ensemble.data.load_split` of the recipe).
+        split: the competition and folds (default :func:`ensemble.split.load_split` of the recipe).
 
     Raises:
         BlendError: see :func:`collect`. RunError: see :func:`ensemble.runs.read_member`.
-        OptionError: an unknown method. CompetitionError: see :func:`ensemble.data.load_split`.
+        OptionError: an unknown method. CompetitionError: see :func:`ensemble.split.load_split`.
     """
     split = load_split(recipe) if split is None else split
     method = method or recipe.blend.method

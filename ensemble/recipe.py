@@ -201,7 +201,7 @@ class TrainConfig:
             (-1, 1), non-zero: every prediction of a run (validation, ``oof.csv``, ``test.csv``)
             and of ``ens predict`` is the mean of the probabilities of the image and of the image
             rolled circularly along time by ``round(shift * frames)`` frames for each shift
-            (:func:`ensemble.train.predict`); empty (the default) predicts the image alone.
+            (:func:`ensemble.loop.predict`); empty (the default) predicts the image alone.
     """
 
     epochs: int = 15

@@ -260,7 +260,7 @@ def read_oof(path: Path, split, fold: int | None, fix: str) -> tuple[np.ndarray,
     OOF table: a run's ``oof.csv`` (``fold`` given: exactly the ids of that fold, each row marked
     with it) or a blend's (``fold`` None: exactly every training id).
 
-    ``split`` is a :class:`ensemble.data.Split` (competition, folds, training rows).
+    ``split`` is a :class:`ensemble.split.Split` (competition, folds, training rows).
 
     Raises:
         RunError: see :func:`_table`, :func:`_rows` and :func:`_probabilities`; a row of another fold.
@@ -375,7 +375,7 @@ def members(recipe: Recipe) -> list[Member]:
 def read_member(member: Member, split) -> tuple[np.ndarray, np.ndarray]:
     """A finished member's OOF ``(n_train, classes)`` (each training clip from the fold model that
     did not train on it) and test probabilities ``(n_test, classes)`` (the mean over folds), each
-    the mean over its seeds. ``split`` is a :class:`ensemble.data.Split`.
+    the mean over its seeds. ``split`` is a :class:`ensemble.split.Split`.
 
     Rows are matched by id and class columns by name, so a run table in another row or column
     order is realigned exactly; anything else that does not fit the competition is refused.

@@ -110,7 +110,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     (:func:`ensemble.runtime.precision_on`); ``[runtime].compile`` compiles the training forward
     pass. Seeded: the same recipe gives the same run on CPU. Validation and the saved ``oof.csv``
     / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`ensemble.loop.predict`);
-    skipped test clips (:attr:`ensemble.data.Split.skipped`) are given the prior.
+    skipped test clips (:attr:`ensemble.split.Split.skipped`) are given the prior.
 
     After each epoch ``checkpoint.pt`` saves the model, optimizer, scheduler, EMA, gradient
     scaler, every random state, the epoch log and which epoch is the best so far; then, when the
