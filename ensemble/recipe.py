@@ -263,6 +263,10 @@ class FunctionalsMember:
         c: inverse regularisation strength of ``logreg`` and ``svm`` (scikit-learn's ``C``).
         trees, learning_rate, leaves: ``lightgbm``'s number of boosting rounds, shrinkage and
             leaves per tree (``n_estimators``, ``learning_rate``, ``num_leaves``).
+        tune: choose ``c`` (``logreg``, ``svm``) or ``trees`` and ``leaves`` (``lightgbm``) in each
+            fold by an inner speaker-grouped cross-validation on that fold's training clips only
+            (:func:`ensemble.tabular.tune`, grids :data:`ensemble.tabular.GRIDS`); the values
+            above are then ignored, and each fold's choice is in its ``metrics.json``.
     """
 
     name: str = "functionals"
@@ -272,6 +276,7 @@ class FunctionalsMember:
     trees: int = 300
     learning_rate: float = 0.05
     leaves: int = 15
+    tune: bool = False
 
 
 @dataclass

@@ -28,6 +28,7 @@ import numpy as np
 from lightgbm import LGBMClassifier
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold, ParameterGrid, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -38,6 +39,27 @@ from .recipe import FunctionalsMember, Recipe, from_dict
 from .split import Split
 
 MODEL = "model.joblib"
+
+
+class TabularError(EnsError, ValueError):
+    """A functionals member cannot be trained or loaded: too few speakers to tune, a missing or unloadable pipeline."""
+
+
+GRIDS: dict[str, dict[str, tuple]] = {
+    "logreg": {"c": (0.001, 0.01, 0.1, 1.0, 10.0)},
+    "svm": {"c": (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)},
+    "lightgbm": {"trees": (100, 300), "leaves": (7, 15, 31)},
+}
+"""What ``[[functionals]].tune`` searches per model: decades of ``C`` for the logistic regression
+(wide: the best ``C`` falls with the number of functionals, 0.01 for ComParE's 6373 and 0.1 for
+ens_basic's 319 on RAVDESS, ``docs/results.md``), the SVM's usual 0.1-30 range, and LightGBM's size
+(rounds x leaves; the learning rate stays the member's)."""
+
+INNER_FOLDS = 3
+"""Inner folds of :func:`tune` (grouped by speaker when the competition has a group column)."""
+
+SCORERS = {"accuracy": "accuracy", "uar": "balanced_accuracy", "macro_f1": "f1_macro"}
+"""``[train].metric`` -> the scikit-learn scorer :func:`tune` maximises (UAR is balanced accuracy)."""
 
 
 @dataclass
@@ -123,6 +145,47 @@ def class_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+def inner_folds(split: Split, rows: np.ndarray, n_folds: int = INNER_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Folds over the training clips ``rows`` (indices into ``split``'s training table), as position
+    pairs into ``rows``: grouped by the group column when the competition has one (scikit-learn's
+    ``GroupKFold``: no speaker on both sides), else stratified by class (``StratifiedKFold``, seed 0).
+    ``n_folds`` falls to the number of groups (or to the rarest class's count) when they are fewer.
+
+    Raises:
+        TabularError: fewer than 2 groups (or a class with fewer than 2 clips) to split."""
+    comp, y = split.competition, split.y[rows]
+    if comp.has_groups:
+        groups = comp.train[comp.config.group_col].astype(str).to_numpy()[rows]
+        k = min(n_folds, len(set(groups)))
+        if k < 2:
+            raise TabularError(f"[[functionals]].tune needs clips of at least 2 speakers ({comp.config.group_col!r}) in each fold's training clips.")
+        return list(GroupKFold(n_splits=k).split(rows, y, groups))
+    k = min(n_folds, int(np.bincount(y).min(initial=0)) if len(y) else 0)
+    if k < 2:
+        raise TabularError("[[functionals]].tune needs at least 2 clips of every class in each fold's training clips.")
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=0).split(rows, y))
+
+
+def tune(
+    member: FunctionalsMember, x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], metric: str, seed: int
+) -> tuple[FunctionalsMember, dict]:
+    """The member with the settings of :data:`GRIDS` that score best, by ``metric``
+    (:data:`SCORERS`), over the inner ``folds`` of training clips ``x`` ``(n, d)``, ``y`` ``(n,)``
+    (scikit-learn's ``ParameterGrid`` and ``cross_val_score``; ties go to the first, i.e. the
+    simplest, setting of the grid). Only training clips take part: the caller's validation fold never does.
+
+    Returns:
+        the tuned member and ``{"chosen": {...}, "inner_scores": {setting: mean score}}``.
+    """
+    scored = []
+    for setting in ParameterGrid(GRIDS[member.model]):
+        candidate = dataclasses.replace(member, **setting)
+        score = cross_val_score(pipeline(candidate, seed, y), x, y, cv=folds, scoring=SCORERS[metric]).mean()
+        scored.append((float(score), setting))
+    best = max(scored, key=lambda pair: pair[0])[1]
+    return dataclasses.replace(member, **best), {"chosen": best, "inner_scores": {str(s): round(v, 4) for v, s in scored}}
+
+
 def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMember, fold: int, force: bool = False) -> tuple[dict, bool]:
     """Fit ``member`` on every fold but ``fold`` and write its run folder (see the module docstring).
 
@@ -143,6 +206,10 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     atomic.write_json(out / runs.CONFIG, config)
     fold_of = split.folds["fold"].to_numpy()
     train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    tuned = {}
+    if member.tune:
+        folds = inner_folds(split, train_idx)
+        member, tuned = tune(member, table.x_train[train_idx], split.y[train_idx], folds, recipe.train.metric, recipe.train.seed)
     model = pipeline(member, recipe.train.seed, split.y[train_idx]).fit(table.x_train[train_idx], split.y[train_idx])
     oof = class_proba(model, table.x_train[valid_idx], len(classes))
     test = split.fill_skipped(class_proba(model, table.x_test, len(classes)))
@@ -153,7 +220,7 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
         joblib.dump(model, tmp)
     if table.population is not None:  # for recordings of unknown speakers (ensemble.predict)
         speakers.save_statistics(out / runs.POPULATION, table.population)
-    report = {**task.report(split.y[valid_idx], oof, classes), "backbone": member.name, "fold": fold, "set": member.set, "model": member.model}
+    report = {**task.report(split.y[valid_idx], oof, classes), "backbone": member.name, "fold": fold, "set": member.set, "model": member.model, **tuned}
     atomic.write_json(out / runs.METRICS, report)
     return report, False
 
@@ -182,10 +249,6 @@ def predict(
         x = speakers.standardise_one(x, reference, population)
     x = np.asarray(x, dtype=np.float64)
     return np.mean([class_proba(model, x, n_classes) for model in models], axis=0)
-
-
-class TabularError(EnsError, ValueError):
-    """A functionals run's fitted pipeline is missing or does not load."""
 
 
 def load_pipeline(run: Path) -> Pipeline:
