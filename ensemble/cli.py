@@ -36,6 +36,12 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.split.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
+PseudoLabelOption = typer.Option(
+    False,
+    "--pseudo-label",
+    help="Pseudo-labelling: with [pseudo].rounds = 0, run (train) or include (blend) one round of members retrained with the "
+    "confident test clips as soft targets ([pseudo] settings; ensemble.pseudo).",
+)
 OnErrorOption = typer.Option(
     OnError.fail,
     "--on-error",
@@ -117,15 +123,19 @@ def _listed(names: str | None) -> list[str] | None:
     return None if names in (None, "all") else [name.strip() for name in names.split(",")]
 
 
-def _selected(path: Path, backbone: str | None, overrides: dict) -> tuple[recipe_mod.Recipe, list[str] | None]:
-    """The recipe with ``--backbone`` applied, and the listed names (None: all). A name of a
-    ``[[functionals]]`` member selects that member; the other names (``name`` or ``name@seed``)
-    replace ``backbones``."""
+def _selected(path: Path, backbone: str | None, overrides: dict, pseudo_label: bool = False) -> tuple[recipe_mod.Recipe, list[str] | None]:
+    """The recipe with ``--backbone`` and ``--pseudo-label`` applied, and the listed names (None: all).
+    A name of a ``[[functionals]]`` member selects that member; the other names (``name``,
+    ``name@seed``, or a pseudo round's ``name+pl1``) replace ``backbones`` (with the round's own entry).
+    ``--pseudo-label`` makes ``[pseudo].rounds`` at least 1."""
     listed = _listed(backbone)
     r = _load_recipe(path, overrides)
+    if pseudo_label and r.pseudo.rounds < 1:
+        overrides = {**overrides, "pseudo": {"rounds": 1}}
+        r = _load_recipe(path, overrides)
     if listed is None:
         return r, None
-    images = [name for name in listed if r.functionals_member(name) is None]
+    images = list(dict.fromkeys(recipe_mod.pseudo_round(name)[0] for name in listed if r.functionals_member(name) is None))
     return _load_recipe(path, {**overrides, "backbones": images}), listed
 
 
@@ -201,6 +211,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last epoch's checkpoint.pt instead of starting afresh."),
     on_error: OnError = OnErrorOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no per-epoch or per-stage lines; only each run's result line."),
+    pseudo_label: bool = PseudoLabelOption,
 ) -> None:
     """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped.
 
@@ -220,13 +231,14 @@ def train(
             "runtime": {"device": device},
             "paths": {"weights_dir": weights_dir},
         },
+        pseudo_label,
     )
 
     def show(kind: str, value) -> None:
         if kind == "skipped":
             typer.secho(f"the clips that cannot be loaded are listed in {value}", fg=typer.colors.YELLOW, err=True)
             return
-        if kind == "speakers":
+        if kind in ("speakers", "pseudo"):
             typer.echo(value, err=True)
             return
         if kind == "afresh":
@@ -265,16 +277,19 @@ def blend(
         None,
         "--backbone",
         "-b",
-        help="Comma-separated members to blend: backbones (name or name@seed; a name's seeds are averaged), [[functionals]] members (default: all).",
+        help="Comma-separated members to blend: backbones (name or name@seed; a name's seeds are averaged), [[functionals]] members, "
+        "pseudo rounds' members (name+pl1) (default: all).",
     ),
+    pseudo_label: bool = PseudoLabelOption,
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv.
     Reads the runs' tables only (no audio, no feature cache)."""
     from . import blend as blend_mod
 
-    r, listed = _selected(recipe, backbone, {})
+    r, listed = _selected(recipe, backbone, {}, pseudo_label)
     if listed is not None:  # blend exactly the listed members (a model's listed seeds averaged)
-        r = _load_recipe(recipe, {"backbones": r.backbones, "blend": {"members": list(dict.fromkeys(recipe_mod.split_backbone(n)[0] for n in listed))}})
+        members = list(dict.fromkeys(recipe_mod.member_name(n) for n in listed))
+        r = _load_recipe(recipe, {"backbones": r.backbones, "pseudo": {"rounds": r.pseudo.rounds}, "blend": {"members": members}})
     try:
         result = blend_mod.blend(r, method)
         path = blend_mod.write(r, result, name)

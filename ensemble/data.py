@@ -40,10 +40,19 @@ class Data(Split):
     test_speakers: speaker_groups.TestSpeakers | None = None
     speaker_population: speakers.Statistics | None = None
 
-    def gather(self, idx: np.ndarray, variant: np.ndarray | None) -> np.ndarray:
+    def gather(self, idx: np.ndarray, variant: np.ndarray | None, test_rows: np.ndarray | None = None) -> np.ndarray:
         """Training images ``(len(idx), channels, height, frames)`` float32: for each row the clean
         rendering (variant 0, or ``variant`` None) or augmented copy ``variant`` (1..copies), each row
-        read once from the (memory-mapped) cache."""
+        read once from the (memory-mapped) cache. With ``test_rows`` (pseudo-labelled test clips), a
+        row ``n_train + j`` is the clean test image ``test_rows[j]`` whatever its variant."""
+        n_train = len(self.x_train)
+        if test_rows is not None and (extra := idx >= n_train).any():
+            out = np.empty((len(idx), *self.x_train.shape[1:]), dtype=np.float32)
+            out[extra] = self.x_test[test_rows[idx[extra] - n_train]]
+            own = ~extra
+            if own.any():
+                out[own] = self.gather(idx[own], None if variant is None else variant[own])
+            return out
         if variant is None:
             return np.asarray(self.x_train[idx], dtype=np.float32)
         out = np.empty((len(idx), *self.x_train.shape[1:]), dtype=np.float32)

@@ -303,6 +303,31 @@ class SpeakersConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Pseudo-labelling of the unlabelled test clips (``[pseudo]``; :mod:`ensemble.pseudo`): after
+    the members train, each round retrains them as new members (``"<entry>+pl<round>"``) with the
+    test clips the previous round is confident about added to every fold's training set as soft
+    targets (the "noisy student" of the BirdCLEF 2024-2025 winners; Xie et al. 2020). Fold ``k``'s
+    labels come from the previous round's fold-``k`` models only, so no label of fold ``k``'s
+    validation clips reaches them and OOF stays honest.
+
+    Attributes:
+        rounds: rounds of retraining; 0 is off (``ens train --pseudo-label`` makes it at least 1).
+        threshold: keep test clips whose highest pseudo probability is at least this; 0 chooses it
+            per fold: the lowest confidence at which the teacher's OOF clips of the other folds,
+            kept at that confidence, are right at least ``precision`` of the time.
+        precision: the OOF accuracy of kept clips that the automatic threshold aims for.
+        members: the member names (timm model names of ``backbones``, ``[[functionals]]`` names)
+            retrained each round; empty: every member.
+    """
+
+    rounds: int = 0
+    threshold: float = 0.0
+    precision: float = 0.9
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RuntimeConfig:
     """How this machine runs the recipe (``[runtime]``). No setting here is part of a run's identity:
     a run finished on one device is reused on another.
@@ -352,6 +377,7 @@ class Recipe:
     blend: BlendConfig = field(default_factory=BlendConfig)
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     functionals: list[FunctionalsMember] = field(default_factory=list)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -380,39 +406,71 @@ class Recipe:
     def members(self) -> dict[str, list[str]]:
         """Blend members: each timm model name of ``backbones`` -> its entries (one per seed), in
         the order the entries first appear (``["a", "b", "a@7"]`` gives ``{"a": ["a", "a@7"], "b": ["b"]}``),
-        then each functionals member -> ``[its name]``.
+        then each functionals member -> ``[its name]``, then each ``[pseudo]`` round's retrained
+        members (``"a+pl1" -> ["a+pl1", "a@7+pl1"]``).
 
         Raises:
             RecipeError: a malformed entry (see :func:`split_backbone`).
         """
         groups: dict[str, list[str]] = {}
-        for entry in self.backbones:
-            groups.setdefault(split_backbone(entry)[0], []).append(entry)
-        for member in self.functionals:
-            groups[member.name] = [member.name]
+        for entry in self.entries():
+            groups.setdefault(member_name(entry), []).append(entry)
         return groups
 
     def entries(self) -> list[str]:
-        """Every run folder name of the recipe: its ``backbones`` entries, then its functionals members' names."""
-        return [*self.backbones, *(m.name for m in self.functionals)]
+        """Every run folder name of the recipe: its ``backbones`` entries, then its functionals
+        members' names, then for each ``[pseudo]`` round ``1..rounds`` the retrained entries
+        (``"<entry>+pl<round>"``, :func:`pseudo_round`) of ``[pseudo].members`` (every member when empty)."""
+        base = [*self.backbones, *(m.name for m in self.functionals)]
+        chosen = [e for e in base if not self.pseudo.members or member_name(e) in self.pseudo.members]
+        return base + [f"{e}{PSEUDO_MARK}{r}" for r in range(1, self.pseudo.rounds + 1) for e in chosen]
 
     def functionals_member(self, name: str) -> FunctionalsMember | None:
-        """The ``[[functionals]]`` member called ``name``, or None for a backbone entry."""
-        return next((m for m in self.functionals if m.name == name), None)
+        """The ``[[functionals]]`` member called ``name`` (a pseudo round's ``"<name>+pl<round>"``: that
+        member under this name), or None for a backbone entry."""
+        base, round_ = pseudo_round(name)
+        member = next((m for m in self.functionals if m.name == base), None)
+        return member if member is None or not round_ else dataclasses.replace(member, name=name)
+
+
+PSEUDO_MARK = "+pl"
+"""What marks a pseudo-labelling round's entry: ``"regnetx_002@7+pl2"`` is ``regnetx_002@7`` retrained in round 2."""
+
+
+def pseudo_round(entry: str) -> tuple[str, int]:
+    """An entry as ``(entry without its round, round)``: ``"a@7+pl2"`` -> ``("a@7", 2)``, ``"a"`` -> ``("a", 0)``."""
+    base, mark, round_ = entry.rpartition(PSEUDO_MARK)
+    if mark and base and round_.isascii() and round_.isdigit() and int(round_) > 0:
+        return base, int(round_)
+    return entry, 0
+
+
+def member_name(entry: str) -> str:
+    """The blend member an entry belongs to: its model name (without ``@seed``) and its round mark:
+    ``"a@7+pl1"`` -> ``"a+pl1"``, ``"a@7"`` -> ``"a"``.
+
+    Raises:
+        RecipeError: a malformed entry (see :func:`split_backbone`).
+    """
+    base, round_ = pseudo_round(entry)
+    name = split_backbone(base)[0]
+    return f"{name}{PSEUDO_MARK}{round_}" if round_ else name
 
 
 def split_backbone(entry: str) -> tuple[str, int | None]:
     """A ``backbones`` entry as ``(timm model name, seed)``: ``"regnetx_002@43"`` -> ``("regnetx_002", 43)``,
-    ``"regnetx_002"`` -> ``("regnetx_002", None)`` (the recipe's ``[train].seed``).
+    ``"regnetx_002"`` -> ``("regnetx_002", None)`` (the recipe's ``[train].seed``); a pseudo round's
+    mark is dropped (``"regnetx_002@43+pl1"`` -> ``("regnetx_002", 43)``).
 
     Raises:
         RecipeError: naming the entry, when the name or the seed after ``@`` is missing or the seed
             is not an integer in ``[0, 2**32)`` (NumPy's seed range): ``"regnetx_002@"``,
             ``"regnetx_002@x"``, ``"@43"``.
     """
-    name, at, seed = entry.partition("@")
+    base = pseudo_round(entry)[0]
+    name, at, seed = base.partition("@")
     if not at:
-        return entry, None
+        return base, None
     if not name or not (seed.isascii() and seed.isdigit() and int(seed) < 2**32):
         raise RecipeError(f"backbones entry {entry!r}: write a timm model name, or name@seed with an integer seed in [0, 2**32), such as 'regnetx_002@43'.")
     return name, int(seed)
@@ -426,6 +484,7 @@ _SECTIONS = {
     "augment": AugmentConfig,
     "blend": BlendConfig,
     "speakers": SpeakersConfig,
+    "pseudo": PseudoConfig,
     "runtime": RuntimeConfig,
     "paths": PathsConfig,
 }
@@ -603,6 +662,9 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         raise RecipeError(f"{source}: {err}") from err
     repeated = [entries for entries in members.values() if len(set(recipe.seeds(entries))) < len(entries)]
     functional_names = [m.name for m in recipe.functionals]
+    base_members = [split_backbone(e)[0] for e in recipe.backbones] + functional_names
+    pl = recipe.pseudo
+    retrained_images = [e for e in recipe.backbones if not pl.members or split_backbone(e)[0] in pl.members]
     waveform_problem = waveform_augment.problem(a.waveform)
     checks = [
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
@@ -666,6 +728,25 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             ),
             f"each [[functionals]] member needs a name, set in {FUNCTIONAL_SETS}, model in {FUNCTIONAL_MODELS}, c > 0, trees >= 1, "
             "learning_rate > 0 and leaves >= 2",
+        ),
+        (
+            not any(PSEUDO_MARK in name for name in [*recipe.backbones, *functional_names]),
+            f"backbones and [[functionals]] names may not contain {PSEUDO_MARK!r}: it marks a pseudo-labelling round's members",
+        ),
+        (
+            pl.rounds >= 0 and 0 <= pl.threshold < 1 and 0 < pl.precision <= 1,
+            f"[pseudo] needs rounds >= 0, 0 <= threshold < 1 (0: chosen for precision) and 0 < precision <= 1, not rounds = {pl.rounds}, "
+            f"threshold = {pl.threshold}, precision = {pl.precision}",
+        ),
+        (
+            set(pl.members) <= set(base_members),
+            f"[pseudo].members = {pl.members}: each must be a member of this recipe, one of {sorted(set(base_members))}",
+        ),
+        (pl.rounds == 0 or task.name == "multiclass", f"[pseudo] works for multiclass tasks only; set [pseudo].rounds = 0 for a {task.name} task"),
+        (
+            pl.rounds == 0 or a.mixup_alpha == 0 or not retrained_images,
+            "[pseudo] soft targets and [augment].mixup_alpha > 0 do not go together yet (timm's Mixup takes class indices); "
+            "set mixup_alpha = 0, or name only [[functionals]] members in [pseudo].members",
         ),
         (
             not repeated,

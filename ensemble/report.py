@@ -42,7 +42,7 @@ from . import atomic, features, metrics, plots
 from . import competition as comp_mod
 from . import runs as run_store
 from .errors import EnsError
-from .recipe import Recipe, split_backbone
+from .recipe import Recipe, member_name
 from .split import Split, load_split
 from .tasks import Task
 
@@ -347,7 +347,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         source = f"From {blend_dir / run_store.LEADERBOARD} (written by ens blend): OOF scores over all {len(y)} training clips."
         if weights:
             source += f" The last ens blend submitted {blend_name}, whose OOF probabilities blend/oof.csv holds."
-        late = [name for name in finished if split_backbone(name)[0] not in set(board["model"].astype(str))]  # name@S: member name
+        late = [name for name in finished if member_name(name) not in set(board["model"].astype(str))]  # name@S: member name
         if late:
             source += f" Finished since the last ens blend and not in it: {', '.join(late)}; re-run ens blend to include them."
     else:

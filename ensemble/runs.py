@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import competition as comp_mod
 from .errors import EnsError
-from .recipe import Recipe, from_dict, split_backbone
+from .recipe import Recipe, from_dict, member_name
 from .tasks import Task
 
 CONFIG, METRICS, LOG, OOF, TEST, MODEL, CHECKPOINT = "config.json", "metrics.json", "log.csv", "oof.csv", "test.csv", "model.safetensors", "checkpoint.pt"
@@ -79,7 +79,7 @@ def folds_hash(folds: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- identity
 
-_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths", "functionals")  # a functionals run keeps its own member instead
+_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths", "functionals", "pseudo")  # a functionals run keeps its own member, a round its labels
 _RUNTIME = {"competition": ("dir", "audio_root")}
 """Settings that place a recipe on a machine and change no number a model computes, besides the
 ``[runtime]`` and ``[paths]`` sections: where the competition folder and its audio are (the run
@@ -98,7 +98,7 @@ def _training_settings(recipe: Recipe) -> dict:
     return settings
 
 
-def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str, fold: int, member: dict | None = None) -> dict:
+def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str, fold: int, member: dict | None = None, pseudo: dict | None = None) -> dict:
     """What a run is defined by (``config.json``); a finished run with another config is a conflict.
     ``entry`` is a ``backbones`` entry: the settings are :meth:`Recipe.for_backbone`'s (its seed for
     ``name@S``); ``folds_digest`` is :func:`folds_hash` of the folds it trains on.
@@ -107,12 +107,16 @@ def run_config(recipe: Recipe, classes: list[str], folds_digest: str, entry: str
     competition folder, or training on another device or from another weights folder leaves finished
     runs valid; every other setting (features, augmentation, training, precision, seed) is part of it.
     A functionals member's run adds its ``member`` settings (its ``[[functionals]]`` table); the
-    other members of that list are part of no run's identity.
+    other members of that list are part of no run's identity. A pseudo-labelling round's run adds
+    its labels' ``pseudo`` identity (:meth:`ensemble.pseudo.PseudoLabels.identity`: round, threshold,
+    count, digest, teachers), so new labels make it a run of another configuration.
     The result is as ``config.json`` holds it (lists, not tuples).
     """
     config = {"recipe": _training_settings(recipe.for_backbone(entry)), "backbone": entry, "fold": fold, "classes": classes, "folds_hash": folds_digest}
     if member is not None:
         config["member"] = member
+    if pseudo is not None:
+        config["pseudo"] = pseudo
     return json.loads(json.dumps(config))
 
 
@@ -365,7 +369,7 @@ def members(recipe: Recipe) -> list[Member]:
             out.append(Member(item, root(recipe), tuple(own[item]), n_splits))
             continue
         store = Path(recipe.paths.runs_dir) / other
-        entries = sorted(p.name for p in store.glob(f"{name}*") if p.is_dir() and split_backbone(p.name)[0] == name) if store.is_dir() else []
+        entries = sorted(p.name for p in store.glob(f"{name}*") if p.is_dir() and member_name(p.name) == name) if store.is_dir() else []
         if not entries:
             raise RunError(f"[blend].members item {item!r}: {store} has no run folder of {name!r}; train it with that recipe first.")
         out.append(Member(item, store, tuple(entries), n_splits))
@@ -388,26 +392,40 @@ def read_member(member: Member, split) -> tuple[np.ndarray, np.ndarray]:
             ``oof.csv`` row of another fold.
     """
     comp = split.competition
-    classes, folds_path = comp.classes, comp.root / comp_mod.FOLDS
     if (reason := member.unfinished()) is not None:
         raise RunError(reason)
     oofs, tests = [], []
     for entry in member.entries:
-        oof = np.full((len(comp.train), len(classes)), np.nan)
-        test = np.zeros((len(comp.test), len(classes)))
-        for fold, run in enumerate(member.runs(entry)):
-            fix = member.fix(entry, fold)
-            config = read_config(run, fix)
-            if config["folds_hash"] != split.folds_hash:
-                raise RunError(f"{run} was trained on another fold assignment than {folds_path}; {fix}, or restore the folds.csv it was trained on.")
-            if config["classes"] != classes:
-                raise RunError(f"{run} was trained with classes {config['classes']}, the competition has {classes} (names and order); {fix}.")
-            rows, proba = read_oof(run / OOF, split, fold, fix)
+        oof = np.full((len(comp.train), len(comp.classes)), np.nan)
+        test = np.zeros((len(comp.test), len(comp.classes)))
+        for fold in range(member.n_splits):
+            rows, proba, fold_test = read_fold(member, split, entry, fold)
             oof[rows] = proba
-            test += read_test(run / TEST, split, fix)
+            test += fold_test
         oofs.append(oof)
         tests.append(test / member.n_splits)
     return np.mean(oofs, axis=0), np.mean(tests, axis=0)
+
+
+def read_fold(member: Member, split, entry: str, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One finished run of ``member`` (``entry``, ``fold``): the positions of its OOF rows in the
+    training table ``(n_fold,)``, their probabilities ``(n_fold, classes)`` and its test probabilities
+    ``(n_test, classes)``, after the checks :func:`read_member` lists.
+
+    Raises:
+        RunError: see :func:`read_member`.
+    """
+    comp = split.competition
+    run, fix = member.runs(entry)[fold], member.fix(entry, fold)
+    if not is_finished(run):
+        raise RunError(f"{run} is not finished; {fix}")
+    config = read_config(run, fix)
+    if config["folds_hash"] != split.folds_hash:
+        raise RunError(f"{run} was trained on another fold assignment than {comp.root / comp_mod.FOLDS}; {fix}, or restore the folds.csv it was trained on.")
+    if config["classes"] != comp.classes:
+        raise RunError(f"{run} was trained with classes {config['classes']}, the competition has {comp.classes} (names and order); {fix}.")
+    rows, proba = read_oof(run / OOF, split, fold, fix)
+    return rows, proba, read_test(run / TEST, split, fix)
 
 
 def read_skipped(recipe: Recipe) -> pd.DataFrame:

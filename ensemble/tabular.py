@@ -35,7 +35,8 @@ from sklearn.svm import SVC
 
 from . import atomic, functionals, runs, speaker_groups, speakers
 from .errors import EnsError
-from .recipe import FunctionalsMember, Recipe, from_dict
+from .pseudo import PseudoLabels
+from .recipe import FunctionalsMember, Recipe, from_dict, pseudo_round
 from .split import Split
 
 MODEL = "model.joblib"
@@ -138,6 +139,14 @@ def pipeline(member: FunctionalsMember, seed: int, y: np.ndarray) -> Pipeline:
     return make_pipeline(StandardScaler(), model)
 
 
+def fit(model: Pipeline, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> Pipeline:
+    """``model.fit(x, y)``, with ``weight`` ``(n,)`` (or None) as every step's ``sample_weight``
+    (the scaler's weighted mean and variance, the model's weighted loss)."""
+    if weight is None:
+        return model.fit(x, y)
+    return model.fit(x, y, **{f"{name}__sample_weight": weight for name, _ in model.steps})
+
+
 def class_proba(model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
     """``predict_proba`` as ``(n, n_classes)`` in class order (a class absent from a training fold keeps 0)."""
     out = np.zeros((len(x), n_classes))
@@ -186,8 +195,16 @@ def tune(
     return dataclasses.replace(member, **best), {"chosen": best, "inner_scores": {str(s): round(v, 4) for v, s in scored}}
 
 
-def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMember, fold: int, force: bool = False) -> tuple[dict, bool]:
+def train_fold(
+    recipe: Recipe, split: Split, table: Table, member: FunctionalsMember, fold: int, force: bool = False, pseudo: PseudoLabels | None = None
+) -> tuple[dict, bool]:
     """Fit ``member`` on every fold but ``fold`` and write its run folder (see the module docstring).
+
+    With ``pseudo`` (a pseudo-labelling round's member, :mod:`ensemble.pseudo`) the kept test clips
+    join the training clips as soft targets: each such clip enters once per class with sample
+    weight its pseudo probability of that class (the weighted log-loss of these rows is the
+    cross-entropy against the soft target; :func:`fit`). With ``tune``, the settings are chosen on
+    the labelled training clips only, then the model is fitted with the pseudo rows.
 
     Returns:
         the ``metrics.json`` dict (the task's report of the fold's OOF predictions), and whether
@@ -199,7 +216,9 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     comp, task = split.competition, split.competition.task
     classes = comp.classes
     out = runs.run_dir(recipe, member.name, fold)
-    config = runs.run_config(identity(recipe), classes, split.folds_hash, member.name, fold, member=dataclasses.asdict(member))
+    settings = dataclasses.asdict(dataclasses.replace(member, name=pseudo_round(member.name)[0]))  # a round's student: its teacher's table
+    labels = None if pseudo is None else pseudo.identity()
+    config = runs.run_config(identity(recipe), classes, split.folds_hash, member.name, fold, member=settings, pseudo=labels)
     if not force and (done := runs.finished_metrics(out, config)) is not None:
         return done, True
     (out / runs.METRICS).unlink(missing_ok=True)
@@ -210,7 +229,13 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     if member.tune:
         folds = inner_folds(split, train_idx)
         member, tuned = tune(member, table.x_train[train_idx], split.y[train_idx], folds, recipe.train.metric, recipe.train.seed)
-    model = pipeline(member, recipe.train.seed, split.y[train_idx]).fit(table.x_train[train_idx], split.y[train_idx])
+    x, y, weight = table.x_train[train_idx], split.y[train_idx], None
+    if pseudo is not None and len(pseudo.rows):
+        n_classes = len(classes)
+        x = np.concatenate([x, np.repeat(table.x_test[pseudo.rows], n_classes, axis=0)])
+        y = np.concatenate([y, np.tile(np.arange(n_classes), len(pseudo.rows))])
+        weight = np.concatenate([np.ones(len(train_idx)), pseudo.targets.ravel()])
+    model = fit(pipeline(member, recipe.train.seed, y), x, y, weight)
     oof = class_proba(model, table.x_train[valid_idx], len(classes))
     test = split.fill_skipped(class_proba(model, table.x_test, len(classes)))
     ids = comp.train[comp.config.id_col].to_numpy()
@@ -221,6 +246,8 @@ def train_fold(recipe: Recipe, split: Split, table: Table, member: FunctionalsMe
     if table.population is not None:  # for recordings of unknown speakers (ensemble.predict)
         speakers.save_statistics(out / runs.POPULATION, table.population)
     report = {**task.report(split.y[valid_idx], oof, classes), "backbone": member.name, "fold": fold, "set": member.set, "model": member.model, **tuned}
+    if pseudo is not None:
+        report["pseudo_labelled"] = len(pseudo.rows)
     atomic.write_json(out / runs.METRICS, report)
     return report, False
 

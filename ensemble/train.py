@@ -32,7 +32,8 @@ from .checkpoint import Checkpoint
 from .data import Data, load_data
 from .errors import OptionError
 from .loop import Updater, ahead, predict, train_one_epoch
-from .recipe import Recipe, RecipeError
+from .pseudo import PseudoLabels, fold_labels, write_labels
+from .recipe import Recipe, RecipeError, pseudo_round
 from .split import load_split
 
 
@@ -83,21 +84,23 @@ def _check_fold(recipe: Recipe, fold: int) -> None:
         raise OptionError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
 
 
-def run_config(recipe: Recipe, data: Data, entry: str, fold: int) -> dict:
-    """:func:`ensemble.runs.run_config` of ``entry``'s run of ``fold`` on ``data``."""
-    return runs.run_config(recipe, data.competition.classes, data.folds_hash, entry, fold)
+def run_config(recipe: Recipe, data: Data, entry: str, fold: int, pseudo: PseudoLabels | None = None) -> dict:
+    """:func:`ensemble.runs.run_config` of ``entry``'s run of ``fold`` on ``data`` (with ``pseudo``'s labels)."""
+    return runs.run_config(recipe, data.competition.classes, data.folds_hash, entry, fold, pseudo=None if pseudo is None else pseudo.identity())
 
 
-def finished_run(recipe: Recipe, data: Data, entry: str, fold: int) -> dict | None:
+def finished_run(recipe: Recipe, data: Data, entry: str, fold: int, pseudo: PseudoLabels | None = None) -> dict | None:
     """The ``metrics.json`` of the finished run of ``entry`` and ``fold``, or None if it is unfinished.
 
     Raises:
         RunConflictError: the finished run was made with another configuration.
     """
-    return runs.finished_metrics(runs.run_dir(recipe, entry, fold), run_config(recipe, data, entry, fold))
+    return runs.finished_metrics(runs.run_dir(recipe, entry, fold), run_config(recipe, data, entry, fold, pseudo))
 
 
-def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True, resume: bool = False) -> dict:
+def train_fold(
+    recipe: Recipe, data: Data, backbone: str, fold: int, force: bool = False, progress: bool = True, resume: bool = False, pseudo: PseudoLabels | None = None
+) -> dict:
     """Fine-tune ``backbone`` (a ``backbones`` entry: timm model ``name``, or ``name@S`` trained
     with ``[train].seed = S``) on every fold but ``fold``, validate on ``fold``, write the run folder.
 
@@ -111,6 +114,12 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     pass. Seeded: the same recipe gives the same run on CPU. Validation and the saved ``oof.csv``
     / ``test.csv`` use the time-shift TTA of ``[train].tta_shifts`` (:func:`ensemble.loop.predict`);
     skipped test clips (:attr:`ensemble.split.Split.skipped`) are given the prior.
+
+    With ``pseudo`` (a pseudo-labelling round's entry ``"<entry>+pl<r>"``, :mod:`ensemble.pseudo`)
+    the kept test clips join the training clips (clean renderings, never the validation fold) and
+    every target is a probability row: one-hot for the labelled clips, the pseudo probabilities for
+    the others, under the same cross-entropy (PyTorch's probability targets, with the same label
+    smoothing and class weights).
 
     After each epoch ``checkpoint.pt`` saves the model, optimizer, scheduler, EMA, gradient
     scaler, every random state, the epoch log and which epoch is the best so far; then, when the
@@ -136,7 +145,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     """
     recipe = recipe.for_backbone(backbone)
     out = runs.run_dir(recipe, backbone, fold)
-    config = run_config(recipe, data, backbone, fold)
+    config = run_config(recipe, data, backbone, fold, pseudo)
     if not force and (done := runs.finished_metrics(out, config)) is not None:
         return done
     _check_fold(recipe, fold)
@@ -148,16 +157,19 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     t, classes = recipe.train, data.competition.classes
     fold_of = data.folds["fold"].to_numpy()
     train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    n_train = len(data.y)
+    # what an epoch draws from: the training clips, then the pseudo-labelled test clips as rows n_train + j
+    pool = train_idx if pseudo is None else np.concatenate([train_idx, n_train + np.arange(len(pseudo.rows))])
     generator = runtime.seed_everything(t.seed)
     device = runtime.resolve_device(recipe.runtime.device)
     cuda = device.type == "cuda"
     precision = runtime.precision_on(t, device)
     model = runtime.to_device(models.build(recipe, backbone, len(classes)), device)
 
-    batch_size = min(t.batch_size, len(train_idx))
+    batch_size = min(t.batch_size, len(pool))
     if recipe.augment.mixup_alpha > 0 and batch_size > 1:
         batch_size -= batch_size % 2  # mixup pairs each image with one in the flipped batch (timm's Mixup asserts an even batch)
-    updates_per_epoch = max(1, len(train_idx) // batch_size)
+    updates_per_epoch = max(1, len(pool) // batch_size)
     optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay)
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -190,11 +202,15 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
         precision=precision,
         updates_per_epoch=updates_per_epoch,
     )
-    y = torch.as_tensor(np.array(data.y))
+    if pseudo is None:
+        y = torch.as_tensor(np.array(data.y))
+    else:  # probability targets: one-hot rows for the labelled clips, then the soft pseudo rows
+        y = torch.as_tensor(np.concatenate([np.eye(len(classes))[data.y], pseudo.targets]), dtype=torch.float32)
+    test_rows = None if pseudo is None else pseudo.rows
     evaluated = model if ema is None else ema.module  # validated each epoch; its best weights are saved
 
     def batch_of(idx: np.ndarray, variant: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor]:
-        x = data.gather(idx, variant)
+        x = data.gather(idx, variant, test_rows)
         if images is not None:
             x = np.stack([images(image=img.transpose(1, 2, 0))["image"].transpose(2, 0, 1) for img in x])
         x = torch.from_numpy(x)
@@ -218,9 +234,9 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
                 tqdm.write(f"{desc}: early stop, no {t.metric} gain in {t.patience} epochs")
             break
         started = time.time()
-        order = torch.randperm(len(train_idx), generator=generator).numpy()[: updates_per_epoch * batch_size].reshape(updates_per_epoch, batch_size)
-        variants = torch.randint(0, copies + 1, (len(train_idx),), generator=generator).numpy() if copies else None
-        jobs = [(train_idx[pos], None if variants is None else variants[pos]) for pos in order]
+        order = torch.randperm(len(pool), generator=generator).numpy()[: updates_per_epoch * batch_size].reshape(updates_per_epoch, batch_size)
+        variants = torch.randint(0, copies + 1, (len(pool),), generator=generator).numpy() if copies else None
+        jobs = [(pool[pos], None if variants is None else variants[pos]) for pos in order]
         # disable=None: no bar when stderr is not a terminal (logs get only the epoch line below)
         bar = tqdm(
             ahead(jobs, batch_of),
@@ -282,6 +298,8 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     test_proba = data.fill_skipped(predict(model, data.x_test, device, task.activation, shifts=t.tta_shifts, precision=precision))
     atomic.write_csv(out / runs.TEST, runs.proba_frame(test_ids, test_proba, classes))
     report = {**task.report(data.y[valid_idx], best_proba, classes), "backbone": backbone, "fold": fold, "epoch": best_epoch, "device": str(device)}
+    if pseudo is not None:
+        report["pseudo_labelled"] = len(pseudo.rows)
     if data.speaker_population is not None:  # for recordings of unknown speakers (ensemble.predict)
         speakers.save_statistics(out / runs.POPULATION, data.speaker_population)
     atomic.write_json(out / runs.METRICS, report)
@@ -322,8 +340,13 @@ def train(
     ``on_event(kind, value)``, if given, hears ``("skipped", path of skipped.csv)`` when clips were
     left out, ``("speakers", description)`` when test speakers were found for speaker normalisation
     (also written next to the competition, :func:`ensemble.speaker_groups.write`),
-    ``("afresh", "<entry> fold <K>")`` before an interrupted run is started afresh and
+    ``("afresh", "<entry> fold <K>")`` before an interrupted run is started afresh,
+    ``("pseudo", description)`` when a pseudo-labelling round's labels of a fold are made and
     ``("run", RunResult)`` after each run.
+
+    ``[pseudo]`` rounds (entries ``"<entry>+pl<r>"``) train after the entries they learn from: round
+    ``r``'s labels of fold ``k`` are made from round ``r - 1``'s finished fold-``k`` runs
+    (:func:`ensemble.pseudo.fold_labels`) and written to the run store.
 
     Returns:
         one :class:`RunResult` per (entry, fold), in grid order.
@@ -346,22 +369,35 @@ def train(
     data = load_data(recipe, progress=progress, on_error=on_error) if images else None
     if data is not None:
         _record(recipe, data, on_event)
-    results = []
+    split = data if data is not None else load_split(recipe)
+    results, labels = [], {}
 
     def done_run(entry: str, k: int, report: dict, skipped: bool) -> None:
         results.append(RunResult(entry, k, runs.run_dir(recipe, entry, k), report, skipped=skipped))
         if on_event is not None:
             on_event("run", results[-1])
 
-    for entry in images:
-        for k in folds:
-            done = None if force else finished_run(recipe, data, entry, k)
-            if not done and not resume and (runs.run_dir(recipe, entry, k) / runs.CHECKPOINT).exists() and on_event is not None:
-                on_event("afresh", f"{entry} fold {k}")
-            done_run(entry, k, done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume), done is not None)
-    split = data if data is not None else load_split(recipe)
-    for member in tables:
-        table = tabular.load_table(recipe, split, member, progress=progress)
-        for k in folds:
-            done_run(member.name, k, *tabular.train_fold(recipe, split, table, member, k, force=force))
+    def pseudo_labels(entry: str, k: int) -> PseudoLabels | None:
+        """The labels of ``entry``'s round for fold ``k`` (None for a base entry), made and written once."""
+        round_ = pseudo_round(entry)[1]
+        if round_ and (round_, k) not in labels:
+            labels[round_, k] = made = fold_labels(recipe, split, round_, k)
+            path = write_labels(recipe, split, made)
+            if on_event is not None:
+                on_event("pseudo", f"round {round_} fold {k}: {len(made.rows)} test clips pseudo-labelled at confidence >= {made.threshold:.3f} -> {path}")
+        return labels.get((round_, k))
+
+    for round_ in sorted({pseudo_round(e)[1] for e in entries}):  # each round after its teachers
+        for entry in [e for e in images if pseudo_round(e)[1] == round_]:
+            for k in folds:
+                extra = pseudo_labels(entry, k)
+                done = None if force else finished_run(recipe, data, entry, k, extra)
+                if not done and not resume and (runs.run_dir(recipe, entry, k) / runs.CHECKPOINT).exists() and on_event is not None:
+                    on_event("afresh", f"{entry} fold {k}")
+                report = done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume, pseudo=extra)
+                done_run(entry, k, report, done is not None)
+        for member in [m for m in tables if pseudo_round(m.name)[1] == round_]:
+            table = tabular.load_table(recipe, split, member, progress=progress)
+            for k in folds:
+                done_run(member.name, k, *tabular.train_fold(recipe, split, table, member, k, force=force, pseudo=pseudo_labels(member.name, k)))
     return results
