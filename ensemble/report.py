@@ -11,6 +11,8 @@
 - **Per-class accuracy**: recall of each class for every finished backbone and the blend.
 - **Training curves**: per backbone, one line per fold from ``log.csv`` (unfinished folds too).
 - **Blend weights**: ``blend/weights.json``.
+- **Top functionals**: for each finished ``[[functionals]]`` member with a linear or tree model,
+  the functionals it leans on most (:func:`ensemble.tabular.importance`, mean over its folds).
 - **Feature images**: every channel of a few training clips per class, the images the backbones
   see (:func:`ensemble.features.load_waveform` and :func:`ensemble.features.model_inputs`; the cache
   is neither read nor written), drawn by :func:`ensemble.plots.clips_figure`.
@@ -38,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, features, metrics, plots
+from . import atomic, features, functionals, metrics, plots, tabular
 from . import competition as comp_mod
 from . import runs as run_store
 from .errors import EnsError
@@ -46,7 +48,16 @@ from .recipe import Recipe, member_name
 from .split import Split, load_split
 from .tasks import Task
 
-SECTIONS = ("Leaderboard", "Confusion matrix", "Per-class accuracy", "Training curves", "Blend weights", "Feature images", "Unfinished backbones")
+SECTIONS = (
+    "Leaderboard",
+    "Confusion matrix",
+    "Per-class accuracy",
+    "Training curves",
+    "Blend weights",
+    "Top functionals",
+    "Feature images",
+    "Unfinished backbones",
+)
 """The report's section headings, in order."""
 
 DPI = 100  # a 13-inch-wide figure becomes 1300 px, about the page's width
@@ -285,7 +296,38 @@ th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: ta
 tr.best td { background: #fff3b0; font-weight: 600; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 ul.skipped li { margin: 4px 0; }
+.side { display: flex; flex-wrap: wrap; gap: 28px; } .side h3 { font-size: 15px; margin: 8px 0; }
 """
+
+
+TOP_FUNCTIONALS = 15
+"""Functionals listed per member in the report."""
+
+
+def top_functionals(recipe: Recipe, top: int = TOP_FUNCTIONALS) -> str:
+    """HTML of the ``top`` functionals of each finished functionals member with per-feature weights
+    (:func:`ensemble.tabular.importance` over its fold pipelines), one table per member side by side;
+    a note for the others."""
+    tables, notes = [], []
+    for name in recipe.entries():
+        member = recipe.functionals_member(name)
+        folds = [run_store.run_dir(recipe, name, k) for k in range(recipe.folds.n_splits)]
+        if member is None or not all(run_store.is_finished(run) for run in folds):
+            continue
+        shares = tabular.importance([tabular.load_pipeline(run) for run in folds], functionals.names(member.set))
+        if shares is None:
+            notes.append(f"{name} ({member.model}): an RBF SVM has no per-feature weights.")
+            continue
+        head = shares.head(top)
+        frame = pd.DataFrame({"functional": head.index, "share": head.to_numpy()})
+        tables.append(f"<div><h3>{html.escape(name)} ({html.escape(member.set)}, {html.escape(member.model)})</h3>{_table(frame, None)}</div>")
+    if not tables and not notes:
+        return _note("No finished functionals member.")
+    lead = _note(
+        "Share of each member's total importance (logistic regression: mean |coefficient| over classes on standardised "
+        "functionals; LightGBM: split gain), averaged over its folds."
+    )
+    return lead + "".join(_note(n) for n in notes) + '<div class="side">' + "".join(tables) + "</div>"
 
 
 def _section(title: str, body: str) -> str:
@@ -399,7 +441,10 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         members = ", ".join(weights.get("members", []))
         sections["Blend weights"] = _note(f"{blend_name} (members: {members}) is not a weighted mean of the members: it has no weights to show.")
 
-    # 6. feature images
+    # 6. top functionals
+    sections["Top functionals"] = top_functionals(recipe)
+
+    # 7. feature images
     fc = recipe.features
     paths = competition.audio_paths(competition.train)
     figures = []
@@ -414,7 +459,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         "(log-Mel and log-STFT: 0 to 1 is the top_db range under the clip peak)."
     ) + "\n".join(figures)
 
-    # 7. unfinished backbones
+    # 8. unfinished backbones
     skipped = [r for r in runs if r.reason]
     sections["Unfinished backbones"] = (
         '<ul class="skipped">' + "".join(f"<li><b>{html.escape(r.name)}</b>: {html.escape(r.reason)}</li>" for r in skipped) + "</ul>"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 from lightgbm import LGBMClassifier
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
@@ -250,6 +251,33 @@ def train_fold(
         report["pseudo_labelled"] = len(pseudo.rows)
     atomic.write_json(out / runs.METRICS, report)
     return report, False
+
+
+def importance(models: list[Pipeline], names: list[str]) -> pd.Series | None:
+    """How much a member leans on each functional, over its fold pipelines ``models`` (one per fold),
+    highest first, as a share of the total (sums to 1; all 0 for a fold without a split or a
+    non-zero coefficient); None for a member without per-feature
+    weights (the RBF SVM).
+
+    A logistic regression's importance of a functional is the mean absolute coefficient over the
+    classes (its inputs are standardised, so coefficients are comparable); LightGBM's is the total
+    gain of the splits on it (``feature_importance("gain")``). Each fold's importances are made
+    shares before the mean over folds.
+
+    Args:
+        names: the functionals' names in column order (:func:`ensemble.functionals.names`).
+    """
+    shares = []
+    for model in models:
+        last = model.steps[-1][1]
+        if isinstance(last, LogisticRegression):
+            raw = np.abs(last.coef_).mean(axis=0)
+        elif isinstance(last, LGBMClassifier):
+            raw = last.booster_.feature_importance(importance_type="gain").astype(np.float64)
+        else:
+            return None
+        shares.append(raw / raw.sum() if raw.sum() > 0 else raw)
+    return pd.Series(np.mean(shares, axis=0), index=names).sort_values(ascending=False)
 
 
 def predict(

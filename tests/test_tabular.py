@@ -203,3 +203,28 @@ def test_tune_refuses_training_folds_of_a_single_speaker(mixed):
     one_speaker = np.flatnonzero(split.competition.train["group"].astype(str).to_numpy() == split.competition.train["group"].astype(str).iloc[0])
     with pytest.raises(tabular.TabularError, match="at least 2 speakers"):
         tabular.inner_folds(split, one_speaker)
+
+
+def test_importance_ranks_the_functionals_a_logistic_regression_and_lightgbm_lean_on(mixed):
+    r = recipe_mod.load(mixed["recipe"])
+    names = functionals.names("ens_basic")
+    lr = [tabular.load_pipeline(runs.run_dir(r, "basic_lr", k)) for k in (0, 1)]
+    shares = tabular.importance(lr, names)
+    by_hand = np.mean([np.abs(m.steps[-1][1].coef_).mean(axis=0) / np.abs(m.steps[-1][1].coef_).mean(axis=0).sum() for m in lr], axis=0)
+    assert shares.index[0] == names[int(np.argmax(by_hand))] and shares.iloc[0] == pytest.approx(by_hand.max())
+    assert shares.sum() == pytest.approx(1.0) and shares.is_monotonic_decreasing
+    # LightGBM: 16 clips per fold make no split (min_child_samples 20), so a synthetic table whose class is one column's sign
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6))
+    y = (x[:, 3] > 0).astype(int)
+    spec = recipe_mod.FunctionalsMember(name="g", model="lightgbm", trees=30)
+    gbm = [tabular.pipeline(spec, seed, y).fit(x, y) for seed in (0, 1)]
+    gain = tabular.importance(gbm, [f"f{k}" for k in range(6)])
+    assert gain.index[0] == "f3" and gain.iloc[0] > 0.9 and gain.sum() == pytest.approx(1.0)
+    svm = [tabular.load_pipeline(runs.run_dir(r, "egemaps_svm", k)) for k in (0, 1)]
+    assert tabular.importance(svm, functionals.names("eGeMAPSv02")) is None
+    from ensemble import report
+
+    page = report.top_functionals(r, top=5)
+    assert f"<td>{shares.index[0]}</td>" in page and "egemaps_svm (svm): an RBF SVM has no per-feature weights" in page
+    assert page.count("<tr>") == 2 * (5 + 1)  # basic_lr and basic_gbm: a header row and 5 functionals each
