@@ -158,7 +158,7 @@ def train_fold(recipe: Recipe, data: Data, backbone: str, fold: int, force: bool
     if recipe.augment.mixup_alpha > 0 and batch_size > 1:
         batch_size -= batch_size % 2  # mixup pairs each image with one in the flipped batch (timm's Mixup asserts an even batch)
     updates_per_epoch = max(1, len(train_idx) // batch_size)
-    optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay, layer_decay=t.layer_decay or None)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         "cosine",
@@ -313,8 +313,11 @@ def train(
 ) -> list[RunResult]:
     """Train the grid: every entry of ``backbones`` (default the recipe's backbones, then its
     ``[[functionals]]`` members) x every fold of ``folds`` (default all). Backbones train on the
-    images loaded once (:func:`ensemble.data.load_data`), functionals members on their cached
-    functionals (:mod:`ensemble.tabular`). A run already finished
+    images of their feature setting (``recipe.for_backbone(entry).features``: the recipe's
+    ``[features]``, or an AudioSet backbone's own frontend), each setting loaded once
+    (:func:`ensemble.data.load_data`) when its first entry trains, so one recipe can mix ImageNet
+    and AudioSet backbones; functionals members train on their cached functionals
+    (:mod:`ensemble.tabular`). A run already finished
     with the same configuration is skipped unless ``force``; an interrupted run starts afresh
     unless ``resume``. The folds are written to the competition folder (``folds.csv``) and the
     clips left out under ``on_error="skip"`` to the run store (``skipped.csv``) before training.
@@ -336,16 +339,21 @@ def train(
     entries = list(backbones) if backbones is not None else recipe.entries()
     tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
     images = [e for e in entries if recipe.functionals_member(e) is None]
-    for entry in images:
-        recipe.for_backbone(entry)  # a malformed name@seed fails before the data loads
+    settings = {entry: recipe.for_backbone(entry).features for entry in images}  # a malformed name@seed fails before the data loads
     n_splits = recipe.folds.n_splits
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
         _check_fold(recipe, k)
     comp_mod.write_folds(comp_mod.load(recipe.competition), recipe.folds)
-    data = load_data(recipe, progress=progress, on_error=on_error) if images else None
-    if data is not None:
-        _record(recipe, data, on_event)
+    loaded: dict[str, Data] = {}  # FeatureConfig.key() -> its data
+
+    def data_of(entry: str) -> Data:
+        key = settings[entry].key()
+        if key not in loaded:
+            loaded[key] = load_data(recipe.for_backbone(entry), progress=progress, on_error=on_error)
+            _record(recipe, loaded[key], on_event)
+        return loaded[key]
+
     results = []
 
     def done_run(entry: str, k: int, report: dict, skipped: bool) -> None:
@@ -354,12 +362,13 @@ def train(
             on_event("run", results[-1])
 
     for entry in images:
+        data = data_of(entry)
         for k in folds:
             done = None if force else finished_run(recipe, data, entry, k)
             if not done and not resume and (runs.run_dir(recipe, entry, k) / runs.CHECKPOINT).exists() and on_event is not None:
                 on_event("afresh", f"{entry} fold {k}")
             done_run(entry, k, done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume), done is not None)
-    split = data if data is not None else load_split(recipe)
+    split = next(iter(loaded.values())) if loaded else load_split(recipe)
     for member in tables:
         table = tabular.load_table(recipe, split, member, progress=progress)
         for k in folds:
