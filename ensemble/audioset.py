@@ -69,7 +69,8 @@ MN04_ARCH = [
 ]
 """EfficientAT mn04's blocks as timm block strings (arch.md "timm equivalence"): features.1-16."""
 
-_MN04_POSITION = {2: "1.0", 3: "1.1", 4: "2.0", 5: "2.1", 6: "2.2", 7: "3.0", 8: "3.1", 9: "3.2", 10: "3.3", 11: "4.0", 12: "4.1", 13: "5.0", 14: "5.1", 15: "5.2"}
+_MN04_POSITION = dict(zip(range(2, 16), ["1.0", "1.1", "2.0", "2.1", "2.2", "3.0", "3.1", "3.2", "3.3", "4.0", "4.1", "5.0", "5.1", "5.2"]))
+"""EfficientAT ``features.i`` -> timm ``blocks.<stage>.<block>`` for i = 2..15 (arch.md's table)."""
 _FACTORY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 

@@ -1,7 +1,9 @@
 """Backbones: timm models with ImageNet weights from a local ``local-dir:`` folder or the hub.
 
 The AudioSet backbones (``yamnet``, ``efficientat_mn04``: :mod:`ensemble.audioset`) load their
-own folders under the same weights folder and never reach for the hub. Weights are looked for, in order: ``weights_dir/<backbone>/`` in timm's local-folder format
+own folders under the same weights folder and never reach for the hub.
+
+Weights are looked for, in order: ``weights_dir/<backbone>/`` in timm's local-folder format
 (``config.json`` + ``model.safetensors``), where ``weights_dir`` is the recipe's / ``--weights-dir``
 value, else ``$ENS_WEIGHTS_DIR``, else ``../shared/weights`` when it exists; then the Hugging Face
 hub, as plain ``timm.create_model(name, pretrained=True)`` does.

@@ -630,7 +630,10 @@ def _frontend_problem(recipe: Recipe) -> str | None:
         frontend = frontends.for_model(name)
         if frontend is not None and recipe.augment.freq_mask > frontends.get(frontend).n_mels:
             bands = frontends.get(frontend).n_mels
-            return f"[augment].freq_mask = {recipe.augment.freq_mask} is wider than the {bands} mel bands of backbone {name!r} ({frontend} frontend); use at most {bands}"
+            return (
+                f"[augment].freq_mask = {recipe.augment.freq_mask} is wider than the {bands} mel bands of backbone {name!r} "
+                f"({frontend} frontend); use at most {bands}"
+            )
     return None
 
 
