@@ -141,9 +141,10 @@ def _efficientat_reference(y: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("frontend,reference", [("yamnet", _yamnet_reference), ("efficientat", _efficientat_reference)])
 def test_frontend_matches_an_independent_reference_on_real_clips(frontend, reference):
-    """Tolerance: 2e-3 absolute on the log values in float32 (log(mel + offset) of float32 spectra;
-    measured max 3e-4 for YAMNet and 2e-5 for EfficientAT), and the float16 the cache stores within
-    its rounding (2 ** -11 relative)."""
+    """Tolerance: 5e-4 absolute on the log values of the float32 rendering against the float64
+    reference (measured on these clips: max 4.9e-5 for YAMNet, 3.5e-5 for EfficientAT, values up to
+    about 3 and 10 above the floor), and the float16 the cache stores within its rounding
+    (half a step, 2 ** -11 of the value: measured max 3.9e-3 for YAMNet, 9.8e-4 for EfficientAT)."""
     config = _config(frontend)
     floor = frontends.get(frontend).floor
     waves = [_waveform(p, frontend) for p in SPEECH_CLIPS]
@@ -152,8 +153,8 @@ def test_frontend_matches_an_independent_reference_on_real_clips(frontend, refer
     for k, y in enumerate(waves):
         expected = reference(y)
         assert rendered[k, 0].shape == expected.shape == (config.n_mels, features.frames(config))
-        np.testing.assert_allclose(rendered[k, 0], expected, atol=2e-3, rtol=0)
-        np.testing.assert_allclose(cached[k, 0], rendered[k, 0], atol=4 * 2**-11 * np.abs(rendered[k, 0] - floor).max(), rtol=0)
+        np.testing.assert_allclose(rendered[k, 0], expected, atol=5e-4, rtol=0)
+        np.testing.assert_allclose(cached[k, 0], rendered[k, 0], atol=2**-11 * np.abs(rendered[k, 0] - floor).max() + 1e-5, rtol=0)
     silence = features.render_batch(np.zeros((1, features.samples(config)), np.float32), config)
     np.testing.assert_allclose(silence, 0.0, atol=1e-6)  # 0 is silence: SpecAugment's masks and padding mean silence
 
