@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import atomic, audio
+from . import atomic, audio, frontends
 from .augment import augment_waveform
 from .channels import CHANNELS as FACTS
 from .recipe import AugmentConfig, FeatureConfig
@@ -56,9 +56,14 @@ def samples(config: FeatureConfig) -> int:
     return int(round(config.duration * config.sample_rate))
 
 
-def frames(config: FeatureConfig) -> int:
-    """Number of STFT frames (image width) of a clip: ``1 + samples // hop_length`` (centred STFT)."""
-    return 1 + samples(config) // config.hop_length
+def frames(config: FeatureConfig, n_samples: int | None = None) -> int:
+    """Number of STFT frames (image width) of a clip of ``n_samples`` samples (default
+    :func:`samples`): ``1 + n_samples // hop_length`` (centred STFT), or the pretrained frontend's
+    count (:meth:`ensemble.frontends.Frontend.frames`: one sample fewer after pre-emphasis)."""
+    n = samples(config) if n_samples is None else n_samples
+    if config.frontend != frontends.IMAGE:
+        return frontends.get(config.frontend).frames(n)
+    return 1 + n // config.hop_length
 
 
 def resize(rows: torch.Tensor, height: int, nearest: bool) -> torch.Tensor:
@@ -204,8 +209,87 @@ class Renderer(nn.Module):
         return out.clamp_(0.0, 1.0)
 
 
+def tf_mel_matrix(frontend: frontends.Frontend) -> torch.Tensor:
+    """``tf.signal.linear_to_mel_weight_matrix`` (TensorFlow, ``tf.signal.mel_ops``) as float32
+    ``(n_mels, n_fft // 2 + 1)``: FFT bins at ``linspace(0, sample_rate / 2, n_fft // 2 + 1)`` Hz
+    on the HTK mel scale ``1127 ln(1 + f / 700)``, ``n_mels`` triangles with edges equally spaced
+    in mel from ``fmin`` to ``fmax``, slopes taken in mel, peak 1, no area normalisation; the DC
+    bin's weights are 0. Computed in float64. YAMNet's filterbank (its ``features.py``)."""
+    f = frontend
+    n_bins = f.n_fft // 2 + 1
+    hz = torch.linspace(0.0, f.sample_rate / 2, n_bins, dtype=torch.float64)[1:]
+
+    def to_mel(x):
+        return 1127.0 * torch.log1p(torch.as_tensor(x, dtype=torch.float64) / 700.0)
+
+    bins_mel = to_mel(hz)[:, None]
+    edges = torch.linspace(float(to_mel(f.fmin)), float(to_mel(f.fmax)), f.n_mels + 2, dtype=torch.float64)
+    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
+    weights = torch.clamp(torch.minimum((bins_mel - lower) / (center - lower), (upper - bins_mel) / (upper - center)), min=0.0)
+    return F.pad(weights, (0, 0, 1, 0)).T.contiguous().float()
+
+
+def kaldi_mel_matrix(frontend: frontends.Frontend) -> torch.Tensor:
+    """EfficientAT's filterbank as float32 ``(n_mels, n_fft // 2 + 1)``:
+    ``torchaudio.compliance.kaldi.get_mel_banks(n_mels, n_fft, sample_rate, fmin, fmax, vtln_low=100,
+    vtln_high=-500, vtln_warp_factor=1.0)`` (triangles equally spaced on ``1127 ln(1 + f / 700)``,
+    over the first ``n_fft // 2`` bins) with a zero column appended for the Nyquist bin, as
+    EfficientAT's ``AugmentMelSTFT`` does."""
+    import torchaudio
+
+    f = frontend
+    banks, _ = torchaudio.compliance.kaldi.get_mel_banks(f.n_mels, f.n_fft, float(f.sample_rate), f.fmin, f.fmax, 100.0, -500.0, 1.0)
+    return F.pad(banks.float(), (0, 1)).contiguous()
+
+
+class FrontendRenderer(nn.Module):
+    """Batched torch rendering of a pretrained network's own log-mel spectrogram (``[features].frontend``
+    other than ``image``; the facts of each: :mod:`ensemble.frontends`), on CPU or CUDA.
+
+    Pre-emphasis (EfficientAT), the centred STFT (``torch.stft``, the frontend's Hann window of
+    ``win_length`` samples centred in ``n_fft``, its pad mode), magnitude (YAMNet) or power
+    (EfficientAT), the mel filterbank (:func:`tf_mel_matrix` or :func:`kaldi_mel_matrix`),
+    ``(log(mel + log_offset) + shift) / scale``, minus the frontend's silence floor
+    (:attr:`ensemble.frontends.Frontend.floor`), so 0 is silence. ``tests/test_audioset.py`` checks
+    both against independent NumPy / librosa references on real RAVDESS clips.
+
+    Args:
+        config: feature settings with ``frontend`` one of :data:`ensemble.frontends.FRONTENDS`.
+
+    Raises:
+        KeyError: ``config.frontend`` is not a pretrained frontend.
+    """
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__()
+        self.config = config
+        f = self.frontend = frontends.get(config.frontend)
+        self.register_buffer("window", torch.hann_window(f.win_length, periodic=f.periodic), persistent=False)
+        self.register_buffer("mel_fb", tf_mel_matrix(f) if f.mel == "tf" else kaldi_mel_matrix(f), persistent=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``: float32 waveforms ``(batch, samples)`` at the frontend's rate ->
+        float32 ``(batch, 1, n_mels, frames)``, frames as :meth:`ensemble.frontends.Frontend.frames`;
+        the frontend's values minus its floor (>= 0 up to rounding)."""
+        f = self.frontend
+        if f.preemphasis:
+            y = y[:, 1:] - f.preemphasis * y[:, :-1]
+        spectrum = torch.stft(
+            y, f.n_fft, hop_length=f.hop_length, win_length=f.win_length, window=self.window, center=True, pad_mode=f.pad_mode, return_complex=True
+        )
+        power = spectrum.real.square() + spectrum.imag.square()
+        mel = torch.matmul(self.mel_fb, power if f.power == 2 else power.sqrt())
+        values = (torch.log(mel + f.log_offset) + f.shift) / f.scale
+        return (values - f.floor)[:, None]
+
+
+def renderer(config: FeatureConfig) -> nn.Module:
+    """The renderer of ``config``: :class:`Renderer` for ens's images, :class:`FrontendRenderer` for a pretrained frontend."""
+    return Renderer(config) if config.frontend == frontends.IMAGE else FrontendRenderer(config)
+
+
 def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | torch.device = "cpu", batch_size: int | None = None) -> np.ndarray:
-    """:class:`Renderer` over ``waveforms`` in batches, without autograd.
+    """:func:`renderer` (:class:`Renderer` or :class:`FrontendRenderer`) over ``waveforms`` in batches, without autograd.
 
     Args:
         waveforms: float32 ``(clips, samples)`` at ``config.sample_rate`` Hz (usually
@@ -215,16 +299,17 @@ def render_batch(waveforms: np.ndarray, config: FeatureConfig, device: str | tor
             the CPU cache: ``benchmarks/features.py`` measures batch sizes) and 256 on CUDA.
 
     Returns:
-        float32 ``(clips, channels, height, 1 + samples // hop_length)`` in [0, 1].
+        float32 ``(clips, channels, height, frames(config, samples))``: in [0, 1] for ens's images,
+        the frontend's values minus its silence floor for a pretrained frontend.
     """
     device = torch.device(device)
     batch_size = batch_size or (256 if device.type == "cuda" else 8)
-    renderer = Renderer(config).to(device)
-    out = np.empty((len(waveforms), len(config.channels), config.height, 1 + waveforms.shape[-1] // config.hop_length), np.float32)
+    render = renderer(config).to(device)
+    out = np.empty((len(waveforms), len(config.channels), config.height, frames(config, waveforms.shape[-1])), np.float32)
     with torch.inference_mode():
         for start in range(0, len(waveforms), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(waveforms[start : start + batch_size], dtype=np.float32))
-            out[start : start + batch_size] = renderer(batch.to(device, non_blocking=True)).cpu().numpy()
+            out[start : start + batch_size] = render(batch.to(device, non_blocking=True)).cpu().numpy()
     return out
 
 
@@ -244,7 +329,9 @@ def model_inputs(
         device, batch_size: as :func:`render_batch`.
 
     Returns:
-        float16 ``(len(waveforms), channels, height, frames(config))`` in [0, 1].
+        float16 ``(len(waveforms), channels, height, frames(config))``: in [0, 1] for ens's images;
+        for a pretrained frontend its log-mel minus its silence floor (float16 keeps 11 significant
+        bits: a step of 0.004 to 0.008 for YAMNet's values of 4 to 16, 0.001 to 0.002 for EfficientAT's of 1 to 4).
     """
     n = samples(config)
     return render_batch(np.stack([audio.fix_length(y, n) for y in waveforms]), config, device, batch_size).astype(np.float16)

@@ -14,6 +14,11 @@ classical models such as scikit-learn's. Three sets, by name (:data:`SETS`):
 - ``ens_basic``: 319 functionals of librosa descriptors (McFee et al. 2015, "librosa: Audio and
   music signal analysis in Python", SciPy), defined in :func:`basic_names` and :func:`extract`;
   permissive (librosa: ISC; NumPy, SciPy: BSD) and without openSMILE.
+- ``yamnet_embedding`` (2048) and ``mn04_embedding`` (768): the frozen AudioSet-pretrained
+  embedding of the whole clip, the mean then the max over time of the frequency-averaged last
+  feature map of YAMNet (1024 channels; Apache-2.0) or EfficientAT mn04 (384; MIT), each on its own
+  frontend (:func:`ensemble.audioset.embed`; weights from :func:`ensemble.models.weights_dir`'s
+  folder, i.e. ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``). torch is imported on first use only.
 
 The two openSMILE sets need the ``opensmile`` package, an optional extra (``pip install
 "ens[opensmile]"``) under the audEERING Research License: free for research and education, NOT
@@ -132,6 +137,18 @@ SETS: dict[str, FunctionalSet] = {
         "eGeMAPSv02", 88, "Eyben et al. 2016, GeMAPS, IEEE Trans. Affective Computing; openSMILE's eGeMAPSv02 configuration", OPENSMILE_LICENCE
     ),
     "ens_basic": FunctionalSet("ens_basic", len(basic_names()), "ens: librosa descriptors (ensemble.functionals)", "ISC (librosa) / BSD (NumPy, SciPy)"),
+    "yamnet_embedding": FunctionalSet(
+        "yamnet_embedding",
+        2 * 1024,
+        "YAMNet (tensorflow/models research/audioset/yamnet) penultimate 1024-d features, mean and max over time (ensemble.audioset.embed)",
+        "Apache-2.0 (YAMNet weights, google-coral/coralmicro)",
+    ),
+    "mn04_embedding": FunctionalSet(
+        "mn04_embedding",
+        2 * 384,
+        "EfficientAT mn04_as (Schmid et al. 2023) last 384-d feature map, mean and max over time (ensemble.audioset.embed)",
+        "MIT (EfficientAT, (c) 2022 Florian Schmid)",
+    ),
 }
 """The functional sets by name."""
 
@@ -269,6 +286,34 @@ def _basic_unchecked(y: np.ndarray, sample_rate: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+# ---- frozen AudioSet embeddings ----
+
+EMBEDDING_VERSION = 1
+"""Bumped whenever the embedding sets' definition changes, so cached vectors of the old one are not reused."""
+
+EMBEDDING_SETS = ("yamnet_embedding", "mn04_embedding")
+"""The sets computed by a frozen pretrained network (:func:`ensemble.audioset.embed`)."""
+
+
+def _embedding_names(set_name: str) -> list[str]:
+    """``<set>_mean<k>`` then ``<set>_max<k>`` for each channel ``k``."""
+    half = SETS[set_name].size // 2
+    stem = set_name.removesuffix("_embedding")
+    return [f"{stem}_mean{k:04d}" for k in range(half)] + [f"{stem}_max{k:04d}" for k in range(half)]
+
+
+def _embedding_weights() -> str:
+    """A short fingerprint of the weights files the embeddings come from (size and modification time)."""
+    from .models import weights_dir
+
+    root = weights_dir(None)
+    parts = []
+    for folder in ("yamnet_mobilenetv1_100", "efficientat_mn04_as"):
+        path = None if root is None else Path(root) / folder / "model.safetensors"
+        parts.append(f"{path.stat().st_size}" if path is not None and path.is_file() else "none")
+    return "-".join(parts)
+
+
 # ---- the public functions ----
 
 
@@ -280,6 +325,8 @@ def names(set_name: str) -> list[str]:
     """
     if _set(set_name).name == "ens_basic":
         return basic_names()
+    if set_name in EMBEDDING_SETS:
+        return _embedding_names(set_name)
     return list(_smile(set_name).feature_names)
 
 
@@ -323,21 +370,27 @@ def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_
         sample_rate: their sample rate in Hz (at least 8000 for ``ens_basic``).
         set_name: a key of :data:`SETS`.
 
+    ``yamnet_embedding`` / ``mn04_embedding``: :func:`ensemble.audioset.embed` (the waveform
+    resampled to the network's frontend rate, its log-mel, the frozen network in eval mode, mean
+    and max over time); weights from ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``.
+
     Returns:
-        float32 ``(len(waveforms), d)``: d = 6373, 88 or 319; columns named by :func:`names`.
+        float32 ``(len(waveforms), d)``: d = 6373, 88, 319, 2048 or 768; columns named by :func:`names`.
 
     Raises:
         FunctionalsError: an unknown set; an openSMILE set without the opensmile package (the
             message says how to install it and its licence); ``sample_rate`` not a positive
             integer (below 8000 for ``ens_basic``); a waveform that is not 1-D, is empty, holds NaN
             or Inf, or is too short for openSMILE (under about 0.1 s; the message names its index).
+        BackboneError: an embedding set whose weights are absent (:mod:`ensemble.audioset`).
     """
     chosen = _set(set_name)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise FunctionalsError(f"sample_rate={sample_rate!r} is not a positive integer number of Hz; pass the rate the waveforms are sampled at.")
     if chosen.name == "ens_basic" and sample_rate < MIN_SAMPLE_RATE:
         raise FunctionalsError(f"sample_rate={sample_rate}: ens_basic needs at least {MIN_SAMPLE_RATE} Hz; load the clips at 16000 Hz.")
-    smile = None if chosen.name == "ens_basic" else _smile(chosen.name)
+    embedding = chosen.name in EMBEDDING_SETS
+    smile = None if chosen.name == "ens_basic" or embedding else _smile(chosen.name)
     out = np.empty((len(waveforms), chosen.size), np.float32)
     for index, y in enumerate(waveforms):
         y = np.asarray(y, dtype=np.float32)
@@ -345,18 +398,26 @@ def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_
             raise FunctionalsError(f"waveform {index}: expected a non-empty 1-D array of samples, got {y.shape}.")
         if not np.isfinite(y).all():
             raise FunctionalsError(f"waveform {index}: holds NaN or Inf samples; repair or drop the clip.")
-        out[index] = _basic(y, int(sample_rate)) if smile is None else _opensmile_row(smile, y, int(sample_rate), index, chosen.name)
+        if embedding:
+            from .audioset import embed  # torch, on first use only
+
+            out[index] = embed([y], int(sample_rate), chosen.name)[0]
+        else:
+            out[index] = _basic(y, int(sample_rate)) if smile is None else _opensmile_row(smile, y, int(sample_rate), index, chosen.name)
     return out
 
 
 def identity(set_name: str) -> str:
-    """The cache identity of ``set_name``: ``opensmile-<version>-<set>`` or ``ens_basic-<BASIC_VERSION>-librosa-<version>``.
+    """The cache identity of ``set_name``: ``opensmile-<version>-<set>``, ``ens_basic-<BASIC_VERSION>-librosa-<version>``
+    or ``<set>-<EMBEDDING_VERSION>-w<weights files' sizes>`` for an embedding set.
 
     Raises:
         FunctionalsError: as :func:`names`.
     """
     if _set(set_name).name == "ens_basic":
         return f"ens_basic-{BASIC_VERSION}-librosa-{librosa.__version__}"
+    if set_name in EMBEDDING_SETS:
+        return f"{set_name}-{EMBEDDING_VERSION}-w{_embedding_weights()}"
     return f"opensmile-{_opensmile().__version__}-{set_name}"
 
 

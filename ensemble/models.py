@@ -1,5 +1,8 @@
 """Backbones: timm models with ImageNet weights from a local ``local-dir:`` folder or the hub.
 
+The AudioSet backbones (``yamnet``, ``efficientat_mn04``: :mod:`ensemble.audioset`) load their
+own folders under the same weights folder and never reach for the hub.
+
 Weights are looked for, in order: ``weights_dir/<backbone>/`` in timm's local-folder format
 (``config.json`` + ``model.safetensors``), where ``weights_dir`` is the recipe's / ``--weights-dir``
 value, else ``$ENS_WEIGHTS_DIR``, else ``../shared/weights`` when it exists; then the Hugging Face
@@ -10,13 +13,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from . import cnns  # noqa: F401  (registers the seed CNNs with timm)
+from . import audioset, cnns  # noqa: F401  (registers the seed CNNs and the AudioSet CNNs with timm)
 from .errors import EnsError
 from .recipe import Recipe, split_backbone
 
@@ -51,7 +55,8 @@ def create(
         num_classes: output logits.
         in_chans: input channels; timm adapts a pretrained 3-channel stem to other counts
             (``timm.models.adapt_input_conv``).
-        pretrained: load ImageNet weights (local folder first, then the hub); False: random init.
+        pretrained: load ImageNet weights (local folder first, then the hub), or for an AudioSet
+            backbone (:data:`ensemble.audioset.MODELS`) its AudioSet weights from the local folder only; False: random init.
         weights: folder of local weights (see :func:`weights_dir`).
         **kwargs: passed to the model, e.g. ``drop_rate``, ``drop_path_rate``.
 
@@ -65,6 +70,8 @@ def create(
         close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
         raise BackboneError(f"unknown backbone {backbone!r}; did you mean {close}? `timm.list_models('*name*')` lists them.")
     kwargs.update(num_classes=num_classes, in_chans=in_chans)
+    if backbone in audioset.MODELS:
+        return timm.create_model(backbone, pretrained=pretrained, weights_dir=weights, **kwargs)
     if not pretrained:
         return timm.create_model(backbone, pretrained=False, **kwargs)
     folder = weights_dir(weights)
@@ -106,19 +113,41 @@ class Normalize(nn.Module):
         self.register_buffer("std", std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(batch, channels, height, frames)`` in [0, 1] -> logits ``(batch, classes)``."""
+        """``x``: ``(batch, channels, height, frames)`` in [0, 1] (ens's images; for an AudioSet
+        backbone its frontend's values minus the silence floor) -> logits ``(batch, classes)``."""
         return self.backbone((x - self.mean) / self.std)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The backbone's timm ``group_matcher`` (stem, blocks; the head is what no pattern matches)
+        with every pattern under ``backbone.``, so timm's layer-wise learning-rate decay
+        (``create_optimizer_v2(..., layer_decay=...)``, ``[train].layer_decay``) sees the wrapped
+        model's layers. A backbone without one (the seed CNNs) is one group: no decay."""
+        inner = getattr(self.backbone, "group_matcher", None)
+        if inner is None:
+            return {"body": r"^backbone\."}
+        return {name: _under_backbone(spec) for name, spec in inner(coarse=coarse).items()}
+
+
+def _under_backbone(spec):
+    r"""A timm matcher spec (a regex, or a list of ``(regex, suffix)``) for names prefixed ``backbone.``:
+    ``^conv_stem|bn1`` -> ``^backbone\.(?:conv_stem|bn1)`` (``re.match`` anchors every alternative)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return r"^backbone\.(?:" + re.sub(r"(^|\|)\^", r"\1", spec) + ")"
+    return [(_under_backbone(pattern), suffix) for pattern, suffix in spec]
 
 
 def build(recipe: Recipe, entry: str, num_classes: int) -> Normalize:
     """The backbone of a ``backbones`` entry (``name`` or ``name@seed``: both build timm model
     ``name``, :func:`create`) with the recipe's ``[train]`` dropout settings and weights, wrapped
-    with its input normalisation; ``in_chans`` is the number of ``[features].channels``.
+    with its input normalisation; ``in_chans`` is the number of ``[features].channels`` of
+    ``recipe.for_backbone(entry)`` (1 for an AudioSet backbone's frontend).
 
     Raises:
         RecipeError: a malformed entry. BackboneError: see :func:`create`.
     """
-    in_chans = len(recipe.features.channels)
+    in_chans = len(recipe.for_backbone(entry).features.channels)
     t = recipe.train
     extra = {k: v for k, v in (("drop_rate", t.drop_rate), ("drop_path_rate", t.drop_path_rate)) if v > 0}
     net = create(split_backbone(entry)[0], num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=recipe.paths.weights_dir or None, **extra)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pandas as pd
 import torch
@@ -93,8 +94,19 @@ class Ensemble:
 
     @property
     def sample_rate(self) -> int:
-        """The sample rate in Hz every member reads audio at (:func:`load_ensemble` checks they agree)."""
+        """The sample rate in Hz audio is read at: the first member's. A member trained at another
+        rate (an AudioSet backbone's frontend, e.g. EfficientAT's 32 kHz) gets the clips resampled
+        to its own rate (:meth:`predict_waveforms`)."""
         return self.trained_with[self.members[0].name].features.sample_rate
+
+    def _at_rate(self, clips: Sequence[np.ndarray] | None, rate: int, done: dict) -> Sequence[np.ndarray] | None:
+        """``clips`` (at :attr:`sample_rate`) resampled to ``rate`` Hz with soxr (``librosa.resample``, as
+        :mod:`ensemble.audio` resamples), once per rate (``done``)."""
+        if clips is None or rate == self.sample_rate:
+            return clips
+        if rate not in done:
+            done[rate] = [librosa.resample(np.asarray(y, dtype=np.float32), orig_sr=self.sample_rate, target_sr=rate) for y in clips]
+        return done[rate]
 
     @property
     def trim_db(self) -> float:
@@ -112,7 +124,8 @@ class Ensemble:
 
         Args:
             clips: each ``(samples,)`` at :attr:`sample_rate` Hz, silence trimmed; each member
-                centre-crops or pads it to its own ``[features].duration`` and renders it with its
+                resamples it to its own ``[features].sample_rate`` when that differs, centre-crops or
+                pads it to its own ``[features].duration`` and renders it with its
                 own ``[features]`` (:func:`model_inputs`, once per distinct feature setting).
             speaker_clips: for members trained with ``[speakers].norm = "speaker"``: waveforms of
                 the same speaker as ``clips`` (they may include ``clips``) whose images give the
@@ -128,21 +141,23 @@ class Ensemble:
         total = np.zeros((len(clips), len(self.classes)))
         task = tasks.get(self.recipe.competition.task)
         rendered: dict[str, np.ndarray] = {}
+        resampled: dict[int, list] = {}
+        resampled_speaker: dict[int, list] = {}
         for member in self.members:
             made_with = self.trained_with[member.name]
+            rate = made_with.features.sample_rate
+            own, own_speaker = self._at_rate(clips, rate, resampled), self._at_rate(speaker_clips, rate, resampled_speaker)
             if member.name in self.functionals:
                 population = self.populations.get(member.name)
-                proba = tabular.predict(
-                    self.models[member.name], self.functionals[member.name], clips, self.sample_rate, len(self.classes), population, speaker_clips
-                )
+                proba = tabular.predict(self.models[member.name], self.functionals[member.name], own, rate, len(self.classes), population, own_speaker)
                 total += self.weights[member.name] * proba
                 continue
             key = made_with.features.key()
             if key not in rendered:
-                rendered[key] = model_inputs(clips, made_with.features)
+                rendered[key] = model_inputs(own, made_with.features)
             images = rendered[key]
             if member.name in self.populations:
-                reference = None if speaker_clips is None else model_inputs(speaker_clips, made_with.features)
+                reference = None if own_speaker is None else model_inputs(own_speaker, made_with.features)
                 images, _ = speaker_groups.normalise_with(images, reference, self.populations[member.name])
             shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
             probas = [
@@ -257,10 +272,10 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             except (RuntimeError, SafetensorError) as err:
                 raise PredictError(f"{run / runs.MODEL} does not load into {entry} ({str(err)[:200]}); {fix}.") from err
             models[member.name].append(runtime.to_device(model, torch_device).eval())
-    reading = {(r.features.sample_rate, r.features.trim_db) for r in trained_with.values()}
+    reading = {r.features.trim_db for r in trained_with.values()}
     if len(reading) > 1:
         raise PredictError(
-            f"the members of {recipe.name!r} read audio at different [features] sample_rate / trim_db {sorted(reading)}; "
+            f"the members of {recipe.name!r} trim silence at different [features].trim_db {sorted(reading)}; "
             "blend members that read audio alike to predict new files."
         )
     return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations, functionals)

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tasks, waveform_augment
+from . import frontends, tasks, waveform_augment
 from .channels import NAMES as CHANNELS
 from .errors import EnsError
 
@@ -88,6 +88,13 @@ class FeatureConfig:
         n_mfcc: number of MFCC coefficients for the ``mfcc`` channel.
         height: every channel is resized (linear interpolation along frequency) to this many rows.
         top_db: dynamic range in dB of the log channels (``mel``, ``stft``), mapped to [0, 1].
+        frontend: ``image`` (default): ens's images above, in [0, 1]; or a pretrained frontend of
+            :mod:`ensemble.frontends` (``yamnet``, ``efficientat``): that network's own log-mel
+            spectrogram, ``(1, n_mels, frames)``, the frontend's values minus its silence floor.
+            Such a frontend fixes ``sample_rate``, ``n_fft``, ``hop_length``, ``n_mels``, ``fmin``,
+            ``fmax``, ``height`` and ``channels`` (:func:`ensemble.frontends.feature_settings`);
+            the recipe refuses other values. A backbone pretrained on a frontend gets it from
+            :meth:`Recipe.for_backbone` whatever this key says; ``duration`` and ``trim_db`` stay the recipe's.
     """
 
     sample_rate: int = 16000
@@ -102,10 +109,15 @@ class FeatureConfig:
     n_mfcc: int = 40
     height: int = 128
     top_db: float = 80.0
+    frontend: str = frontends.IMAGE
 
     def key(self) -> str:
-        """A short hash of every setting: the feature cache's folder name."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        """A short hash of every setting: the feature cache's folder name. ``frontend = "image"`` is
+        left out of the hash, so the caches of ens's images keep the keys they had before the key existed."""
+        settings = dataclasses.asdict(self)
+        if settings["frontend"] == frontends.IMAGE:
+            del settings["frontend"]
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -202,6 +214,11 @@ class TrainConfig:
             and of ``ens predict`` is the mean of the probabilities of the image and of the image
             rolled circularly along time by ``round(shift * frames)`` frames for each shift
             (:func:`ensemble.loop.predict`); empty (the default) predicts the image alone.
+        layer_decay: discriminative learning rates (Howard & Ruder 2018, ULMFiT; BEiT's layer-wise
+            decay): timm ``create_optimizer_v2(..., layer_decay=...)`` scales the learning rate of
+            the layer group ``k`` groups below the head by ``layer_decay ** k`` (groups from the
+            model's ``group_matcher``: stem, each block, head), so pretrained early layers move
+            least; in (0, 1], 0 (the default) is off: one learning rate for every parameter.
     """
 
     epochs: int = 15
@@ -224,6 +241,7 @@ class TrainConfig:
     cpu_precision: str = "fp32"
     seed: int = 42
     tta_shifts: list[float] = field(default_factory=list)
+    layer_decay: float = 0.0
 
 
 @dataclass
@@ -386,13 +404,21 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def for_backbone(self, backbone: str) -> Recipe:
-        """The recipe a ``backbones`` entry trains with: this one, with ``[train].seed = S`` for ``"name@S"``.
+        """The recipe a ``backbones`` entry trains with: this one, with ``[train].seed = S`` for
+        ``"name@S"``, and for a model pretrained on its own frontend (:data:`ensemble.frontends.MODELS`,
+        e.g. ``yamnet``) ``[features]`` set from that frontend (:func:`ensemble.frontends.feature_settings`)
+        with this recipe's ``duration`` and ``trim_db``. Applying it twice changes nothing more.
 
         Raises:
             RecipeError: a malformed entry (see :func:`split_backbone`).
         """
-        seed = split_backbone(backbone)[1]
-        return self if seed is None else dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+        name, seed = split_backbone(backbone)
+        recipe = self if seed is None else dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+        frontend = frontends.for_model(name)
+        if frontend is None:
+            return recipe
+        f = self.features
+        return dataclasses.replace(recipe, features=FeatureConfig(**frontends.feature_settings(frontend), duration=f.duration, trim_db=f.trim_db))
 
     def seeds(self, entries: list[str]) -> list[int]:
         """The ``[train].seed`` each ``backbones`` entry trains with (:meth:`for_backbone`), in order:
@@ -640,9 +666,39 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
 
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
-FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic")  # [[functionals]].set (ensemble.functionals)
+FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic", "yamnet_embedding", "mn04_embedding")  # [[functionals]].set (ensemble.functionals)
 FUNCTIONAL_MODELS = ("logreg", "svm", "lightgbm")  # [[functionals]].model (ensemble.tabular)
 TEST_SPEAKERS = ("auto", "given", "inferred", "pool")  # [speakers].test
+
+
+def _frontend_problem(recipe: Recipe) -> str | None:
+    """What is inconsistent between ``[features]``, the backbones' frontends and ``[augment]``, or None.
+
+    ``[features].frontend`` must be known, and with a pretrained frontend every key it fixes must
+    hold the frontend's value; SpecAugment's ``freq_mask`` must fit in each frontend backbone's mel bands."""
+    f = recipe.features
+    if f.frontend not in frontends.NAMES:
+        return f"[features].frontend = {f.frontend!r}: must be one of {frontends.NAMES}"
+    if f.frontend != frontends.IMAGE:
+        wanted = frontends.feature_settings(f.frontend)
+        wrong = {key: value for key, value in wanted.items() if getattr(f, key) != value}
+        wrong.update({key: getattr(FeatureConfig(), key) for key in ("n_mfcc", "top_db") if getattr(f, key) != getattr(FeatureConfig(), key)})
+        if wrong:
+            given = ", ".join(f"{key} = {getattr(f, key)!r}" for key in wrong)
+            return (
+                f"[features].frontend = {f.frontend!r} fixes its own spectrogram, but [features] gives {given}; "
+                f"remove those keys or set them to the frontend's values {wrong} (or set frontend = 'image')"
+            )
+    for entry in recipe.backbones:
+        name = entry.partition("@")[0]
+        frontend = frontends.for_model(name)
+        if frontend is not None and recipe.augment.freq_mask > frontends.get(frontend).n_mels:
+            bands = frontends.get(frontend).n_mels
+            return (
+                f"[augment].freq_mask = {recipe.augment.freq_mask} is wider than the {bands} mel bands of backbone {name!r} "
+                f"({frontend} frontend); use at most {bands}"
+            )
+    return None
 
 
 def validate(recipe: Recipe, source: str = "<recipe>") -> None:
@@ -666,7 +722,10 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     pl = recipe.pseudo
     retrained_images = [e for e in recipe.backbones if not pl.members or split_backbone(e)[0] in pl.members]
     waveform_problem = waveform_augment.problem(a.waveform)
+    frontend_problem = _frontend_problem(recipe)
     checks = [
+        (frontend_problem is None, frontend_problem),
+        (0 <= t.layer_decay <= 1, f"[train].layer_decay = {t.layer_decay}: must be in (0, 1], or 0 for one learning rate"),
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
         (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),
         (f.hop_length > 0 and f.n_fft >= f.hop_length, "[features].n_fft must be >= hop_length > 0"),

@@ -34,7 +34,7 @@ from .errors import OptionError
 from .loop import Updater, ahead, predict, train_one_epoch
 from .pseudo import PseudoLabels, fold_labels, write_labels
 from .recipe import Recipe, RecipeError, pseudo_round
-from .split import load_split
+from .split import Split, load_split
 
 
 def class_weights(recipe: Recipe, y: np.ndarray, num_classes: int) -> torch.Tensor | None:
@@ -170,7 +170,7 @@ def train_fold(
     if recipe.augment.mixup_alpha > 0 and batch_size > 1:
         batch_size -= batch_size % 2  # mixup pairs each image with one in the flipped batch (timm's Mixup asserts an even batch)
     updates_per_epoch = max(1, len(pool) // batch_size)
-    optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = create_optimizer_v2(model, "adamw", lr=t.lr, weight_decay=t.weight_decay, layer_decay=t.layer_decay or None)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         "cosine",
@@ -331,8 +331,11 @@ def train(
 ) -> list[RunResult]:
     """Train the grid: every entry of ``backbones`` (default the recipe's backbones, then its
     ``[[functionals]]`` members) x every fold of ``folds`` (default all). Backbones train on the
-    images loaded once (:func:`ensemble.data.load_data`), functionals members on their cached
-    functionals (:mod:`ensemble.tabular`). A run already finished
+    images of their feature setting (``recipe.for_backbone(entry).features``: the recipe's
+    ``[features]``, or an AudioSet backbone's own frontend), each setting loaded once
+    (:func:`ensemble.data.load_data`) when its first entry trains, so one recipe can mix ImageNet
+    and AudioSet backbones; functionals members train on their cached functionals
+    (:mod:`ensemble.tabular`). A run already finished
     with the same configuration is skipped unless ``force``; an interrupted run starts afresh
     unless ``resume``. The folds are written to the competition folder (``folds.csv``) and the
     clips left out under ``on_error="skip"`` to the run store (``skipped.csv``) before training.
@@ -359,17 +362,31 @@ def train(
     entries = list(backbones) if backbones is not None else recipe.entries()
     tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
     images = [e for e in entries if recipe.functionals_member(e) is None]
-    for entry in images:
-        recipe.for_backbone(entry)  # a malformed name@seed fails before the data loads
+    settings = {entry: recipe.for_backbone(entry).features for entry in images}  # a malformed name@seed fails before the data loads
     n_splits = recipe.folds.n_splits
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
         _check_fold(recipe, k)
     comp_mod.write_folds(comp_mod.load(recipe.competition), recipe.folds)
-    data = load_data(recipe, progress=progress, on_error=on_error) if images else None
-    if data is not None:
-        _record(recipe, data, on_event)
-    split = data if data is not None else load_split(recipe)
+    loaded: dict[str, Data] = {}  # FeatureConfig.key() -> its data
+
+    def data_of(entry: str) -> Data:
+        key = settings[entry].key()
+        if key not in loaded:
+            loaded[key] = load_data(recipe.for_backbone(entry), progress=progress, on_error=on_error)
+            _record(recipe, loaded[key], on_event)
+        return loaded[key]
+
+    plain: list[Split] = []
+
+    def split_of() -> Split:
+        """The split the labels and functionals members use: a loaded Data's (clips skipped under on_error='skip' left out), else the tables'."""
+        if loaded:
+            return next(iter(loaded.values()))
+        if not plain:
+            plain.append(load_split(recipe))
+        return plain[0]
+
     results, labels = [], {}
 
     def done_run(entry: str, k: int, report: dict, skipped: bool) -> None:
@@ -381,14 +398,15 @@ def train(
         """The labels of ``entry``'s round for fold ``k`` (None for a base entry), made and written once."""
         round_ = pseudo_round(entry)[1]
         if round_ and (round_, k) not in labels:
-            labels[round_, k] = made = fold_labels(recipe, split, round_, k)
-            path = write_labels(recipe, split, made)
+            labels[round_, k] = made = fold_labels(recipe, split_of(), round_, k)
+            path = write_labels(recipe, split_of(), made)
             if on_event is not None:
                 on_event("pseudo", f"round {round_} fold {k}: {len(made.rows)} test clips pseudo-labelled at confidence >= {made.threshold:.3f} -> {path}")
         return labels.get((round_, k))
 
     for round_ in sorted({pseudo_round(e)[1] for e in entries}):  # each round after its teachers
         for entry in [e for e in images if pseudo_round(e)[1] == round_]:
+            data = data_of(entry)
             for k in folds:
                 extra = pseudo_labels(entry, k)
                 done = None if force else finished_run(recipe, data, entry, k, extra)
@@ -397,7 +415,7 @@ def train(
                 report = done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume, pseudo=extra)
                 done_run(entry, k, report, done is not None)
         for member in [m for m in tables if pseudo_round(m.name)[1] == round_]:
-            table = tabular.load_table(recipe, split, member, progress=progress)
+            table = tabular.load_table(recipe, split_of(), member, progress=progress)
             for k in folds:
-                done_run(member.name, k, *tabular.train_fold(recipe, split, table, member, k, force=force, pseudo=pseudo_labels(member.name, k)))
+                done_run(member.name, k, *tabular.train_fold(recipe, split_of(), table, member, k, force=force, pseudo=pseudo_labels(member.name, k)))
     return results

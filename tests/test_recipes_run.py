@@ -57,8 +57,8 @@ def test_recipe_builds_and_runs_one_epoch(path, competitions, tmp_path):
     r.train.epochs = 1
     r.train.batch_size = 8
     r.augment.copies = min(r.augment.copies, 1)
-    data = data_mod.load_data(r, progress=False)
-    assert data.x_train.shape[1] == len(r.features.channels)
+    data = data_mod.load_data(r.for_backbone(r.backbones[0]), progress=False)  # its first backbone's features (an AudioSet backbone's own frontend)
+    assert data.x_train.shape[1] == len(r.for_backbone(r.backbones[0]).features.channels)
     if r.augment.copies:
         assert data.x_aug.shape == (1, *data.x_train.shape)
     report = train.train_fold(r, data, r.backbones[0], 0, progress=False)
