@@ -1,24 +1,25 @@
-"""The AudioSet members of ``recipes/ravdess_audioset.toml`` on the RAVDESS competition: pooled OOF
-accuracy, macro-F1 and UAR per member, and seconds per fold.
+"""The AudioSet members of ``recipes/ravdess_audioset.toml`` on RAVDESS, with and without
+per-speaker normalisation, beside the ImageNet backbones of the same folds.
 
-By default only the cheap frozen-embedding members (``yamnet_emb_lr``, ``mn04_emb_lr``: the
-pretrained networks' embeddings + logistic regression per fold); ``--fine-tune`` adds the two
-fine-tuned backbones (5 folds x the recipe's epochs: hours on a 2-core CPU). The competition is
-built afresh from ``../shared/data/ravdess`` into ``--competition`` (default
-``/tmp/ens_bench_ravdess``, the same actors and folds as ``ens data ravdess``'s defaults) so that
-no other folder's cache is written; runs go under ``--runs``. Only OOF is scored: the hidden
-test labels are neither read nor used to choose anything.
+Members: the frozen-embedding members (``yamnet_emb_lr``, ``mn04_emb_lr``: each pretrained network's
+embedding, mean and max over time, + logistic regression per fold) and, with ``--fine-tune``, the
+fine-tuned ``yamnet`` / ``efficientat_mn04`` (names with ``--backbones``). Each is trained (or reused
+when finished) twice: as the recipe says (``[speakers].norm = "clip"``) and with ``norm = "speaker"``
+(recipe ``ravdess_audioset_speaker``; test speakers inferred). Rows: pooled OOF accuracy / macro-F1 /
+UAR, hidden-test accuracy / macro-F1 / UAR (reported, never used to choose), and seconds per fold
+(image members: the sum of ``log.csv``'s epoch seconds; embedding members: the wall time of the
+five folds, which includes computing every clip's embedding once). For comparison the ImageNet
+backbones already trained by ``recipes/ravdess.toml`` and ``recipes/ravdess_speaker.toml`` are read
+(not trained). Nothing is chosen here.
 
-    python benchmarks/audioset_members.py [--fine-tune] [--epochs N]
+    python benchmarks/audioset_members.py [--fine-tune] [--backbones yamnet,efficientat_mn04] [--norms clip,speaker]
 
-Writes ``benchmarks/results/audioset.{md,json}``. The seconds of a member's first fold include
-computing the embeddings of all 1440 clips (cached afterwards), which is most of its cost.
+Prints a Markdown table and saves ``benchmarks/results/audioset.{md,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,56 +29,70 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table  # noqa: E402
+from results import commit  # noqa: E402
+from speaker_ablation import hidden_truth  # noqa: E402
 
-from ensemble import recipe as recipe_mod  # noqa: E402
-from ensemble import runs, train  # noqa: E402
-from ensemble.corpora import ravdess  # noqa: E402
-from ensemble.split import load_split  # noqa: E402
+import ensemble as ens  # noqa: E402
+from ensemble import atomic, runs  # noqa: E402
+from ensemble import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT.parent / "shared" / "data" / "ravdess"
 COLUMNS = ("accuracy", "macro_f1", "uar")
+
+
+def score_rows(recipe, names: list[str], norm: str, seconds: dict[str, float]) -> list[dict]:
+    """One row per finished member of ``recipe`` among ``names``."""
+    split = split_mod.load_split(recipe)
+    task = split.competition.task
+    y_test, _ = hidden_truth(split)
+    rows = []
+    for member in runs.members(recipe):
+        if member.name not in names or member.unfinished():
+            continue
+        oof, test = runs.read_member(member, split)
+        o, t = task.scores(split.y, oof), task.scores(y_test, test)
+        logs = [run / runs.LOG for run in member.runs(member.entries[0])]
+        per_fold = np.mean([pd.read_csv(p)["seconds"].sum() for p in logs]) if all(p.is_file() for p in logs) else seconds.get(member.name, np.nan)
+        rows.append(
+            {
+                "member": member.name,
+                "recipe": recipe.name,
+                "norm": norm,
+                **{f"OOF {k}": o[k] for k in COLUMNS},
+                **{f"test {k}": t[k] for k in COLUMNS},
+                "s / fold": round(float(per_fold), 1),
+            }
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--competition", default="/tmp/ens_bench_ravdess")
-    parser.add_argument("--runs", default="/tmp/ens_bench_runs")
-    parser.add_argument("--fine-tune", action="store_true", help="also fine-tune yamnet and efficientat_mn04 (slow on CPU)")
-    parser.add_argument("--epochs", type=int, default=0, help="override [train].epochs of the fine-tuned members")
+    parser.add_argument("--fine-tune", action="store_true", help="also fine-tune the AudioSet backbones (slow on a CPU)")
+    parser.add_argument("--backbones", default="yamnet,efficientat_mn04", help="the backbones --fine-tune trains")
+    parser.add_argument("--norms", default="clip,speaker", help="which [speakers].norm settings to train")
     args = parser.parse_args()
-    comp = Path(args.competition)
-    if not (comp / "train.csv").is_file():
-        ravdess.build_competition(SOURCE, comp)
-    overrides = {"competition": {"dir": str(comp)}, "paths": {"runs_dir": args.runs}}
-    if args.epochs:
-        overrides["train"] = {"epochs": args.epochs}
-    recipe = recipe_mod.load(ROOT / "recipes" / "ravdess_audioset.toml", overrides)
-    entries = [m.name for m in recipe.functionals] + (list(recipe.backbones) if args.fine_tune else [])
-    split = load_split(recipe)
-    task = split.competition.task
     rows = []
-    for entry in entries:
-        seconds = []
-        for fold in range(recipe.folds.n_splits):
+    for norm in args.norms.split(","):
+        overrides = {} if norm == "clip" else {"name": "ravdess_audioset_speaker", "speakers": {"norm": "speaker", "test": "auto"}}
+        recipe = ens.load_recipe(ROOT / "recipes" / "ravdess_audioset.toml", overrides)
+        entries = [m.name for m in recipe.functionals] + (args.backbones.split(",") if args.fine_tune else [])
+        seconds = {}
+        for entry in entries:
             started = time.monotonic()
-            (result,) = train.train(recipe, backbones=[entry], folds=[fold], progress=True)
-            seconds.append(round(time.monotonic() - started, 1) if not result.skipped else float("nan"))
-        oof = pd.concat([pd.read_csv(runs.run_dir(recipe, entry, k) / runs.OOF, dtype={"id": str}) for k in range(recipe.folds.n_splits)])
-        proba = oof.set_index("id").loc[split.competition.train[split.competition.config.id_col].astype(str), split.competition.classes].to_numpy()
-        scores = task.scores(split.y, proba)
-        rows.append({"member": entry, **{f"OOF {k}": scores[k] for k in COLUMNS}, "s / fold (first, rest mean)": f"{seconds[0]} / {np.mean(seconds[1:]):.1f}"})
-    table = pd.DataFrame(rows)
-    text = (
-        "# AudioSet members on RAVDESS (pooled OOF, 5 speaker-grouped folds of actors 1-20)\n\n"
-        "`python benchmarks/audioset_members.py` on this project's shared 2-core CPU, taken under load "
-        "(another engineer's trainings ran at the same time): seconds are indicative only. The first fold's "
-        "seconds include embedding all 1440 clips.\n\n" + markdown_table(table) + "\n"
-    )
-    out = ROOT / "benchmarks" / "results"
-    (out / "audioset.md").write_text(text)
-    (out / "audioset.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1, default=str))
+            results = ens.train_runs(recipe, backbones=[entry], progress=False)
+            if not all(r.skipped for r in results):
+                seconds[entry] = (time.monotonic() - started) / len(results)
+        rows += score_rows(recipe, entries, norm, seconds)
+    for name, norm in (("ravdess.toml", "clip"), ("ravdess_speaker.toml", "speaker")):  # ImageNet backbones, read only
+        recipe = ens.load_recipe(ROOT / "recipes" / name)
+        rows += score_rows(recipe, [b for b in recipe.backbones if (runs.root(recipe) / b).is_dir()], norm, {})
+    cpu = machine("cpu")
+    text = f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores.\n\n" + markdown_table(pd.DataFrame(rows))
     print(text)
+    out = ROOT / "benchmarks" / "results"
+    atomic.write_text(out / "audioset.md", text + "\n")
+    atomic.write_json(out / "audioset.json", {"commit": commit(), "machine": cpu, "rows": rows})
 
 
 if __name__ == "__main__":
