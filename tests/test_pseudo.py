@@ -181,3 +181,27 @@ def test_round_entries_name_their_members():
     assert recipe_mod.split_backbone("a@7+pl2") == ("a", 7) and recipe_mod.pseudo_round("a@7+pl2") == ("a@7", 2)
     assert r.for_backbone("a@7+pl1").train.seed == 7
     assert [m.name for m in pseudo.teachers(r, 1)] == ["a", "b", "f"] and [m.name for m in pseudo.teachers(r, 2)] == ["a+pl1", "f+pl1"]
+
+
+def test_ens_predict_predicts_with_the_students(rounds):
+    from ensemble import predict
+
+    ensemble = predict.load_ensemble(rounds["r"])  # after `ens blend --pseudo-label`: its weights name the students too
+    names = [m.name for m in ensemble.members]
+    assert {"test_resnet+pl1", "basic_lr+pl1"} <= set(names) and "basic_lr+pl1" in ensemble.functionals
+    test = pd.read_csv(rounds["comp"] / "test.csv", dtype=str)
+    (result,) = predict.predict(ensemble, [rounds["comp"] / test["path"][0]], same_speaker=True)
+    assert result.proba.sum() == pytest.approx(1.0)
+    alone = dataclasses.replace(ensemble, members=[m for m in ensemble.members if m.name == "basic_lr+pl1"], weights={"basic_lr+pl1": 1.0})
+    (only,) = predict.predict(alone, [rounds["comp"] / test["path"][0]], same_speaker=True)
+    models = [tabular.load_pipeline(runs.run_dir(rounds["r"], "basic_lr+pl1", k)) for k in (0, 1)]
+    assert only.proba == pytest.approx(np.mean([m.predict_proba(tabular_row(rounds, test["path"][0])) for m in models], axis=0)[0], abs=1e-6)
+
+
+def tabular_row(rounds, path: str) -> np.ndarray:
+    """ens_basic functionals of one test clip, written out (no speaker normalisation in this recipe)."""
+    from ensemble import audio, functionals
+
+    r = rounds["r"]
+    clip = audio.load_trimmed(rounds["comp"] / path, r.features.sample_rate, r.features.trim_db)[0]  # a functionals-only ensemble takes the recording whole
+    return functionals.extract([clip], r.features.sample_rate, "ens_basic").astype(np.float64)
