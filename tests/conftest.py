@@ -96,6 +96,21 @@ def cli_ok(args: list[str]) -> str:
     return result.output
 
 
+def one_backbone_recipe(root: Path, source: Path, recipe_text, extra: str, speaker_norm: bool = False) -> tuple[Path, Path]:
+    """Build a RAVDESS competition from ``source`` under ``root / "comp"`` (actors 5 and 6 held out,
+    2 folds) and write ``root / "tiny.toml"``: ``recipe_text``'s tiny recipe with ``test_resnet`` only
+    (runs and submissions under ``root``), ``[speakers] norm = "speaker"`` when asked, then ``extra``.
+    Returns ``(recipe path, competition folder)``."""
+    comp = root / "comp"
+    cli_ok(["data", "ravdess", "--source", str(source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
+    text = recipe_text(comp, root / "runs", root / "subs").replace('backbones = ["test_efficientnet", "test_resnet"]', 'backbones = ["test_resnet"]')
+    if speaker_norm:
+        text = text.replace("[paths]\n", '[speakers]\nnorm = "speaker"\n[paths]\n', 1)
+    recipe = root / "tiny.toml"
+    recipe.write_text(text + extra)
+    return recipe, comp
+
+
 def fold_mean(r, entries, images, shifts=()):
     """What ens predict should give for one blend member, computed independently: the mean over
     every ``backbones`` entry in ``entries`` (the seeds of one backbone) and each of its folds of

@@ -17,7 +17,7 @@ from ensemble import pseudo, runs, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import cli_ok
+from .conftest import cli_ok, one_backbone_recipe
 
 MEMBERS = """
 [[functionals]]
@@ -35,11 +35,7 @@ threshold = 0.14
 def rounds(small_source, tiny_recipe_text, tmp_path_factory):
     """The tiny recipe (test_resnet, 2 folds, 1 epoch) with a functionals member, trained with one pseudo round and blended."""
     root = tmp_path_factory.mktemp("pseudo")
-    comp, runs_dir, subs = root / "comp", root / "runs", root / "subs"
-    cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
-    text = tiny_recipe_text(comp, runs_dir, subs).replace('backbones = ["test_efficientnet", "test_resnet"]', 'backbones = ["test_resnet"]')
-    recipe = root / "tiny.toml"
-    recipe.write_text(text + MEMBERS)
+    recipe, comp = one_backbone_recipe(root, small_source, tiny_recipe_text, MEMBERS)
     train_output = cli_ok(["train", "--recipe", str(recipe), "--quiet", "--pseudo-label"])
     blend_output = cli_ok(["blend", "--recipe", str(recipe), "--method", "mean", "--pseudo-label"])
     r = recipe_mod.load(recipe, {"pseudo": {"rounds": 1}})

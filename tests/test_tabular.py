@@ -16,7 +16,7 @@ from ensemble import blend, functionals, predict, runs, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import cli_ok
+from .conftest import cli_ok, one_backbone_recipe
 
 MEMBERS = """
 [[functionals]]
@@ -43,11 +43,7 @@ trees = 40
 def mixed(small_source, tiny_recipe_text, tmp_path_factory):
     """The tiny recipe (test_resnet, 2 folds, 1 epoch) with two functionals members, trained by one ens train and blended by one ens blend."""
     root = tmp_path_factory.mktemp("tabular")
-    comp, runs_dir, subs = root / "comp", root / "runs", root / "subs"
-    cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
-    text = tiny_recipe_text(comp, runs_dir, subs).replace('backbones = ["test_efficientnet", "test_resnet"]', 'backbones = ["test_resnet"]')
-    recipe = root / "tiny.toml"
-    recipe.write_text(text.replace("[paths]\n", '[speakers]\nnorm = "speaker"\n[paths]\n', 1) + MEMBERS)
+    recipe, comp = one_backbone_recipe(root, small_source, tiny_recipe_text, MEMBERS, speaker_norm=True)
     train_output = cli_ok(["train", "--recipe", str(recipe), "--quiet"])
     blend_output = cli_ok(["blend", "--recipe", str(recipe), "--method", "mean"])
     return {"recipe": recipe, "root": root, "comp": comp, "train": train_output, "blend": blend_output}
