@@ -39,8 +39,8 @@ CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-prec
 PseudoLabelOption = typer.Option(
     False,
     "--pseudo-label",
-    help="Pseudo-labelling: with [pseudo].rounds = 0, run (train) or include (blend) one round of members retrained with the "
-    "confident test clips as soft targets ([pseudo] settings; ensemble.pseudo).",
+    help="Pseudo-labelling: with [pseudo].rounds = 0, one round of members retrained with the confident test clips as soft "
+    "targets ([pseudo] settings; ensemble.pseudo): train trains them, blend, report and predict include them.",
 )
 OnErrorOption = typer.Option(
     OnError.fail,
@@ -336,11 +336,12 @@ def score(
 def report(
     recipe: Path = RecipeOption,
     out: Optional[Path] = typer.Option(None, help="HTML file to write (default runs/<recipe>/report.html)."),
+    pseudo_label: bool = PseudoLabelOption,
 ) -> None:
     """Write one self-contained HTML report of the recipe's runs and blend (figures embedded)."""
     from . import report as report_mod
 
-    r = _load_recipe(recipe)
+    r = _selected(recipe, None, {}, pseudo_label)[0]
     try:
         path = report_mod.build(r, out)
     except REFUSED as err:
@@ -380,12 +381,13 @@ def predict(
     same_speaker: bool = typer.Option(
         False, "--same-speaker", help="The files given are one speaker: their windows give the statistics of speaker-normalised members."
     ),
+    pseudo_label: bool = PseudoLabelOption,
 ) -> None:
     """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights).
     Speaker-normalised members use --speaker-dir or --same-speaker, else the training population's statistics (with a warning)."""
     from . import predict as predict_mod
 
-    r = _load_recipe(recipe)
+    r = _selected(recipe, None, {}, pseudo_label)[0]
     try:
         files = predict_mod.audio_files(paths)  # a bad path fails before the models load
         ensemble = predict_mod.load_ensemble(r, device)

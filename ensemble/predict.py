@@ -44,7 +44,7 @@ from . import atomic, audio, features, loop, plots, runs, runtime, speaker_group
 from . import models as models_mod
 from .errors import EnsError
 from .features import model_inputs
-from .recipe import FeatureConfig, FunctionalsMember, Recipe
+from .recipe import FeatureConfig, FunctionalsMember, Recipe, pseudo_round
 from .split import SkippedClipsWarning, check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -210,7 +210,8 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
         raise PredictError(f"{path} is not a blend's weights file ({err!r}); re-run `ens blend` or delete it for equal weights.") from err
     unknown = [b for b in weights if b not in known]
     if unknown:
-        raise PredictError(f"{path} weights {unknown}, which are not members of recipe {recipe.name!r} ({list(known)}); re-run `ens blend`.")
+        rounds = " (pseudo-labelling students: set [pseudo].rounds, or pass --pseudo-label)" if any(pseudo_round(b)[1] for b in unknown) else ""
+        raise PredictError(f"{path} weights {unknown}, which are not members of recipe {recipe.name!r} ({list(known)}){rounds}; re-run `ens blend`.")
     unfinished = [b for b in weights if b not in done]
     if unfinished:
         entries = [entry for b in unfinished for entry in known[b].entries]

@@ -194,6 +194,23 @@ def test_ens_predict_predicts_with_the_students(rounds):
     assert only.proba == pytest.approx(np.mean([m.predict_proba(tabular_row(rounds, test["path"][0])) for m in models], axis=0)[0], abs=1e-6)
 
 
+def test_the_cli_predicts_and_reports_with_the_students_only_when_told(rounds, tmp_path):
+    test = pd.read_csv(rounds["comp"] / "test.csv", dtype=str)
+    clip = str(rounds["comp"] / test["path"][0])
+    from typer.testing import CliRunner
+
+    from ensemble.cli import app
+
+    refused = CliRunner().invoke(app, ["predict", clip, "--recipe", str(rounds["recipe"])])
+    assert refused.exit_code == 2 and "pseudo-labelling students: set [pseudo].rounds, or pass --pseudo-label" in refused.output
+    out = tmp_path / "p.csv"
+    cli_ok(["predict", clip, "--recipe", str(rounds["recipe"]), "--pseudo-label", "--out", str(out)])
+    assert len(pd.read_csv(out)) == 1
+    cli_ok(["report", "--recipe", str(rounds["recipe"]), "--pseudo-label", "--out", str(tmp_path / "r.html")])
+    page = (tmp_path / "r.html").read_text()
+    assert "basic_lr+pl1 (ens_basic, logreg)" in page  # the student's top functionals
+
+
 def tabular_row(rounds, path: str) -> np.ndarray:
     """ens_basic functionals of one test clip, written out (no speaker normalisation in this recipe)."""
     from ensemble import audio, functionals
