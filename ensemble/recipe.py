@@ -558,7 +558,7 @@ def _moved_keys(data: dict, source: str) -> dict:
 
 def _check(cls, values: dict, where: str, source: str) -> dict:
     """Refuse unknown keys and wrong types in ``values`` (keys of dataclass ``cls``); ints become floats where a float is due."""
-    known = {f.name for f in dataclasses.fields(cls) if f.name not in _SECTIONS}
+    known = {f.name for f in dataclasses.fields(cls) if cls is not Recipe or f.name not in _SECTIONS}  # a section may have a key named like one
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise RecipeError(f"{source}: unknown key(s) {unknown} in {where}; known keys are {sorted(known)}. Fix the spelling or remove them.")
