@@ -380,12 +380,17 @@ def predict(
     same_speaker: bool = typer.Option(
         False, "--same-speaker", help="The files given are one speaker: their windows give the statistics of speaker-normalised members."
     ),
+    pseudo_label: bool = typer.Option(
+        False, "--pseudo-label", help="Predict with the blend `ens blend --pseudo-label` made (its students too): [pseudo].rounds at least 1."
+    ),
 ) -> None:
     """Predict audio files with the recipe's trained ensemble (every backbone with all folds finished, blend weights).
     Speaker-normalised members use --speaker-dir or --same-speaker, else the training population's statistics (with a warning)."""
     from . import predict as predict_mod
 
     r = _load_recipe(recipe)
+    if pseudo_label and r.pseudo.rounds < 1:
+        r = _load_recipe(recipe, {"pseudo": {"rounds": 1}})
     try:
         files = predict_mod.audio_files(paths)  # a bad path fails before the models load
         ensemble = predict_mod.load_ensemble(r, device)

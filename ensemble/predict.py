@@ -210,7 +210,10 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
         raise PredictError(f"{path} is not a blend's weights file ({err!r}); re-run `ens blend` or delete it for equal weights.") from err
     unknown = [b for b in weights if b not in known]
     if unknown:
-        raise PredictError(f"{path} weights {unknown}, which are not members of recipe {recipe.name!r} ({list(known)}); re-run `ens blend`.")
+        raise PredictError(
+            f"{path} weights {unknown}, which are not members of recipe {recipe.name!r} ({list(known)}); re-run `ens blend`, "
+            "or pass --pseudo-label to `ens predict` when it was blended with --pseudo-label."
+        )
     unfinished = [b for b in weights if b not in done]
     if unfinished:
         entries = [entry for b in unfinished for entry in known[b].entries]
