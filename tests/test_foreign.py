@@ -28,6 +28,7 @@ OOF and test tables pass the blend's strict reader.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,17 @@ def test_the_train_setting_given_none_and_inferred_on_a_folder_with_and_without_
     found = speaker_groups.infer_train_speakers(comp, inferred, progress=False)
     assert found.ari is not None and found.ari > 0.2 and f"adjusted Rand index {found.ari:.3f} against train.csv's own groups" in found.describe()
     assert not (foreign["renamed"]["comp"] / speaker_groups.TRAIN_CSV).exists()  # inferring alone writes nothing
+
+
+def test_a_folds_csv_that_splits_a_speaker_is_warned_about_and_the_written_one_is_not(foreign):
+    r = foreign["nogroup"]["r"]
+    comp = speaker_groups.load_competition(r)
+    split = pd.DataFrame({"id": comp.train["id"], "fold": np.arange(len(comp.train)) % 2})  # every other clip: speakers split
+    with pytest.warns(competition.LeakageWarning, match=r"puts \d+ speaker\(s\) .* in more than one fold"):
+        speaker_groups.check_folds(comp, split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        speaker_groups.check_folds(comp, competition.folds(comp, r.folds))
 
 
 def test_train_k_range_follows_the_clips_and_folds_and_refuses_too_few():
