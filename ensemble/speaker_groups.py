@@ -131,10 +131,17 @@ class TrainSpeakers(TestSpeakers):
         return (
             f"training speakers: {self.k} inferred from the voices (k {self.k_range[0]}..{self.k_range[1]} tried, silhouette "
             f"{self.silhouette:.3f}{extra}) -> {self.path}. ens cannot know who really speaks in train.csv: folds are grouped "
-            "by these inferred speakers, and speaker normalisation uses them; a silhouette near 0 means the voices barely "
-            "separate, so OOF scores may still mix speakers. Add a speaker column and set [competition].group_col to use the "
-            "real speakers."
+            "by these inferred speakers and speaker normalisation uses them, but inferred speakers split and merge real ones "
+            f"(on {MEASURED}), so OOF scores may still be optimistic. Add a speaker column and set [competition].group_col "
+            "to use the real speakers."
         )
+
+
+MEASURED = "1200 RAVDESS clips of 20 actors: k 47, ARI 0.54, each actor in 3.2 of 5 folds on average, against 5 ungrouped"
+"""How well inferred training speakers group folds where the truth is known (measured at this
+module's introduction: actors 1-20, ``train_k_range(1200, 5)``, ``StratifiedGroupKFold`` seed 42;
+on 48 clips of 6 actors the silhouette picks k = 2, the speakers' gender, ARI 0.31, which keeps
+every actor in one of 2 folds). Said in :meth:`TrainSpeakers.describe`."""
 
 
 def train_k_range(n_clips: int, n_splits: int) -> tuple[int, int]:
