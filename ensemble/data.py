@@ -84,7 +84,7 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
         OptionError: ``on_error`` is not ``fail`` or ``skip``.
     """
     check_on_error(on_error)
-    competition = comp_mod.load(recipe.competition)
+    competition = speaker_groups.load_competition(recipe, progress)
     folds = comp_mod.folds(competition, recipe.folds)
     cache = features.FeatureCache(competition.root / ".ens_cache", recipe.features)
     train_paths = competition.audio_paths(competition.train)
@@ -103,7 +103,8 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
 
 def _speaker_normalised(recipe: Recipe, data: Data, progress: bool) -> Data:
     """``data`` with every image normalised per speaker (:func:`ensemble.speaker_groups.normalise_images`):
-    training speakers from the group column, test speakers as ``[speakers].test`` says."""
+    training speakers as ``[speakers].train`` says (:func:`ensemble.speaker_groups.with_train_speakers`),
+    test speakers as ``[speakers].test`` says."""
     found = speaker_groups.test_speakers(data.competition, recipe.speakers, recipe.features, progress=progress)
     train = speaker_groups.train_groups(data.competition)
     x_train, x_test, x_aug, population = speaker_groups.normalise_images(data.x_train, train, data.x_test, found.groups, data.x_aug)

@@ -45,8 +45,11 @@ class CompetitionConfig:
         dir: the folder holding ``train.csv``, ``test.csv``, ``sample_submission.csv`` (and
             optionally ``solution.csv``, the hidden test labels).
         id_col, path_col, label_col: column names in ``train.csv`` / ``test.csv``.
-        group_col: the column folds are grouped by (the speaker); ``""`` or absent column means
-            plain stratified folds, with a warning that speakers may leak across folds.
+        group_col: the column folds are grouped by (the speaker). Where ``train.csv`` lacks it (or
+            it is ``""``), ``[speakers].train`` says what stands in: by default speakers inferred
+            from the voices (:func:`ensemble.speaker_groups.with_train_speakers`); with
+            ``[speakers].train = "none"``, plain stratified folds, with a warning that speakers may
+            leak across folds.
         audio_root: folder the ``path`` column is relative to; ``""`` means ``dir``.
         classes: class names in output-column order; empty means the class columns of
             ``sample_submission.csv`` if it has them, else the sorted labels of ``train.csv``.
@@ -311,6 +314,13 @@ class SpeakersConfig:
             ``pool`` (the whole test set as one speaker), or ``auto``: ``given`` when the test table
             has the group column, else ``inferred``.
         k: the number of inferred test speakers; 0 chooses it by the best silhouette in ``k_min..k_max``.
+        train: where the training clips' speakers (which group the folds and, with ``norm =
+            "speaker"``, are normalised over) come from: ``given`` (``train.csv``'s ``group_col``),
+            ``inferred`` (the same encoder and clustering as ``inferred`` test speakers, k chosen
+            by silhouette in :func:`ensemble.speaker_groups.train_k_range`, written once to
+            ``train_speakers.csv``), ``none`` (no speakers: ungrouped folds, with a
+            ``LeakageWarning``; ``norm = "speaker"`` is then refused), or ``auto``: ``given``
+            when ``train.csv`` has the group column, else ``inferred``.
     """
 
     norm: str = "clip"
@@ -318,6 +328,7 @@ class SpeakersConfig:
     k: int = 0
     k_min: int = 2
     k_max: int = 8
+    train: str = "auto"
 
 
 @dataclass
@@ -547,7 +558,7 @@ def _moved_keys(data: dict, source: str) -> dict:
 
 def _check(cls, values: dict, where: str, source: str) -> dict:
     """Refuse unknown keys and wrong types in ``values`` (keys of dataclass ``cls``); ints become floats where a float is due."""
-    known = {f.name for f in dataclasses.fields(cls) if f.name not in _SECTIONS}
+    known = {f.name for f in dataclasses.fields(cls) if cls is not Recipe or f.name not in _SECTIONS}  # a section may have a key named like one
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise RecipeError(f"{source}: unknown key(s) {unknown} in {where}; known keys are {sorted(known)}. Fix the spelling or remove them.")
@@ -669,6 +680,7 @@ SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
 FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic", "yamnet_embedding", "mn04_embedding")  # [[functionals]].set (ensemble.functionals)
 FUNCTIONAL_MODELS = ("logreg", "svm", "lightgbm")  # [[functionals]].model (ensemble.tabular)
 TEST_SPEAKERS = ("auto", "given", "inferred", "pool")  # [speakers].test
+TRAIN_SPEAKERS = ("auto", "given", "inferred", "none")  # [speakers].train
 
 
 def _frontend_problem(recipe: Recipe) -> str | None:
@@ -735,6 +747,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (recipe.runtime.device in ("auto", "cpu", "cuda"), f"[runtime].device = {recipe.runtime.device!r}: must be auto, cpu or cuda"),
         (recipe.speakers.norm in SPEAKER_NORMS, f"[speakers].norm = {recipe.speakers.norm!r}: must be one of {SPEAKER_NORMS}"),
         (recipe.speakers.test in TEST_SPEAKERS, f"[speakers].test = {recipe.speakers.test!r}: must be one of {TEST_SPEAKERS}"),
+        (recipe.speakers.train in TRAIN_SPEAKERS, f"[speakers].train = {recipe.speakers.train!r}: must be one of {TRAIN_SPEAKERS}"),
         (
             recipe.speakers.k >= 0 and 2 <= recipe.speakers.k_min <= recipe.speakers.k_max,
             f"[speakers] needs k >= 0 (0: chosen by silhouette) and 2 <= k_min <= k_max, not k = {recipe.speakers.k}, "

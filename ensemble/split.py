@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import competition as comp_mod
-from . import runs
+from . import runs, speaker_groups
 from .errors import OptionError
 from .recipe import Recipe
 
@@ -105,12 +105,15 @@ class Split:
 
 def load_split(recipe: Recipe) -> Split:
     """The competition, its folds and the clips the recipe's training skipped (``skipped.csv`` in its
-    run store): what blending needs. Reads tables only: no audio, no feature cache.
+    run store): what blending needs. Reads tables only (no audio, no feature cache), except where the
+    training speakers are to be inferred and ``train_speakers.csv`` is not written yet
+    (:func:`ensemble.speaker_groups.with_train_speakers`; ``ens train`` writes it first).
 
     Raises:
         CompetitionError: see :func:`ensemble.competition.load` and :func:`ensemble.competition.folds`.
+        SpeakerGroupError, AudioError, SpeakerError: see :func:`ensemble.speaker_groups.with_train_speakers`.
     """
-    competition = comp_mod.load(recipe.competition)
+    competition = speaker_groups.load_competition(recipe)
     split = Split(competition, comp_mod.folds(competition, recipe.folds))
     skipped = runs.read_skipped(recipe)
     return split.without(skipped) if len(skipped) else split

@@ -367,7 +367,10 @@ def train(
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
         _check_fold(recipe, k)
-    comp_mod.write_folds(comp_mod.load(recipe.competition), recipe.folds)
+    competition, inferred = speaker_groups.with_train_speakers(comp_mod.load(recipe.competition), recipe, progress)
+    if inferred is not None and on_event is not None:
+        on_event("speakers", inferred.describe())
+    speaker_groups.check_folds(competition, comp_mod.write_folds(competition, recipe.folds))
     loaded: dict[str, Data] = {}  # FeatureConfig.key() -> its data
 
     def data_of(entry: str) -> Data:
