@@ -96,6 +96,25 @@ def cli_ok(args: list[str]) -> str:
     return result.output
 
 
+BASIC_LR = """
+[[functionals]]
+name = "basic_lr"
+set = "ens_basic"
+model = "logreg"
+c = 0.1
+"""
+"""A ``[[functionals]]`` member for test recipes: ens_basic functionals + logistic regression (librosa only, fast)."""
+
+EGEMAPS_SVM = """
+[[functionals]]
+name = "egemaps_svm"
+set = "eGeMAPSv02"
+model = "svm"
+c = 1.0
+"""
+"""A ``[[functionals]]`` member for test recipes: openSMILE eGeMAPSv02 + calibrated RBF SVM."""
+
+
 def one_backbone_recipe(root: Path, source: Path, recipe_text, extra: str, speaker_norm: bool = False) -> tuple[Path, Path]:
     """Build a RAVDESS competition from ``source`` under ``root / "comp"`` (actors 5 and 6 held out,
     2 folds) and write ``root / "tiny.toml"``: ``recipe_text``'s tiny recipe with ``test_resnet`` only

@@ -40,7 +40,7 @@ from ensemble import competition, runs, speaker_groups, speakers
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import cli_ok, ravdess_clip
+from .conftest import BASIC_LR, EGEMAPS_SVM, cli_ok, ravdess_clip
 
 RATE = 16000
 ACTORS, TEST_ACTORS = tuple(range(1, 9)), (7, 8)
@@ -50,7 +50,8 @@ DEFAULT = {"id": "id", "path": "path", "label": "label", "group": "group"}
 RENAMED = {"id": "file_id", "path": "wav", "label": "emotion", "group": "speaker"}
 SHORT_S, LONG_S, GAP_S = 1.5, 10.0, 0.2
 
-RECIPE = """
+RECIPE = (
+    """
 name = "foreign"
 backbones = ["test_resnet"]
 [paths]
@@ -72,22 +73,14 @@ pretrained = false
 [speakers]
 norm = "speaker"
 test = "auto"
-
-[[functionals]]
-name = "basic_lr"
-set = "ens_basic"
-model = "logreg"
-c = 0.1
-
-[[functionals]]
-name = "egemaps_svm"
-set = "eGeMAPSv02"
-model = "svm"
-c = 1.0
-
+"""
+    + BASIC_LR
+    + EGEMAPS_SVM
+    + """
 [pseudo]
 threshold = 0.14
 """
+)
 
 
 def _load(actor: int, emotion: int, statement: int = 1, repetition: int = 1) -> np.ndarray:

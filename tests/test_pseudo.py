@@ -17,18 +17,15 @@ from ensemble import pseudo, runs, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import cli_ok, one_backbone_recipe
+from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
 
-MEMBERS = """
-[[functionals]]
-name = "basic_lr"
-set = "ens_basic"
-model = "logreg"
-c = 0.1
-
+MEMBERS = (
+    BASIC_LR
+    + """
 [pseudo]
 threshold = 0.14
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,27 +16,19 @@ from ensemble import blend, functionals, predict, runs, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import cli_ok, one_backbone_recipe
+from .conftest import BASIC_LR, EGEMAPS_SVM, cli_ok, one_backbone_recipe
 
-MEMBERS = """
-[[functionals]]
-name = "basic_lr"
-set = "ens_basic"
-model = "logreg"
-c = 0.1
-
-[[functionals]]
-name = "egemaps_svm"
-set = "eGeMAPSv02"
-model = "svm"
-c = 1.0
-
+MEMBERS = (
+    BASIC_LR
+    + EGEMAPS_SVM
+    + """
 [[functionals]]
 name = "basic_gbm"
 set = "ens_basic"
 model = "lightgbm"
 trees = 40
 """
+)
 
 
 @pytest.fixture(scope="module")
