@@ -7,7 +7,7 @@ fine-tuned ``yamnet`` / ``efficientat_mn04`` (names with ``--backbones``). Each 
 when finished) twice: as the recipe says (``[speakers].norm = "clip"``) and with ``norm = "speaker"``
 (recipe ``ravdess_audioset_speaker``; test speakers inferred). Rows: pooled OOF accuracy / macro-F1 /
 UAR, hidden-test accuracy / macro-F1 / UAR (reported, never used to choose), and seconds per fold
-(image members: the sum of ``log.csv``'s epoch seconds; embedding members: the wall time of the
+(image members: the sum of ``log.csv``'s epoch seconds; an interrupted fold resumes from its checkpoint; embedding members: the wall time of the
 five folds, which includes computing every clip's embedding once). For comparison the ImageNet
 backbones already trained by ``recipes/ravdess.toml`` and ``recipes/ravdess_speaker.toml`` are read
 (not trained). Nothing is chosen here.
@@ -80,7 +80,7 @@ def main() -> None:
         seconds = {}
         for entry in entries:
             started = time.monotonic()
-            results = ens.train_runs(recipe, backbones=[entry], progress=False)
+            results = ens.train_runs(recipe, backbones=[entry], progress=False, resume=True)  # an interrupted fold continues from its checkpoint
             if not all(r.skipped for r in results):
                 seconds[entry] = (time.monotonic() - started) / len(results)
         rows += score_rows(recipe, entries, norm, seconds)
