@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from enum import Enum
 from pathlib import Path
@@ -217,6 +218,7 @@ def train(
 
     Progress: bars when stderr is a terminal; otherwise (a log, a pipe) one line per epoch and
     per rendering stage; each finished run prints one result line."""
+    from . import plan
     from . import train as train_mod
 
     r, listed = _selected(
@@ -252,6 +254,12 @@ def train(
 
     try:
         folds = _parse_folds(fold, r.folds.n_splits)
+        started = time.monotonic()
+        planned = None
+        if not quiet:
+            stages = plan.estimate(r, listed, folds, force=force)
+            planned = sum(s.seconds for s in stages)
+            typer.echo(plan.describe(stages), err=True)
         _warnings_shown(
             (SkippedClipsWarning,),
             train_mod.train,
@@ -264,6 +272,8 @@ def train(
             on_error=on_error.value,
             on_event=show,
         )
+        if planned is not None:
+            typer.echo(f"ens train finished in {(time.monotonic() - started) / 60:.1f} min (planned ~{planned / 60:.1f} min)", err=True)
     except REFUSED as err:
         _fail(err)
 

@@ -483,6 +483,13 @@ class FeatureCache:
         does not exist or cannot be loaded, and those clips' positions in ``paths`` -> problem."""
         return self._lookup(paths, copies, augment, progress, workers, device, skip=True)
 
+    def missing(self, paths: Sequence[str | os.PathLike], copies: Sequence[int] | None = None, augment: AugmentConfig | None = None) -> list[int]:
+        """The positions in ``paths`` (with ``copies`` and ``augment`` as :meth:`get` takes them) that
+        :meth:`get` would render: not cached yet, or not existing (which :meth:`get` refuses)."""
+        rows = self._read()[0]
+        copies = [0] * len(paths) if copies is None else list(copies)
+        return [i for i, (p, k) in enumerate(zip(map(Path, paths), copies)) if not p.is_file() or _clip_key(p, augment, k) not in rows]
+
     def _lookup(self, paths, copies, augment, progress, workers, device, skip: bool) -> tuple[np.ndarray, dict[int, str]]:
         """The images and the failures by position; without ``skip``, missing files raise AudioError before any rendering."""
         paths = [Path(p) for p in paths]

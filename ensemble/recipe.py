@@ -394,7 +394,16 @@ class PathsConfig:
 
 @dataclass
 class Recipe:
-    """A whole run: the named sections above plus the backbones to train and the output folders."""
+    """A whole run: the named sections above plus the backbones to train and the output folders.
+
+    ``by_backbone`` holds per-backbone settings (``[by_backbone.<timm model name>.train]`` and
+    ``[by_backbone.<timm model name>.augment]`` tables), each a dict of the keys it changes in that
+    section for that model's entries only (every seed and pseudo round of it), applied by
+    :meth:`for_backbone`: a recipe can train an AudioSet CNN for 8 epochs with layer-wise
+    learning-rate decay beside ImageNet backbones trained for 15 without it. A run's identity
+    holds the settings it trained with, not this table, so changing one model's table leaves
+    the other models' finished runs valid.
+    """
 
     name: str = "recipe"
     backbones: list[str] = field(default_factory=lambda: ["efficientnet_b0"])
@@ -409,13 +418,15 @@ class Recipe:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    by_backbone: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Plain-dict form (for ``config.json`` of a run)."""
         return dataclasses.asdict(self)
 
     def for_backbone(self, backbone: str) -> Recipe:
-        """The recipe a ``backbones`` entry trains with: this one, with ``[train].seed = S`` for
+        """The recipe a ``backbones`` entry trains with: this one with the model's ``by_backbone``
+        settings applied (and ``by_backbone`` emptied), with ``[train].seed = S`` for
         ``"name@S"``, and for a model pretrained on its own frontend (:data:`ensemble.frontends.MODELS`,
         e.g. ``yamnet``) ``[features]`` set from that frontend (:func:`ensemble.frontends.feature_settings`)
         with this recipe's ``duration`` and ``trim_db``. Applying it twice changes nothing more.
@@ -424,7 +435,15 @@ class Recipe:
             RecipeError: a malformed entry (see :func:`split_backbone`).
         """
         name, seed = split_backbone(backbone)
-        recipe = self if seed is None else dataclasses.replace(self, train=dataclasses.replace(self.train, seed=seed))
+        own = self.by_backbone.get(name, {})
+        recipe = dataclasses.replace(
+            self,
+            train=dataclasses.replace(self.train, **own.get("train", {})),
+            augment=dataclasses.replace(self.augment, **own.get("augment", {})),
+            by_backbone={},
+        )
+        if seed is not None:
+            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
         frontend = frontends.for_model(name)
         if frontend is None:
             return recipe
@@ -619,9 +638,35 @@ def from_dict(data: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise RecipeError(f"{source}: functionals must be [[functionals]] tables (name, set, model, c), not {tables!r}.")
     functionals = [FunctionalsMember(**_check(FunctionalsMember, t, f"[[functionals]] {k + 1}", source)) for k, t in enumerate(tables)]
-    recipe = Recipe(**_check(Recipe, data, "the top level", source), **sections, functionals=functionals)
+    by_backbone = _by_backbone(data.pop("by_backbone", {}), source)
+    recipe = Recipe(**_check(Recipe, data, "the top level", source), **sections, functionals=functionals, by_backbone=by_backbone)
     validate(recipe, source)
     return recipe
+
+
+BY_BACKBONE_SECTIONS = {"train": TrainConfig, "augment": AugmentConfig}
+"""The sections a ``[by_backbone.<model>]`` table may change (``[features]`` comes from the model's frontend, if any)."""
+
+
+def _by_backbone(tables, source: str) -> dict[str, dict[str, dict]]:
+    """The ``by_backbone`` tables checked: model name -> section (:data:`BY_BACKBONE_SECTIONS`) ->
+    its keys, with values type-checked as in the section itself (ints made floats where due).
+
+    Raises:
+        RecipeError: a table that is not a table of sections, an unknown section, key or a wrong type.
+    """
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise RecipeError(f"{source}: by_backbone must hold [by_backbone.<timm model name>.train] / .augment tables, not {tables!r}.")
+    out = {}
+    for model, sections in tables.items():
+        unknown = sorted(set(sections) - set(BY_BACKBONE_SECTIONS))
+        if unknown or not all(isinstance(v, dict) for v in sections.values()):
+            raise RecipeError(
+                f"{source}: [by_backbone.{model}] may hold only the tables {sorted(BY_BACKBONE_SECTIONS)} "
+                f"(such as [by_backbone.{model}.train] with epochs = 8), not {unknown or sections}."
+            )
+        out[model] = {name: _check(BY_BACKBONE_SECTIONS[name], keys, f"[by_backbone.{model}.{name}]", source) for name, keys in sections.items()}
+    return out
 
 
 def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -646,11 +691,28 @@ def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 
 
 def _merged(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` applied: a section (a dict) key by key, any other key replaced."""
+    """``base`` with ``changes`` applied: a table (a dict, such as a section or a ``[by_backbone.X.train]``)
+    key by key at every depth, any other key replaced."""
     out = dict(base)
     for key, value in changes.items():
-        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+        old = out.get(key)
+        out[key] = _merged(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
     return out
+
+
+def _everywhere(data: dict, overrides: dict) -> dict:
+    """``overrides`` extended so that each ``[train]`` / ``[augment]`` key it sets also replaces that
+    key in every ``[by_backbone.*]`` table of ``data`` that sets it: an override (``ens train
+    --epochs 1``) is the last word for every backbone."""
+    extra = {}
+    for model, sections in (data.get("by_backbone") or {}).items():
+        if not isinstance(sections, dict):
+            continue  # refused with its message by from_dict
+        for name, keys in sections.items():
+            given = overrides.get(name)
+            if isinstance(keys, dict) and isinstance(given, dict) and (common := set(keys) & set(given)):
+                extra.setdefault(model, {})[name] = {key: given[key] for key in common}
+    return _merged(overrides, {"by_backbone": extra}) if extra else overrides
 
 
 def load(path: str | Path, overrides: dict | None = None) -> Recipe:
@@ -659,7 +721,8 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
     A recipe may start with ``extends = "base.toml"`` (a path relative to it): the base's settings
     apply, and each section of this file overrides the base's keys it names. ``overrides`` is
     applied last, in the same way (``{"train": {"epochs": 1}, "backbones": ["regnetx_002"]}``),
-    and checked like the file (what ``ens train --epochs 1 --backbone regnetx_002`` does).
+    and checked like the file (what ``ens train --epochs 1 --backbone regnetx_002`` does); a
+    ``[train]`` or ``[augment]`` key it sets wins over the same key in ``[by_backbone.*]`` tables too.
 
     Every other path a recipe holds (``[competition].dir`` and ``audio_root``, and the folders of
     ``[paths]``) is relative to the working directory ens runs
@@ -672,7 +735,11 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
     path = Path(path)
     data = _read_toml(path)
     data.setdefault("name", path.stem)
-    return from_dict(_merged(data, overrides or {}), str(path) if not overrides else f"{path} with overrides {overrides}")
+    models = {split_backbone(entry)[0] for entry in data.get("backbones", Recipe().backbones) if isinstance(entry, str)}
+    stray = sorted(set(data.get("by_backbone") or {}) - models) if isinstance(data.get("by_backbone"), dict) else []
+    if stray:  # checked in the file, before a command line narrows backbones (ens train --backbone X)
+        raise RecipeError(f"{path}: [by_backbone] tables {stray} name no model of backbones {sorted(models)}; fix the name or remove the table.")
+    return from_dict(_merged(data, _everywhere(data, overrides or {})), str(path) if not overrides else f"{path} with overrides {overrides}")
 
 
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
@@ -833,3 +900,5 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     for ok, message in checks:
         if not ok:
             raise RecipeError(f"{source}: {message}.")
+    for model in recipe.by_backbone:  # each backbone's own settings pass the same checks
+        validate(recipe.for_backbone(model), f"{source} [by_backbone.{model}]")

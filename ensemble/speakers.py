@@ -194,13 +194,13 @@ class EmbeddingCache:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
-    def _vectors(self) -> VectorCache:
+    def vectors(self) -> VectorCache:
         """The cache of the installed encoder (its identity read on first use, so constructing loads nothing)."""
         return VectorCache(self.root, encoder_id(), EMBEDDING_SIZE, _embed_one, label="embed voices")
 
     def file(self, sample_rate: int, trim_db: float) -> Path:
         """The cache file of one setting."""
-        return self._vectors().file(sample_rate, trim_db)
+        return self.vectors().file(sample_rate, trim_db)
 
     def get(self, paths: Sequence[str | os.PathLike], sample_rate: int, trim_db: float = 0.0, progress: bool = True) -> np.ndarray:
         """Embeddings of ``paths``, embedding (and adding to the cache) only clips not cached yet.
@@ -222,7 +222,7 @@ class EmbeddingCache:
                 (after the others are embedded and cached); the message names each file and its problem.
             SpeakerError: a clip is all zeros (:func:`embed`); the clips embedded before it are cached.
         """
-        return self._vectors().get(paths, sample_rate, trim_db, progress)
+        return self.vectors().get(paths, sample_rate, trim_db, progress)
 
 
 @dataclass(frozen=True)

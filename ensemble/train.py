@@ -11,6 +11,7 @@ with ``metrics.json`` is finished, and training skips it unless forced.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -319,6 +320,14 @@ class RunResult:
     skipped: bool
 
 
+def _data_key(recipe: Recipe) -> str:
+    """What decides the images an entry trains on (:func:`ensemble.data.load_data`): its feature
+    setting and its cached waveform-augmented copies (``[augment]`` copies and waveform list, which a
+    ``[by_backbone.*.augment]`` table may change); entries with one key share one loaded :class:`Data`."""
+    a = recipe.augment
+    return json.dumps([recipe.features.key(), a.copies, a.waveform], sort_keys=True)
+
+
 def train(
     recipe: Recipe,
     backbones: Sequence[str] | None = None,
@@ -362,7 +371,7 @@ def train(
     entries = list(backbones) if backbones is not None else recipe.entries()
     tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
     images = [e for e in entries if recipe.functionals_member(e) is None]
-    settings = {entry: recipe.for_backbone(entry).features for entry in images}  # a malformed name@seed fails before the data loads
+    settings = {entry: _data_key(recipe.for_backbone(entry)) for entry in images}  # a malformed name@seed fails before the data loads
     n_splits = recipe.folds.n_splits
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
@@ -371,10 +380,10 @@ def train(
     if inferred is not None and on_event is not None:
         on_event("speakers", inferred.describe())
     speaker_groups.check_folds(competition, comp_mod.write_folds(competition, recipe.folds))
-    loaded: dict[str, Data] = {}  # FeatureConfig.key() -> its data
+    loaded: dict[str, Data] = {}  # _data_key -> its data
 
     def data_of(entry: str) -> Data:
-        key = settings[entry].key()
+        key = settings[entry]
         if key not in loaded:
             loaded[key] = load_data(recipe.for_backbone(entry), progress=progress, on_error=on_error)
             _record(recipe, loaded[key], on_event)

@@ -116,6 +116,27 @@ class VectorCache:
             raise audio.AudioError(audio.error_list(failed, "fix or remove these files"))
         return np.stack([stored[key] for key in keys]) if keys else np.zeros((0, self.size), np.float32)
 
+    def missing(self, paths: Sequence[str | os.PathLike], sample_rate: int, trim_db: float = 0.0) -> list[Path]:
+        """The files of ``paths`` that :meth:`get` would compute (not cached for this loading setting), in order."""
+        stored = self._read(self.file(sample_rate, trim_db))
+        return [Path(p) for p in paths if not Path(p).is_file() or clip_key(Path(p)) not in stored]
+
+    def seconds_per_clip(self, path: str | os.PathLike, sample_rate: int, trim_db: float = 0.0, repeats: int = 2) -> float:
+        """Wall seconds to load and compute one clip (the fastest of ``repeats`` after one warm-up call,
+        which pays the extractor's start-up), for planning; caches nothing.
+
+        Raises:
+            AudioError: the clip cannot be loaded. Whatever ``compute`` raises.
+        """
+        y, _ = audio.load_trimmed(path, sample_rate, trim_db)
+        self.compute(y, sample_rate)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.compute(audio.load_trimmed(path, sample_rate, trim_db)[0], sample_rate)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
     def _read(self, file: Path) -> dict[str, np.ndarray]:
         """The cached vectors by clip key; empty when there is no cache file or it is unreadable."""
         if not file.exists():

@@ -21,9 +21,8 @@ def test_the_api_example_runs_and_writes_what_it_says(small_source, tmp_path, mo
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) == 1
     # the corpus and the recipe from this checkout; everything else as written, in a scratch working directory
-    code = (
-        blocks[0].replace('"../shared/data/ravdess"', repr(str(small_source))).replace('"recipes/ravdess.toml"', repr(str(REPO / "recipes" / "ravdess.toml")))
-    )
+    recipe = "recipes/ravdess_images.toml"
+    code = blocks[0].replace('"../shared/data/ravdess"', repr(str(small_source))).replace(f'"{recipe}"', repr(str(REPO / recipe)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ENS_WEIGHTS_DIR", str(WEIGHTS))
     exec(compile(code, "docs/api.md", "exec"), {})

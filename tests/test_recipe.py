@@ -5,9 +5,20 @@ from ensemble import recipe
 from .conftest import ROOT
 
 
-def test_shipped_ravdess_recipe_names_the_five_offline_backbones():
+def test_shipped_default_recipe_mixes_backbones_functionals_and_speaker_normalisation():
     r = recipe.load(ROOT / "recipes" / "ravdess.toml")
-    assert r.name == "ravdess"
+    assert r.name == "ravdess" and r.backbones == ["tf_mobilenetv3_small_100", "regnetx_002", "efficientat_mn04"]
+    assert [m.name for m in r.functionals] == ["compare_lr", "egemaps_svm", "basic_lr"]
+    assert (r.speakers.norm, r.speakers.test, r.blend.method) == ("speaker", "auto", "geometric")
+    mn04, regnetx = r.for_backbone("efficientat_mn04"), r.for_backbone("regnetx_002")
+    assert (mn04.train.epochs, mn04.train.layer_decay, mn04.augment.freq_mask) == (8, 0.75, 12)
+    assert (regnetx.train.epochs, regnetx.train.layer_decay, regnetx.augment.copies) == (15, 0.0, 4)
+    assert mn04.features.frontend == "efficientat" and regnetx.features.channels == ["mel", "chroma", "stft"]
+
+
+def test_shipped_image_recipe_names_the_five_offline_backbones():
+    r = recipe.load(ROOT / "recipes" / "ravdess_images.toml")
+    assert r.name == "ravdess_images"
     assert sorted(r.backbones) == sorted(["tf_efficientnet_lite0", "mobilenetv2_100", "mobilenetv1_100", "regnetx_002", "tf_mobilenetv3_small_100"])
     assert r.features.channels == ["mel", "chroma", "stft"] and r.folds.n_splits == 5
     assert r.competition.group_col == "group"
