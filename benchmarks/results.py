@@ -1,4 +1,4 @@
-"""Regenerate the README's "Results on RAVDESS" table from scratch with today's code.
+"""One recipe's members and blends from scratch with today's code (the image-only recipe by default).
 
 Runs the README's commands through the ``ens`` CLI (``ens data ravdess``, ``ens train --force``
 for each backbone, ``ens blend`` per member and per method, then scores every submission against
@@ -56,7 +56,7 @@ def commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="recipes/ravdess.toml")
+    parser.add_argument("--recipe", default="recipes/ravdess_images.toml")
     parser.add_argument("--backbones", default="tf_mobilenetv3_small_100,regnetx_002")
     parser.add_argument("--methods", default="mean,caruana", help="Blend methods, each a row; the first is the recipe's default.")
     parser.add_argument("--force", action=argparse.BooleanOptionalAction, default=True, help="Retrain finished runs (default).")
