@@ -9,7 +9,7 @@ when finished) twice: as the recipe says (``[speakers].norm = "clip"``) and with
 UAR, hidden-test accuracy / macro-F1 / UAR (reported, never used to choose), and seconds per fold
 (image members: the sum of ``log.csv``'s epoch seconds; an interrupted fold resumes from its checkpoint; embedding members: the wall time of the
 five folds, which includes computing every clip's embedding once). For comparison the ImageNet
-backbones already trained by ``recipes/ravdess.toml`` and ``recipes/ravdess_speaker.toml`` are read
+backbones already trained by ``recipes/ravdess_images.toml`` and ``recipes/ravdess_speaker.toml`` are read
 (not trained). Nothing is chosen here.
 
     python benchmarks/audioset_members.py [--fine-tune] [--backbones yamnet,efficientat_mn04] [--norms clip,speaker]
@@ -84,7 +84,7 @@ def main() -> None:
             if not all(r.skipped for r in results):
                 seconds[entry] = (time.monotonic() - started) / len(results)
         rows += score_rows(recipe, entries, norm, seconds)
-    for name, norm in (("ravdess.toml", "clip"), ("ravdess_speaker.toml", "speaker")):  # ImageNet backbones, read only
+    for name, norm in (("ravdess_images.toml", "clip"), ("ravdess_speaker.toml", "speaker")):  # ImageNet backbones, read only
         recipe = ens.load_recipe(ROOT / "recipes" / name)
         rows += score_rows(recipe, [b for b in recipe.backbones if (runs.root(recipe) / b).is_dir()], norm, {})
     cpu = machine("cpu")

@@ -35,7 +35,7 @@ def summary(seconds: np.ndarray) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="recipes/ravdess.toml")
+    parser.add_argument("--recipe", default="recipes/ravdess_images.toml")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/durations.json"))
     args = parser.parse_args()
     r = recipe_mod.load(args.recipe)

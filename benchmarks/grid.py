@@ -12,7 +12,7 @@ for a machine without the ImageNet weights and without internet. The JSON is sav
 feature build and after every run (``"finished": false`` until the last), so a grid killed by a
 time limit still leaves the times of the runs it finished.
 
-    python benchmarks/grid.py [--recipe recipes/ravdess.toml] [--backbones a,b] [--folds 0,1] [--epochs N] [--no-pretrained]
+    python benchmarks/grid.py [--recipe recipes/ravdess_images.toml] [--backbones a,b] [--folds 0,1] [--epochs N] [--no-pretrained]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ensemble import runtime, train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess.toml"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess_images.toml"))
     parser.add_argument("--backbones", default="", help="Comma-separated subset of the recipe's backbones (default: all).")
     parser.add_argument("--folds", default="", help="Comma-separated folds (default: all).")
     parser.add_argument("--epochs", type=int, default=0, help="Epochs per run (default: the recipe's).")

@@ -61,7 +61,7 @@ def untrained_ensemble(recipe, device: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess.toml"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess_images.toml"))
     parser.add_argument("--clip", type=Path, default=CLIP, help="Recording to cut the 4 s clip from (at least 4 s long).")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")

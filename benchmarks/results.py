@@ -1,17 +1,20 @@
-"""One recipe's members and blends from scratch with today's code (the image-only recipe by default).
+"""Recipes' members and blends from scratch with today's code, in one table (the image-only recipe by default).
 
 Runs the README's commands through the ``ens`` CLI (``ens data ravdess``, ``ens train --force``
-for each backbone, ``ens blend`` per member and per method, then scores every submission against
-the hidden ``solution.csv``), and writes the table as Markdown with the commit, the machine and
-each stage's wall time:
+for each backbone of each recipe, ``ens blend`` per member and per method, then scores every
+submission against the hidden ``solution.csv``), and writes the table as Markdown with the commit,
+the machine and each stage's wall time:
 
-    python benchmarks/results.py                      # tf_mobilenetv3_small_100 + regnetx_002, mean and caruana
-    python benchmarks/results.py --backbones regnetx_002 --methods mean --no-force
+    python benchmarks/results.py --backbones tf_mobilenetv3_small_100,regnetx_002   # ravdess_images.toml, mean and caruana
+    python benchmarks/results.py --recipe recipes/ravdess_aug_none.toml,recipes/ravdess_aug_wave.toml --methods mean --out benchmarks/results/aug
+    python benchmarks/results.py --recipe recipes/seed_gender_emotion.toml --methods mean \\
+        --data-args "--labels gender_emotion --out data/ravdess_gender_emotion" --out benchmarks/results/seed_gender_emotion
 
-Prints the table and saves ``benchmarks/results/results_table.md`` and ``results_table.json``.
+Prints the table and saves ``<out>.md`` and ``<out>.json`` (default ``benchmarks/results/ravdess_images``).
 ``--force`` (the default) retrains every run, so figures never come from older code; the feature
 cache is reused when present (it holds the same arrays: features are cached by a hash of their
 settings). OOF columns pool the five validation folds; hidden-test columns score the submission.
+A multilabel recipe's columns are its task's headline scores (lwlrap, mAP, micro-F1).
 """
 
 from __future__ import annotations
@@ -26,13 +29,12 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, markdown_table  # noqa: E402
 
-from ensemble import atomic, competition, submission  # noqa: E402
+from ensemble import atomic, competition, submission, tasks  # noqa: E402
 from ensemble import recipe as recipe_mod
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("accuracy", "macro_f1", "uar")
 
 
 def ens(*args: str) -> float:
@@ -54,61 +56,77 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="recipes/ravdess_images.toml")
-    parser.add_argument("--backbones", default="tf_mobilenetv3_small_100,regnetx_002")
-    parser.add_argument("--methods", default="mean,caruana", help="Blend methods, each a row; the first is the recipe's default.")
-    parser.add_argument("--force", action=argparse.BooleanOptionalAction, default=True, help="Retrain finished runs (default).")
-    parser.add_argument("--out", default="benchmarks/results/results_table")
-    args = parser.parse_args()
-    os.chdir(ROOT)  # the recipe's folders are relative to the repository root, as in the README
-    recipe = recipe_mod.load(args.recipe)
-    backbones, methods = args.backbones.split(","), args.methods.split(",")
-    seconds = {"data": ens("data", "ravdess")}
+def recipe_rows(path: str, backbones: list[str], methods: list[str], force: bool, seconds: dict) -> list[dict]:
+    """Train one recipe's backbones (with ``--force``: afresh), blend each alone and all of them per
+    method, score every submission; one row each (OOF columns: a fitted method's cross-validated OOF)."""
+    recipe = recipe_mod.load(path)
+    backbones = backbones or recipe.backbones
+    columns = tasks.get(recipe.competition.task).headline  # accuracy, macro-F1, UAR; a multilabel task's lwlrap, mAP, micro-F1
     for name in backbones:
-        seconds[f"train {name}"] = ens("train", "--recipe", args.recipe, "--backbone", name, *(["--force"] if args.force else []))
+        seconds[f"train {recipe.name} {name}"] = ens("train", "--recipe", path, "--backbone", name, *(["--force"] if force else []))
     comp = competition.load(recipe.competition)
     board_path = Path(recipe.paths.runs_dir) / recipe.name / "blend" / "leaderboard.csv"
-    rows = []
 
     def row(model: str, submission_name: str, board_model: str, cv: bool) -> dict:
         board = pd.read_csv(board_path).set_index("model").loc[board_model]
         hidden = submission.score(comp, Path(recipe.paths.submissions_dir) / f"{submission_name}.csv")
         prefix = "cv_" if cv else ""
-        return {"model": model, **{f"oof_{k}": float(board[prefix + k]) for k in COLUMNS}, **{f"test_{k}": float(hidden[k]) for k in COLUMNS}}
+        return {
+            "recipe": recipe.name,
+            "model": model,
+            **{f"OOF {k}": float(board[prefix + k]) for k in columns},
+            **{f"hidden-test {k}": float(hidden.get(k, float("nan"))) for k in columns},
+        }
 
+    rows = []
     for name in backbones:
-        seconds[f"blend {name}"] = ens("blend", "--recipe", args.recipe, "--backbone", name, "--method", "mean", "--name", f"{recipe.name}-{name}")
+        seconds[f"blend {recipe.name} {name}"] = ens("blend", "--recipe", path, "--backbone", name, "--method", "mean", "--name", f"{recipe.name}-{name}")
         rows.append(row(name, f"{recipe.name}-{name}", name, cv=False))
     for method in methods:
-        seconds[f"blend {method}"] = ens("blend", "--recipe", args.recipe, "--backbone", ",".join(backbones), "--method", method)
+        seconds[f"blend {recipe.name} {method}"] = ens("blend", "--recipe", path, "--backbone", ",".join(backbones), "--method", method)
         # mean, rank and geometric fit nothing: their in-sample OOF is honest; a fitted method is quoted cross-validated
         fitted = method not in ("mean", "rank", "geometric")
-        label = f"blend: {method}" + (" (cross-validated OOF)" if fitted else "")
-        rows.append(row(label, f"{recipe.name}-{method}", f"blend: {method}", cv=fitted))
+        rows.append(row(f"blend: {method}" + (" (cross-validated OOF)" if fitted else ""), f"{recipe.name}-{method}", f"blend: {method}", cv=fitted))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="recipes/ravdess_images.toml", help="a recipe, or several comma-separated (one table)")
+    parser.add_argument("--backbones", default="", help="comma-separated backbones (default: each recipe's)")
+    parser.add_argument(
+        "--data-args",
+        default="",
+        help="more options of `ens data ravdess` for the recipes' competition, e.g. '--labels gender_emotion --out data/X'",
+    )
+    parser.add_argument("--methods", default="mean,caruana", help="Blend methods, each a row; the first is the recipe's default.")
+    parser.add_argument("--force", action=argparse.BooleanOptionalAction, default=True, help="Retrain finished runs (default).")
+    parser.add_argument("--out", default="benchmarks/results/ravdess_images")
+    args = parser.parse_args()
+    os.chdir(ROOT)  # the recipe's folders are relative to the repository root, as in the README
+    backbones, methods = [b for b in args.backbones.split(",") if b], args.methods.split(",")
+    seconds = {"data": ens("data", "ravdess", *args.data_args.split())}
+    rows = [row for path in args.recipe.split(",") for row in recipe_rows(path, backbones, methods, args.force, seconds)]
     table = pd.DataFrame(rows)
-    header = ["model", *(f"OOF {k}" for k in COLUMNS), *(f"hidden-test {k}" for k in COLUMNS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join([r["model"], *(f"{r[f'oof_{k}']:.4f}" for k in COLUMNS), *(f"{r[f'test_{k}']:.4f}" for k in COLUMNS)]) + " |" for r in rows]
+    if table["recipe"].nunique() == 1:
+        table = table.drop(columns="recipe")
     info = {
         "commit": commit(),
         "machine": machine(),
-        "recipe": args.recipe,
-        "backbones": backbones,
+        "recipes": args.recipe.split(","),
         "methods": methods,
         "forced": args.force,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "rows": table.to_dict("records"),
+        "rows": rows,
     }
     m = info["machine"]
     text = "\n".join(
         [
-            *lines,
-            "",
             f"Commit {info['commit']}; {m['processor']}, {m['cpu_count']} cores, torch {m['torch']}; "
             + "; ".join(f"{k} {v:.0f} s" for k, v in info["seconds"].items())
             + ".",
+            "",
+            markdown_table(table, digits=4),
         ]
     )
     print(text)

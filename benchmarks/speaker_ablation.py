@@ -1,7 +1,7 @@
 """Per-clip vs per-speaker normalisation of the images, with the test speakers true, inferred or pooled.
 
 Trains (or reuses, when finished with the same configuration) two recipes on the same folds:
-``recipes/ravdess.toml`` (per-clip images) and ``recipes/ravdess_speaker.toml`` (speaker-level
+``recipes/ravdess_images.toml`` (per-clip images) and ``recipes/ravdess_speaker.toml`` (speaker-level
 CMVN, test speakers inferred), each with ``--backbones``; then scores, for each backbone and
 their mean blend, the pooled OOF (validation speakers are always normalised with their own,
 true, speakers: folds are grouped by actor) and the hidden test set. For the speaker recipe the
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--backbones", default="tf_mobilenetv3_small_100,regnetx_002")
     args = parser.parse_args()
     backbones = args.backbones.split(",")
-    clip = ens.load_recipe(ROOT / "recipes" / "ravdess.toml", {"backbones": backbones})
+    clip = ens.load_recipe(ROOT / "recipes" / "ravdess_images.toml", {"backbones": backbones})
     speaker = ens.load_recipe(ROOT / "recipes" / "ravdess_speaker.toml", {"backbones": backbones})
     for recipe in (clip, speaker):
         ens.train_runs(recipe)  # finished runs with the same configuration are skipped

@@ -14,7 +14,7 @@ Each arm of each round builds a fresh model and times ``--steps`` steps after tw
 the arms' order rotates from round to round, so none is always first. Medians over rounds and
 their ratio to ``contiguous_fp32`` are reported.
 
-    python benchmarks/train_step.py [--recipes recipes/ravdess.toml recipes/seed_deep_cnn.toml] [--repeats 3] [--steps 4]
+    python benchmarks/train_step.py [--recipes recipes/ravdess_images.toml recipes/seed_deep_cnn.toml] [--repeats 3] [--steps 4]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def arm_rate(recipe: recipe_mod.Recipe, backbone: str, classes: int, device: tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", type=Path, nargs="+", default=[Path("recipes/ravdess.toml"), Path("recipes/seed_deep_cnn.toml")])
+    parser.add_argument("--recipes", type=Path, nargs="+", default=[Path("recipes/ravdess_images.toml"), Path("recipes/seed_deep_cnn.toml")])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--device", default="auto")

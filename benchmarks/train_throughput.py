@@ -9,7 +9,7 @@ same channels_last order and autocast (:func:`ensemble.runtime.precision_on`), f
 timed. The two alternate for ``--repeats`` rounds; medians and their ratio are reported
 (ratio = ens / bare, the data-path efficiency; 1.0 means the data path costs nothing).
 
-    python benchmarks/train_throughput.py [--recipe recipes/ravdess.toml] [--backbone tf_mobilenetv3_small_100] [--repeats 3]
+    python benchmarks/train_throughput.py [--recipe recipes/ravdess_images.toml] [--backbone tf_mobilenetv3_small_100] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def bare_loop(backbone: str, shape: tuple[int, ...], classes: int, steps: int, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess.toml"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess_images.toml"))
     parser.add_argument("--backbone", default="tf_mobilenetv3_small_100")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.json"))
