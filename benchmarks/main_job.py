@@ -56,15 +56,16 @@ def main_command(readme: Path) -> str:
     return match.group(1)
 
 
-def run_step(step: str, cwd: Path, log) -> tuple[float, str]:
+def run_step(step: str, cwd: Path, log, threads: int = 0) -> tuple[float, str]:
     """Run one shell step in ``cwd``, its output streamed to ``log`` and kept; returns (seconds, output).
+    ``threads``: ``OMP_NUM_THREADS`` for it (0: not set).
 
     Raises:
         subprocess.CalledProcessError: the step failed.
     """
     print(f"$ {step}", flush=True)
     started = time.perf_counter()
-    env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     proc = subprocess.Popen(step, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
@@ -130,6 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ens_main_job"))
     parser.add_argument("--keep", action="store_true", help="keep the clone afterwards")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS for every step (0: not set). Set 1 when another job shares the CPU: two torch processes "
+        "with a thread per core each slow each other many-fold (OpenMP threads spin at their barriers).",
+    )
     args = parser.parse_args()
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -142,7 +150,7 @@ def main() -> None:
     started = time.perf_counter()
     with open(work / "main_job.log", "w") as log:
         for step in command.split(" && "):
-            seconds, output = run_step(step, clone, log)
+            seconds, output = run_step(step, clone, log, args.threads)
             steps.append({"step": step, "seconds": round(seconds, 1)})
             outputs[step] = output
     total = time.perf_counter() - started
@@ -156,6 +164,7 @@ def main() -> None:
         "commit": commit(),
         "machine": cpu,
         "command": command,
+        "omp_num_threads": args.threads or None,
         "total_seconds": round(total, 1),
         "steps": steps,
         "plan_seconds": plan,
@@ -167,7 +176,7 @@ def main() -> None:
     save(result, OUT / "main_job.json", echo=False)
     lines = [
         f"Commit {result['commit']}, {cpu['processor']}, {cpu['cpu_count']} cores, load {cpu['load_average_1min']} at the start; "
-        f"fresh clone, pip without its cache. Total {total / 60:.1f} min.",
+        f"fresh clone, pip without its cache{f', OMP_NUM_THREADS={args.threads}' if args.threads else ''}. Total {total / 60:.1f} min.",
         "",
         markdown_table(pd.DataFrame(steps), digits=1),
         "",
