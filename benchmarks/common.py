@@ -61,7 +61,9 @@ def save(result: dict, out, echo: bool = True) -> None:
 
 
 def markdown_table(frame, digits: int = 4) -> str:
-    """``frame`` (a pandas DataFrame) as a Markdown table, floats with ``digits`` decimals."""
-    cells = [[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    """``frame`` (a pandas DataFrame) as a Markdown table, floats with ``digits`` decimals, NaN as an empty cell."""
+    cells = [
+        ["" if isinstance(v, float) and v != v else f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)
+    ]
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])

@@ -30,7 +30,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, save  # noqa: E402
-from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
@@ -161,7 +160,7 @@ def main() -> None:
     table = results_table(clone)
     cpu = machine("cpu")
     result = {
-        "commit": commit(),
+        "commit": subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip(),
         "machine": cpu,
         "command": command,
         "omp_num_threads": args.threads or None,
@@ -175,7 +174,7 @@ def main() -> None:
     }
     save(result, OUT / "main_job.json", echo=False)
     lines = [
-        f"Commit {result['commit']}, {cpu['processor']}, {cpu['cpu_count']} cores, load {cpu['load_average_1min']} at the start; "
+        f"Commit {result['commit']} (the clone's), {cpu['processor']}, {cpu['cpu_count']} cores, load {cpu['load_average_1min']} at the start; "
         f"fresh clone, pip without its cache{f', OMP_NUM_THREADS={args.threads}' if args.threads else ''}. Total {total / 60:.1f} min.",
         "",
         markdown_table(pd.DataFrame(steps), digits=1),

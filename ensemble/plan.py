@@ -27,8 +27,10 @@ from . import competition as comp_mod
 from . import features, functionals, models, runs, runtime, speakers
 from .recipe import Recipe, pseudo_round
 
-SAMPLE = 3
-"""Training clips timed per rendering calibration (clean and augmented each)."""
+SAMPLE = 8
+"""Training clips timed per rendering calibration (clean, and augmented with copies 1, 2, ... in turn),
+spread over the training table: augmentation draws each transform with its probability per copy,
+so a few clips would time a few draws."""
 
 
 @dataclass
@@ -119,9 +121,9 @@ def _rendering(recipe: Recipe, entry: str, root, train_paths: list, test_paths: 
     if not missing:
         return Stage(name, 0.0, f"all {len(paths)} images cached")
     n_aug = sum(1 for i in missing if copies[i])
-    sample = train_paths[:SAMPLE]
+    sample = train_paths[:: max(1, len(train_paths) // SAMPLE)][:SAMPLE]
     clean = _timed(lambda: [features.load_waveform(p, f) for p in sample]) / len(sample)
-    augmented = _timed(lambda: [features.load_waveform(p, f, a, 1) for p in sample]) / len(sample) if n_aug else 0.0
+    augmented = _timed(lambda: [features.load_waveform(p, f, a, 1 + i % a.copies) for i, p in enumerate(sample)]) / len(sample) if n_aug else 0.0
     waveforms = [features.load_waveform(p, f) for p in sample]
     features.model_inputs(waveforms, f)  # warm-up: filter banks, first allocation
     render = _timed(lambda: features.model_inputs(waveforms, f)) / len(sample)
