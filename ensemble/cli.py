@@ -36,6 +36,8 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.split.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
+Format = _choices("Format", ("onnx", "openvino"))  # ens export --format (ensemble.export.FORMATS)
+Runtime = _choices("Runtime", ("torch", "onnx", "openvino"))  # ens predict --runtime (ensemble.export.RUNTIMES)
 PseudoLabelOption = typer.Option(
     False,
     "--pseudo-label",
@@ -65,6 +67,8 @@ FLAGS = {
     "speaker=DIR": "--speaker-dir DIR",
     "speaker=": "--speaker-dir ",
     "same_speaker=True": "--same-speaker",
+    "engine=": "--runtime ",
+    "device='cpu'": "--device cpu",
 }
 """The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
 
@@ -349,6 +353,25 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@app.command("export")
+def export_cmd(
+    fmt: Format = typer.Option(..., "--format", help="onnx (for ONNX Runtime) or openvino (OpenVINO IR)."),
+    recipe: Path = RecipeOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write (default runs/<recipe>/export/<format>)."),
+    pseudo_label: bool = PseudoLabelOption,
+) -> None:
+    """Export every fold model of the ensemble's image members (blend weights, or equal weights) as one graph each,
+    with manifest.json (members, weights, classes, feature settings); `ens predict --runtime FORMAT` runs them."""
+    from . import export as export_mod
+
+    r = _selected(recipe, None, {}, pseudo_label)[0]
+    try:
+        manifest = export_mod.export(r, fmt.value, out, on_model=lambda path: typer.echo(f"wrote {path}", err=True))
+    except REFUSED as err:
+        _fail(err)
+    typer.echo(f"wrote {manifest}")
+
+
 def _member_text(ensemble, member) -> str:
     """``name xN folds (weight)``, with the seeds when the member averages several."""
     seeds = member.seeds()
@@ -370,6 +393,11 @@ def predict(
         None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."
     ),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    runtime: Runtime = typer.Option(
+        Runtime.torch, help="What runs the image members' fold models: torch (eager), or the graphs `ens export` wrote, run by onnx (ONNX Runtime) or openvino."
+    ),
+    export_dir: Optional[Path] = typer.Option(None, help="The export folder for --runtime onnx/openvino (default runs/<recipe>/export/<format>)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime (0: every core); overrides [runtime].threads."),
     on_error: OnError = typer.Option(
         OnError.fail,
         "--on-error",
@@ -387,10 +415,10 @@ def predict(
     Speaker-normalised members use --speaker-dir or --same-speaker, else the training population's statistics (with a warning)."""
     from . import predict as predict_mod
 
-    r = _selected(recipe, None, {}, pseudo_label)[0]
+    r = _selected(recipe, None, {"runtime": {"threads": threads}}, pseudo_label)[0]
     try:
         files = predict_mod.audio_files(paths)  # a bad path fails before the models load
-        ensemble = predict_mod.load_ensemble(r, device)
+        ensemble = predict_mod.load_ensemble(r, device, runtime.value, export_dir)
         tta = sorted({str(list(made.train.tta_shifts)) for made in ensemble.trained_with.values() if made.train.tta_shifts})
         shifts = f"; time-shift TTA {', '.join(tta)}" if tta else ""
         members = ", ".join(_member_text(ensemble, m) for m in ensemble.members)
