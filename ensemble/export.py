@@ -106,7 +106,7 @@ def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     model = model.to(memory_format=torch.contiguous_format)
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.export's own internals (pytree LeafSpec)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own internals (pytree LeafSpec)
         program = torch.onnx.export(
             model, (example,), input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, verbose=False
         )
@@ -119,7 +119,8 @@ def _save_openvino(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     from the ONNX graph (:func:`_save_onnx`) and saved in float32; the ``.bin`` is in place before
     the ``.xml`` appears."""
     ov = runtime_module("openvino")
-    with tempfile.TemporaryDirectory(dir=path.parent.parent) as scratch:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         onnx_path = Path(scratch) / "model.onnx"
         _save_onnx(model, example, onnx_path)
         converted = ov.convert_model(onnx_path)
