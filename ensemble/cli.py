@@ -38,6 +38,7 @@ OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.split.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
 Format = _choices("Format", ("onnx", "openvino"))  # ens export --format (ensemble.export.FORMATS)
 Runtime = _choices("Runtime", ("torch", "onnx", "openvino"))  # ens predict --runtime (ensemble.export.RUNTIMES)
+Executor = _choices("Executor", ("local", "ray"))  # ens train --executor (ensemble.executors.EXECUTORS)
 PseudoLabelOption = typer.Option(
     False,
     "--pseudo-label",
@@ -69,6 +70,8 @@ FLAGS = {
     "same_speaker=True": "--same-speaker",
     "engine=": "--runtime ",
     "device='cpu'": "--device cpu",
+    "executor='ray'": "--executor ray",
+    "address=": "--address ",
 }
 """The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
 
@@ -216,11 +219,20 @@ def train(
     on_error: OnError = OnErrorOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no per-epoch or per-stage lines; only each run's result line."),
     pseudo_label: bool = PseudoLabelOption,
+    executor: Executor = typer.Option(
+        Executor.local, help="local: one run after another here; ray: each (backbone, fold) run as one Ray task (ensemble.executors)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, help="With --executor ray: an existing Ray cluster (auto, ray://HOST:10001); default a local Ray instance on this machine."
+    ),
+    run_cpus: Optional[float] = typer.Option(None, help="CPUs each Ray task asks for; overrides [runtime].run_cpus."),
+    run_gpus: Optional[float] = typer.Option(None, help="GPUs each Ray task asks for; overrides [runtime].run_gpus."),
 ) -> None:
     """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped.
 
     Progress: bars when stderr is a terminal; otherwise (a log, a pipe) one line per epoch and
     per rendering stage; each finished run prints one result line."""
+    from . import executors
     from . import train as train_mod
 
     r, listed = _selected(
@@ -232,7 +244,7 @@ def train(
                 "pretrained": False if no_pretrained else None,
                 "cpu_precision": None if cpu_precision is None else cpu_precision.value,
             },
-            "runtime": {"device": device},
+            "runtime": {"device": device, "run_cpus": run_cpus, "run_gpus": run_gpus},
             "paths": {"weights_dir": weights_dir},
         },
         pseudo_label,
@@ -256,6 +268,7 @@ def train(
 
     try:
         folds = _parse_folds(fold, r.folds.n_splits)
+        runner = executors.get(executor.value, address)
         _warnings_shown(
             (SkippedClipsWarning,),
             train_mod.train,
@@ -267,6 +280,7 @@ def train(
             progress=not quiet,
             on_error=on_error.value,
             on_event=show,
+            executor=runner,
         )
     except REFUSED as err:
         _fail(err)

@@ -368,9 +368,9 @@ class RuntimeConfig:
             compilation; pays off on long GPU runs).
         workers: audio-decoding processes while the feature cache is filled; 0 chooses
             (:meth:`ensemble.features.FeatureCache.get`).
-        threads: CPU threads of inference (``ens predict``): torch's intra-op threads, ONNX
-            Runtime's intra-op threads, OpenVINO's ``INFERENCE_NUM_THREADS``; 0 leaves each
-            runtime's default (every core).
+        threads: CPU threads: torch's intra-op threads in training and ``ens predict``, ONNX
+            Runtime's intra-op threads and OpenVINO's ``INFERENCE_NUM_THREADS`` in ``ens predict
+            --runtime``; 0 leaves each runtime's default (every core; in a Ray task, its ``run_cpus``).
         run_cpus, run_gpus: what one (member, fold) run asks of a Ray cluster under
             ``ens train --executor ray`` (``num_cpus`` / ``num_gpus`` of its task).
     """
