@@ -59,7 +59,7 @@ RUNTIMES = ("torch", *FORMATS)
 MANIFEST, EXPORT = "manifest.json", "export"
 INPUT, OUTPUT = "image", "logits"
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
-PACKAGE = {"onnx": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}  # format -> (module, pip package)
+RUNTIME_MODULE = {"onnx": "onnxruntime", "openvino": "openvino"}  # format -> the module (and pip package) that runs it
 OPSET = 18
 
 
@@ -77,17 +77,25 @@ def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> None:
         raise ExportError(f"format {fmt!r} is not one of {', '.join(allowed)}; give one of them.")
 
 
+def _require(module: str, why: str):
+    """``module`` imported.
+
+    Raises:
+        ExportError: it is not installed; says ``why`` it is needed and names the pip command (``pip install -e '.[deploy]'``).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ExportError(f"{why} needs the {module} package ({err}); install it: pip install -e '.[deploy]' (or pip install {module}).") from err
+
+
 def runtime_module(fmt: str):
     """The Python module that runs ``fmt`` graphs (``onnxruntime`` or ``openvino``), imported.
 
     Raises:
-        ExportError: it is not installed; names the pip command (``pip install -e ".[deploy]"``).
+        ExportError: it is not installed; names the pip command (``pip install -e '.[deploy]'``).
     """
-    module, package = PACKAGE[fmt]
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ExportError(f"the {fmt} runtime needs the {package} package ({err}); install it: pip install -e '.[deploy]' (or pip install {package}).") from err
+    return _require(RUNTIME_MODULE[fmt], f"the {fmt} runtime")
 
 
 def export_dir(recipe: Recipe, fmt: str) -> Path:
@@ -147,13 +155,14 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         the path of ``manifest.json``.
 
     Raises:
-        ExportError: an unknown ``fmt``, or its runtime package (needed to check the export) is
-            missing. PredictError: no member is trained, or blend weights name unfinished
+        ExportError: an unknown ``fmt``, or a package it needs is missing: ``onnxscript`` (torch's
+            exporter) or the format's runtime. PredictError: no member is trained, or blend weights name unfinished
             members (everything :func:`ensemble.predict.load_ensemble` raises).
     """
     from .predict import load_ensemble
 
     check_format(fmt)
+    _require("onnxscript", "torch's ONNX exporter")
     runtime_module(fmt)
     ensemble = load_ensemble(recipe, "cpu")
     out = Path(out) if out is not None else export_dir(recipe, fmt)
