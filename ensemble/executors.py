@@ -117,7 +117,8 @@ class Ray:
 
         Raises:
             whatever the run raised in its task (``ray.exceptions.RayTaskError`` is unwrapped to the
-            run's own exception, such as a ``RunConflictError``).
+            run's own exception, such as a ``RunConflictError``). ExecutorError: the task's worker
+            died on every try, or the cluster was lost.
         """
         task = self.ray.remote(_run_loading)
         refs = []
@@ -127,11 +128,16 @@ class Ray:
             r = job.recipe.runtime
             options = task.options(num_cpus=r.run_cpus, num_gpus=r.run_gpus, max_retries=RETRIES, name=f"ens {job.name}")
             refs.append(options.remote(dataclasses.replace(job, resume=True)))
-        for ref in refs:
+        for job, ref in zip(jobs, refs):
             try:
                 yield self.ray.get(ref)
             except self.ray.exceptions.RayTaskError as err:
                 raise err.as_instanceof_cause() from None
+            except self.ray.exceptions.RayError as err:  # the worker died on every try, or the cluster went away
+                raise ExecutorError(
+                    f"{job.name}: its Ray task failed {RETRIES + 1} times ({type(err).__name__}: {str(err)[:300]}); "
+                    "see the workers' logs, then run ens train again (with resume=True to continue from its checkpoint)."
+                ) from err
 
 
 def get(name: str, address: str | None = None) -> Local | Ray:
