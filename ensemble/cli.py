@@ -71,6 +71,7 @@ FLAGS = {
     "engine=": "--runtime ",
     "device='cpu'": "--device cpu",
     "executor='ray'": "--executor ray",
+    "resume=True": "--resume",
     "address=": "--address ",
 }
 """The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
