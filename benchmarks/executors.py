@@ -6,9 +6,10 @@
 The grid is every backbone x every fold of the competition's ``folds.csv`` (5 for RAVDESS) on a
 small image (``height = 32``, ``hop_length = 640``) so that it fits a CPU box; the feature cache is
 filled before the clock starts. Arms, each from an empty run store, round-robin: ``local`` (one
-run after another, torch's default threads: every core), ``ray`` (a local Ray instance with
-``--workers`` CPUs, one task per run with ``run_cpus = 1`` and one torch thread each; Ray's start
-is timed apart). Both arms' OOF tables are compared. Writes ``benchmarks/results/executors.json``.
+run after another with torch's threads as the environment sets them: ``OMP_NUM_THREADS``, else
+every core), ``ray`` (a local Ray instance with ``--workers`` CPUs, one task per run with
+``run_cpus = 1`` and one torch thread each; Ray's start is timed apart). Both arms' OOF tables are
+compared (equal only when both ran one torch thread). Writes ``benchmarks/results/executors.json``.
 """
 
 from __future__ import annotations
