@@ -64,7 +64,7 @@ OPSET = 18
 
 
 class ExportError(EnsError, ValueError):
-    """An export that cannot be made or used: an unknown format, unfinished runs, a missing runtime package, or a missing or stale export."""
+    """An export that cannot be made or used: an unknown format, a missing package (the exporter or a runtime), or a missing or stale export."""
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = FORMATS) -> None:
