@@ -18,6 +18,11 @@ window (by default: is no longer than the shortest member duration) is thus one 
 to its cached training image. A longer file is cut into windows of ``window`` seconds every
 ``hop`` seconds (the last window ends at the end of the trimmed audio); each window is padded to
 each member's duration like a short clip, and the file's probabilities are the mean over its windows.
+The windows of consecutive files are rendered and predicted together, up to :data:`GROUP_CLIPS` at a
+time, so a folder of short clips goes through the models in full batches.
+
+The image members' fold models run in torch, or as the graphs ``ens export`` wrote, in ONNX
+Runtime or OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.export`); the rest is the same code.
 """
 
 from __future__ import annotations
