@@ -86,3 +86,16 @@ def test_executor_refusals():
         executors.get("dask")
     with pytest.raises(executors.ExecutorError, match="address='auto' is for executor='ray'"):
         executors.get("local", "auto")
+
+
+def test_threads_and_ray_resources_are_machine_settings(tmp_path):
+    """``[runtime]`` threads, run_cpus and run_gpus are checked, and leave a run's identity (config.json) unchanged."""
+    base = recipe.Recipe()
+    changed = recipe.from_dict({"runtime": {"threads": 3, "run_cpus": 2, "run_gpus": 0.5}})
+    assert changed.runtime.run_gpus == 0.5
+    assert run_store.run_config(changed, ["a"], "h", "test_resnet", 0) == run_store.run_config(base, ["a"], "h", "test_resnet", 0)
+    path = tmp_path / "bad.toml"
+    for bad, message in (("threads = -1", r"\[runtime\].threads = -1: must be >= 0"), ("run_cpus = 0", r"run_cpus = 0.0 must be > 0")):
+        path.write_text(f"[runtime]\n{bad}\n")
+        with pytest.raises(recipe.RecipeError, match=message):
+            recipe.load(path)
