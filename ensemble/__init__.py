@@ -8,6 +8,7 @@ The Python API is what the ``ens`` command calls, for a notebook (``import ensem
 - ``train_runs``: the grid of a recipe's backbones x folds, skipping finished runs;
 - ``blend_runs`` returns a ``BlendResult``; ``write_blend`` writes it (submission,
   leaderboard, weights); ``score`` scores a submission against ``solution.csv``;
+- ``export_ensemble``: the fold models as ONNX / OpenVINO graphs for ``load_ensemble(engine=...)``;
 - ``load_ensemble`` then ``predict_files`` (files) or ``Ensemble.predict_waveforms``;
 - ``write_report``: the HTML report.
 
@@ -37,6 +38,7 @@ _API = {
     "write_blend": ("blend", "write"),
     "BlendResult": ("blend", "BlendResult"),
     "score": ("submission", "score_splits"),
+    "export_ensemble": ("export", "export"),
     "load_ensemble": ("predict", "load_ensemble"),
     "predict_files": ("predict", "predict"),
     "Ensemble": ("predict", "Ensemble"),

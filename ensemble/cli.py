@@ -37,6 +37,9 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.split.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
+Format = _choices("Format", ("onnx", "openvino"))  # ens export --format (ensemble.export.FORMATS)
+Runtime = _choices("Runtime", ("torch", "onnx", "openvino"))  # ens predict --runtime (ensemble.export.RUNTIMES)
+Executor = _choices("Executor", ("local", "ray"))  # ens train --executor (ensemble.executors.EXECUTORS)
 PseudoLabelOption = typer.Option(
     False,
     "--pseudo-label",
@@ -66,6 +69,11 @@ FLAGS = {
     "speaker=DIR": "--speaker-dir DIR",
     "speaker=": "--speaker-dir ",
     "same_speaker=True": "--same-speaker",
+    "engine=": "--runtime ",
+    "device='cpu'": "--device cpu",
+    "executor='ray'": "--executor ray",
+    "resume=True": "--resume",
+    "address=": "--address ",
 }
 """The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
 
@@ -213,12 +221,20 @@ def train(
     on_error: OnError = OnErrorOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no per-epoch or per-stage lines; only each run's result line."),
     pseudo_label: bool = PseudoLabelOption,
+    executor: Executor = typer.Option(
+        Executor.local, help="local: one run after another here; ray: each (backbone, fold) run as one Ray task (ensemble.executors)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, help="With --executor ray: an existing Ray cluster (auto, ray://HOST:10001); default a local Ray instance on this machine."
+    ),
+    run_cpus: Optional[float] = typer.Option(None, help="CPUs each Ray task asks for; overrides [runtime].run_cpus."),
+    run_gpus: Optional[float] = typer.Option(None, help="GPUs each Ray task asks for; overrides [runtime].run_gpus."),
 ) -> None:
     """Fine-tune backbone(s) on fold(s); finished runs with the same config are skipped.
 
     Progress: bars when stderr is a terminal; otherwise (a log, a pipe) one line per epoch and
     per rendering stage; each finished run prints one result line."""
-    from . import plan
+    from . import executors, plan
     from . import train as train_mod
 
     r, listed = _selected(
@@ -230,7 +246,7 @@ def train(
                 "pretrained": False if no_pretrained else None,
                 "cpu_precision": None if cpu_precision is None else cpu_precision.value,
             },
-            "runtime": {"device": device},
+            "runtime": {"device": device, "run_cpus": run_cpus, "run_gpus": run_gpus},
             "paths": {"weights_dir": weights_dir},
         },
         pseudo_label,
@@ -254,6 +270,7 @@ def train(
 
     try:
         folds = _parse_folds(fold, r.folds.n_splits)
+        runner = executors.get(executor.value, address)
         started = time.monotonic()
         planned = None
         if not quiet:
@@ -271,6 +288,7 @@ def train(
             progress=not quiet,
             on_error=on_error.value,
             on_event=show,
+            executor=runner,
         )
         if planned is not None:
             typer.echo(f"ens train finished in {(time.monotonic() - started) / 60:.1f} min (planned ~{planned / 60:.1f} min)", err=True)
@@ -359,6 +377,25 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@app.command("export")
+def export_cmd(
+    fmt: Format = typer.Option(..., "--format", help="onnx (for ONNX Runtime) or openvino (OpenVINO IR)."),
+    recipe: Path = RecipeOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write (default runs/<recipe>/export/<format>)."),
+    pseudo_label: bool = PseudoLabelOption,
+) -> None:
+    """Export every fold model of the ensemble's image members (blend weights, or equal weights) as one graph each,
+    with manifest.json (members, weights, classes, feature settings); `ens predict --runtime FORMAT` runs them."""
+    from . import export as export_mod
+
+    r = _selected(recipe, None, {}, pseudo_label)[0]
+    try:
+        manifest = export_mod.export(r, fmt.value, out, on_model=lambda path: typer.echo(f"wrote {path}", err=True))
+    except REFUSED as err:
+        _fail(err)
+    typer.echo(f"wrote {manifest}")
+
+
 def _member_text(ensemble, member) -> str:
     """``name xN folds (weight)``, with the seeds when the member averages several."""
     seeds = member.seeds()
@@ -380,6 +417,11 @@ def predict(
         None, "--out", "-o", help="CSV to write: path (then start_s, end_s with --timeline) and one probability column per class."
     ),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    runtime: Runtime = typer.Option(
+        Runtime.torch, help="What runs the image members' fold models: torch (eager), or the graphs `ens export` wrote, run by onnx (ONNX Runtime) or openvino."
+    ),
+    export_dir: Optional[Path] = typer.Option(None, help="The export folder for --runtime onnx/openvino (default runs/<recipe>/export/<format>)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime (0: every core); overrides [runtime].threads."),
     on_error: OnError = typer.Option(
         OnError.fail,
         "--on-error",
@@ -397,10 +439,10 @@ def predict(
     Speaker-normalised members use --speaker-dir or --same-speaker, else the training population's statistics (with a warning)."""
     from . import predict as predict_mod
 
-    r = _selected(recipe, None, {}, pseudo_label)[0]
+    r = _selected(recipe, None, {"runtime": {"threads": threads}}, pseudo_label)[0]
     try:
         files = predict_mod.audio_files(paths)  # a bad path fails before the models load
-        ensemble = predict_mod.load_ensemble(r, device)
+        ensemble = predict_mod.load_ensemble(r, device, runtime.value, export_dir)
         tta = sorted({str(list(made.train.tta_shifts)) for made in ensemble.trained_with.values() if made.train.tta_shifts})
         shifts = f"; time-shift TTA {', '.join(tta)}" if tta else ""
         members = ", ".join(_member_text(ensemble, m) for m in ensemble.members)

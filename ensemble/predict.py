@@ -18,6 +18,11 @@ window (by default: is no longer than the shortest member duration) is thus one 
 to its cached training image. A longer file is cut into windows of ``window`` seconds every
 ``hop`` seconds (the last window ends at the end of the trimmed audio); each window is padded to
 each member's duration like a short clip, and the file's probabilities are the mean over its windows.
+The windows of consecutive files are rendered and predicted together, up to :data:`GROUP_CLIPS` at a
+time, so a folder of short clips goes through the models in full batches.
+
+The image members' fold models run in torch, or as the graphs ``ens export`` wrote, in ONNX
+Runtime or OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.export`); the rest is the same code.
 """
 
 from __future__ import annotations
@@ -43,11 +48,14 @@ from torch import nn
 from . import atomic, audio, features, loop, plots, runs, runtime, speaker_groups, speakers, tabular, tasks
 from . import models as models_mod
 from .errors import EnsError
+from .export import RUNTIMES, Exported, check_format
 from .features import model_inputs
 from .recipe import FeatureConfig, FunctionalsMember, Recipe, pseudo_round
 from .split import SkippedClipsWarning, check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+GROUP_CLIPS = 256
+"""Windows of files :func:`predict` renders and predicts together (several files to one batch; bounds the images in memory)."""
 
 
 class PredictError(EnsError, ValueError):
@@ -225,14 +233,20 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
     return [known[b] for b in weights], {b: w / total for b, w in weights.items()}, source
 
 
-def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
+def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", export_dir: str | os.PathLike | None = None) -> Ensemble:
     """Load every fold model of every seed of the recipe's ensemble (see the module docstring for which members).
 
-    Each model is :func:`ensemble.models.build` of the recipe its run was trained with (its
-    ``config.json``) with ``pretrained=False``, and the run's ``model.safetensors`` loaded strictly.
+    With ``engine="torch"`` each model is :func:`ensemble.models.build` of the recipe its run was
+    trained with (its ``config.json``) with ``pretrained=False``, and the run's
+    ``model.safetensors`` loaded strictly. With ``onnx`` or ``openvino`` each is the fold's graph
+    that ``ens export`` wrote (:class:`ensemble.export.ExportedModel`, called like the torch model),
+    run on the CPU by ONNX Runtime or OpenVINO; rendering, speaker normalisation, TTA, functionals
+    members and blending are the same. ``[runtime].threads`` sets each runtime's CPU threads.
 
     Args:
-        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.runtime.resolve_device`).
+        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.runtime.resolve_device`); ``cpu`` for exported graphs.
+        engine: ``torch``, ``onnx`` or ``openvino`` (``ens predict --runtime``).
+        export_dir: the export's folder (default ``runs/<recipe>/export/<format>/``).
 
     Raises:
         PredictError: nothing is trained (names the runs folder); members read audio at other
@@ -240,9 +254,15 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             and order) than the recipe's ``[competition].classes`` (when it lists them) or than
             the other runs; or its weights do not load.
         RunError: a run's ``config.json`` cannot be read. TabularError: a functionals run's pipeline does not load.
+        ExportError: an unknown ``engine``, its package missing, or no export / a stale one for it.
     """
+    check_format(engine, RUNTIMES)
     members, weights, source = _member_weights(recipe)
     torch_device = runtime.resolve_device(device)
+    if engine != "torch" and torch_device.type != "cpu":
+        raise PredictError(f"exported graphs run on the CPU (engine={engine!r}); predict with device='cpu', or engine='torch' on {torch_device}.")
+    exported = None if engine == "torch" else Exported(recipe, engine, export_dir, recipe.runtime.threads)
+    runtime.set_threads(recipe.runtime.threads)
     classes, models, trained_with, populations, functionals = None, {}, {}, {}, {}
     for member in members:
         models[member.name] = []
@@ -266,6 +286,9 @@ def load_ensemble(recipe: Recipe, device: str = "cpu") -> Ensemble:
             if "member" in config:  # a functionals member: its fitted scikit-learn pipeline
                 functionals[member.name] = FunctionalsMember(**config["member"])
                 models[member.name].append(tabular.load_pipeline(run))
+                continue
+            if exported is not None:
+                models[member.name].append(exported.model(member.name, entry, fold, run))
                 continue
             model = models_mod.build(made_with, entry, len(classes))
             try:
@@ -430,15 +453,32 @@ def predict(
             stacklevel=2,
         )
     results = []
-    for path, start, spans, clips in loaded:
-        proba = ensemble.predict_waveforms(clips, speaker_clips=reference)
-        seconds = (np.array(spans, dtype=np.float64) + start) / rate
-        results.append(FilePrediction(path, proba.mean(axis=0), seconds, proba))
+    for group in _groups(loaded, GROUP_CLIPS):  # files predicted together, for batches of many clips
+        proba = ensemble.predict_waveforms([clip for *_, clips in group for clip in clips], speaker_clips=reference)
+        ends = np.cumsum([len(clips) for *_, clips in group])[:-1]
+        for (path, start, spans, _), rows in zip(group, np.split(proba, ends)):
+            seconds = (np.array(spans, dtype=np.float64) + start) / rate
+            results.append(FilePrediction(path, rows.mean(axis=0), seconds, rows))
     if skipped and not results:
         raise PredictError(audio.error_list(skipped, "no file left to predict; fix or replace them"))
     if skipped:
         warnings.warn(audio.error_list(skipped, "skipped: they have no prediction"), SkippedClipsWarning, stacklevel=2)
     return results
+
+
+def _groups(loaded: list[tuple], size: int) -> list[list[tuple]]:
+    """Consecutive files of ``loaded`` (``(path, start, spans, clips)`` each) in groups of at most
+    ``size`` clips (windows), a file with more in a group of its own: each group is rendered and
+    predicted in one :meth:`Ensemble.predict_waveforms` call."""
+    groups: list[list[tuple]] = []
+    count = 0
+    for item in loaded:
+        if not groups or count + len(item[3]) > size:
+            groups.append([])
+            count = 0
+        groups[-1].append(item)
+        count += len(item[3])
+    return groups
 
 
 def table(predictions: list[FilePrediction], classes: list[str], timeline: bool = False) -> pd.DataFrame:

@@ -368,11 +368,19 @@ class RuntimeConfig:
             compilation; pays off on long GPU runs).
         workers: audio-decoding processes while the feature cache is filled; 0 chooses
             (:meth:`ensemble.features.FeatureCache.get`).
+        threads: CPU threads: torch's intra-op threads in training and ``ens predict``, ONNX
+            Runtime's intra-op threads and OpenVINO's ``INFERENCE_NUM_THREADS`` in ``ens predict
+            --runtime``; 0 leaves each runtime's default (every core; in a Ray task, its ``run_cpus``).
+        run_cpus, run_gpus: what one (member, fold) run asks of a Ray cluster under
+            ``ens train --executor ray`` (``num_cpus`` / ``num_gpus`` of its task).
     """
 
     device: str = "auto"
     compile: bool = False
     workers: int = 0
+    threads: int = 0
+    run_cpus: float = 1.0
+    run_gpus: float = 0.0
 
 
 @dataclass
@@ -821,6 +829,11 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             f"k_min = {recipe.speakers.k_min}, k_max = {recipe.speakers.k_max}",
         ),
         (recipe.runtime.workers >= 0, f"[runtime].workers = {recipe.runtime.workers}: must be >= 0 (0 chooses)"),
+        (recipe.runtime.threads >= 0, f"[runtime].threads = {recipe.runtime.threads}: must be >= 0 (0: every core)"),
+        (
+            recipe.runtime.run_cpus > 0 and recipe.runtime.run_gpus >= 0,
+            f"[runtime] run_cpus = {recipe.runtime.run_cpus} must be > 0 and run_gpus = {recipe.runtime.run_gpus} >= 0",
+        ),
         (t.precision in ("bf16", "fp16", "fp32"), f"[train].precision = {t.precision!r}: must be bf16, fp16 or fp32"),
         (t.cpu_precision in CPU_PRECISIONS, f"[train].cpu_precision = {t.cpu_precision!r}: must be bf16 or fp32 (fp16 is CUDA only)"),
         (t.epochs >= 1 and t.batch_size >= 1, "[train].epochs and batch_size must be >= 1"),

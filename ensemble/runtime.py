@@ -20,6 +20,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(threads: int) -> None:
+    """torch's intra-op CPU threads: ``threads`` (``[runtime].threads``); 0 keeps torch's default (every core)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def precision_on(t: TrainConfig, device: torch.device) -> str:
     """The autocast precision of a run on ``device``: ``[train].precision`` on CUDA,
     ``[train].cpu_precision`` on CPU."""

@@ -32,6 +32,7 @@ from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
 from .data import Data, load_data
 from .errors import OptionError
+from .executors import Job, Local, Ray
 from .loop import Updater, ahead, predict, train_one_epoch
 from .pseudo import PseudoLabels, fold_labels, write_labels
 from .recipe import Recipe, RecipeError, pseudo_round
@@ -156,6 +157,7 @@ def train_fold(
     atomic.write_json(out / runs.CONFIG, config)
 
     t, classes = recipe.train, data.competition.classes
+    runtime.set_threads(recipe.runtime.threads)
     fold_of = data.folds["fold"].to_numpy()
     train_idx, valid_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     n_train = len(data.y)
@@ -337,6 +339,7 @@ def train(
     progress: bool = True,
     on_error: str = "fail",
     on_event: Callable[[str, RunResult | str], None] | None = None,
+    executor: Local | Ray | None = None,
 ) -> list[RunResult]:
     """Train the grid: every entry of ``backbones`` (default the recipe's backbones, then its
     ``[[functionals]]`` members) x every fold of ``folds`` (default all). Backbones train on the
@@ -360,6 +363,10 @@ def train(
     ``r``'s labels of fold ``k`` are made from round ``r - 1``'s finished fold-``k`` runs
     (:func:`ensemble.pseudo.fold_labels`) and written to the run store.
 
+    ``executor`` trains the image runs of each round that are not finished
+    (:mod:`ensemble.executors`): :class:`ensemble.executors.Local` (the default) one after another
+    here, :class:`ensemble.executors.Ray` each as a Ray task; functionals members train here.
+
     Returns:
         one :class:`RunResult` per (entry, fold), in grid order.
 
@@ -369,6 +376,7 @@ def train(
         :func:`ensemble.tabular.train_fold` raise.
     """
     entries = list(backbones) if backbones is not None else recipe.entries()
+    executor = executor or Local()
     tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
     images = [e for e in entries if recipe.functionals_member(e) is None]
     settings = {entry: _data_key(recipe.for_backbone(entry)) for entry in images}  # a malformed name@seed fails before the data loads
@@ -417,6 +425,7 @@ def train(
         return labels.get((round_, k))
 
     for round_ in sorted({pseudo_round(e)[1] for e in entries}):  # each round after its teachers
+        grid = []  # (entry, fold, finished metrics or None, job to run or None)
         for entry in [e for e in images if pseudo_round(e)[1] == round_]:
             data = data_of(entry)
             for k in folds:
@@ -424,8 +433,10 @@ def train(
                 done = None if force else finished_run(recipe, data, entry, k, extra)
                 if not done and not resume and (runs.run_dir(recipe, entry, k) / runs.CHECKPOINT).exists() and on_event is not None:
                     on_event("afresh", f"{entry} fold {k}")
-                report = done or train_fold(recipe, data, entry, k, force=force, progress=progress, resume=resume, pseudo=extra)
-                done_run(entry, k, report, done is not None)
+                grid.append((entry, k, done, None if done else Job(recipe, entry, k, force, resume, progress, extra, on_error)))
+        reports = executor.map([job for *_, job in grid if job is not None], data_of)
+        for entry, k, done, _ in grid:
+            done_run(entry, k, done or next(reports), done is not None)
         for member in [m for m in tables if pseudo_round(m.name)[1] == round_]:
             table = tabular.load_table(recipe, split_of(), member, progress=progress)
             for k in folds:

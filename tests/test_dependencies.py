@@ -57,7 +57,7 @@ def _requirement_tree(name: str, extras: set[str]) -> set[str]:
 def test_every_dependency_is_installed_at_its_locked_version():
     pins = _locked()
     assert {"torch", "torchvision", "torchaudio"} <= set(pins)
-    needed = _requirement_tree("ens", {"test", "opensmile"})  # what .ci/run installs
+    needed = _requirement_tree("ens", {"test", "opensmile", "deploy"})  # what .ci/run installs
     unlocked = sorted(needed - set(pins))
     assert not unlocked, f"dependencies missing from requirements.lock: {unlocked}; regenerate it (README, 'Updating the lock')"
     drift = {n: (metadata.version(n), pins[n]) for n in needed if metadata.version(n) != pins[n]}

@@ -1,0 +1,156 @@
+"""`ens predict` with torch eager vs ONNX Runtime vs OpenVINO, side by side in one run: throughput on
+a folder of clips (by default the competition's hidden-test clips, 240 for RAVDESS) and single-clip
+latency, medians of several repeats taken round-robin (so load from other jobs spreads over every
+runtime alike); the image members' models alone on the rendered images; the largest probability
+difference from torch; and one member's folds as one averaged ONNX graph vs one graph per fold.
+
+    python benchmarks/runtimes.py --recipe recipes/ravdess.toml [--runs-dir DIR] [--competition DIR] \
+        [--repeats 3] [--latency-repeats 10] [--threads 1]
+
+The recipe's trained ensemble (its blend weights) is exported with ``ens export`` into a temporary
+folder (the run store is only read) and loaded once per runtime (:func:`ensemble.predict.load_ensemble`).
+Writes ``benchmarks/results/runtimes.json`` and ``runtimes.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine, median, save
+from torch import nn
+
+from ensemble import atomic, audio, competition, export, loop, predict, tasks
+from ensemble import recipe as recipe_mod
+
+
+class MemberMean(nn.Module):
+    """A member's fold models as one graph: the mean of their activations ``(batch, classes)``."""
+
+    def __init__(self, folds: list[nn.Module], activation):
+        super().__init__()
+        self.folds, self.activation = nn.ModuleList(folds), activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.activation(m(x)) for m in self.folds]).mean(0)
+
+
+def _seconds(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def _member_graph(ensemble: predict.Ensemble, images: np.ndarray, folder: Path, threads: int, repeats: int) -> dict:
+    """Seconds for the first image member's folds on ``images`` as one averaged ONNX graph vs one ONNX Runtime session per fold (medians)."""
+    member = next(m for m in ensemble.members if m.name not in ensemble.functionals)
+    task = tasks.get(ensemble.recipe.competition.task)
+    path = folder / "member_mean.onnx"
+    export.SAVERS["onnx"](MemberMean(ensemble.models[member.name], task.activation).eval(), torch.from_numpy(images[:2]), path)
+    whole = export.RUNNERS["onnx"](path, threads)
+    for k, model in enumerate(ensemble.models[member.name]):
+        export.SAVERS["onnx"](model, torch.from_numpy(images[:2]), path.parent / f"fold{k}.onnx")
+    folds = [export.ExportedModel(export.RUNNERS["onnx"](path.parent / f"fold{k}.onnx", threads), path) for k in range(len(ensemble.models[member.name]))]
+    cpu = torch.device("cpu")
+    one, per_fold = [], []
+    for _ in range(repeats):
+        one.append(_seconds(lambda: [whole(images[i : i + 64]) for i in range(0, len(images), 64)]))
+        per_fold.append(_seconds(lambda: [loop.predict(m, images, cpu, task.activation, 64) for m in folds]))
+    return {"member": member.name, "folds": len(folds), "one_graph_s": median(one, 3), "graph_per_fold_s": median(per_fold, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/ravdess.toml"))
+    parser.add_argument("--runs-dir", help="Override [paths].runs_dir (the trained runs are read from there).")
+    parser.add_argument("--competition", help="Override [competition].dir.")
+    parser.add_argument("--clips", type=Path, help="Folder of clips for the throughput (default: the competition's test clips).")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="[runtime].threads for every runtime (0: each runtime's default).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes.json"))
+    args = parser.parse_args()
+
+    overrides = {"runtime": {"threads": args.threads}, "paths": {"runs_dir": args.runs_dir} if args.runs_dir else {}}
+    if args.competition:
+        overrides["competition"] = {"dir": args.competition}
+    recipe = recipe_mod.load(args.recipe, {k: v for k, v in overrides.items() if v})
+    c = competition.load(recipe.competition)
+    files = predict.audio_files([args.clips]) if args.clips else c.audio_paths(c.test)
+    result: dict = {"recipe": str(args.recipe), "clips": len(files), "threads": args.threads, "machine": machine("cpu")}
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {fmt: Path(tmp) / fmt for fmt in export.FORMATS}
+        result["export_s"] = {fmt: round(_seconds(lambda f=fmt: export.export(recipe, f, folders[f])), 1) for fmt in export.FORMATS}
+        ensembles, load_s = {}, {}
+        for engine in export.RUNTIMES:
+            started = time.perf_counter()
+            ensembles[engine] = predict.load_ensemble(recipe, "cpu", engine, folders.get(engine))
+            load_s[engine] = round(time.perf_counter() - started, 2)
+        torch_ens = ensembles["torch"]
+        result["ensemble"] = {m.name: {"weight": round(torch_ens.weights[m.name], 4), "fold_models": len(torch_ens.models[m.name])} for m in torch_ens.members}
+        result["load_s"] = load_s
+
+        probas = {engine: np.stack([p.proba for p in predict.predict(ens, files)]) for engine, ens in ensembles.items()}  # also the warm-up
+        result["max_abs_diff_vs_torch"] = {e: float(np.abs(probas[e] - probas["torch"]).max()) for e in export.FORMATS}
+        throughput = {e: [] for e in ensembles}
+        latency = {e: [] for e in ensembles}
+        for _ in range(args.repeats):
+            for engine, ens in ensembles.items():
+                throughput[engine].append(_seconds(lambda ens=ens: predict.predict(ens, files)))
+        for _ in range(args.latency_repeats):
+            for engine, ens in ensembles.items():
+                latency[engine].append(_seconds(lambda ens=ens: predict.predict(ens, files[:1])))
+
+        images = {}
+        for name, made_with in torch_ens.trained_with.items():
+            if name not in torch_ens.functionals and made_with.features.key() not in images:
+                y = [audio.load_trimmed(f, made_with.features.sample_rate, made_with.features.trim_db)[0] for f in files]
+                images[made_with.features.key()] = predict.model_inputs(y, made_with.features)
+        models_only = {e: [] for e in ensembles}
+        task = tasks.get(recipe.competition.task)
+        for _ in range(args.repeats):
+            for engine, ens in ensembles.items():
+                members = [m for m in ens.members if m.name not in ens.functionals]
+                models_only[engine].append(
+                    _seconds(
+                        lambda ens=ens, members=members: [
+                            loop.predict(model, images[ens.trained_with[m.name].features.key()], ens.device, task.activation)
+                            for m in members
+                            for model in ens.models[m.name]
+                        ]
+                    )
+                )
+        first = next(iter(images.values()))
+        result["member_graph"] = _member_graph(torch_ens, np.asarray(first, dtype=np.float32), Path(tmp) / "member", args.threads, args.repeats)
+
+    def summary(times: dict[str, list[float]], scale: float = 1.0, digits: int = 2) -> dict:
+        """Each runtime's median (times ``scale``) and torch's median over it (the speed-up)."""
+        return {e: {"median": median([t * scale for t in v], digits), "vs_torch": round(np.median(times["torch"]) / np.median(v), 2)} for e, v in times.items()}
+
+    result["predict_folder_s"] = summary(throughput)
+    for e, v in throughput.items():
+        result["predict_folder_s"][e]["clips_per_s"] = round(len(files) / float(np.median(v)), 1)
+    result["single_clip_ms"] = summary(latency, 1000, 1)
+    result["models_only_s"] = summary(models_only)
+    result["repeats"] = {"throughput": args.repeats, "latency": args.latency_repeats}
+    save(result, args.out)
+    rows = [
+        "| runtime | folder: s (clips/s) | x torch | one clip: ms | x torch | models only: s | x torch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in ensembles:
+        f, s, m = result["predict_folder_s"][e], result["single_clip_ms"][e], result["models_only_s"][e]
+        rows.append(f"| {e} | {f['median']} ({f['clips_per_s']}) | {f['vs_torch']} | {s['median']} | {s['vs_torch']} | {m['median']} | {m['vs_torch']} |")
+    g = result["member_graph"]
+    rows.append(f"\n{g['member']}'s {g['folds']} folds on {len(files)} images in ONNX Runtime: one averaged graph {g['one_graph_s']} s, ")
+    rows[-1] += f"one graph per fold {g['graph_per_fold_s']} s."
+    atomic.write_text(args.out.with_suffix(".md"), "\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""ens export and ens predict --runtime: the tiny trained ensemble's fold models as ONNX and OpenVINO
+graphs give torch eager's probabilities on real RAVDESS clips, and the refusals."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from ensemble import competition, export, predict
+from ensemble import recipe as recipe_mod
+from ensemble import runs as run_store
+from ensemble.cli import app
+
+from .conftest import cli_ok, copy_tiny_runs
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_trained, tmp_path_factory):
+    """A copy of the session's tiny runs (2 backbones x 2 folds, 1 epoch, blended), exported as
+    ONNX and OpenVINO through the CLI; the competition's 16 real hidden-test clips."""
+    root = tmp_path_factory.mktemp("export")
+    recipe_path = copy_tiny_runs(tiny_trained, root)
+    outputs = {fmt: cli_ok(["export", "--recipe", str(recipe_path), "--format", fmt]) for fmt in export.FORMATS}
+    r = recipe_mod.load(recipe_path)
+    c = competition.load(r.competition)
+    return {"recipe_path": recipe_path, "recipe": r, "clips": c.audio_paths(c.test), "outputs": outputs}
+
+
+def test_the_manifest_lists_every_fold_graph_with_the_blend(exported):
+    r = exported["recipe"]
+    manifest = json.loads((export.export_dir(r, "onnx") / export.MANIFEST).read_text())
+    assert manifest["format"] == "onnx" and manifest["classes"] == r.competition.classes
+    assert manifest["blend"]["method"] and abs(sum(manifest["weights"].values()) - 1) < 1e-9
+    for member in manifest["members"]:
+        assert member["kind"] == "image" and member["features"]["height"] == r.features.height and len(member["folds"]) == r.folds.n_splits
+        for fold in member["folds"]:
+            assert (export.export_dir(r, "onnx") / fold["file"]).is_file()
+            assert fold["sha1"] == export.sha1(run_store.run_dir(r, fold["entry"], fold["fold"]) / run_store.MODEL)
+    xml = [Path(f["file"]) for m in json.loads((export.export_dir(r, "openvino") / export.MANIFEST).read_text())["members"] for f in m["folds"]]
+    assert all((export.export_dir(r, "openvino") / f.with_suffix(".bin")).is_file() for f in xml)
+    assert "manifest.json" in exported["outputs"]["openvino"]
+
+
+@pytest.mark.parametrize("engine", export.FORMATS)
+def test_exported_graphs_give_torch_probabilities_on_real_clips(exported, engine):
+    r, clips = exported["recipe"], exported["clips"]
+    eager = predict.predict(predict.load_ensemble(r), clips)
+    ensemble = predict.load_ensemble(r, engine=engine)
+    assert all(isinstance(m, export.ExportedModel) for models in ensemble.models.values() for m in models)
+    got = predict.predict(ensemble, clips)
+    diff = np.max(np.abs(np.stack([p.proba for p in got]) - np.stack([p.proba for p in eager])))
+    assert diff < 1e-4, f"{engine}: max abs difference {diff} from torch eager"
+
+
+def test_ens_predict_runtime_matches_torch(exported, tmp_path):
+    recipe, clips = str(exported["recipe_path"]), [str(c) for c in exported["clips"][:6]]
+    frames = {}
+    for engine in export.RUNTIMES:
+        out = tmp_path / f"{engine}.csv"
+        cli_ok(["predict", *clips, "--recipe", recipe, "--runtime", engine, "--threads", "1", "--out", str(out)])
+        frames[engine] = pd.read_csv(out)
+    classes = exported["recipe"].competition.classes
+    for engine in export.FORMATS:
+        assert frames[engine]["path"].tolist() == frames["torch"]["path"].tolist()
+        np.testing.assert_allclose(frames[engine][classes].to_numpy(), frames["torch"][classes].to_numpy(), atol=1e-4)
+
+
+def test_refusals_name_the_fix(exported, tiny_trained, tmp_path, monkeypatch):
+    r, recipe = exported["recipe"], str(exported["recipe_path"])
+    bad = runner.invoke(app, ["export", "--recipe", recipe, "--format", "tflite"])
+    assert bad.exit_code == 2 and "tflite" in bad.output
+    with pytest.raises(export.ExportError, match="'tflite' is not one of onnx, openvino"):
+        export.export(r, "tflite")
+    with pytest.raises(export.ExportError, match="not one of torch, onnx, openvino"):
+        predict.load_ensemble(r, engine="tflite")
+
+    missing = runner.invoke(app, ["predict", str(exported["clips"][0]), "--recipe", recipe, "--runtime", "onnx", "--export-dir", str(tmp_path)])
+    assert missing.exit_code == 2 and "manifest.json does not exist" in missing.output and "ens export --format onnx" in missing.output
+
+    untrained = tmp_path / "untrained.toml"
+    untrained.write_text(f'extends = "{tiny_trained["recipe"]}"\nname = "untrained"\n[paths]\nruns_dir = "{tmp_path / "runs"}"\n')
+    result = runner.invoke(app, ["export", "--recipe", str(untrained), "--format", "onnx"])
+    assert result.exit_code == 2 and "ens train" in result.output
+
+    fold = json.loads((export.export_dir(r, "onnx") / export.MANIFEST).read_text())["members"][0]["folds"][0]
+    manifest = export.export_dir(r, "onnx") / export.MANIFEST
+    stale = json.loads(manifest.read_text())
+    stale["members"][0]["folds"][0]["sha1"] = "0" * 40
+    elsewhere = tmp_path / "stale"
+    elsewhere.mkdir()
+    (elsewhere / export.MANIFEST).write_text(json.dumps(stale))
+    with pytest.raises(export.ExportError, match=f"{fold['file']} was exported from other weights.*re-run `ens export --format onnx`"):
+        predict.load_ensemble(r, engine="onnx", export_dir=elsewhere)
+    with pytest.raises(export.ExportError, match="of format 'onnx', not 'openvino'"):
+        predict.load_ensemble(r, engine="openvino", export_dir=export.export_dir(r, "onnx"))
+
+    real = export.importlib.import_module
+
+    def without_openvino(name, *args):
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real(name, *args)
+
+    monkeypatch.setattr(export.importlib, "import_module", without_openvino)
+    with pytest.raises(export.ExportError, match=r"needs the openvino package.*pip install -e '\.\[deploy\]'"):
+        export.export(r, "openvino", tmp_path / "nothing")
