@@ -21,6 +21,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,7 +30,7 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, blend, runs  # noqa: E402
+from ensemble import atomic, blend, blenders, runs  # noqa: E402
 from ensemble import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +87,15 @@ def main() -> None:
             "one recipe": "yes" if expressible else "no",
             "image training min": round(training_minutes(base, members), 1),
         }
-        for method in METHODS:
-            result = blend.blend(recipe, method=method, split=split)
-            row[f"CV OOF acc {method}"] = task.scores(split.y, result.oof)["accuracy"]
-            row[f"test acc {method}"] = task.scores(y_test, result.test)["accuracy"]
+        _, oofs, tests, _ = blend.collect(recipe, split)
+        oof, test, options = np.stack(oofs), np.stack(tests), blend.method_options(recipe, task)
+        for method in METHODS:  # as ens blend fits and cross-validates each method (ensemble.blend.blend), without the others
+            cv_oof = blenders.cross_validate(method, oof, split.y, split.folds["fold"].to_numpy(), **options)
+            row[f"CV OOF acc {method}"] = task.scores(split.y, cv_oof)["accuracy"]
+            row[f"test acc {method}"] = task.scores(y_test, blenders.fit(method, oof, split.y, **options).combine(test))["accuracy"]
         row["note"] = note
         rows.append(row)
-        print(name, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)}, flush=True)
+        print(name, {k: round(float(v), 4) for k, v in row.items() if isinstance(v, float)}, flush=True)
     table = pd.DataFrame(rows)
     oof = table[[f"CV OOF acc {m}" for m in METHODS]]
     table["best CV OOF"] = oof.max(axis=1)

@@ -83,6 +83,13 @@ def collect(recipe: Recipe, split: Split) -> tuple[list[runs.Member], list[np.nd
     return members, oofs, tests, skipped
 
 
+def method_options(recipe: Recipe, task) -> dict:
+    """The keyword options of :func:`ensemble.blenders.fit` and :func:`ensemble.blenders.cross_validate`
+    for ``recipe``'s ``[blend]`` settings and ``task`` (a :class:`ensemble.tasks.Task`)."""
+    b = recipe.blend
+    return {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed, "task": task}
+
+
 def blend(recipe: Recipe, method: str | None = None, split: Split | None = None) -> BlendResult:
     """Blend the finished members of ``recipe`` (see the module docstring); writes nothing.
 
@@ -107,8 +114,7 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
     methods, score = task.blend_methods, task.scores
     if method not in methods:
         raise OptionError(f"blend method {method!r} is not one of {methods}, the methods for a {task.name} task.")
-    b = recipe.blend
-    options = {"iterations": b.iterations, "bags": b.bags, "bag_fraction": b.bag_fraction, "stacking_c": b.stacking_c, "seed": b.seed, "task": task}
+    options = method_options(recipe, task)
     members, oofs, tests, skipped = collect(recipe, split)
     oof, test = np.stack(oofs), np.stack(tests)
     fold_of = split.folds["fold"].to_numpy()
