@@ -23,6 +23,18 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the hub
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test starts with the thread count the session started with: ``[runtime].threads``
+    (``ens predict --threads 1``, ``ens train`` of a recipe that sets it) changes torch's for the
+    whole process, and bit-for-bit tests (test_reference_run, test_resume) need torch's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def ravdess_clip(actor: int, emotion: int, statement: int = 1, repetition: int = 1, intensity: int = 1) -> Path:
     """Path of one real RAVDESS clip in ../shared."""
     return RAVDESS / f"Actor_{actor:02d}" / f"03-01-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.flac"

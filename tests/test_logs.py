@@ -64,6 +64,11 @@ def test_log_file_gets_one_line_per_epoch_and_stage(tiny, tmp_path):
         assert fragment not in text, f"bar fragment {fragment!r} in the log:\n{text}"
     lines = [line for line in text.split("\n") if line.strip()]
     assert text.endswith("\n")
+    # the plan first (ensemble.plan: its heading, one line per stage, the total), the time it took last
+    plan = lines[: next(i for i, line in enumerate(lines) if line.startswith("  total: ")) + 1]
+    assert plan[0] == "plan (estimated on this machine; work already done left out):" and len(plan) == 1 + 2 + 1, text  # render, train
+    assert re.fullmatch(r"ens train finished in \d+\.\d min \(planned ~\d+\.\d min\)", lines[-1]), text
+    lines = lines[len(plan) : -1]
 
     epochs = [EPOCH_LINE.match(line) for line in lines if " epoch " in line]
     assert all(epochs), f"malformed epoch lines:\n{text}"
@@ -74,8 +79,8 @@ def test_log_file_gets_one_line_per_epoch_and_stage(tiny, tmp_path):
     # order: the stage line first, then each fold's epochs before its result line
     kinds = ["render" if RENDER_LINE.match(line) else "epoch" if EPOCH_LINE.match(line) else "result" for line in lines]
     assert kinds == ["render", "epoch", "epoch", "result", "epoch", "epoch", "result"], text
-    # 7 lines of ~110-150 characters; before this change the bars added ~1 kB of fragments even to this 2 x 2-batch run
-    assert len(data) < 1500, f"{len(data)} bytes:\n{text}"
+    # 7 lines of ~110-150 characters and the plan's 5 lines; before this change the bars added ~1 kB of fragments even to this 2 x 2-batch run
+    assert len(data) < 2300, f"{len(data)} bytes:\n{text}"
 
 
 def test_terminal_gets_bars(tiny, monkeypatch, capsys):
