@@ -7,6 +7,7 @@ grid writes their list to the run store.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from dataclasses import dataclass
 
@@ -63,6 +64,23 @@ class Data(Split):
         return out
 
 
+def data_key(recipe: Recipe) -> str:
+    """What decides the images an entry trains on (:func:`load_data`): its feature setting and its
+    cached waveform-augmented copies (``[augment]`` copies and waveform list, which a
+    ``[by_backbone.*.augment]`` table may change); entries with one key share one loaded :class:`Data`."""
+    a = recipe.augment
+    return json.dumps([recipe.features.key(), a.copies, a.waveform], sort_keys=True)
+
+
+def cache_rows(train_paths: list, test_paths: list, copies: int) -> tuple[list, list[int]]:
+    """The rows :func:`load_data` asks the feature cache for, in order: every training clip, every
+    test clip, then each augmented copy ``1..copies`` of the training clips; and each row's copy
+    number (0: the clean rendering)."""
+    paths = train_paths + test_paths + train_paths * copies
+    variant = [0] * (len(train_paths) + len(test_paths)) + [k for k in range(1, copies + 1) for _ in train_paths]
+    return paths, variant
+
+
 def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> Data:
     """Load the competition, its folds and the cached feature images.
 
@@ -90,8 +108,7 @@ def load_data(recipe: Recipe, progress: bool = True, on_error: str = "fail") -> 
     train_paths = competition.audio_paths(competition.train)
     test_paths = competition.audio_paths(competition.test)
     n_train, n_test, copies = len(train_paths), len(test_paths), recipe.augment.copies
-    paths = train_paths + test_paths + train_paths * copies
-    variant = [0] * (n_train + n_test) + [k for k in range(1, copies + 1) for _ in range(n_train)]
+    paths, variant = cache_rows(train_paths, test_paths, copies)
     device, workers = runtime.resolve_device(recipe.runtime.device), recipe.runtime.workers or None
     options = {"copies": variant, "augment": recipe.augment, "progress": progress, "device": device, "workers": workers}
     images, failed = cache.get_skipping(paths, **options) if on_error == "skip" else (cache.get(paths, **options), {})

@@ -390,6 +390,12 @@ def _clip_key(path: Path, augment: AugmentConfig | None, copy: int) -> str:
     return f"{key}|aug{copy}:{augment.waveform_key()}" if copy else key
 
 
+def _keys(paths, copies: Sequence[int] | None, augment: AugmentConfig | None) -> list[str | None]:
+    """Each row's cache key (:func:`_clip_key`; ``copies`` default all 0), None for a file that does not exist."""
+    copies = [0] * len(paths) if copies is None else copies
+    return [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(map(Path, paths), copies)]
+
+
 class FeatureCache:
     """One feature setting's cache: a single float16 ``.npy`` array of every rendered clip,
     memory-mapped when read, and ``index.json`` (each row's clip key, the array's file name, and
@@ -487,14 +493,13 @@ class FeatureCache:
         """The positions in ``paths`` (with ``copies`` and ``augment`` as :meth:`get` takes them) that
         :meth:`get` would render: not cached yet, or not existing (which :meth:`get` refuses)."""
         rows = self._read()[0]
-        copies = [0] * len(paths) if copies is None else list(copies)
-        return [i for i, (p, k) in enumerate(zip(map(Path, paths), copies)) if not p.is_file() or _clip_key(p, augment, k) not in rows]
+        return [i for i, key in enumerate(_keys(paths, copies, augment)) if key is None or key not in rows]
 
     def _lookup(self, paths, copies, augment, progress, workers, device, skip: bool) -> tuple[np.ndarray, dict[int, str]]:
         """The images and the failures by position; without ``skip``, missing files raise AudioError before any rendering."""
         paths = [Path(p) for p in paths]
         copies = [0] * len(paths) if copies is None else list(copies)
-        keys = [_clip_key(p, augment, k) if p.is_file() else None for p, k in zip(paths, copies)]  # None: the file does not exist
+        keys = _keys(paths, copies, augment)
         missing = {i: "audio file does not exist" for i, key in enumerate(keys) if key is None}
         if missing and not skip:
             raise audio.AudioError(

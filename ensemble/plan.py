@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import competition as comp_mod
+from . import data as data_mod
 from . import features, functionals, models, runs, runtime, speakers
-from .recipe import Recipe, pseudo_round
+from .recipe import Recipe, pseudo_round, split_backbone
 
 SAMPLE = 8
 """Training clips timed per rendering calibration (clean, and augmented with copies 1, 2, ... in turn),
@@ -73,16 +74,13 @@ def estimate(recipe: Recipe, entries: list[str] | None = None, folds: list[int] 
         settings = {(r.features.sample_rate, r.features.trim_db) for r in [recipe.for_backbone(e) for e in images] + ([recipe] if tables else [])}
         cache = speakers.EmbeddingCache(competition.root / ".ens_cache").vectors()
         stages += [_vectors(f"embed voices at {rate} Hz", cache, test_paths, rate, trim) for rate, trim in sorted(settings)]
-    seen = set()
+    rendered = {}  # data_key -> the first entry that renders it, as the grid loads each setting once
     for entry in images:
-        r = recipe.for_backbone(entry)
-        key = (r.features.key(), r.augment.copies, str(r.augment.waveform))
-        if key not in seen:
-            seen.add(key)
-            stages.append(_rendering(r, entry, competition.root, train_paths, test_paths))
-    n_train = len(competition.train)
+        rendered.setdefault(data_mod.data_key(recipe.for_backbone(entry)), entry)
+    stages += [_rendering(recipe.for_backbone(entry), entry, competition.root, train_paths, test_paths) for entry in rendered.values()]
+    n_train, timed = len(competition.train), {}
     for entry in images:
-        stages.append(_training(recipe.for_backbone(entry), entry, len(todo[entry]), n_train, len(test_paths), len(competition.classes)))
+        stages.append(_training(recipe.for_backbone(entry), entry, len(todo[entry]), n_train, len(test_paths), len(competition.classes), timed))
     sets = dict.fromkeys(m.set for m in tables)
     cache = functionals.FunctionalsCache(competition.root / ".ens_cache")
     f = recipe.features
@@ -115,8 +113,7 @@ def _rendering(recipe: Recipe, entry: str, root, train_paths: list, test_paths: 
     f, a = recipe.features, recipe.augment
     name = f"render {'images' if f.frontend == 'image' else f.frontend + ' log-mel'} for {entry} ({1 + a.copies} versions of each training clip)"
     cache = features.FeatureCache(root / ".ens_cache", f)
-    paths = train_paths + test_paths + train_paths * a.copies
-    copies = [0] * (len(train_paths) + len(test_paths)) + [k for k in range(1, a.copies + 1) for _ in train_paths]
+    paths, copies = data_mod.cache_rows(train_paths, test_paths, a.copies)
     missing = cache.missing(paths, copies, a)
     if not missing:
         return Stage(name, 0.0, f"all {len(paths)} images cached")
@@ -137,12 +134,17 @@ def _rendering(recipe: Recipe, entry: str, root, train_paths: list, test_paths: 
     )
 
 
-def _training(recipe: Recipe, entry: str, n_folds: int, n_train: int, n_test: int, n_classes: int) -> Stage:
-    """Training ``n_folds`` folds of one image entry: timed steps x the steps its folds take."""
+def _training(recipe: Recipe, entry: str, n_folds: int, n_train: int, n_test: int, n_classes: int, timed: dict) -> Stage:
+    """Training ``n_folds`` folds of one image entry: timed steps x the steps its folds take.
+    ``timed`` holds the step timings already taken, by model and input: the seeds and pseudo
+    rounds of one model are timed once."""
     t = recipe.train
     kind = "students" if pseudo_round(entry)[1] else "folds"
     name = f"train {entry} ({n_folds} {kind} x {t.epochs} epochs)"
-    step, forward = _step_seconds(recipe, entry, n_classes)
+    key = (split_backbone(entry)[0], recipe.features.key(), t.batch_size)
+    if key not in timed:
+        timed[key] = _step_seconds(recipe, entry, n_classes)
+    step, forward = timed[key]
     k = recipe.folds.n_splits
     per_fold_train = n_train * (k - 1) // k
     steps = max(1, per_fold_train // min(t.batch_size, per_fold_train))

@@ -11,7 +11,6 @@ with ``metrics.json`` is finished, and training skips it unless forced.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from . import atomic, models, runs, runtime, speaker_groups, speakers, tabular
 from . import competition as comp_mod
 from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
-from .data import Data, load_data
+from .data import Data, data_key, load_data
 from .errors import OptionError
 from .executors import Job, Local, Ray
 from .loop import Updater, ahead, predict, train_one_epoch
@@ -322,14 +321,6 @@ class RunResult:
     skipped: bool
 
 
-def _data_key(recipe: Recipe) -> str:
-    """What decides the images an entry trains on (:func:`ensemble.data.load_data`): its feature
-    setting and its cached waveform-augmented copies (``[augment]`` copies and waveform list, which a
-    ``[by_backbone.*.augment]`` table may change); entries with one key share one loaded :class:`Data`."""
-    a = recipe.augment
-    return json.dumps([recipe.features.key(), a.copies, a.waveform], sort_keys=True)
-
-
 def train(
     recipe: Recipe,
     backbones: Sequence[str] | None = None,
@@ -379,7 +370,7 @@ def train(
     executor = executor or Local()
     tables = [m for e in entries if (m := recipe.functionals_member(e)) is not None]
     images = [e for e in entries if recipe.functionals_member(e) is None]
-    settings = {entry: _data_key(recipe.for_backbone(entry)) for entry in images}  # a malformed name@seed fails before the data loads
+    settings = {entry: data_key(recipe.for_backbone(entry)) for entry in images}  # a malformed name@seed fails before the data loads
     n_splits = recipe.folds.n_splits
     folds = list(range(n_splits)) if folds is None else list(folds)
     for k in folds:
@@ -388,7 +379,7 @@ def train(
     if inferred is not None and on_event is not None:
         on_event("speakers", inferred.describe())
     speaker_groups.check_folds(competition, comp_mod.write_folds(competition, recipe.folds))
-    loaded: dict[str, Data] = {}  # _data_key -> its data
+    loaded: dict[str, Data] = {}  # data_key -> its data
 
     def data_of(entry: str) -> Data:
         key = settings[entry]
