@@ -68,6 +68,20 @@ def strong_source(tmp_path_factory) -> Path:
     return root
 
 
+TINY_SHAPE = """[folds]
+n_splits = 2
+[features]
+duration = 2.0
+height = 32
+hop_length = 640
+[train]
+epochs = 1
+batch_size = 8
+"""
+"""The small shape of every tiny test recipe: 2 folds, 2 s clips on 32-row images, 1 epoch of batches of 8
+(a recipe adding ``[train]`` keys writes them right after it)."""
+
+
 @pytest.fixture(scope="session")
 def tiny_recipe_text():
     """Recipe TOML for a 2-fold, 1-epoch run of timm's tiny test_efficientnet on small images."""
@@ -82,16 +96,7 @@ submissions_dir = "{submissions_dir}"
 [competition]
 dir = "{competition_dir}"
 classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-[folds]
-n_splits = 2
-[features]
-duration = 2.0
-height = 32
-hop_length = 640
-[train]
-epochs = 1
-batch_size = 8
-pretrained = false
+{TINY_SHAPE}pretrained = false
 """
 
     return make

@@ -21,7 +21,7 @@ from ensemble import audio, audioset, features, frontends, functionals, models, 
 from ensemble import runs as run_store
 from ensemble.data import load_data
 
-from .conftest import ravdess_clip, tiny_competition
+from .conftest import TINY_SHAPE, ravdess_clip, tiny_competition
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 SPEECH_CLIPS = [ravdess_clip(1, 1), ravdess_clip(2, 5), ravdess_clip(7, 6, intensity=2)]  # neutral, angry, fearful
@@ -173,16 +173,7 @@ weights_dir = "{WEIGHTS}"
 [competition]
 dir = "{comp}"
 classes = {CLASSES}
-[folds]
-n_splits = 2
-[features]
-duration = 2.0
-height = 32
-hop_length = 640
-[train]
-epochs = 1
-batch_size = 8
-layer_decay = 0.7
+{TINY_SHAPE}layer_decay = 0.7
 [augment]
 freq_mask = 8
 time_mask = 16

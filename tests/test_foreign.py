@@ -40,7 +40,7 @@ from ensemble import competition, runs, speaker_groups, speakers
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import BASIC_LR, EGEMAPS_SVM, cli_ok, ravdess_clip
+from .conftest import BASIC_LR, EGEMAPS_SVM, TINY_SHAPE, cli_ok, ravdess_clip
 
 RATE = 16000
 ACTORS, TEST_ACTORS = tuple(range(1, 9)), (7, 8)
@@ -60,16 +60,9 @@ submissions_dir = "{subs}"
 [competition]
 dir = "{comp}"
 {columns}
-[folds]
-n_splits = 2
-[features]
-duration = 2.0
-height = 32
-hop_length = 640
-[train]
-epochs = 1
-batch_size = 8
-pretrained = false
+"""
+    + TINY_SHAPE
+    + """pretrained = false
 [speakers]
 norm = "speaker"
 test = "auto"
