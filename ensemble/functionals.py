@@ -44,6 +44,7 @@ import numpy as np
 import scipy.fft
 
 from .errors import EnsError
+from .threads import resolve, thread_map
 from .vectors import VectorCache
 
 OPENSMILE_LICENCE = "openSMILE is under the audEERING Research License: free for research and education, not for commercial use"
@@ -330,7 +331,7 @@ def names(set_name: str) -> list[str]:
     return list(_smile(set_name).feature_names)
 
 
-def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_name: str) -> np.ndarray:
+def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_name: str, threads: int = 0) -> np.ndarray:
     """The functionals of ``set_name`` (:data:`SETS`) of each waveform.
 
     ``ComParE_2016`` / ``eGeMAPSv02``: ``opensmile.Smile(feature_set=..., feature_level=Functionals)``'s
@@ -369,6 +370,8 @@ def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_
             ``(clips, samples)`` array), e.g. from :func:`ensemble.audio.load_trimmed`.
         sample_rate: their sample rate in Hz (at least 8000 for ``ens_basic``).
         set_name: a key of :data:`SETS`.
+        threads: threads for an openSMILE set's clips (:func:`workers`; 0: every core); the result
+            does not depend on it.
 
     ``yamnet_embedding`` / ``mn04_embedding``: :func:`ensemble.audioset.embed` (the waveform
     resampled to the network's frontend rate, its log-mel, the frozen network in eval mode, mean
@@ -389,22 +392,39 @@ def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_
         raise FunctionalsError(f"sample_rate={sample_rate!r} is not a positive integer number of Hz; pass the rate the waveforms are sampled at.")
     if chosen.name == "ens_basic" and sample_rate < MIN_SAMPLE_RATE:
         raise FunctionalsError(f"sample_rate={sample_rate}: ens_basic needs at least {MIN_SAMPLE_RATE} Hz; load the clips at 16000 Hz.")
-    embedding = chosen.name in EMBEDDING_SETS
-    smile = None if chosen.name == "ens_basic" or embedding else _smile(chosen.name)
-    out = np.empty((len(waveforms), chosen.size), np.float32)
-    for index, y in enumerate(waveforms):
-        y = np.asarray(y, dtype=np.float32)
+    clips = [np.asarray(y, dtype=np.float32) for y in waveforms]
+    for index, y in enumerate(clips):
         if y.ndim != 1 or not y.size:
             raise FunctionalsError(f"waveform {index}: expected a non-empty 1-D array of samples, got {y.shape}.")
         if not np.isfinite(y).all():
             raise FunctionalsError(f"waveform {index}: holds NaN or Inf samples; repair or drop the clip.")
-        if embedding:
-            from .audioset import embed  # torch, on first use only
+    rate = int(sample_rate)
+    if chosen.name in EMBEDDING_SETS:
+        from .audioset import embed  # torch, on first use only
 
-            out[index] = embed([y], int(sample_rate), chosen.name)[0]
-        else:
-            out[index] = _basic(y, int(sample_rate)) if smile is None else _opensmile_row(smile, y, int(sample_rate), index, chosen.name)
+        rows = (embed([y], rate, chosen.name)[0] for y in clips)
+    elif chosen.name == "ens_basic":
+        rows = (_basic(y, rate) for y in clips)
+    else:
+        smile = _smile(chosen.name)
+        rows = thread_map(lambda job: _opensmile_row(smile, job[1], rate, job[0], chosen.name), enumerate(clips), workers(set_name, threads))
+    out = np.empty((len(clips), chosen.size), np.float32)
+    for index, row in enumerate(rows):
+        out[index] = row
     return out
+
+
+def workers(set_name: str, threads: int = 0) -> int:
+    """Threads :func:`extract` and :class:`FunctionalsCache` compute ``set_name``'s clips on: the
+    openSMILE sets ``threads`` (``[runtime].threads``; 0: every core), since openSMILE's C library
+    releases the GIL (:mod:`ensemble.threads`); one for ``ens_basic`` (GIL-bound: slower on
+    threads) and the embedding sets (torch spreads each clip over the cores itself).
+
+    Raises:
+        FunctionalsError: an unknown set.
+    """
+    name = _set(set_name).name
+    return 1 if name == "ens_basic" or name in EMBEDDING_SETS else resolve(threads)
 
 
 def identity(set_name: str) -> str:
@@ -426,10 +446,15 @@ class FunctionalsCache:
     kept by a :class:`ensemble.vectors.VectorCache` named by :func:`identity`, one file per set,
     extractor version and loading setting, e.g. ``<root>/opensmile-2.6.0-ComParE_2016-16000hz-trim0.npz``.
     A competition's cache belongs beside its feature cache, e.g. ``<competition>/.ens_cache/functionals``.
+
+    Args:
+        root: the folder of the cache files.
+        threads: ``[runtime].threads``: an openSMILE set's clips are loaded and computed on this
+            many threads (:func:`workers`; 0: every core).
     """
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike, threads: int = 0):
+        self.root, self.threads = Path(root), threads
 
     def cache(self, set_name: str) -> VectorCache:
         """The vector cache of one set.
@@ -440,9 +465,10 @@ class FunctionalsCache:
         chosen = _set(set_name)
 
         def compute(y: np.ndarray, sample_rate: int) -> np.ndarray:
-            return extract([y], sample_rate, chosen.name)[0]
+            return extract([y], sample_rate, chosen.name, threads=1)[0]
 
-        return VectorCache(self.root, identity(chosen.name), chosen.size, compute, label=f"functionals {chosen.name}")
+        label = f"functionals {chosen.name}"
+        return VectorCache(self.root, identity(chosen.name), chosen.size, compute, label=label, threads=workers(chosen.name, self.threads))
 
     def get(self, paths: Sequence[str | os.PathLike], sample_rate: int, trim_db: float = 0.0, set_name: str = "ens_basic", progress: bool = True) -> np.ndarray:
         """Functionals of ``paths``, computing (and adding to the cache) only clips not cached yet.

@@ -157,7 +157,8 @@ class Ensemble:
             own, own_speaker = self._at_rate(clips, rate, resampled), self._at_rate(speaker_clips, rate, resampled_speaker)
             if member.name in self.functionals:
                 population = self.populations.get(member.name)
-                proba = tabular.predict(self.models[member.name], self.functionals[member.name], own, rate, len(self.classes), population, own_speaker)
+                models, spec, threads = self.models[member.name], self.functionals[member.name], self.recipe.runtime.threads
+                proba = tabular.predict(models, spec, own, rate, len(self.classes), population, own_speaker, threads)
                 total += self.weights[member.name] * proba
                 continue
             key = made_with.features.key()

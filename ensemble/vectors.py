@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, audio
 from .errors import EnsError
+from .threads import thread_map
 
 Compute = Callable[[np.ndarray, int], np.ndarray]
 """An extractor: ``compute(waveform, sample_rate)`` with ``waveform`` float32 ``(samples,)`` at
@@ -59,6 +60,8 @@ class VectorCache:
         compute: the extractor (:data:`Compute`); whatever it raises reaches the caller, after
             the vectors computed before it are saved.
         label: the name of the work in the progress report (default: ``name``).
+        threads: clips loaded and computed at once, on threads (:func:`ensemble.threads.thread_map`):
+            for an extractor whose work releases the GIL (openSMILE's); 1: one after another.
 
     Raises:
         VectorError: ``name`` is not such a stem, or ``size`` is not a positive integer.
@@ -66,7 +69,7 @@ class VectorCache:
 
     SAVE_EVERY = 64
 
-    def __init__(self, root: str | os.PathLike, name: str, size: int, compute: Compute, label: str | None = None):
+    def __init__(self, root: str | os.PathLike, name: str, size: int, compute: Compute, label: str | None = None, threads: int = 1):
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise VectorError(f"name={name!r} cannot name a cache file; use letters, digits and '. _ + -', starting with a letter or digit.")
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
@@ -76,6 +79,7 @@ class VectorCache:
         self.size = int(size)
         self.compute = compute
         self.label = label or name
+        self.threads = threads
 
     def file(self, sample_rate: int, trim_db: float) -> Path:
         """The cache file of one loading setting."""
@@ -122,8 +126,9 @@ class VectorCache:
         return [Path(p) for p in paths if not Path(p).is_file() or clip_key(Path(p)) not in stored]
 
     def seconds_per_clip(self, path: str | os.PathLike, sample_rate: int, trim_db: float = 0.0, repeats: int = 2) -> float:
-        """Wall seconds to load and compute one clip (the fastest of ``repeats`` after one warm-up call,
-        which pays the extractor's start-up), for planning; caches nothing.
+        """Wall seconds per clip as :meth:`get` computes them, for planning: the fastest of ``repeats``
+        loads and computes of one clip (after one warm-up call, which pays the extractor's start-up)
+        over :attr:`threads`, the clips computed at once; caches nothing.
 
         Raises:
             AudioError: the clip cannot be loaded. Whatever ``compute`` raises.
@@ -135,7 +140,7 @@ class VectorCache:
             started = time.perf_counter()
             self.compute(audio.load_trimmed(path, sample_rate, trim_db)[0], sample_rate)
             times.append(time.perf_counter() - started)
-        return min(times)
+        return min(times) / self.threads
 
     def _read(self, file: Path) -> dict[str, np.ndarray]:
         """The cached vectors by clip key; empty when there is no cache file or it is unreadable."""
@@ -160,14 +165,21 @@ class VectorCache:
         bar = tqdm(total=len(todo), desc=self.label, unit="clip", disable=None if progress else True)
         as_line = progress and bar.disable  # read now: close() sets disable
         unsaved = 0
+
+        def one(job: tuple[str, Path]) -> tuple[str, Path, np.ndarray | None, str | None]:
+            key, path = job
+            try:
+                y, _ = audio.load_trimmed(path, sample_rate, trim_db)
+            except audio.AudioError as err:
+                return key, path, None, str(err)
+            return key, path, self._vector(y, sample_rate, path), None
+
         try:
-            for key, path in todo.items():
-                try:
-                    y, _ = audio.load_trimmed(path, sample_rate, trim_db)
-                except audio.AudioError as err:
-                    failed[path] = str(err)
+            for key, path, vector, problem in thread_map(one, todo.items(), self.threads):
+                if vector is None:
+                    failed[path] = problem
                 else:
-                    stored[key] = self._vector(y, sample_rate, path)
+                    stored[key] = vector
                     unsaved += 1
                 bar.update(1)
                 if unsaved == self.SAVE_EVERY:

@@ -317,3 +317,41 @@ def test_an_unreadable_cache_file_is_computed_again_with_a_warning(tmp_path, bas
         again = cache.get([clip], RATE, progress=False)
     assert len(basic_calls) == 2
     np.testing.assert_array_equal(first, again)
+
+
+# ---- threads ----
+
+
+def test_opensmile_on_two_threads_gives_the_rows_of_one_in_order(waves):
+    """ComParE and eGeMAPS of real clips on two threads (openSMILE releases the GIL) are the very rows of one thread, clip by clip."""
+    clips = waves * 2
+    for set_name in ("ComParE_2016", "eGeMAPSv02"):
+        one = functionals.extract(clips, RATE, set_name, threads=1)
+        two = functionals.extract(clips, RATE, set_name, threads=2)
+        np.testing.assert_array_equal(two, one)
+        assert not np.array_equal(one[0], one[1])  # distinct clips: an order mix-up would show
+
+
+def test_threads_go_to_opensmile_only():
+    assert functionals.workers("ComParE_2016", 2) == functionals.workers("eGeMAPSv02", 2) == 2
+    assert functionals.workers("eGeMAPSv02", 0) == (os.cpu_count() or 1)  # [runtime].threads 0: every core
+    assert functionals.workers("ens_basic", 2) == functionals.workers("yamnet_embedding", 2) == 1
+    assert FunctionalsCache("unused", threads=2).cache("eGeMAPSv02").threads == 2
+    assert FunctionalsCache("unused", threads=2).cache("ens_basic").threads == 1
+
+
+def test_a_clip_too_short_for_opensmile_on_threads_is_refused_by_its_index(waves):
+    with pytest.raises(FunctionalsError, match=r"waveform 2: 800 samples"):
+        functionals.extract([waves[0], waves[1], waves[0][:800], waves[2]], RATE, "eGeMAPSv02", threads=2)
+
+
+def test_a_threaded_cache_stores_what_one_thread_does_and_names_unloadable_files(tmp_path):
+    clips = _copies(tmp_path, [ravdess_clip(11, k) for k in (1, 2, 3, 4, 5)])
+    text = tmp_path / "audio" / "notes.flac"
+    text.write_text("not audio at all\n")
+    one = FunctionalsCache(tmp_path / "one", threads=1).get(clips, RATE, set_name="eGeMAPSv02", progress=False)
+    threaded = FunctionalsCache(tmp_path / "two", threads=2)
+    with pytest.raises(audio.AudioError, match=r"notes\.flac: is a text file, not audio"):
+        threaded.get([*clips[:2], text, *clips[2:]], RATE, set_name="eGeMAPSv02", progress=False)
+    assert not threaded.cache("eGeMAPSv02").missing(clips, RATE)  # every good clip was cached before the refusal
+    np.testing.assert_array_equal(threaded.get(clips, RATE, set_name="eGeMAPSv02", progress=False), one)
