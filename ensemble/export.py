@@ -1,35 +1,42 @@
 """The trained ensemble exported for CPU inference runtimes: ONNX (run by ONNX Runtime) and OpenVINO IR.
 
-``ens export --format onnx|openvino`` writes one graph per fold model of every image member of
-the ensemble :func:`ensemble.predict.load_ensemble` loads (the blended members, every seed and
-fold), under ``<runs_dir>/<recipe>/export/<format>/`` (:func:`export_dir`) by default:
+``ens export --format onnx|openvino`` writes one graph per image member of the ensemble
+:func:`ensemble.predict.load_ensemble` loads (the blended members), under
+``<runs_dir>/<recipe>/export/<format>/`` (:func:`export_dir`) by default:
 
-- ``<member>/<entry>/fold<K>.onnx`` (ONNX) or ``fold<K>.xml`` + ``fold<K>.bin`` (OpenVINO IR): the
-  backbone with its input normalisation (:class:`ensemble.models.Normalize`), input ``image``
-  float32 ``(batch, channels, height, frames)`` in [0, 1] (the batch axis dynamic), output
-  ``logits`` float32 ``(batch, classes)``.
+- ``<member>.onnx`` (ONNX) or ``<member>.xml`` + ``<member>.bin`` (OpenVINO IR):
+  :class:`MemberGraph`, the member's every fold model of every seed (each backbone with its input
+  normalisation, :class:`ensemble.models.Normalize`) and the mean of their activations (the task's
+  softmax or sigmoids). Input ``image`` float32 ``(batch, channels, height, frames)`` in [0, 1]
+  (the batch axis dynamic), output ``proba`` float32 ``(batch, classes)``: what
+  :meth:`ensemble.predict.Ensemble.predict_waveforms` averages over a member's torch models.
 - ``manifest.json``, written last (atomically): format, ens version, classes, the blend's weights
   and where they come from, and per member its kind, weight, ``[features]``, speaker
-  normalisation, time-shift TTA, and per fold the graph file and the SHA-1 of the
-  ``model.safetensors`` it was exported from (a retrained run makes the export stale: refused).
+  normalisation, time-shift TTA (applied outside the graph, by :func:`ensemble.loop.predict`), its
+  graph file, and per run (seed entry and fold) the SHA-1 of the ``model.safetensors`` exported
+  (a retrained run makes the export stale: refused).
 
-One graph per fold model rather than one per member averaging its folds: the fold graphs keep
-:func:`ensemble.loop.predict` (activation, time-shift TTA, batching) the same code for every
-runtime, and in ``benchmarks/runtimes.py`` a member's averaged graph was no faster (see
-docs/benchmarks.md). The frontend stays outside the graphs, as ens's documented preprocessing
+One graph per member rather than one per fold model: in ``benchmarks/runtimes.py`` the default
+ensemble's members ran 1.2-1.3x faster in ONNX Runtime as one averaged graph than as five fold
+graphs (docs/benchmarks.md), one call per batch instead of one per fold. Not one graph for the
+whole ensemble: its members take different inputs (feature settings, sample rates, speaker
+normalisation) and its functionals members are scikit-learn pipelines. The frontend stays outside the graphs, as ens's documented preprocessing
 step: reading, trimming and rendering the clip (:func:`ensemble.features.model_inputs`, float16
 rounding), per-speaker normalisation (:func:`ensemble.speaker_groups.normalise_with`), windows of
 long files; the three-channel images (log-Mel, chroma, log-STFT with per-clip dB references) are
 not ONNX's STFT alone, and ens renders them with the exact code the models were trained on.
-Functionals members (:mod:`ensemble.tabular`, scikit-learn pipelines) are not exported: they are
-cheap and run from their runs' ``model.joblib``.
+Functionals members (:mod:`ensemble.tabular`, scikit-learn pipelines) are not exported: they run
+from their runs' ``model.joblib``.
 
 The ONNX graphs come from torch's ``torch.export``-based exporter (``torch.onnx.export(...,
 dynamo=True)``, which needs ``onnxscript``): the TorchScript exporter (``dynamo=False``) also works
 with torch 2.11 but is deprecated there and due for removal. OpenVINO IR is converted from the
 ONNX graph (``openvino.convert_model``) and saved uncompressed (``compress_to_fp16=False``), and
 compiled with ``INFERENCE_PRECISION_HINT = f32`` so CPUs with bf16 units do not lower it:
-probabilities stay within 1e-4 of torch eager (tests/test_export.py).
+probabilities stay within 1e-4 of torch eager (tests/test_export.py). OpenVINO runs in its
+throughput mode (``PERFORMANCE_HINT = THROUGHPUT``: parallel streams on the cores, fed
+:data:`CHUNK`-image slices of a batch by an ``AsyncInferQueue``), which beat its latency mode on
+every member of the default ensemble (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import itertools
 import json
 import os
 import tempfile
@@ -49,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, atomic, runs
+from . import __version__, atomic, runs, tasks
 from .errors import EnsError
 from .features import model_inputs, samples
 from .recipe import Recipe
@@ -57,10 +63,12 @@ from .recipe import Recipe
 FORMATS = ("onnx", "openvino")
 RUNTIMES = ("torch", *FORMATS)
 MANIFEST, EXPORT = "manifest.json", "export"
-INPUT, OUTPUT = "image", "logits"
+INPUT, OUTPUT = "image", "proba"
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 RUNTIME_MODULE = {"onnx": "onnxruntime", "openvino": "openvino"}  # format -> the module (and pip package) that runs it
 OPSET = 18
+CHUNK = 16
+"""Images per OpenVINO inference request: a batch is cut into slices of this many, run on its parallel streams."""
 
 
 class ExportError(EnsError, ValueError):
@@ -108,9 +116,27 @@ def sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
+class MemberGraph(nn.Module):
+    """A member's models as one graph: images ``(batch, channels, height, frames)`` -> the mean over
+    ``models`` (its fold models of every seed, eval mode) of ``activation`` of their logits,
+    ``(batch, classes)``.
+
+    Args:
+        models: the member's torch models (:attr:`ensemble.predict.Ensemble.models`).
+        activation: the task's (:meth:`ensemble.tasks.Task.activation`): softmax or sigmoid.
+    """
+
+    def __init__(self, models: list[nn.Module], activation: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.models, self.activation = nn.ModuleList(models), activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.activation(model(x)) for model in self.models]).mean(0)
+
+
 def _save_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export ``model`` (eval mode, CPU) to ONNX at ``path`` atomically: one file (weights inside),
-    input ``image`` with a dynamic batch axis, output ``logits``."""
+    input ``image`` with a dynamic batch axis, output ``proba``."""
     model = model.to(memory_format=torch.contiguous_format)
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():
@@ -165,6 +191,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
     _require("onnxscript", "torch's ONNX exporter")
     runtime_module(fmt)
     ensemble = load_ensemble(recipe, "cpu")
+    task = tasks.get(recipe.competition.task)
     out = Path(out) if out is not None else export_dir(recipe, fmt)
     members = []
     for member in ensemble.members:
@@ -181,15 +208,16 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
             continue
         silence = np.zeros(samples(made_with.features), dtype=np.float32)
         example = torch.from_numpy(np.repeat(model_inputs([silence], made_with.features), 2, axis=0).astype(np.float32))
-        folds = []
-        for (name, fold), model in zip(itertools.product(member.entries, range(member.n_splits)), ensemble.models[member.name]):
-            run = member.runs(name)[fold]
-            path = out / member.name / name / f"fold{fold}{SUFFIX[fmt]}"
-            SAVERS[fmt](model, example, path)
-            if on_model is not None:
-                on_model(path)
-            folds.append({"entry": name, "fold": fold, "file": str(path.relative_to(out)), "weights": str(run / runs.MODEL), "sha1": sha1(run / runs.MODEL)})
-        members.append({**entry, "kind": "image", "input": {"name": INPUT, "shape": ["batch", *example.shape[1:]], "dtype": "float32"}, "folds": folds})
+        path = out / f"{member.name}{SUFFIX[fmt]}"
+        SAVERS[fmt](MemberGraph(ensemble.models[member.name], task.activation).eval(), example, path)
+        if on_model is not None:
+            on_model(path)
+        runs_ = [
+            {"entry": name, "fold": fold, "weights": str(run / runs.MODEL), "sha1": sha1(run / runs.MODEL)}
+            for name in member.entries
+            for fold, run in enumerate(member.runs(name))
+        ]
+        members.append({**entry, "kind": "image", "file": path.name, "input": {"name": INPUT, "shape": ["batch", *example.shape[1:]], "dtype": "float32"}, "runs": runs_})
     manifest = {
         "format": fmt,
         "ens_version": __version__,
@@ -199,7 +227,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         "weights": ensemble.weights,
         "weights_from": ensemble.weights_from,
         "blend": _blend(recipe),
-        "output": {"name": OUTPUT, "shape": ["batch", len(ensemble.classes)], "dtype": "float32", "activation": "the task's (softmax or sigmoid)"},
+        "output": {"name": OUTPUT, "shape": ["batch", len(ensemble.classes)], "dtype": "float32", "means": "the member's models' activations (softmax or sigmoid)"},
         "members": members,
     }
     atomic.write_json(out / MANIFEST, manifest)
@@ -213,10 +241,10 @@ def _blend(recipe: Recipe) -> dict | None:
 
 
 class ExportedModel(nn.Module):
-    """One exported fold graph in its inference runtime, called like the torch model it was
-    exported from (so :func:`ensemble.loop.predict` runs either): float32 images ``(batch,
-    channels, height, frames)`` (a CPU tensor, any memory order) -> float32 logits ``(batch,
-    classes)`` (a CPU tensor).
+    """One member's exported graph (:class:`MemberGraph`) in its inference runtime, called like a
+    torch model (so :func:`ensemble.loop.predict` runs it, with the identity as activation): float32
+    images ``(batch, channels, height, frames)`` (a CPU tensor, any memory order) -> float32
+    probabilities ``(batch, classes)``, the mean of the member's models' activations (a CPU tensor).
 
     Attributes:
         path: the graph file.
@@ -231,7 +259,7 @@ class ExportedModel(nn.Module):
 
 
 def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """An ONNX Runtime CPU session of ``path`` as a function ``images -> logits``: ``threads``
+    """An ONNX Runtime CPU session of ``path`` as a function ``images -> proba``: ``threads``
     intra-op threads (0: ONNX Runtime's default, one per physical core), idle threads not spinning
     (the sessions of an ensemble take turns; spinning threads of one would slow the next)."""
     ort = runtime_module("onnx")
@@ -244,13 +272,24 @@ def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
 
 
 def _openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """An OpenVINO CPU compiled model of ``path`` as a function ``images -> logits``:
-    ``INFERENCE_NUM_THREADS = threads`` (0: OpenVINO's default, every core) and float32 inference
-    (``INFERENCE_PRECISION_HINT``: not lowered to bf16 on CPUs that have it)."""
+    """An OpenVINO CPU compiled model of ``path`` as a function ``images -> proba``, in
+    throughput mode: ``INFERENCE_NUM_THREADS = threads`` (0: OpenVINO's default, every core) shared
+    by its parallel streams, float32 inference (``INFERENCE_PRECISION_HINT``: not lowered to bf16
+    on CPUs that have it); a batch is cut into :data:`CHUNK`-image requests that an
+    ``AsyncInferQueue`` runs on the streams, and put back in order."""
     ov = runtime_module("openvino")
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    return lambda x: np.array(request.infer({0: x})[0], dtype=np.float32)
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
+    queue = ov.AsyncInferQueue(ov.Core().compile_model(str(path), "CPU", config))
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        out: dict[int, np.ndarray] = {}
+        queue.set_callback(lambda request, start: out.__setitem__(start, request.get_output_tensor(0).data.copy()))
+        for start in range(0, len(x), CHUNK):
+            queue.start_async({0: x[start : start + CHUNK]}, start)
+        queue.wait_all()
+        return np.concatenate([out[start] for start in sorted(out)]).astype(np.float32, copy=False)
+
+    return infer
 
 
 RUNNERS: dict[str, Callable[[Path, int], Callable[[np.ndarray], np.ndarray]]] = {"onnx": _onnx_runner, "openvino": _openvino_runner}
@@ -282,18 +321,26 @@ class Exported:
         if self.manifest.get("format") != fmt:
             raise ExportError(f"{path} is an export of format {self.manifest.get('format')!r}, not {fmt!r}; give the {fmt} export's folder.")
 
-    def model(self, member: str, entry: str, fold: int, run: Path) -> ExportedModel:
-        """The graph of ``member``'s ``entry`` fold ``fold`` (trained in ``run``), loaded in the runtime.
+    def member(self, name: str, trained: list[tuple[str, int, Path]]) -> ExportedModel:
+        """The graph of member ``name``, loaded in the runtime.
+
+        Args:
+            trained: the member's runs as the ensemble loads them: ``(entry, fold, run folder)`` of
+                every fold of every seed, in :attr:`ensemble.predict.Ensemble.models` order.
 
         Raises:
-            ExportError: the export has no such graph, or the run's ``model.safetensors`` is not
-                the one exported (retrained since): re-run ``ens export``.
+            ExportError: the export has no graph of the member, its graph holds other runs, or a
+                run's ``model.safetensors`` is not the one exported (retrained since): re-run ``ens export``.
         """
         fix = f"re-run `ens export --format {self.fmt}`"
-        found = [f for m in self.manifest["members"] if m["name"] == member for f in m.get("folds", []) if (f["entry"], f["fold"]) == (entry, fold)]
+        found = [m for m in self.manifest["members"] if m["name"] == name and m["kind"] == "image"]
         if not found:
-            raise ExportError(f"{self.folder / MANIFEST} has no graph of member {member!r} ({entry} fold {fold}), which the ensemble uses; {fix}.")
-        if sha1(run / runs.MODEL) != found[0]["sha1"]:
-            raise ExportError(f"{self.folder / found[0]['file']} was exported from other weights than {run / runs.MODEL} (retrained since); {fix}.")
+            raise ExportError(f"{self.folder / MANIFEST} has no graph of member {name!r}, which the ensemble uses; {fix}.")
         path = self.folder / found[0]["file"]
+        held = [(r["entry"], r["fold"]) for r in found[0]["runs"]]
+        if held != [(entry, fold) for entry, fold, _ in trained]:
+            raise ExportError(f"{path} holds the runs {held}, the ensemble uses {[(e, f) for e, f, _ in trained]}; {fix}.")
+        for (_, _, run), exported in zip(trained, found[0]["runs"]):
+            if sha1(run / runs.MODEL) != exported["sha1"]:
+                raise ExportError(f"{path} was exported from other weights than {run / runs.MODEL} (retrained since); {fix}.")
         return ExportedModel(RUNNERS[self.fmt](path, self.threads), path)

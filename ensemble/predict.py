@@ -21,8 +21,8 @@ each member's duration like a short clip, and the file's probabilities are the m
 The windows of consecutive files are rendered and predicted together, up to :data:`GROUP_CLIPS` at a
 time, so a folder of short clips goes through the models in full batches.
 
-The image members' fold models run in torch, or as the graphs ``ens export`` wrote, in ONNX
-Runtime or OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.export`); the rest is the same code.
+The image members' fold models run in torch, or as the one graph per member ``ens export`` wrote, in
+ONNX Runtime or OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.export`); the rest is the same code.
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class Ensemble:
             trained with ``[speakers].norm = "speaker"`` (its runs' ``speaker_population.npz``).
         functionals: member name -> its ``[[functionals]]`` settings, for each functionals member
             (its ``models`` are fitted scikit-learn pipelines, :mod:`ensemble.tabular`).
+        engine: ``torch``, or ``onnx`` / ``openvino``: then an image member's ``models`` is its one
+            exported graph (:class:`ensemble.export.ExportedModel`), which gives the mean of its
+            fold models' activations itself.
     """
 
     recipe: Recipe
@@ -99,6 +102,7 @@ class Ensemble:
     device: torch.device
     populations: dict[str, speakers.Statistics] = dataclasses.field(default_factory=dict)
     functionals: dict[str, FunctionalsMember] = dataclasses.field(default_factory=dict)
+    engine: str = "torch"
 
     @property
     def sample_rate(self) -> int:
@@ -169,11 +173,17 @@ class Ensemble:
                 reference = None if own_speaker is None else model_inputs(own_speaker, made_with.features)
                 images, _ = speaker_groups.normalise_with(images, reference, self.populations[member.name])
             shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
+            activation = task.activation if self.engine == "torch" else _probabilities
             probas = [
-                loop.predict(model, images, self.device, task.activation, batch_size, shifts=shifts, precision=precision) for model in self.models[member.name]
+                loop.predict(model, images, self.device, activation, batch_size, shifts=shifts, precision=precision) for model in self.models[member.name]
             ]
             total += self.weights[member.name] * np.mean(probas, axis=0)
         return total
+
+
+def _probabilities(proba: torch.Tensor) -> torch.Tensor:
+    """An exported member graph's output as it is: it already holds the mean of the activations (:class:`ensemble.export.MemberGraph`)."""
+    return proba
 
 
 def _trained(member: runs.Member) -> bool:
@@ -239,10 +249,10 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
 
     With ``engine="torch"`` each model is :func:`ensemble.models.build` of the recipe its run was
     trained with (its ``config.json``) with ``pretrained=False``, and the run's
-    ``model.safetensors`` loaded strictly. With ``onnx`` or ``openvino`` each is the fold's graph
-    that ``ens export`` wrote (:class:`ensemble.export.ExportedModel`, called like the torch model),
-    run on the CPU by ONNX Runtime or OpenVINO; rendering, speaker normalisation, TTA, functionals
-    members and blending are the same. ``[runtime].threads`` sets each runtime's CPU threads.
+    ``model.safetensors`` loaded strictly. With ``onnx`` or ``openvino`` an image member is the one
+    graph of its models that ``ens export`` wrote (:class:`ensemble.export.ExportedModel`, called
+    like a torch model), run on the CPU by ONNX Runtime or OpenVINO; rendering, speaker
+    normalisation, TTA, functionals members and blending are the same. ``[runtime].threads`` sets each runtime's CPU threads.
 
     Args:
         device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.runtime.resolve_device`); ``cpu`` for exported graphs.
@@ -289,21 +299,23 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
                 models[member.name].append(tabular.load_pipeline(run))
                 continue
             if exported is not None:
-                models[member.name].append(exported.model(member.name, entry, fold, run))
-                continue
+                continue  # the member's graph, below
             model = models_mod.build(made_with, entry, len(classes))
             try:
                 model.load_state_dict(load_file(run / runs.MODEL))
             except (RuntimeError, SafetensorError) as err:
                 raise PredictError(f"{run / runs.MODEL} does not load into {entry} ({str(err)[:200]}); {fix}.") from err
             models[member.name].append(runtime.to_device(model, torch_device).eval())
+        if exported is not None and member.name not in functionals:
+            trained = [(entry, fold, member.runs(entry)[fold]) for entry, fold in itertools.product(member.entries, range(member.n_splits))]
+            models[member.name] = [exported.member(member.name, trained)]
     reading = {r.features.trim_db for r in trained_with.values()}
     if len(reading) > 1:
         raise PredictError(
             f"the members of {recipe.name!r} trim silence at different [features].trim_db {sorted(reading)}; "
             "blend members that read audio alike to predict new files."
         )
-    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations, functionals)
+    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations, functionals, engine)
 
 
 def _population(run: Path, fix: str) -> speakers.Statistics:

@@ -1,5 +1,5 @@
-"""ens export and ens predict --runtime: the tiny trained ensemble's fold models as ONNX and OpenVINO
-graphs give torch eager's probabilities on real RAVDESS clips, and the refusals."""
+"""ens export and ens predict --runtime: the tiny trained ensemble's members, each one graph of its fold
+models, as ONNX and OpenVINO give torch eager's probabilities on real RAVDESS clips, and the refusals."""
 
 import json
 from pathlib import Path
@@ -31,17 +31,19 @@ def exported(tiny_trained, tmp_path_factory):
     return {"recipe_path": recipe_path, "recipe": r, "clips": c.audio_paths(c.test), "outputs": outputs}
 
 
-def test_the_manifest_lists_every_fold_graph_with_the_blend(exported):
+def test_the_manifest_lists_each_members_graph_and_runs_with_the_blend(exported):
     r = exported["recipe"]
     manifest = json.loads((export.export_dir(r, "onnx") / export.MANIFEST).read_text())
     assert manifest["format"] == "onnx" and manifest["classes"] == r.competition.classes
     assert manifest["blend"]["method"] and abs(sum(manifest["weights"].values()) - 1) < 1e-9
+    assert len(manifest["members"]) == 2
     for member in manifest["members"]:
-        assert member["kind"] == "image" and member["features"]["height"] == r.features.height and len(member["folds"]) == r.folds.n_splits
-        for fold in member["folds"]:
-            assert (export.export_dir(r, "onnx") / fold["file"]).is_file()
-            assert fold["sha1"] == export.sha1(run_store.run_dir(r, fold["entry"], fold["fold"]) / run_store.MODEL)
-    xml = [Path(f["file"]) for m in json.loads((export.export_dir(r, "openvino") / export.MANIFEST).read_text())["members"] for f in m["folds"]]
+        assert member["kind"] == "image" and member["features"]["height"] == r.features.height
+        assert (export.export_dir(r, "onnx") / member["file"]).is_file() and member["file"] == f"{member['name']}.onnx"
+        assert [run["fold"] for run in member["runs"]] == list(range(r.folds.n_splits))
+        for run in member["runs"]:
+            assert run["sha1"] == export.sha1(run_store.run_dir(r, run["entry"], run["fold"]) / run_store.MODEL)
+    xml = [Path(m["file"]) for m in json.loads((export.export_dir(r, "openvino") / export.MANIFEST).read_text())["members"]]
     assert all((export.export_dir(r, "openvino") / f.with_suffix(".bin")).is_file() for f in xml)
     assert "manifest.json" in exported["outputs"]["openvino"]
 
@@ -51,7 +53,7 @@ def test_exported_graphs_give_torch_probabilities_on_real_clips(exported, engine
     r, clips = exported["recipe"], exported["clips"]
     eager = predict.predict(predict.load_ensemble(r), clips)
     ensemble = predict.load_ensemble(r, engine=engine)
-    assert all(isinstance(m, export.ExportedModel) for models in ensemble.models.values() for m in models)
+    assert all(len(models) == 1 and isinstance(models[0], export.ExportedModel) for models in ensemble.models.values())
     got = predict.predict(ensemble, clips)
     diff = np.max(np.abs(np.stack([p.proba for p in got]) - np.stack([p.proba for p in eager])))
     assert diff < 1e-4, f"{engine}: max abs difference {diff} from torch eager"
@@ -87,14 +89,18 @@ def test_refusals_name_the_fix(exported, tiny_trained, tmp_path, monkeypatch):
     result = runner.invoke(app, ["export", "--recipe", str(untrained), "--format", "onnx"])
     assert result.exit_code == 2 and "ens train" in result.output
 
-    fold = json.loads((export.export_dir(r, "onnx") / export.MANIFEST).read_text())["members"][0]["folds"][0]
     manifest = export.export_dir(r, "onnx") / export.MANIFEST
-    stale = json.loads(manifest.read_text())
-    stale["members"][0]["folds"][0]["sha1"] = "0" * 40
+    member = json.loads(manifest.read_text())["members"][0]
     elsewhere = tmp_path / "stale"
     elsewhere.mkdir()
+    stale = json.loads(manifest.read_text())
+    stale["members"][0]["runs"][1]["sha1"] = "0" * 40
     (elsewhere / export.MANIFEST).write_text(json.dumps(stale))
-    with pytest.raises(export.ExportError, match=f"{fold['file']} was exported from other weights.*re-run `ens export --format onnx`"):
+    with pytest.raises(export.ExportError, match=f"{member['file']} was exported from other weights than .*fold1.*re-run `ens export --format onnx`"):
+        predict.load_ensemble(r, engine="onnx", export_dir=elsewhere)
+    stale["members"][0]["runs"] = stale["members"][0]["runs"][:1]  # a graph of fewer folds than the ensemble now has
+    (elsewhere / export.MANIFEST).write_text(json.dumps(stale))
+    with pytest.raises(export.ExportError, match=f"{member['file']} holds the runs .*, the ensemble uses .*re-run `ens export --format onnx`"):
         predict.load_ensemble(r, engine="onnx", export_dir=elsewhere)
     with pytest.raises(export.ExportError, match="of format 'onnx', not 'openvino'"):
         predict.load_ensemble(r, engine="openvino", export_dir=export.export_dir(r, "onnx"))
