@@ -217,7 +217,8 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
             for name in member.entries
             for fold, run in enumerate(member.runs(name))
         ]
-        members.append({**entry, "kind": "image", "file": path.name, "input": {"name": INPUT, "shape": ["batch", *example.shape[1:]], "dtype": "float32"}, "runs": runs_})
+        graph_input = {"name": INPUT, "shape": ["batch", *example.shape[1:]], "dtype": "float32"}
+        members.append({**entry, "kind": "image", "file": path.name, "input": graph_input, "runs": runs_})
     manifest = {
         "format": fmt,
         "ens_version": __version__,
@@ -227,7 +228,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         "weights": ensemble.weights,
         "weights_from": ensemble.weights_from,
         "blend": _blend(recipe),
-        "output": {"name": OUTPUT, "shape": ["batch", len(ensemble.classes)], "dtype": "float32", "means": "the member's models' activations (softmax or sigmoid)"},
+        "output": {"name": OUTPUT, "shape": ["batch", len(ensemble.classes)], "dtype": "float32", "means": "its models' activations"},
         "members": members,
     }
     atomic.write_json(out / MANIFEST, manifest)

@@ -153,6 +153,7 @@ class Ensemble:
         total = np.zeros((len(clips), len(self.classes)))
         task = tasks.get(self.recipe.competition.task)
         rendered: dict[str, np.ndarray] = {}
+        normalised: dict[str, list] = {}
         resampled: dict[int, list] = {}
         resampled_speaker: dict[int, list] = {}
         for member in self.members:
@@ -170,8 +171,7 @@ class Ensemble:
                 rendered[key] = model_inputs(own, made_with.features)
             images = rendered[key]
             if member.name in self.populations:
-                reference = None if own_speaker is None else model_inputs(own_speaker, made_with.features)
-                images, _ = speaker_groups.normalise_with(images, reference, self.populations[member.name])
+                images = self._normalised(images, own_speaker, made_with.features, self.populations[member.name], normalised)
             shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
             activation = task.activation if self.engine == "torch" else _probabilities
             probas = [
@@ -179,6 +179,23 @@ class Ensemble:
             ]
             total += self.weights[member.name] * np.mean(probas, axis=0)
         return total
+
+    @staticmethod
+    def _normalised(
+        images: np.ndarray, speaker_clips: Sequence[np.ndarray] | None, config: FeatureConfig, population: speakers.Statistics, done: dict[str, list]
+    ) -> np.ndarray:
+        """``images`` (rendered with ``config``) speaker-normalised as a member with the training
+        ``population`` normalises them (:func:`ensemble.speaker_groups.normalise_with`, with the
+        images of ``speaker_clips`` as the speaker's reference when given), once per feature setting
+        and population (``done``): members that share both share the result."""
+        key = config.key()
+        for seen, out in done.setdefault(key, []):
+            if np.array_equal(seen.mean, population.mean) and np.array_equal(seen.std, population.std):
+                return out
+        reference = None if speaker_clips is None else model_inputs(speaker_clips, config)
+        out, _ = speaker_groups.normalise_with(images, reference, population)
+        done[key].append((population, out))
+        return out
 
 
 def _probabilities(proba: torch.Tensor) -> torch.Tensor:
