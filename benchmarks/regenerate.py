@@ -1,4 +1,4 @@
-"""Regenerate every results table of README.md and docs/results.md from scratch with today's code.
+"""Regenerate every results table of README.md, docs/results.md and docs/benchmarks.md from scratch with today's code.
 
 Each table is one benchmark script's output, ``benchmarks/results/<name>.md`` (which names the
 commit and the machine that made it), and sits in the docs between the markers
@@ -33,7 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = (ROOT / "README.md", ROOT / "docs" / "results.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "benchmarks.md")
+MAIN_JOB = "/tmp/ens_main_job/ens"
+"""Where ``main_job`` leaves its fresh clone (``--keep``), whose trained default ensemble ``runtimes_default`` times."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,17 @@ TABLES = (
     Table("audioset", ("benchmarks/audioset_members.py", "--fine-tune", "--backbones", "efficientat_mn04,yamnet", "--norms", "clip,speaker"), 2.0),
     Table("inferred_speakers", ("benchmarks/inferred_speakers.py",), 0.1),
     Table("default_choice", ("benchmarks/default_choice.py",), 0.05),
-    Table("main_job", ("benchmarks/main_job.py",), 1.0),
+    Table("main_job", ("benchmarks/main_job.py", "--keep"), 1.0),
+    Table(
+        "runtimes_default",
+        (
+            "benchmarks/runtimes.py",
+            *("--recipe", f"{MAIN_JOB}/recipes/ravdess.toml", "--runs-dir", f"{MAIN_JOB}/runs", "--competition", f"{MAIN_JOB}/data/ravdess"),
+            *("--threads", "2", "--out", "benchmarks/results/runtimes_default.json"),
+        ),
+        0.3,
+    ),
+    Table("functionals_threads", ("benchmarks/functionals_threads.py",), 0.05),
     _recipes("ravdess_images", "ravdess_images", methods="mean,caruana", backbones="tf_mobilenetv3_small_100,regnetx_002"),
     _recipes("augmentation", "ravdess_aug_none,ravdess_aug_wave,ravdess_aug_spec,ravdess_aug_both", hours=4.0),
     _recipes("seed_systems", "seed_mfcc_cnn,seed_mfcc_noise_shift,seed_deep_cnn,seed_pretrained_ensemble", hours=7.0),
@@ -79,7 +91,7 @@ def block(name: str) -> re.Pattern:
 
 
 def splice(tables: list[Table]) -> list[str]:
-    """Copy each table's ``.md`` into its blocks in README.md and docs/results.md (atomically per
+    """Copy each table's ``.md`` into its blocks in :data:`DOCS` (atomically per
     file); returns the names of blocks left as they were because their ``.md`` does not exist yet.
 
     Raises:

@@ -1,4 +1,4 @@
-"""The results tables in README.md and docs/results.md are the saved outputs of the benchmarks
+"""The results tables in README.md, docs/results.md and docs/benchmarks.md are the saved outputs of the benchmarks
 (benchmarks/regenerate.py): every table the script knows has its block, and each block holds
 exactly the ``benchmarks/results/<name>.md`` it was copied from, so no figure is typed by hand."""
 
@@ -16,7 +16,7 @@ def test_every_table_has_its_block_holding_its_saved_output():
     texts = {path.name: path.read_text() for path in regenerate.DOCS}
     for table in regenerate.TABLES:
         blocks = [m.group(2) for text in texts.values() for m in regenerate.block(table.name).finditer(text)]
-        assert blocks, f"no <!-- table:{table.name} --> block in README.md or docs/results.md"
+        assert blocks, f"no <!-- table:{table.name} --> block in {[p.name for p in regenerate.DOCS]}"
         made = regenerate.RESULTS / f"{table.name}.md"
         if made.is_file():  # made by the script: the block is its output, as splice() copies it
             saved = made.read_text().strip() + "\n"
