@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .frontends import IMAGE
+
 if TYPE_CHECKING:
     from .recipe import FeatureConfig
 
@@ -52,12 +54,21 @@ class Channel:
     ticks: tuple[str, ...] = ()
 
     def values(self, rows: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray, tuple[float, float]]:
-        """Pixel values ``rows`` (any shape, in [0, 1]) in the channel's own unit (:attr:`value`), and
-        that unit's full range: dB under the clip's peak in ``(-top_db, 0)`` for a log channel, else
-        the values as they are in ``(0, 1)``."""
+        """Pixel values ``rows`` (any shape) in the channel's own unit (:meth:`unit`), and the range
+        to colour: dB under the clip's peak in ``(-top_db, 0)`` for a log channel of ens's images,
+        else the values as they are in ``(0, 1)``; a pretrained frontend's log-mel
+        (``config.frontend`` not ``image``, not in [0, 1]) as it is, over its own extremes."""
+        if config.frontend != IMAGE:
+            return rows, (float(np.min(rows)), float(np.max(rows)))
         if self.log:
             return rows * config.top_db - config.top_db, (-config.top_db, 0.0)
         return rows, (0.0, 1.0)
+
+    def unit(self, config: FeatureConfig) -> str:
+        """What :meth:`values` measures, for a colour bar: :attr:`value`, or for a pretrained
+        frontend's log-mel its own scale (:class:`ensemble.features.FrontendRenderer`: log mel
+        energy above the frontend's silence floor, 0 = silence)."""
+        return f"{config.frontend} log-mel above silence" if config.frontend != IMAGE else self.value
 
 
 CHANNELS: dict[str, Channel] = {

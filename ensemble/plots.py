@@ -29,10 +29,10 @@ def draw_channel(ax: Axes, name: str, rows: np.ndarray, config: FeatureConfig) -
     frame times). y: :attr:`Channel.extent` labelled :attr:`Channel.axis`, with :attr:`Channel.ticks`
     at the row classes' centres (chroma's pitch classes). Colours (magma): the values in the
     channel's unit over its full range (:meth:`Channel.values`: dB under the clip peak for a log
-    channel), a linear map of the pixel values the backbones see.
+    channel; a pretrained frontend's log-mel as it is), a linear map of the pixel values the backbones see.
 
     Returns:
-        the image, for a colour bar labelled with the channel's :attr:`Channel.value`.
+        the image, for a colour bar labelled with the channel's :meth:`Channel.unit`.
     """
     channel = CHANNELS[name]
     values, (vmin, vmax) = channel.values(rows, config)
@@ -59,7 +59,7 @@ def clip_figure(image: np.ndarray, config: FeatureConfig, title: str) -> Figure:
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(config.channels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name, rows in zip(axes, config.channels, image):
-        fig.colorbar(draw_channel(ax, name, rows, config), ax=ax, label=CHANNELS[name].value)
+        fig.colorbar(draw_channel(ax, name, rows, config), ax=ax, label=CHANNELS[name].unit(config))
         ax.set_title(CHANNELS[name].title, loc="left", fontsize=9)
     axes[-1].set_xlabel("time (s)", fontsize=FONT)
     fig.suptitle(title, fontsize=10)

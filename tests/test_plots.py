@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from ensemble import audio, channels, features, plots
+from ensemble import audio, channels, features, frontends, plots
 from ensemble.recipe import FeatureConfig
 
 from .conftest import ravdess_clip
@@ -62,3 +62,18 @@ def test_a_row_of_clips_shows_every_channel_of_each_clip(images):
             assert ax.get_title() == f"{caption}\n{channels.CHANNELS[name].title}" and ax.get_xlabel() == "time (s)"
             _check_panel(ax, name, image[col])
     assert _png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_pretrained_frontends_log_mel_is_drawn_on_its_own_scale_not_as_db():
+    """EfficientAT's log-mel (values above its silence floor, not pixels in [0, 1]) is shown as it is,
+    over its own extremes, and its colour bar says so instead of "dB re clip peak"."""
+    config = FeatureConfig(**frontends.feature_settings("efficientat"))
+    clip = audio.load(ravdess_clip(3, 5), config.sample_rate, config.duration, config.trim_db)
+    image = features.model_inputs([clip], config)[0]
+    assert image.max() > 1.0  # not a [0, 1] image: read as dB it would be wrong
+    fig = plots.clip_figure(image, config, "mn04")
+    panel, bar = fig.axes
+    [shown] = panel.get_images()
+    np.testing.assert_array_equal(np.asarray(shown.get_array()), image[0])
+    assert shown.get_clim() == (float(image.min()), float(image.max()))
+    assert bar.get_ylabel() == "efficientat log-mel above silence" and "dB" not in bar.get_ylabel()
