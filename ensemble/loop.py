@@ -31,13 +31,17 @@ def ahead(jobs: Sequence[tuple], fn) -> Iterator:
         yield pending.result()
 
 
+PREDICT_BATCH = 64
+"""Images per forward pass when :func:`predict` evaluates (training's OOF and test predictions, ``ens predict``); the time plan counts these batches."""
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
     x: np.ndarray,
     device: torch.device,
     activation: Callable[[torch.Tensor], torch.Tensor] = MULTICLASS.activation,
-    batch_size: int = 64,
+    batch_size: int = PREDICT_BATCH,
     shifts: Sequence[float] = (),
     precision: str = "fp32",
 ) -> np.ndarray:

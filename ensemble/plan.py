@@ -25,7 +25,7 @@ import numpy as np
 
 from . import competition as comp_mod
 from . import data as data_mod
-from . import features, functionals, models, runs, runtime, speakers
+from . import features, functionals, loop, models, runs, runtime, speakers
 from .recipe import Recipe, pseudo_round, split_backbone
 
 SAMPLE = 8
@@ -149,7 +149,7 @@ def _training(recipe: Recipe, entry: str, n_folds: int, n_train: int, n_test: in
     per_fold_train = n_train * (k - 1) // k
     steps = max(1, per_fold_train // min(t.batch_size, per_fold_train))
     passes = 1 + len(t.tta_shifts)
-    evaluations = math.ceil((n_train - per_fold_train) / 64) * t.epochs + math.ceil(n_test / 64)  # loop.predict batches of 64
+    evaluations = math.ceil((n_train - per_fold_train) / loop.PREDICT_BATCH) * t.epochs + math.ceil(n_test / loop.PREDICT_BATCH)
     per_fold = steps * t.epochs * step + evaluations * passes * forward
     return Stage(
         name,
@@ -161,7 +161,7 @@ def _training(recipe: Recipe, entry: str, n_folds: int, n_train: int, n_test: in
 def _step_seconds(recipe: Recipe, entry: str, n_classes: int) -> tuple[float, float]:
     """Seconds of one training step (forward, backward, AdamW) of a ``[train].batch_size`` batch of
     the entry's input shape ``(batch, channels, height, frames)``, the fastest of two after a
-    warm-up, and of one evaluation forward pass of 64 images, on the recipe's device."""
+    warm-up, and of one evaluation forward pass of :data:`ensemble.loop.PREDICT_BATCH` images, on the recipe's device."""
     import torch
 
     f, t = recipe.features, recipe.train
@@ -180,7 +180,7 @@ def _step_seconds(recipe: Recipe, entry: str, n_classes: int) -> tuple[float, fl
 
     times = [_timed(step) for _ in range(3)][1:]
     model.eval()
-    batch = runtime.batch_to(np.random.default_rng(1).random((64, *shape), dtype=np.float32), device)
+    batch = runtime.batch_to(np.random.default_rng(1).random((loop.PREDICT_BATCH, *shape), dtype=np.float32), device)
     with torch.inference_mode():
         model(batch)
         forward = _timed(lambda: model(batch))

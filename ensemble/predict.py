@@ -131,7 +131,9 @@ class Ensemble:
         (None without image members: functionals members take a whole recording)."""
         return min((self.trained_with[m.name].features.duration for m in self.members if m.name not in self.functionals), default=None)
 
-    def predict_waveforms(self, clips: Sequence[np.ndarray], batch_size: int = 64, speaker_clips: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    def predict_waveforms(
+        self, clips: Sequence[np.ndarray], batch_size: int = loop.PREDICT_BATCH, speaker_clips: Sequence[np.ndarray] | None = None
+    ) -> np.ndarray:
         """Blended probabilities of waveforms.
 
         Args:
