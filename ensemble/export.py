@@ -17,7 +17,7 @@
   (a retrained run makes the export stale: refused).
 
 One graph per member rather than one per fold model: in ``benchmarks/runtimes.py`` a member of the
-default ensemble ran 1.06x to 1.29x faster (three runs) in ONNX Runtime as one averaged graph than
+default ensemble ran 1.06x to 1.29x faster (four runs) in ONNX Runtime as one averaged graph than
 as five fold graphs (docs/benchmarks.md): one call per batch instead of one per fold. Not one graph for the
 whole ensemble: its members take different inputs (feature settings, sample rates, speaker
 normalisation) and its functionals members are scikit-learn pipelines. The frontend stays outside the graphs, as ens's documented preprocessing

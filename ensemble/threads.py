@@ -2,9 +2,9 @@
 computes (openSMILE's C library, called through ctypes), so threads run it on every core without
 the start-up and pickling of processes. Measured on this project's 2-core CPU
 (``benchmarks/functionals_threads.py``): openSMILE's ComParE_2016 and eGeMAPSv02 functionals of 120
-RAVDESS clips 1.9x faster on two threads than on one, the same rows; ens_basic (librosa and NumPy,
-which hold the GIL for most of a short clip) 0.91x, so it stays on one (docs/benchmarks.md,
-"Functionals on threads")."""
+RAVDESS clips 1.8-1.9x faster on two threads than on one, the same rows; ens_basic (librosa and
+NumPy, which hold the GIL for most of a short clip) 0.91-0.97x (two runs), so it stays on one
+(docs/benchmarks.md, "Functionals on threads")."""
 
 from __future__ import annotations
 
