@@ -312,19 +312,23 @@ EMBEDDINGS = {"yamnet_embedding": "yamnet", "mn04_embedding": "efficientat_mn04"
 EMBEDDING_SIZES = {"yamnet_embedding": 2 * 1024, "mn04_embedding": 2 * 384}
 """Their lengths: mean and max over time of the frequency-averaged last feature map."""
 
-_EMBEDDERS: dict[str, nn.Module] = {}
+_EMBEDDERS: dict[tuple[str, str], nn.Module] = {}
 
 
 def embedder(model_name: str, weights_dir: str | os.PathLike | None = None) -> nn.Module:
-    """The pretrained ``model_name`` (``yamnet`` or ``efficientat_mn04``) in eval mode, made once per process.
+    """The pretrained ``model_name`` (``yamnet`` or ``efficientat_mn04``) in eval mode, made once per
+    process and weights folder (:func:`ensemble.models.weights_dir` of ``weights_dir``).
 
     Raises:
         BackboneError: its weights are absent.
     """
-    if model_name not in _EMBEDDERS:
+    from .models import weights_dir as find
+
+    key = (model_name, str(find(weights_dir)))
+    if key not in _EMBEDDERS:
         model = timm.create_model(model_name, pretrained=True, weights_dir=weights_dir)
-        _EMBEDDERS[model_name] = model.eval()
-    return _EMBEDDERS[model_name]
+        _EMBEDDERS[key] = model.eval()
+    return _EMBEDDERS[key]
 
 
 def embed(waveforms, sample_rate: int, set_name: str, weights_dir: str | os.PathLike | None = None) -> np.ndarray:

@@ -303,11 +303,12 @@ def _embedding_names(set_name: str) -> list[str]:
     return [f"{stem}_mean{k:04d}" for k in range(half)] + [f"{stem}_max{k:04d}" for k in range(half)]
 
 
-def _embedding_weights() -> str:
-    """A short fingerprint of the weights files the embeddings come from (size and modification time)."""
-    from .models import weights_dir
+def _embedding_weights(weights_dir: str | os.PathLike | None = None) -> str:
+    """A short fingerprint of the weights files the embeddings come from (their sizes), in the
+    weights folder :func:`ensemble.models.weights_dir` finds from ``weights_dir``."""
+    from .models import weights_dir as find
 
-    root = weights_dir(None)
+    root = find(weights_dir)
     parts = []
     for folder in ("yamnet_mobilenetv1_100", "efficientat_mn04_as"):
         path = None if root is None else Path(root) / folder / "model.safetensors"
@@ -331,7 +332,9 @@ def names(set_name: str) -> list[str]:
     return list(_smile(set_name).feature_names)
 
 
-def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_name: str, threads: int = 0) -> np.ndarray:
+def extract(
+    waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_name: str, threads: int = 0, weights_dir: str | os.PathLike | None = None
+) -> np.ndarray:
     """The functionals of ``set_name`` (:data:`SETS`) of each waveform.
 
     ``ComParE_2016`` / ``eGeMAPSv02``: ``opensmile.Smile(feature_set=..., feature_level=Functionals)``'s
@@ -372,10 +375,12 @@ def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_
         set_name: a key of :data:`SETS`.
         threads: threads for an openSMILE set's clips (:func:`workers`; 0: every core); the result
             does not depend on it.
+        weights_dir: an embedding set's weights folder (``[paths].weights_dir``; None or ``""``:
+            :func:`ensemble.models.weights_dir`'s default).
 
     ``yamnet_embedding`` / ``mn04_embedding``: :func:`ensemble.audioset.embed` (the waveform
     resampled to the network's frontend rate, its log-mel, the frozen network in eval mode, mean
-    and max over time); weights from ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``.
+    and max over time); weights from ``weights_dir``, else ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``.
 
     Returns:
         float32 ``(len(waveforms), d)``: d = 6373, 88, 319, 2048 or 768; columns named by :func:`names`.
@@ -402,7 +407,7 @@ def extract(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int, set_
     if chosen.name in EMBEDDING_SETS:
         from .audioset import embed  # torch, on first use only
 
-        rows = (embed([y], rate, chosen.name)[0] for y in clips)
+        rows = (embed([y], rate, chosen.name, weights_dir or None)[0] for y in clips)
     elif chosen.name == "ens_basic":
         rows = (_basic(y, rate) for y in clips)
     else:
@@ -427,9 +432,9 @@ def workers(set_name: str, threads: int = 0) -> int:
     return 1 if name == "ens_basic" or name in EMBEDDING_SETS else resolve(threads)
 
 
-def identity(set_name: str) -> str:
+def identity(set_name: str, weights_dir: str | os.PathLike | None = None) -> str:
     """The cache identity of ``set_name``: ``opensmile-<version>-<set>``, ``ens_basic-<BASIC_VERSION>-librosa-<version>``
-    or ``<set>-<EMBEDDING_VERSION>-w<weights files' sizes>`` for an embedding set.
+    or ``<set>-<EMBEDDING_VERSION>-w<weights files' sizes>`` for an embedding set (in ``weights_dir``'s folder, as :func:`extract`).
 
     Raises:
         FunctionalsError: as :func:`names`.
@@ -437,7 +442,7 @@ def identity(set_name: str) -> str:
     if _set(set_name).name == "ens_basic":
         return f"ens_basic-{BASIC_VERSION}-librosa-{librosa.__version__}"
     if set_name in EMBEDDING_SETS:
-        return f"{set_name}-{EMBEDDING_VERSION}-w{_embedding_weights()}"
+        return f"{set_name}-{EMBEDDING_VERSION}-w{_embedding_weights(weights_dir or None)}"
     return f"opensmile-{_opensmile().__version__}-{set_name}"
 
 
@@ -451,10 +456,11 @@ class FunctionalsCache:
         root: the folder of the cache files.
         threads: ``[runtime].threads``: an openSMILE set's clips are loaded and computed on this
             many threads (:func:`workers`; 0: every core).
+        weights_dir: ``[paths].weights_dir``, the embedding sets' weights folder (as :func:`extract`).
     """
 
-    def __init__(self, root: str | os.PathLike, threads: int = 0):
-        self.root, self.threads = Path(root), threads
+    def __init__(self, root: str | os.PathLike, threads: int = 0, weights_dir: str | os.PathLike | None = None):
+        self.root, self.threads, self.weights_dir = Path(root), threads, weights_dir or None
 
     def cache(self, set_name: str) -> VectorCache:
         """The vector cache of one set.
@@ -465,10 +471,10 @@ class FunctionalsCache:
         chosen = _set(set_name)
 
         def compute(y: np.ndarray, sample_rate: int) -> np.ndarray:
-            return extract([y], sample_rate, chosen.name, threads=1)[0]
+            return extract([y], sample_rate, chosen.name, threads=1, weights_dir=self.weights_dir)[0]
 
-        label = f"functionals {chosen.name}"
-        return VectorCache(self.root, identity(chosen.name), chosen.size, compute, label=label, threads=workers(chosen.name, self.threads))
+        label, threads = f"functionals {chosen.name}", workers(chosen.name, self.threads)
+        return VectorCache(self.root, identity(chosen.name, self.weights_dir), chosen.size, compute, label=label, threads=threads)
 
     def get(self, paths: Sequence[str | os.PathLike], sample_rate: int, trim_db: float = 0.0, set_name: str = "ens_basic", progress: bool = True) -> np.ndarray:
         """Functionals of ``paths``, computing (and adding to the cache) only clips not cached yet.

@@ -82,7 +82,7 @@ def estimate(recipe: Recipe, entries: list[str] | None = None, folds: list[int] 
     for entry in images:
         stages.append(_training(recipe.for_backbone(entry), entry, len(todo[entry]), n_train, len(test_paths), len(competition.classes), timed))
     sets = dict.fromkeys(m.set for m in tables)
-    cache = functionals.FunctionalsCache(competition.root / ".ens_cache", recipe.runtime.threads)
+    cache = functionals.FunctionalsCache(competition.root / ".ens_cache", recipe.runtime.threads, recipe.paths.weights_dir)
     f = recipe.features
     stages += [_vectors(f"functionals {name}", cache.cache(name), train_paths + test_paths, f.sample_rate, f.trim_db) for name in sets]
     return stages

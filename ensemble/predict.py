@@ -164,8 +164,8 @@ class Ensemble:
             own, own_speaker = self._at_rate(clips, rate, resampled), self._at_rate(speaker_clips, rate, resampled_speaker)
             if member.name in self.functionals:
                 population = self.populations.get(member.name)
-                models, spec, threads = self.models[member.name], self.functionals[member.name], self.recipe.runtime.threads
-                proba = tabular.predict(models, spec, own, rate, len(self.classes), population, own_speaker, threads)
+                models, spec, paths = self.models[member.name], self.functionals[member.name], self.recipe.paths
+                proba = tabular.predict(models, spec, own, rate, len(self.classes), population, own_speaker, self.recipe.runtime.threads, paths.weights_dir)
                 total += self.weights[member.name] * proba
                 continue
             key = made_with.features.key()

@@ -84,7 +84,7 @@ def load_table(recipe: Recipe, split: Split, member: FunctionalsMember, progress
         SpeakerGroupError, SpeakerError: see :mod:`ensemble.speaker_groups`.
     """
     comp, f = split.competition, recipe.features
-    cache = functionals.FunctionalsCache(comp.root / ".ens_cache", recipe.runtime.threads)
+    cache = functionals.FunctionalsCache(comp.root / ".ens_cache", recipe.runtime.threads, recipe.paths.weights_dir)
     x_train = cache.get(comp.audio_paths(comp.train), f.sample_rate, f.trim_db, member.set, progress=progress)
     x_test = cache.get(comp.audio_paths(comp.test), f.sample_rate, f.trim_db, member.set, progress=progress)
     population = None
@@ -289,20 +289,22 @@ def predict(
     population: speakers.Statistics | None = None,
     speaker_clips: list[np.ndarray] | None = None,
     threads: int = 0,
+    weights_dir: str | None = None,
 ) -> np.ndarray:
     """Probabilities ``(len(clips), n_classes)`` of waveforms (each ``(samples,)`` at ``sample_rate``
     Hz, silence trimmed): the mean over a member's fold pipelines ``models`` of their
     ``predict_proba`` on the clips' functionals. A speaker-normalised member (``population`` given)
     normalises them with the functionals of ``speaker_clips`` (other clips of the same speaker) when
     given, else with the training ``population``'s statistics. ``threads``: ``[runtime].threads``,
-    the threads an openSMILE set is extracted on (:func:`ensemble.functionals.workers`).
+    the threads an openSMILE set is extracted on (:func:`ensemble.functionals.workers`);
+    ``weights_dir``: ``[paths].weights_dir``, an embedding set's weights folder.
 
     Raises:
         FunctionalsError: see :func:`ensemble.functionals.extract`.
     """
-    x = functionals.extract(clips, sample_rate, member.set, threads)
+    x = functionals.extract(clips, sample_rate, member.set, threads, weights_dir)
     if population is not None:
-        reference = None if speaker_clips is None else functionals.extract(speaker_clips, sample_rate, member.set, threads)
+        reference = None if speaker_clips is None else functionals.extract(speaker_clips, sample_rate, member.set, threads, weights_dir)
         x = speakers.standardise_one(x, reference, population)
     x = np.asarray(x, dtype=np.float64)
     return np.mean([class_proba(model, x, n_classes) for model in models], axis=0)

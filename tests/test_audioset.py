@@ -303,3 +303,24 @@ def test_the_audioset_recipe_loads():
     r = recipe.load(Path(__file__).resolve().parents[1] / "recipes" / "ravdess_audioset.toml")
     assert r.backbones == ["yamnet", "efficientat_mn04"]
     assert {m.set for m in r.functionals} >= {"yamnet_embedding", "mn04_embedding"}
+
+
+def test_embedding_sets_read_the_recipes_weights_folder(tmp_path, monkeypatch):
+    """[paths].weights_dir reaches the embedding sets (extract, the cache, its identity): an empty
+    folder is refused by name rather than falling back to ../shared/weights, and a folder holding the
+    same weights gives the same vectors."""
+    monkeypatch.delenv(models.WEIGHTS_ENV, raising=False)
+    clip = audio.load_trimmed(ravdess_clip(2, 3), 16000, 40.0)[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(models.BackboneError, match=rf"{empty}/efficientat_mn04_as/model.safetensors does not exist"):
+        functionals.extract([clip], 16000, "mn04_embedding", weights_dir=str(empty))
+    with pytest.raises(models.BackboneError, match=str(empty)):
+        functionals.FunctionalsCache(tmp_path / "cache", weights_dir=str(empty)).get([ravdess_clip(2, 3)], 16000, 40.0, "mn04_embedding", progress=False)
+    assert functionals.identity("mn04_embedding", str(empty)).endswith("-wnone-none")
+    own = tmp_path / "own"
+    (own / "efficientat_mn04_as").mkdir(parents=True)
+    (own / "efficientat_mn04_as" / "model.safetensors").symlink_to((models.weights_dir(None) / "efficientat_mn04_as" / "model.safetensors").resolve())
+    np.testing.assert_array_equal(
+        functionals.extract([clip], 16000, "mn04_embedding", weights_dir=str(own)), functionals.extract([clip], 16000, "mn04_embedding")
+    )
