@@ -407,7 +407,7 @@ def extract(
     if chosen.name in EMBEDDING_SETS:
         from .audioset import embed  # torch, on first use only
 
-        rows = (embed([y], rate, chosen.name, weights_dir or None)[0] for y in clips)
+        rows = (embed([y], rate, chosen.name, weights_dir)[0] for y in clips)
     elif chosen.name == "ens_basic":
         rows = (_basic(y, rate) for y in clips)
     else:
@@ -442,7 +442,7 @@ def identity(set_name: str, weights_dir: str | os.PathLike | None = None) -> str
     if _set(set_name).name == "ens_basic":
         return f"ens_basic-{BASIC_VERSION}-librosa-{librosa.__version__}"
     if set_name in EMBEDDING_SETS:
-        return f"{set_name}-{EMBEDDING_VERSION}-w{_embedding_weights(weights_dir or None)}"
+        return f"{set_name}-{EMBEDDING_VERSION}-w{_embedding_weights(weights_dir)}"
     return f"opensmile-{_opensmile().__version__}-{set_name}"
 
 
@@ -460,7 +460,7 @@ class FunctionalsCache:
     """
 
     def __init__(self, root: str | os.PathLike, threads: int = 0, weights_dir: str | os.PathLike | None = None):
-        self.root, self.threads, self.weights_dir = Path(root), threads, weights_dir or None
+        self.root, self.threads, self.weights_dir = Path(root), threads, weights_dir
 
     def cache(self, set_name: str) -> VectorCache:
         """The vector cache of one set.

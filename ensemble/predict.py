@@ -164,8 +164,8 @@ class Ensemble:
             own, own_speaker = self._at_rate(clips, rate, resampled), self._at_rate(speaker_clips, rate, resampled_speaker)
             if member.name in self.functionals:
                 population = self.populations.get(member.name)
-                models, spec, paths = self.models[member.name], self.functionals[member.name], self.recipe.paths
-                proba = tabular.predict(models, spec, own, rate, len(self.classes), population, own_speaker, self.recipe.runtime.threads, paths.weights_dir)
+                r, models, spec = self.recipe, self.models[member.name], self.functionals[member.name]
+                proba = tabular.predict(models, spec, own, rate, len(self.classes), population, own_speaker, r.runtime.threads, r.paths.weights_dir)
                 total += self.weights[member.name] * proba
                 continue
             key = made_with.features.key()
@@ -295,7 +295,7 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
     runtime.set_threads(recipe.runtime.threads)
     classes, models, trained_with, populations, functionals = None, {}, {}, {}, {}
     for member in members:
-        models[member.name] = []
+        models[member.name], exported_runs = [], []
         for entry, fold in itertools.product(member.entries, range(member.n_splits)):
             run = member.runs(entry)[fold]
             fix = member.fix(entry, fold)
@@ -318,16 +318,16 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
                 models[member.name].append(tabular.load_pipeline(run))
                 continue
             if exported is not None:
-                continue  # the member's graph, below
+                exported_runs.append((entry, fold, run))  # the member's one graph, below
+                continue
             model = models_mod.build(made_with, entry, len(classes))
             try:
                 model.load_state_dict(load_file(run / runs.MODEL))
             except (RuntimeError, SafetensorError) as err:
                 raise PredictError(f"{run / runs.MODEL} does not load into {entry} ({str(err)[:200]}); {fix}.") from err
             models[member.name].append(runtime.to_device(model, torch_device).eval())
-        if exported is not None and member.name not in functionals:
-            trained = [(entry, fold, member.runs(entry)[fold]) for entry, fold in itertools.product(member.entries, range(member.n_splits))]
-            models[member.name] = [exported.member(member.name, trained)]
+        if exported_runs:
+            models[member.name] = [exported.member(member.name, exported_runs)]
     reading = {r.features.trim_db for r in trained_with.values()}
     if len(reading) > 1:
         raise PredictError(
