@@ -2,7 +2,7 @@
 
 ``timm.create_model("yamnet", pretrained=True, num_classes=8)`` works once :mod:`ensemble.models`
 (which imports this module) is imported; weights come from the local folder of
-:func:`ensemble.models.weights_dir` (``weights_dir=DIR``, else ``$ENS_WEIGHTS_DIR``, else
+:func:`ensemble.weights.weights_dir` (``weights_dir=DIR``, else ``$ENS_WEIGHTS_DIR``, else
 ``../shared/weights``), never from a hub. ``num_classes`` equal to the AudioSet head's (521 for
 YAMNet, 527 for mn04) keeps the pretrained AudioSet classifier; any other count gets a fresh,
 randomly initialised head (``reset_classifier``). Both take ens's ``(batch, 1, n_mels, frames)``
@@ -132,8 +132,9 @@ def _weights_file(name: str, folder: str, weights_dir: str | os.PathLike | None)
     Raises:
         BackboneError: no weights folder is set or found, or the file is not in it.
     """
-    from .models import WEIGHTS_ENV, BackboneError
-    from .models import weights_dir as find
+    from .models import BackboneError
+    from .weights import WEIGHTS_ENV
+    from .weights import weights_dir as find
 
     root = find(weights_dir)
     path = None if root is None else Path(root) / folder / "model.safetensors"
@@ -184,7 +185,7 @@ def yamnet(pretrained: bool = False, num_classes: int = YAMNET_CLASSES, in_chans
             freeze every BatchNorm (``FrozenBatchNormAct2d``); False: random init, BN trainable.
         num_classes: 521 keeps the AudioSet head (``yamnet_class_map.csv`` order); others get a fresh head.
         in_chans: must be 1.
-        weights_dir: the weights folder (:func:`ensemble.models.weights_dir`).
+        weights_dir: the weights folder (:func:`ensemble.weights.weights_dir`).
         **kwargs: ``drop_rate``, ``drop_path_rate`` (timm's).
 
     Raises:
@@ -272,7 +273,7 @@ def efficientat_mn04(
             names, :func:`efficientat_to_timm`) strictly; False: random init.
         num_classes: 527 keeps the AudioSet head (AudioSet ``class_labels_indices.csv`` order); others get a fresh head.
         in_chans: must be 1.
-        weights_dir: the weights folder (:func:`ensemble.models.weights_dir`).
+        weights_dir: the weights folder (:func:`ensemble.weights.weights_dir`).
         **kwargs: ``drop_rate``, ``drop_path_rate`` (timm's).
 
     Raises:
@@ -317,12 +318,12 @@ _EMBEDDERS: dict[tuple[str, str], nn.Module] = {}
 
 def embedder(model_name: str, weights_dir: str | os.PathLike | None = None) -> nn.Module:
     """The pretrained ``model_name`` (``yamnet`` or ``efficientat_mn04``) in eval mode, made once per
-    process and weights folder (:func:`ensemble.models.weights_dir` of ``weights_dir``).
+    process and weights folder (:func:`ensemble.weights.weights_dir` of ``weights_dir``).
 
     Raises:
         BackboneError: its weights are absent.
     """
-    from .models import weights_dir as find
+    from .weights import weights_dir as find
 
     key = (model_name, str(find(weights_dir)))
     if key not in _EMBEDDERS:
@@ -341,7 +342,7 @@ def embed(waveforms, sample_rate: int, set_name: str, weights_dir: str | os.Path
         waveforms: float waveforms ``(samples,)`` at ``sample_rate`` Hz, each at least 0.1 s.
         sample_rate: Hz.
         set_name: ``yamnet_embedding`` (2048 values) or ``mn04_embedding`` (768).
-        weights_dir: the weights folder (:func:`ensemble.models.weights_dir`).
+        weights_dir: the weights folder (:func:`ensemble.weights.weights_dir`).
 
     Returns:
         float32 ``(len(waveforms), EMBEDDING_SIZES[set_name])``.

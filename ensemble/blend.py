@@ -37,7 +37,9 @@ class BlendResult:
 
     Attributes:
         split: the competition and folds it was made on.
-        method: the chosen method (fitted on all OOF rows for the submission).
+        method: the chosen method (fitted on all OOF rows for the submission): the one asked for, or
+            with ``auto`` the one with the best cross-validated score.
+        requested: the method asked for (``auto`` or a method's name); the submission is named after it.
         members: the blended members, in leaderboard order.
         leaderboard: one row per member and per method (in-sample and ``cv_`` columns).
         weights: the chosen method's weight per member name, or None for rank, geometric and
@@ -57,6 +59,7 @@ class BlendResult:
     test: np.ndarray
     thresholds: np.ndarray | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    requested: str = ""
 
 
 def collect(recipe: Recipe, split: Split) -> tuple[list[runs.Member], list[np.ndarray], list[np.ndarray], dict[str, str]]:
@@ -109,11 +112,11 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
         OptionError: an unknown method. CompetitionError: see :func:`ensemble.split.load_split`.
     """
     split = load_split(recipe) if split is None else split
-    method = method or recipe.blend.method
+    requested = method or recipe.blend.method
     task = split.competition.task
     methods, score = task.blend_methods, task.scores
-    if method not in methods:
-        raise OptionError(f"blend method {method!r} is not one of {methods}, the methods for a {task.name} task.")
+    if requested not in (*methods, AUTO):
+        raise OptionError(f"blend method {requested!r} is not one of {(*methods, AUTO)}, the methods for a {task.name} task.")
     options = method_options(recipe, task)
     members, oofs, tests, skipped = collect(recipe, split)
     oof, test = np.stack(oofs), np.stack(tests)
@@ -124,18 +127,18 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
     for m, m_oof, m_seeds in zip(members, oofs, seeds):  # nothing is fitted for one member: its cross-validated score is its score
         scores = score(split.y, m_oof)
         rows.append({"model": m.name, **({"seeds": ", ".join(map(str, m_seeds))} if seeded else {}), **scores, **_prefixed(scores)})
-    cv_oof = {}
+    cv_oof, fits, cv_scores = {}, {}, {}
     for candidate in methods:
-        fitted = blenders.fit(candidate, oof, split.y, **options)
+        fits[candidate] = fitted = blenders.fit(candidate, oof, split.y, **options)
         cv_oof[candidate] = blenders.cross_validate(candidate, oof, split.y, fold_of, **options)
+        cv_scores[candidate] = score(split.y, cv_oof[candidate])
         weights_text = "" if fitted.weights is None else " ".join(f"{m.name}={x:.2f}" for m, x in zip(members, fitted.weights))
-        rows.append(
-            {"model": f"blend: {candidate}", **score(split.y, fitted.combine(oof)), **_prefixed(score(split.y, cv_oof[candidate])), "weights": weights_text}
-        )
-        if candidate == method:
-            chosen = fitted
+        rows.append({"model": f"blend: {candidate}", **score(split.y, fitted.combine(oof)), **_prefixed(cv_scores[candidate]), "weights": weights_text})
+    method = best_method(cv_scores, recipe.train.metric) if requested == AUTO else requested
+    chosen = fits[method]
     weights = None if chosen.weights is None else {m.name: float(x) for m, x in zip(members, chosen.weights)}
     return BlendResult(
+        requested=requested,
         split=split,
         method=method,
         members=members,
@@ -146,6 +149,20 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
         thresholds=task.tune_thresholds(split.y, cv_oof[method]),  # multilabel: F1-optimal on the honest OOF; multiclass: None
         skipped=skipped,
     )
+
+
+AUTO = "auto"
+"""``[blend].method`` / ``ens blend --method`` that takes the method with the best cross-validated score (:func:`best_method`)."""
+
+
+def best_method(cv_scores: dict[str, dict[str, float]], metric: str) -> str:
+    """The method whose cross-validated ``metric`` (``[train].metric``: the competition's metric, higher is
+    better) is highest; on a tie the first in the task's order (the simpler method: mean before Caruana).
+
+    Args:
+        cv_scores: per method (in the task's order), its cross-validated scores (:meth:`ensemble.tasks.Task.scores`).
+    """
+    return max(cv_scores, key=lambda m: (cv_scores[m][metric], -list(cv_scores).index(m)))
 
 
 def write(recipe: Recipe, result: BlendResult, name: str | None = None) -> Path:
@@ -161,12 +178,20 @@ def write(recipe: Recipe, result: BlendResult, name: str | None = None) -> Path:
     atomic.write_csv(out_dir / runs.LEADERBOARD, result.leaderboard)
     train_ids = comp.train[comp.config.id_col].to_numpy()
     atomic.write_csv(out_dir / runs.OOF, runs.proba_frame(train_ids, result.oof, comp.classes))
-    atomic.write_json(out_dir / runs.WEIGHTS, {"method": result.method, "members": [m.name for m in result.members], "weights": result.weights})
+    atomic.write_json(
+        out_dir / runs.WEIGHTS,
+        {"method": result.method, "requested": result.requested or result.method, "members": [m.name for m in result.members], "weights": result.weights},
+    )
     if result.thresholds is not None:
         atomic.write_json(out_dir / runs.THRESHOLDS, dict(zip(comp.classes, map(float, result.thresholds))))
     test_ids = comp.test[comp.config.id_col].to_numpy()
+    stem = name or f"{recipe.name}-{result.requested or result.method}"
     return submission.write(
-        comp, test_ids, result.test, Path(recipe.paths.submissions_dir) / f"{name or f'{recipe.name}-{result.method}'}.csv", result.thresholds
+        comp,
+        test_ids,
+        result.test,
+        Path(recipe.paths.submissions_dir) / f"{stem}.csv",
+        result.thresholds,
     )
 
 

@@ -299,7 +299,9 @@ def train(
 @app.command()
 def blend(
     recipe: Path = RecipeOption,
-    method: Optional[str] = typer.Option(None, help="mean, rank, geometric, caruana, optimize or stacking; overrides [blend].method."),
+    method: Optional[str] = typer.Option(
+        None, help="mean, rank, geometric, caruana, optimize, stacking, or auto (the best cv_ score of [train].metric); overrides [blend].method."
+    ),
     name: Optional[str] = typer.Option(None, help="Submission file name without .csv (default <recipe>-<method>)."),
     backbone: Optional[str] = typer.Option(
         None,
@@ -336,6 +338,8 @@ def blend(
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         typer.echo(result.leaderboard.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     weights = "" if result.weights is None else f"  (weights: {', '.join(f'{k}={v:.2f}' for k, v in result.weights.items())})"
+    if result.requested == blend_mod.AUTO:
+        typer.echo(f"\nauto: {result.method} has the best cross-validated {r.train.metric} (cv_{r.train.metric} column)")
     typer.echo(f"\nwrote {path}{weights}\ncv_ columns: each blend fitted on the other folds and scored on the held-out fold (the honest figure).")
     if (result.split.competition.root / competition.SOLUTION).exists():
         typer.echo(f"score it against the hidden labels: ens score {path}")

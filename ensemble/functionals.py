@@ -17,7 +17,7 @@ classical models such as scikit-learn's. Three sets, by name (:data:`SETS`):
 - ``yamnet_embedding`` (2048) and ``mn04_embedding`` (768): the frozen AudioSet-pretrained
   embedding of the whole clip, the mean then the max over time of the frequency-averaged last
   feature map of YAMNet (1024 channels; Apache-2.0) or EfficientAT mn04 (384; MIT), each on its own
-  frontend (:func:`ensemble.audioset.embed`; weights from :func:`ensemble.models.weights_dir`'s
+  frontend (:func:`ensemble.audioset.embed`; weights from :func:`ensemble.weights.weights_dir`'s
   folder, i.e. ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``). torch is imported on first use only.
 
 The two openSMILE sets need the ``opensmile`` package, an optional extra (``pip install
@@ -43,6 +43,7 @@ import librosa
 import numpy as np
 import scipy.fft
 
+from . import encoders
 from .errors import EnsError
 from .threads import resolve, thread_map
 from .vectors import VectorCache
@@ -154,10 +155,25 @@ SETS: dict[str, FunctionalSet] = {
 """The functional sets by name."""
 
 
-def _set(set_name: str) -> FunctionalSet:
-    if set_name not in SETS:
-        raise FunctionalsError(f"set_name={set_name!r} is not a set of functionals; choose one of {sorted(SETS)}.")
-    return SETS[set_name]
+def _set(set_name: str, weights_dir: str | os.PathLike | None = None) -> FunctionalSet:
+    """The set named ``set_name``: one of :data:`SETS`, else a transformers encoder set (:mod:`ensemble.encoders`)."""
+    if not isinstance(set_name, str):
+        raise FunctionalsError(f"set_name={set_name!r} is not a set of functionals; choose one of {sorted(SETS)} or a transformers encoder.")
+    if set_name in SETS:
+        return SETS[set_name]
+    if (why := encoders.check(set_name, weights_dir)) is not None:
+        raise FunctionalsError(f"set_name={set_name!r} is not a set of functionals; choose one of {sorted(SETS)} or a transformers encoder ({why})")
+    return FunctionalSet(
+        set_name,
+        encoders.size(set_name, weights_dir),
+        f"transformers encoder {encoders.source(set_name, weights_dir)}: mean and std over the clip's tokens of every hidden state (ensemble.encoders)",
+        "the encoder's own (its folder's README or model card)",
+    )
+
+
+def is_encoder(set_name: str) -> bool:
+    """Whether ``set_name`` is a transformers encoder set rather than one of :data:`SETS`."""
+    return set_name not in SETS
 
 
 # ---- openSMILE ----
@@ -305,8 +321,8 @@ def _embedding_names(set_name: str) -> list[str]:
 
 def _embedding_weights(weights_dir: str | os.PathLike | None = None) -> str:
     """A short fingerprint of the weights files the embeddings come from (their sizes), in the
-    weights folder :func:`ensemble.models.weights_dir` finds from ``weights_dir``."""
-    from .models import weights_dir as find
+    weights folder :func:`ensemble.weights.weights_dir` finds from ``weights_dir``."""
+    from .weights import weights_dir as find
 
     root = find(weights_dir)
     parts = []
@@ -319,16 +335,18 @@ def _embedding_weights(weights_dir: str | os.PathLike | None = None) -> str:
 # ---- the public functions ----
 
 
-def names(set_name: str) -> list[str]:
-    """The column names of ``set_name``'s functionals, in :func:`extract`'s order.
+def names(set_name: str, weights_dir: str | os.PathLike | None = None) -> list[str]:
+    """The column names of ``set_name``'s functionals, in :func:`extract`'s order (``weights_dir``: an encoder set's weights folder).
 
     Raises:
         FunctionalsError: an unknown set, or an openSMILE set without the opensmile package.
     """
-    if _set(set_name).name == "ens_basic":
+    if _set(set_name, weights_dir).name == "ens_basic":
         return basic_names()
     if set_name in EMBEDDING_SETS:
         return _embedding_names(set_name)
+    if is_encoder(set_name):
+        return encoders.names(set_name, weights_dir)
     return list(_smile(set_name).feature_names)
 
 
@@ -376,7 +394,7 @@ def extract(
         threads: threads for an openSMILE set's clips (:func:`workers`; 0: every core); the result
             does not depend on it.
         weights_dir: an embedding set's weights folder (``[paths].weights_dir``; None or ``""``:
-            :func:`ensemble.models.weights_dir`'s default).
+            :func:`ensemble.weights.weights_dir`'s default).
 
     ``yamnet_embedding`` / ``mn04_embedding``: :func:`ensemble.audioset.embed` (the waveform
     resampled to the network's frontend rate, its log-mel, the frozen network in eval mode, mean
@@ -392,7 +410,7 @@ def extract(
             or Inf, or is too short for openSMILE (under about 0.1 s; the message names its index).
         BackboneError: an embedding set whose weights are absent (:mod:`ensemble.audioset`).
     """
-    chosen = _set(set_name)
+    chosen = _set(set_name, weights_dir)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise FunctionalsError(f"sample_rate={sample_rate!r} is not a positive integer number of Hz; pass the rate the waveforms are sampled at.")
     if chosen.name == "ens_basic" and sample_rate < MIN_SAMPLE_RATE:
@@ -408,6 +426,8 @@ def extract(
         from .audioset import embed  # torch, on first use only
 
         rows = (embed([y], rate, chosen.name, weights_dir)[0] for y in clips)
+    elif is_encoder(chosen.name):
+        rows = (encoders.embed([y], rate, chosen.name, weights_dir)[0] for y in clips)
     elif chosen.name == "ens_basic":
         rows = (_basic(y, rate) for y in clips)
     else:
@@ -419,17 +439,17 @@ def extract(
     return out
 
 
-def workers(set_name: str, threads: int = 0) -> int:
+def workers(set_name: str, threads: int = 0, weights_dir: str | os.PathLike | None = None) -> int:
     """Threads :func:`extract` and :class:`FunctionalsCache` compute ``set_name``'s clips on: the
     openSMILE sets ``threads`` (``[runtime].threads``; 0: every core), since openSMILE's C library
     releases the GIL (:mod:`ensemble.threads`); one for ``ens_basic`` (GIL-bound: slower on
-    threads) and the embedding sets (torch spreads each clip over the cores itself).
+    threads), the embedding sets and the encoder sets (torch spreads each clip over the cores itself).
 
     Raises:
         FunctionalsError: an unknown set.
     """
-    name = _set(set_name).name
-    return 1 if name == "ens_basic" or name in EMBEDDING_SETS else resolve(threads)
+    name = _set(set_name, weights_dir).name
+    return 1 if name == "ens_basic" or name in EMBEDDING_SETS or is_encoder(name) else resolve(threads)
 
 
 def identity(set_name: str, weights_dir: str | os.PathLike | None = None) -> str:
@@ -439,10 +459,12 @@ def identity(set_name: str, weights_dir: str | os.PathLike | None = None) -> str
     Raises:
         FunctionalsError: as :func:`names`.
     """
-    if _set(set_name).name == "ens_basic":
+    if _set(set_name, weights_dir).name == "ens_basic":
         return f"ens_basic-{BASIC_VERSION}-librosa-{librosa.__version__}"
     if set_name in EMBEDDING_SETS:
         return f"{set_name}-{EMBEDDING_VERSION}-w{_embedding_weights(weights_dir)}"
+    if is_encoder(set_name):
+        return encoders.identity(set_name, weights_dir)
     return f"opensmile-{_opensmile().__version__}-{set_name}"
 
 
@@ -468,12 +490,12 @@ class FunctionalsCache:
         Raises:
             FunctionalsError: as :func:`names`.
         """
-        chosen = _set(set_name)
+        chosen = _set(set_name, self.weights_dir)
 
         def compute(y: np.ndarray, sample_rate: int) -> np.ndarray:
             return extract([y], sample_rate, chosen.name, threads=1, weights_dir=self.weights_dir)[0]
 
-        label, threads = f"functionals {chosen.name}", workers(chosen.name, self.threads)
+        label, threads = f"functionals {chosen.name}", workers(chosen.name, self.threads, self.weights_dir)
         return VectorCache(self.root, identity(chosen.name, self.weights_dir), chosen.size, compute, label=label, threads=threads)
 
     def get(self, paths: Sequence[str | os.PathLike], sample_rate: int, trim_db: float = 0.0, set_name: str = "ens_basic", progress: bool = True) -> np.ndarray:

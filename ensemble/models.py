@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from pathlib import Path
 
 import timm
 import torch
@@ -23,21 +22,11 @@ from torch import nn
 from . import audioset, cnns  # noqa: F401  (registers the seed CNNs and the AudioSet CNNs with timm)
 from .errors import EnsError
 from .recipe import Recipe, split_backbone
-
-WEIGHTS_ENV = "ENS_WEIGHTS_DIR"
-DEFAULT_WEIGHTS_DIR = Path("../shared/weights")
+from .weights import WEIGHTS_ENV, weights_dir
 
 
 class BackboneError(EnsError, ValueError):
     """An unknown backbone name, or pretrained weights that cannot be found anywhere."""
-
-
-def weights_dir(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The folder of local weights: ``explicit``, else ``$ENS_WEIGHTS_DIR``, else ``../shared/weights`` if it exists."""
-    for candidate in (explicit, os.environ.get(WEIGHTS_ENV)):
-        if candidate:
-            return Path(candidate)
-    return DEFAULT_WEIGHTS_DIR if DEFAULT_WEIGHTS_DIR.is_dir() else None
 
 
 def create(

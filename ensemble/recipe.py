@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import frontends, tasks, waveform_augment
+from . import encoders, frontends, tasks, waveform_augment
 from .channels import NAMES as CHANNELS
 from .errors import EnsError
 
@@ -250,7 +250,8 @@ class TrainConfig:
 @dataclass
 class BlendConfig:
     """Blending of OOF predictions (see :mod:`ensemble.blenders`). ``method``: one of
-    :data:`~ensemble.blenders.METHODS`. Caruana selection: ``iterations`` rounds in each of
+    :data:`~ensemble.blenders.METHODS`, or ``auto``: the one with the best cross-validated ``[train].metric``
+    (:func:`ensemble.blend.best_method`). Caruana selection: ``iterations`` rounds in each of
     ``bags`` bags of a random ``bag_fraction`` of the members (``bags = 0``: one unbagged run).
     Stacking: inverse L2 strength ``stacking_c`` of the logistic regression. ``seed``: the bags' draw.
     ``members``: what to blend; empty (the default) means every model of ``backbones``; an item is
@@ -277,7 +278,10 @@ class FunctionalsMember:
     Attributes:
         name: the member's name: its run folders and its row in the leaderboard.
         set: ``ComParE_2016`` (6373 functionals) or ``eGeMAPSv02`` (88), from openSMILE (the
-            ``opensmile`` extra, a research licence), or ``ens_basic`` (librosa descriptors, permissive).
+            ``opensmile`` extra, a research licence), ``ens_basic`` (librosa descriptors, permissive),
+            ``yamnet_embedding`` / ``mn04_embedding`` (frozen AudioSet CNNs), or a transformers speech
+            encoder (:mod:`ensemble.encoders`): a folder of ``[paths].weights_dir`` such as ``whisper_base``,
+            a path, or a hub id, ``:pad30`` appended for Whisper's 30 s window.
         model: ``logreg`` (multinomial logistic regression, balanced class weights), ``svm``
             (RBF support vector machine with Platt-scaled probabilities, balanced class weights) or
             ``lightgbm`` (gradient-boosted trees, LightGBM, balanced class weights).
@@ -288,6 +292,8 @@ class FunctionalsMember:
             fold by an inner speaker-grouped cross-validation on that fold's training clips only
             (:func:`ensemble.tabular.tune`, grids :data:`ensemble.tabular.GRIDS`); the values
             above are then ignored, and each fold's choice is in its ``metrics.json``.
+        layers: an encoder set's hidden states the model sees (:func:`ensemble.encoders.layer_indices`):
+            ``all``, one index (0: the embeddings), a range ``2-4`` or a list ``1,3-5``.
     """
 
     name: str = "functionals"
@@ -298,6 +304,7 @@ class FunctionalsMember:
     learning_rate: float = 0.05
     leaves: int = 15
     tune: bool = False
+    layers: str = "all"
 
 
 @dataclass
@@ -750,6 +757,12 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
     return from_dict(_merged(data, _everywhere(data, overrides or {})), str(path) if not overrides else f"{path} with overrides {overrides}")
 
 
+def _encoder_problems(recipe: Recipe) -> str:
+    """What is wrong with the recipe's encoder sets, for the check's message ("none" when nothing)."""
+    problems = [why for m in recipe.functionals if m.set not in FUNCTIONAL_SETS and (why := encoders.check(m.set, recipe.paths.weights_dir))]
+    return " ".join(problems) or "none found"
+
+
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
 FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic", "yamnet_embedding", "mn04_embedding")  # [[functionals]].set (ensemble.functionals)
@@ -855,7 +868,10 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             a.mixup_alpha == 0 or t.batch_size % 2 == 0,
             f"[augment].mixup_alpha > 0 mixes each image with its partner in the flipped batch, so [train].batch_size = {t.batch_size} must be even",
         ),
-        (recipe.blend.method in task.blend_methods, f"[blend].method = {recipe.blend.method!r}: must be one of {task.blend_methods} for a {task.name} task"),
+        (
+            recipe.blend.method in (*task.blend_methods, "auto"),
+            f"[blend].method = {recipe.blend.method!r}: must be one of {task.blend_methods} for a {task.name} task, or 'auto' (the best cross-validated)",
+        ),
         (task.takes_class_weights or t.class_weights == "none", f"[train].class_weights does not work for a {task.name} task; set it to 'none'"),
         (
             recipe.blend.iterations >= 0 and recipe.blend.bags >= 0 and 0 < recipe.blend.bag_fraction <= 1 and recipe.blend.stacking_c > 0,
@@ -869,7 +885,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (task.name == "multiclass" or not recipe.functionals, "[[functionals]] members work for multiclass tasks only; remove them"),
         (
             all(
-                m.set in FUNCTIONAL_SETS
+                (m.set in FUNCTIONAL_SETS or encoders.check(m.set, recipe.paths.weights_dir) is None)
                 and m.model in FUNCTIONAL_MODELS
                 and m.c > 0
                 and m.trees >= 1
@@ -878,8 +894,14 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
                 and m.name.strip()
                 for m in recipe.functionals
             ),
-            f"each [[functionals]] member needs a name, set in {FUNCTIONAL_SETS}, model in {FUNCTIONAL_MODELS}, c > 0, trees >= 1, "
-            "learning_rate > 0 and leaves >= 2",
+            f"each [[functionals]] member needs a name, set in {FUNCTIONAL_SETS} or a transformers encoder (a folder of [paths].weights_dir "
+            f"holding config.json, a path, or a hub id 'org/name'; {_encoder_problems(recipe)}), model in {FUNCTIONAL_MODELS}, c > 0, "
+            "trees >= 1, learning_rate > 0 and leaves >= 2",
+        ),
+        (
+            all(encoders.check_layers(m.layers) and (m.layers == "all" or m.set not in FUNCTIONAL_SETS) for m in recipe.functionals),
+            "[[functionals]] layers picks an encoder set's hidden states: 'all', one index '3', a range '2-4' or a list '1,3-5'; "
+            f"leave it out for the sets {FUNCTIONAL_SETS}",
         ),
         (
             not any(PSEUDO_MARK in name for name in [*recipe.backbones, *functional_names]),

@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, features, functionals, metrics, plots, tabular
+from . import atomic, encoders, features, functionals, metrics, plots, tabular
 from . import competition as comp_mod
 from . import runs as run_store
 from .errors import EnsError
@@ -314,12 +314,18 @@ def top_functionals(recipe: Recipe, top: int = TOP_FUNCTIONALS) -> str:
         folds = [run_store.run_dir(recipe, name, k) for k in range(recipe.folds.n_splits)]
         if member is None or not all(run_store.is_finished(run) for run in folds):
             continue
-        shares = tabular.importance([tabular.load_pipeline(run) for run in folds], functionals.names(member.set))
+        weights_dir = recipe.paths.weights_dir
+        column_names = list(np.asarray(functionals.names(member.set, weights_dir))[tabular.columns(member, weights_dir)])
+        shares = tabular.importance([tabular.load_pipeline(run) for run in folds], column_names)
         if shares is None:
             notes.append(f"{name} ({member.model}): an RBF SVM has no per-feature weights.")
             continue
-        head = shares.head(top)
-        frame = pd.DataFrame({"functional": head.index, "share": head.to_numpy()})
+        if functionals.is_encoder(member.set):  # single dimensions mean nothing: which hidden states carry the weight
+            by_state = shares.groupby(encoders.layer_of(list(shares.index))).sum().sort_values(ascending=False)
+            frame = pd.DataFrame({"hidden state": by_state.index, "share": by_state.to_numpy()})
+        else:
+            head = shares.head(top)
+            frame = pd.DataFrame({"functional": head.index, "share": head.to_numpy()})
         tables.append(f"<div><h3>{html.escape(name)} ({html.escape(member.set)}, {html.escape(member.model)})</h3>{_table(frame, None)}</div>")
     if not tables and not notes:
         return _note("No finished functionals member.")

@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from . import atomic, functionals, runs, speaker_groups, speakers
+from . import atomic, encoders, functionals, runs, speaker_groups, speakers
 from .errors import EnsError
 from .pseudo import PseudoLabels
 from .recipe import FunctionalsMember, Recipe, from_dict, pseudo_round
@@ -85,8 +85,9 @@ def load_table(recipe: Recipe, split: Split, member: FunctionalsMember, progress
     """
     comp, f = split.competition, recipe.features
     cache = functionals.FunctionalsCache(comp.root / ".ens_cache", recipe.runtime.threads, recipe.paths.weights_dir)
-    x_train = cache.get(comp.audio_paths(comp.train), f.sample_rate, f.trim_db, member.set, progress=progress)
-    x_test = cache.get(comp.audio_paths(comp.test), f.sample_rate, f.trim_db, member.set, progress=progress)
+    picked = columns(member, recipe.paths.weights_dir)
+    x_train = cache.get(comp.audio_paths(comp.train), f.sample_rate, f.trim_db, member.set, progress=progress)[:, picked]
+    x_test = cache.get(comp.audio_paths(comp.test), f.sample_rate, f.trim_db, member.set, progress=progress)[:, picked]
     population = None
     if recipe.speakers.norm == "speaker":
         test = speaker_groups.test_speakers(comp, recipe.speakers, f, progress=progress).groups
@@ -95,6 +96,18 @@ def load_table(recipe: Recipe, split: Split, member: FunctionalsMember, progress
         x_train, population = norm.transform(x_train, train), norm.population_
         x_test = speakers.SpeakerNorm().fit_transform(x_test, test)
     return Table(np.asarray(x_train, dtype=np.float64), np.asarray(x_test, dtype=np.float64), population)
+
+
+def columns(member: FunctionalsMember, weights_dir: str | None = None) -> np.ndarray | slice:
+    """The columns of the set's cached vectors the member's model sees: an encoder set's hidden states
+    chosen by ``layers`` (:func:`ensemble.encoders.columns`), else every column (``slice(None)``).
+
+    Raises:
+        EncoderError: see :func:`ensemble.encoders.columns`.
+    """
+    if not functionals.is_encoder(member.set) or member.layers == "all":
+        return slice(None)
+    return encoders.columns(member.set, member.layers, weights_dir)
 
 
 def identity(recipe: Recipe) -> Recipe:
@@ -302,9 +315,10 @@ def predict(
     Raises:
         FunctionalsError: see :func:`ensemble.functionals.extract`.
     """
-    x = functionals.extract(clips, sample_rate, member.set, threads, weights_dir)
+    picked = columns(member, weights_dir)
+    x = functionals.extract(clips, sample_rate, member.set, threads, weights_dir)[:, picked]
     if population is not None:
-        reference = None if speaker_clips is None else functionals.extract(speaker_clips, sample_rate, member.set, threads, weights_dir)
+        reference = None if speaker_clips is None else functionals.extract(speaker_clips, sample_rate, member.set, threads, weights_dir)[:, picked]
         x = speakers.standardise_one(x, reference, population)
     x = np.asarray(x, dtype=np.float64)
     return np.mean([class_proba(model, x, n_classes) for model in models], axis=0)

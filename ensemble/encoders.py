@@ -1,0 +1,317 @@
+"""Speech-pretrained transformer encoders as frozen embedding sets: Whisper, wav2vec2, HuBERT, WavLM,
+and any audio encoder that transformers' ``AutoModel`` / ``AutoFeatureExtractor`` load.
+
+An encoder set is named in a recipe's ``[[functionals]].set`` by where its weights are:
+
+- a folder of :func:`ensemble.weights.weights_dir` holding transformers' ``config.json`` (e.g.
+  ``"whisper_base"`` for ``../shared/weights/whisper_base``);
+- a path to such a folder;
+- a model hub id ``"org/name"`` (e.g. ``"openai/whisper-small"``, ``"microsoft/wavlm-base-plus"``),
+  loaded as transformers does (it needs a machine that reaches the hub, or transformers' own cache).
+
+Each clip (silence-trimmed, resampled to the encoder's rate) is run through the frozen encoder in
+eval mode, with every hidden state returned (the embeddings, then each layer: ``L`` states of width
+``d``), and each state is pooled over the frames that hold the clip: mean, then standard deviation.
+The cached vector of a clip is ``L x 2 x d`` float32 values (Whisper base: 7 x 2 x 512 = 7168), in
+the order ``state 0 mean, state 0 std, state 1 mean, ...`` (:func:`names`). A member picks its
+hidden states with ``[[functionals]].layers`` (:func:`columns`), so one cache serves every choice.
+Mean + std pooling of hidden states with a linear model is the frozen-SSL protocol of SUPERB (Yang
+et al. 2021) and EmoBox (Ma et al. 2024); middle layers often carry more emotion than the last.
+
+Whisper's encoder only accepts 30 s of input (3000 log-mel frames, 1500 positions). Two windows:
+
+- ``"<encoder>"`` (the default, ``clip``): the encoder sees the clip alone: its position table is cut
+  to the clip's own tokens (20 ms each) and nothing is padded; about 8x cheaper than 30 s for a 3.5 s clip;
+- ``"<encoder>:pad30"``: the clip padded with silence to 30 s as in Whisper's pretraining, and only
+  the tokens that hold the clip pooled.
+
+``docs/results.md`` ("Speech-encoder members", ``benchmarks/encoder_members.py``) measures both and
+the layer choices on cross-validated OOF. Clips longer than 30 s are cut into 30 s pieces whose tokens
+are pooled together. Other encoders (wav2vec2 family) take the raw waveform as their feature
+extractor normalises it, at any length, and only ``clip`` applies.
+
+Models are loaded once per process, source and device (CUDA when available), in float32 (transformers
+5 keeps a float16 checkpoint's dtype unless told). torch and transformers are imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EnsError
+from .weights import weights_dir as find_weights
+
+VERSION = 1
+"""Bumped whenever the pooled vector's definition changes, so cached vectors of the old one are not reused."""
+
+WINDOWS = ("clip", "pad30")
+"""Whisper's input windows (see the module docstring); ``<encoder>:pad30`` names the second."""
+
+WHISPER_CHUNK_S = 30.0
+"""Whisper's input window, seconds (3000 frames of 10 ms, 1500 positions of 20 ms)."""
+
+MIN_SAMPLES = 1600
+"""Shorter clips are padded with silence to this many samples (0.1 s at 16 kHz), enough for a wav2vec2 convolutional stem (400 samples)."""
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_LAYERS = re.compile(r"all|\d+(-\d+)?(,\d+(-\d+)?)*")
+_MODELS: dict[tuple[str, str], tuple[object, object]] = {}
+
+
+class EncoderError(EnsError, ValueError):
+    """An encoder set cannot be found, loaded or used as asked; the message names the set and the fix."""
+
+
+def split_window(set_name: str) -> tuple[str, str]:
+    """``"whisper_base:pad30"`` -> ``("whisper_base", "pad30")``; no suffix: window ``"clip"``.
+
+    Raises:
+        EncoderError: an unknown window suffix.
+    """
+    name, _, window = set_name.partition(":")
+    window = window or "clip"
+    if window not in WINDOWS:
+        raise EncoderError(f"set={set_name!r}: the window {window!r} is not one of {WINDOWS}; write '{name}' or '{name}:pad30'.")
+    return name, window
+
+
+def source(set_name: str, weights_dir: str | os.PathLike | None = None) -> str:
+    """Where ``set_name``'s encoder is loaded from: ``<weights_dir>/<name>`` or a path when it holds
+    ``config.json``, else a hub id ``org/name`` as given.
+
+    Raises:
+        EncoderError: none of these (the message lists what was looked for).
+    """
+    name, _ = split_window(set_name)
+    root = find_weights(weights_dir)
+    for folder in ([root / name] if root is not None else []) + [Path(name).expanduser()]:
+        if (folder / "config.json").is_file():
+            return str(folder)
+    if _HUB_ID.fullmatch(name) and not Path(name).exists():
+        return name
+    where = f"{root}/{name}" if root is not None else f"<weights_dir>/{name} (no weights folder is set)"
+    raise EncoderError(
+        f"set={set_name!r} is not a functionals set and names no transformers encoder: no config.json in {where} or in {name}, "
+        "and it is not a model hub id 'org/name'; pass a folder of [paths].weights_dir (e.g. 'whisper_base'), a path, or a hub id."
+    )
+
+
+def check(set_name: str, weights_dir: str | os.PathLike | None = None) -> str | None:
+    """Why ``set_name`` cannot name an encoder set (torch-free, for recipe checks), or None when it can."""
+    try:
+        source(set_name, weights_dir)
+    except EncoderError as err:
+        return str(err)
+    return None
+
+
+def check_layers(layers: str) -> bool:
+    """Whether ``layers`` is a layer choice :func:`layer_indices` can read: ``all``, ``k``, ``a-b`` or a comma list of them."""
+    return isinstance(layers, str) and bool(_LAYERS.fullmatch(layers.replace(" ", "")))
+
+
+def layer_indices(layers: str, states: int) -> list[int]:
+    """The hidden states ``layers`` picks out of ``states`` (0 = the embeddings, ``states - 1`` = the last layer).
+
+    Args:
+        layers: ``"all"``, one index ``"3"``, a range ``"2-4"`` (both ends included) or a comma list ``"1,3-5"``.
+        states: the encoder's number of hidden states (layers + 1).
+
+    Raises:
+        EncoderError: unreadable, or an index outside ``0..states - 1``.
+    """
+    if not check_layers(layers):
+        raise EncoderError(f"layers={layers!r} is not a layer choice; write 'all', one index '3', a range '2-4' or a list '1,3-5'.")
+    text = layers.replace(" ", "")
+    if text == "all":
+        return list(range(states))
+    picked: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        picked += range(int(first), int(last or first) + 1)
+    if not picked or max(picked) >= states:
+        raise EncoderError(f"layers={layers!r} asks for hidden state {max(picked, default=-1)} of an encoder with {states} (0..{states - 1}); pick in range.")
+    return sorted(set(picked))
+
+
+def _config(set_name: str, weights_dir):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source(set_name, weights_dir))
+    except (OSError, ValueError) as err:
+        if isinstance(err, EncoderError):
+            raise
+        raise EncoderError(f"set={set_name!r}: transformers cannot read its config ({err}); check the folder or the hub id.") from err
+
+
+def shape(set_name: str, weights_dir: str | os.PathLike | None = None) -> tuple[int, int]:
+    """``(states, width)``: the encoder's hidden states (embeddings + layers) and their width ``d``, from its config.
+
+    Raises:
+        EncoderError: see :func:`source`; a config transformers cannot read.
+    """
+    config = _config(set_name, weights_dir)
+    if config.model_type == "whisper":
+        return config.encoder_layers + 1, config.d_model
+    return config.num_hidden_layers + 1, config.hidden_size
+
+
+def size(set_name: str, weights_dir: str | os.PathLike | None = None) -> int:
+    """The cached vector's length: states x 2 (mean, std) x width."""
+    states, width = shape(set_name, weights_dir)
+    return states * 2 * width
+
+
+def names(set_name: str, weights_dir: str | os.PathLike | None = None) -> list[str]:
+    """Column names in vector order: ``<stem>_l<k>_mean<j>`` then ``<stem>_l<k>_std<j>`` for each state ``k``."""
+    states, width = shape(set_name, weights_dir)
+    stem = _stem(set_name)
+    return [f"{stem}_l{k}_{stat}{j:04d}" for k in range(states) for stat in ("mean", "std") for j in range(width)]
+
+
+def columns(set_name: str, layers: str, weights_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The vector's column indices of the hidden states ``layers`` picks (:func:`layer_indices`), in order.
+
+    Raises:
+        EncoderError: see :func:`layer_indices` and :func:`shape`.
+    """
+    states, width = shape(set_name, weights_dir)
+    return np.concatenate([np.arange(k * 2 * width, (k + 1) * 2 * width) for k in layer_indices(layers, states)])
+
+
+def layer_of(column_names: list[str]) -> list[int]:
+    """The hidden state of each column name of :func:`names` (for reports: which layers carry the weight)."""
+    return [int(re.search(r"_l(\d+)_(?:mean|std)\d+$", n).group(1)) for n in column_names]
+
+
+def identity(set_name: str, weights_dir: str | os.PathLike | None = None) -> str:
+    """The cache identity: ``encoder-<stem>-<window>-v<VERSION>-w<weights files' bytes>`` (a hub id: ``-hub``).
+
+    Raises:
+        EncoderError: see :func:`source`.
+    """
+    _, window = split_window(set_name)
+    where = Path(source(set_name, weights_dir))
+    files = sorted(where.glob("*.safetensors")) + sorted(where.glob("*.bin")) if where.is_dir() else []
+    fingerprint = f"w{sum(f.stat().st_size for f in files)}" if files else "hub"
+    return f"encoder-{_stem(set_name)}-{window}-v{VERSION}-{fingerprint}"
+
+
+def _stem(set_name: str) -> str:
+    name, _ = split_window(set_name)
+    return re.sub(r"[^A-Za-z0-9._+-]", "+", Path(name).name if Path(name).is_dir() else name).lstrip("+._-") or "encoder"
+
+
+def device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``: where the encoder runs."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load(set_name: str, weights_dir: str | os.PathLike | None = None):
+    """``(model, feature_extractor)`` of ``set_name``, frozen, in eval mode and float32 on :func:`device`,
+    made once per process, source and device. Whisper: the encoder of ``WhisperForAudioClassification``
+    (it loads an encoder-only checkpoint strictly; the classifier it adds is dropped); others: ``AutoModel``.
+
+    Raises:
+        EncoderError: see :func:`source`; weights transformers cannot load.
+    """
+    import torch
+    import transformers
+
+    where, on = source(set_name, weights_dir), device()
+    key = (where, on)
+    if key not in _MODELS:
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # "newly initialized: classifier..." is about the head we drop
+        transformers.utils.logging.disable_progress_bar()  # a bar per load; ens reports the clips' progress itself
+        try:
+            if _config(set_name, weights_dir).model_type == "whisper":
+                model = transformers.WhisperForAudioClassification.from_pretrained(where, num_labels=2, dtype=torch.float32).encoder
+            else:
+                model = transformers.AutoModel.from_pretrained(where, dtype=torch.float32)
+            extractor = transformers.AutoFeatureExtractor.from_pretrained(where)
+        except (OSError, ValueError) as err:
+            raise EncoderError(f"set={set_name!r}: transformers cannot load {where} ({err}); check the folder or the hub id.") from err
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+            transformers.utils.logging.enable_progress_bar()
+        model.requires_grad_(False)
+        _MODELS[key] = (model.eval().to(on), extractor)
+    return _MODELS[key]
+
+
+def embed(waveforms, sample_rate: int, set_name: str, weights_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The pooled hidden states of each waveform (see the module docstring).
+
+    Args:
+        waveforms: float waveforms ``(samples,)`` at ``sample_rate`` Hz (resampled to the encoder's rate with soxr).
+        sample_rate: Hz.
+        set_name: an encoder set (:func:`source`), optionally ``:pad30`` for Whisper.
+        weights_dir: ``[paths].weights_dir`` (:func:`ensemble.weights.weights_dir`).
+
+    Returns:
+        float32 ``(len(waveforms), states * 2 * width)``, columns named by :func:`names`.
+
+    Raises:
+        EncoderError: see :func:`load`; ``:pad30`` for an encoder that is not Whisper.
+    """
+    import librosa
+    import torch
+
+    model, extractor = load(set_name, weights_dir)
+    _, window = split_window(set_name)
+    whisper = model.__class__.__name__ == "WhisperEncoder"
+    if window == "pad30" and not whisper:
+        raise EncoderError(f"set={set_name!r}: the pad30 window is Whisper's 30 s input; {model.__class__.__name__} takes any length: drop ':pad30'.")
+    rate = int(extractor.sampling_rate)
+    out = []
+    with torch.inference_mode():
+        for y in waveforms:
+            y = np.asarray(y, dtype=np.float32)
+            if sample_rate != rate:
+                y = librosa.resample(y, orig_sr=sample_rate, target_sr=rate)
+            y = np.pad(y, (0, max(0, MIN_SAMPLES - len(y))))
+            chunk = int(WHISPER_CHUNK_S * rate)
+            pieces = [y[start : start + chunk] for start in range(0, len(y), chunk)]
+            states = [(_whisper_states if whisper else _states)(model, extractor, piece, rate, window) for piece in pieces]
+            tokens = [torch.cat(layer, dim=0) for layer in zip(*states)]  # per hidden state: (tokens of every piece, width)
+            out.append(torch.cat([torch.cat([t.mean(0), t.std(0, unbiased=False)]) for t in tokens]).float().cpu().numpy())
+    return np.stack(out) if out else np.zeros((0, size(set_name, weights_dir)), np.float32)
+
+
+def _whisper_states(model, extractor, y: np.ndarray, rate: int, window: str) -> list:
+    """Whisper's hidden states ``[(tokens, width)] * states`` of one piece of at most 30 s, over the tokens that hold it."""
+    import torch
+
+    hop = int(extractor.hop_length)
+    tokens = -(-len(y) // (2 * hop))  # 20 ms per token: two 10 ms frames, the conv stem's stride 2
+    full = model.embed_positions.weight
+    if window == "clip":
+        samples = tokens * 2 * hop
+        x = extractor(np.pad(y, (0, samples - len(y))), sampling_rate=rate, padding="max_length", max_length=samples, return_tensors="pt").input_features
+        cut = torch.nn.Embedding.from_pretrained(full[:tokens], freeze=True)
+        original, positions = model.embed_positions, model.config.max_source_positions
+        model.embed_positions, model.config.max_source_positions = cut, tokens
+        try:
+            hidden = model(x.to(full.device), output_hidden_states=True).hidden_states
+        finally:
+            model.embed_positions, model.config.max_source_positions = original, positions
+    else:
+        x = extractor(y, sampling_rate=rate, return_tensors="pt").input_features
+        hidden = model(x.to(full.device), output_hidden_states=True).hidden_states
+    return [h[0, :tokens] for h in hidden]
+
+
+def _states(model, extractor, y: np.ndarray, rate: int, window: str) -> list:
+    """A waveform encoder's hidden states ``[(frames, width)] * states`` of one piece (every frame holds the clip)."""
+    inputs = extractor(y, sampling_rate=rate, return_tensors="pt")
+    device_of = next(model.parameters()).device
+    hidden = model(**{k: v.to(device_of) for k, v in inputs.items()}, output_hidden_states=True).hidden_states
+    return [h[0] for h in hidden]
