@@ -18,7 +18,11 @@ keyed by their settings). The prose around a table quotes its figures and is not
 regeneration, read it against the new tables. The hours are this project's 2-core CPU's; with a GPU
 the image members train about 20x faster.
 
-Raises (exit 2): a block without its ``.md`` when splicing names both.
+A table without its saved ``.md`` has no block in the docs (``tests/test_results_docs.py`` fails on a
+block that is not its saved output): its section says what was measured and names this script.
+
+Raises (exit 2): a table whose ``.md`` exists but has no block in the docs (add the markers where
+its section says the table belongs, then ``--splice-only``).
 """
 
 from __future__ import annotations
@@ -92,10 +96,10 @@ def block(name: str) -> re.Pattern:
 
 def splice(tables: list[Table]) -> list[str]:
     """Copy each table's ``.md`` into its blocks in :data:`DOCS` (atomically per
-    file); returns the names of blocks left as they were because their ``.md`` does not exist yet.
+    file); returns the names of the tables whose ``.md`` does not exist yet (they have no block).
 
     Raises:
-        SystemExit: a table named in :data:`TABLES` has no block in either file.
+        SystemExit: a table's ``.md`` exists but it has no block in any of :data:`DOCS`.
     """
     sys.path.insert(0, str(ROOT))
     from ensemble import atomic
@@ -103,12 +107,15 @@ def splice(tables: list[Table]) -> list[str]:
     texts = {path: path.read_text() for path in DOCS}
     unmade = []
     for table in tables:
-        if not any(block(table.name).search(text) for text in texts.values()):
-            raise SystemExit(f"error: no <!-- table:{table.name} --> block in {[str(p) for p in DOCS]}; add one where its table belongs.")
         made = RESULTS / f"{table.name}.md"
         if not made.is_file():
             unmade.append(table.name)
             continue
+        if not any(block(table.name).search(text) for text in texts.values()):
+            raise SystemExit(
+                f"error: {made} exists but there is no <!-- table:{table.name} --> block in {[str(p) for p in DOCS]}; "
+                "add one where its section says the table belongs, then run --splice-only."
+            )
         body = made.read_text().strip() + "\n"
         texts = {path: block(table.name).sub(lambda m, body=body: m.group(1) + body + m.group(3), text) for path, text in texts.items()}
     for path, text in texts.items():
@@ -147,7 +154,7 @@ def main() -> None:
             print(f"== {t.name}: {(time.monotonic() - started) / 60:.1f} min", flush=True)
     unmade = splice(chosen)
     if unmade:
-        print(f"not made yet (their blocks keep the tables measured before this script): {', '.join(unmade)}")
+        print(f"not made yet (not shown in the docs until they are): {', '.join(unmade)}")
 
 
 if __name__ == "__main__":

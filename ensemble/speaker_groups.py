@@ -13,8 +13,9 @@ pretrained speaker encoder and clustering (``inferred``, :func:`ensemble.speaker
 whole test set as one speaker (``pool``); ``auto`` is ``given`` when the test table has the column,
 else ``inferred``. The training grid writes the test speakers next to the competition
 (:func:`write`): ``test_speakers.csv`` (``id, speaker``) and ``test_speakers.json`` (how they were
-found, k, silhouette, and, when ``solution.csv`` has the group column, the adjusted Rand index
-against it: a quality report only, never used to choose anything).
+found, k, silhouette). Nothing here reads the hidden ``solution.csv``: only ``ens score`` does;
+how well inferred test speakers match the real ones is measured by a benchmark
+(``benchmarks/inferred_speakers.py``, from the written ``test_speakers.csv``).
 
 No normalisation statistic uses a label: each speaker's mean and standard deviation come from
 that speaker's own clips, and a validation fold's speakers (never in a training fold: folds are
@@ -66,19 +67,16 @@ class TestSpeakers:
         how: ``given``, ``inferred`` or ``pool``.
         k: the number of speakers.
         silhouette: the chosen clustering's mean cosine silhouette (``inferred`` only).
-        ari: adjusted Rand index against ``solution.csv``'s group column, when it has one.
     """
 
     groups: np.ndarray
     how: str
     k: int
     silhouette: float | None = None
-    ari: float | None = None
 
     def describe(self) -> str:
-        """One line for the log: how the test speakers were found and how well."""
+        """One line for the log: how the test speakers were found (and, inferred, the clustering's silhouette)."""
         extra = "" if self.silhouette is None else f", silhouette {self.silhouette:.3f}"
-        extra += "" if self.ari is None else f", adjusted Rand index {self.ari:.3f} against the solution's groups"
         return f"test speakers: {self.k} ({self.how}{extra})"
 
 
@@ -114,14 +112,16 @@ def train_groups(competition: comp_mod.Competition) -> np.ndarray:
 @dataclass
 class TrainSpeakers(TestSpeakers):
     """The training clips' speakers, inferred (:func:`infer_train_speakers`). Attributes as
-    :class:`TestSpeakers` (``groups`` in ``train.csv`` order; ``ari`` against ``train.csv``'s own
-    group column, when it has one and ``[speakers].train = "inferred"`` was asked for anyway), and:
+    :class:`TestSpeakers` (``groups`` in ``train.csv`` order), and:
 
     Attributes:
+        ari: adjusted Rand index against ``train.csv``'s own group column, when it has one and
+            ``[speakers].train = "inferred"`` was asked for anyway (training metadata, not the hidden labels).
         k_range: the smallest and largest k tried (:func:`train_k_range`).
         path: the ``train_speakers.csv`` they are written to.
     """
 
+    ari: float | None = None
     k_range: tuple[int, int] = (0, 0)
     path: Path | None = None
 
@@ -311,6 +311,8 @@ def test_speakers(competition: comp_mod.Competition, config: SpeakersConfig, fea
     """The test clips' speakers as ``config.test`` says (see the module docstring). Inferred
     speakers embed each test clip once (loaded as ``features`` loads it: sample rate and
     silence trimming) into ``<competition>/.ens_cache/`` (:class:`ensemble.speakers.EmbeddingCache`).
+    It reads the test table (its group column only for ``given``, or ``auto`` when ``test.csv``
+    has one) and the test audio, never ``solution.csv``.
 
     Raises:
         SpeakerGroupError: ``given`` without a group column in ``test.csv``, or an empty group.
@@ -336,28 +338,12 @@ def test_speakers(competition: comp_mod.Competition, config: SpeakersConfig, fea
         inferred = speakers.infer(embeddings, k=config.k, k_min=config.k_min, k_max=config.k_max)
         groups = np.array([f"speaker{label}" for label in inferred.labels], dtype=object)
         found = TestSpeakers(groups, "inferred", inferred.k, silhouette=float(inferred.score))
-    found.ari = _ari(competition, found.groups)
     return found
 
 
-def _ari(competition: comp_mod.Competition, groups: np.ndarray) -> float | None:
-    """Adjusted Rand index of ``groups`` against ``solution.csv``'s group column, or None without one."""
-    path = competition.root / comp_mod.SOLUTION
-    c = competition.config
-    if not path.is_file():
-        return None
-    solution = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if c.group_col not in solution.columns or c.id_col not in solution.columns:
-        return None
-    truth = solution.set_index(c.id_col)[c.group_col].reindex(competition.test[c.id_col])
-    if truth.isna().any():
-        return None
-    return float(speakers.adjusted_rand(truth.to_numpy(), groups))
-
-
 def write(competition: comp_mod.Competition, found: TestSpeakers) -> Path:
-    """Write ``test_speakers.csv`` (``id, speaker``) and ``test_speakers.json`` (how, k, silhouette,
-    ARI) into the competition folder, atomically; returns the CSV's path."""
+    """Write ``test_speakers.csv`` (``id, speaker``) and ``test_speakers.json`` (how, k, silhouette)
+    into the competition folder, atomically; returns the CSV's path."""
     path = competition.root / CSV
     atomic.write_csv(path, pd.DataFrame({"id": competition.test[competition.config.id_col].to_numpy(), "speaker": found.groups}))
     atomic.write_json(competition.root / JSON, {k: v for k, v in asdict(found).items() if k != "groups"})

@@ -18,6 +18,8 @@ from ensemble import runs as run_store
 from .conftest import cli_ok, tiny_competition
 
 KILLED = "test_resnet", 1  # the run whose worker the test kills after its first epoch's checkpoint
+BLOCKED_FOR = 300
+"""Seconds the killed run's first worker waits, after its first epoch's checkpoint, to be killed (it fails the run if it is not)."""
 
 
 def _recipe_text(tiny_recipe_text, comp: Path, root: Path) -> str:
@@ -31,24 +33,50 @@ def _tables(r) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for name in (run_store.OOF, run_store.TEST) for p in sorted(root.glob(f"*/fold*/{name}"))}
 
 
-def _kill_after_first_epoch(run: Path, name: str, seen: dict) -> None:
-    """Wait for ``run``'s checkpoint (its first epoch done), then SIGKILL the Ray worker whose process
-    title is ``ray::<name>`` (Ray names a worker by the task it runs); note the log's first row and the pid."""
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / run_store.CHECKPOINT).exists():
-        time.sleep(0.02)
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"ray::{name}".encode()):
-                seen["log"] = (run / run_store.LOG).read_text()
-                seen["finished"] = run_store.is_finished(run)
-                os.kill(int(proc.name), signal.SIGKILL)
-                seen["pid"] = int(proc.name)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
+def _blocking_after_first_checkpoint(blocked: Path):
+    """The Ray task function (in place of ``executors._run_loading``, shipped to the workers by value):
+    the :data:`KILLED` run's first attempt, after writing its first epoch's checkpoint, writes its
+    worker's pid to ``blocked`` and waits there to be killed; its retry (``blocked`` exists) and every
+    other run train as ``_run_loading`` does. So the kill never races the run's second epoch."""
+    run_loading = executors._run_loading
+
+    def run(job):
+        from ensemble import atomic
+        from ensemble.checkpoint import Checkpoint
+
+        if (job.entry, job.fold) == KILLED and not blocked.exists():
+            save = Checkpoint.save
+
+            def save_then_wait(self, state):
+                save(self, state)
+                atomic.write_text(blocked, str(os.getpid()))
+                time.sleep(BLOCKED_FOR)
+                raise RuntimeError(f"{job.name}: nobody killed this worker in {BLOCKED_FOR} s")
+
+            Checkpoint.save = save_then_wait  # this worker is killed before it runs another task
+        return run_loading(job)
+
+    return run
 
 
-def test_ray_tasks_give_the_local_tables_and_a_killed_run_resumes(small_source, tiny_recipe_text, tmp_path):
+def _kill_when_blocked(blocked: Path, run: Path, name: str, seen: dict) -> None:
+    """Wait for the blocked worker's pid in ``blocked``, note the run's log and whether it is
+    finished, then SIGKILL the worker (checked to be the Ray worker ``ray::<name>``)."""
+    deadline = time.time() + BLOCKED_FOR
+    while time.time() < deadline and not blocked.exists():
+        time.sleep(0.05)
+    if not blocked.exists():
+        return
+    pid = int(blocked.read_text())
+    seen["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes()
+    seen["log"] = (run / run_store.LOG).read_text()
+    seen["finished"] = run_store.is_finished(run)
+    os.kill(pid, signal.SIGKILL)
+    seen["pid"] = pid
+    seen["name"] = name
+
+
+def test_ray_tasks_give_the_local_tables_and_a_killed_run_resumes(small_source, tiny_recipe_text, tmp_path, monkeypatch):
     comp = tmp_path / "comp"
     local_path = tiny_competition(tmp_path / "local.toml", _recipe_text(tiny_recipe_text, comp, tmp_path / "local"), small_source)
     ray_path = tmp_path / "ray.toml"
@@ -64,13 +92,16 @@ def test_ray_tasks_give_the_local_tables_and_a_killed_run_resumes(small_source, 
     executor = executors.Ray(num_cpus=2)  # ray.init(num_cpus=2): a local instance with 2 CPUs
     try:
         seen: dict = {}
-        killed = run_store.run_dir(remote, *KILLED)
-        watcher = threading.Thread(target=_kill_after_first_epoch, args=(killed, f"ens {KILLED[0]} fold {KILLED[1]}", seen), daemon=True)
+        killed, blocked, name = run_store.run_dir(remote, *KILLED), tmp_path / "blocked.pid", f"ens {KILLED[0]} fold {KILLED[1]}"
+        monkeypatch.setattr(executors, "_run_loading", _blocking_after_first_checkpoint(blocked))
+        watcher = threading.Thread(target=_kill_when_blocked, args=(blocked, killed, name, seen), daemon=True)
         watcher.start()
         results = train.train(remote, progress=False, executor=executor)
         watcher.join(timeout=5)
         assert [(r.entry, r.fold, r.skipped) for r in results] == [(b, k, False) for b in local.backbones for k in (0, 1)]
-        assert "pid" in seen and not seen["finished"], "the watcher found no running worker to kill"
+        assert "pid" in seen and not seen["finished"], "the killed run's worker never reached its first checkpoint"
+        assert seen["cmdline"].startswith(f"ray::{name}".encode()), seen["cmdline"]  # Ray names a worker by its task
+        assert seen["log"].count("\n") == 2  # header and epoch 1: killed inside the run, after its first checkpoint
         log = (killed / run_store.LOG).read_text()
         assert log.startswith(seen["log"]) and log.count("\n") == 3, "the retried run did not resume after epoch 1"
         assert _tables(remote) == _tables(local) and len(_tables(local)) == 8
