@@ -7,6 +7,7 @@ and ``ens predict``. Every figure is checked against a recomputation from the ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -121,13 +122,14 @@ def test_ens_predict_of_one_test_speakers_clips_is_the_equal_weight_mean_of_its_
     members = {name: _tables(r, name, runs.TEST, ids) for name in (IMAGE, *FUNCTIONALS)}
     # efficientat_mn04 by hand: 16 kHz trimmed audio -> 32 kHz -> its frontend's images -> CMVN over the speaker's images -> fold models
     made = r.for_backbone(AUDIOSET)
+    unloaded = dataclasses.replace(made, train=dataclasses.replace(made.train, pretrained=False))  # its weights come from the runs
     clips = [audio.load_trimmed(comp / p, 16000, r.features.trim_db)[0] for p in one["path"]]
     images = features.model_inputs([librosa.resample(y, orig_sr=16000, target_sr=32000) for y in clips], made.features).astype(np.float64)
     mean, std = images.mean(axis=(0, 3), keepdims=True), images.std(axis=(0, 3), keepdims=True)
     pixels = np.clip(0.5 + (images - mean) / np.maximum(std, 1e-6) / 6, 0, 1).astype(np.float16).astype(np.float32)
     probas = []
     for fold in range(2):
-        model = models.build(made, AUDIOSET, len(r.competition.classes)).eval()
+        model = models.build(unloaded, AUDIOSET, len(r.competition.classes)).eval()
         model.load_state_dict(load_file(runs.run_dir(r, AUDIOSET, fold) / runs.MODEL))
         with torch.no_grad():
             probas.append(torch.softmax(model(torch.from_numpy(pixels)), dim=1).numpy())
