@@ -131,3 +131,77 @@ def test_bagged_caruana_with_two_members_selects_by_the_data():
     for order in ([good, noise], [noise, good]):
         w = blenders.bagged_caruana_weights(np.stack(order), y, iterations=20, bags=20, bag_fraction=0.5, seed=0)
         assert w[0 if order[0] is good else 1] > 0.9, w
+
+
+# ---- Caruana pinned exactly (issue 29: an iteration count halved or off by one went unseen) ----
+
+TRUTH = {  # two rows, classes 0 and 1, labels y = [0, 1]; per member, its probability of each row's truth
+    "A": ("0.9", "0.3"),  # right and sure on row 0, wrong on row 1
+    "B": ("0.3", "0.9"),  # A mirrored: every choice between A and B after an equal number of each is an exact tie
+    "C": ("0.5", "0.5"),  # uninformative: never the best addition
+}
+Y2 = np.array([0, 1])
+
+
+def _two_row_oof(truth: dict[str, tuple[str, str]]) -> np.ndarray:
+    """``(members, 2, 2)`` OOF of ``truth`` (labels :data:`Y2`): each row's other class takes the rest."""
+    rows = []
+    for p0, p1 in truth.values():
+        rows.append([[float(p0), 1 - float(p0)], [1 - float(p1), float(p1)]])
+    return np.array(rows)
+
+
+def _greedy_by_hand(truth: dict[str, tuple[str, str]], picks: int) -> list[int]:
+    """Pick counts of greedy selection with replacement, in exact rational arithmetic: each pick adds the
+    member whose running average gives the truth the largest product of probabilities over the rows
+    (the lowest mean log-loss); an exact tie goes to the earlier member. ``picks`` picks in all."""
+    from fractions import Fraction
+
+    members = [tuple(Fraction(p) for p in row) for row in truth.values()]
+    counts, total = [0] * len(members), [Fraction(0)] * 2
+    for step in range(picks):
+        products = [(total[0] + p0) * (total[1] + p1) / (step + 1) ** 2 for p0, p1 in members]
+        best = 0
+        for m in range(1, len(members)):
+            if products[m] > products[best]:  # strictly better only: a tie keeps the earlier member
+                best = m
+        counts[best] += 1
+        total = [t + p for t, p in zip(total, members[best])]
+    return counts
+
+
+def test_caruana_weights_are_the_exact_greedy_selection_with_its_iteration_count_and_tie_rule():
+    oof = _two_row_oof(TRUTH)
+    # by hand: A and B tie first (A, the earlier), then B (0.6 and 0.6 beat A alone), then a tie again
+    # (A), then B, ...: A, B, A, B, A for 4 iterations, i.e. 5 picks (the best single member + 4 additions)
+    assert _greedy_by_hand(TRUTH, 5) == [3, 2, 0]
+    np.testing.assert_array_equal(blenders.caruana_weights(oof, Y2, iterations=4), [3 / 5, 2 / 5, 0.0])
+    np.testing.assert_array_equal(blenders.caruana_weights(oof, Y2, iterations=5), [3 / 6, 3 / 6, 0.0])
+    np.testing.assert_array_equal(blenders.caruana_weights(oof, Y2, iterations=0), [1.0, 0.0, 0.0])  # the single best; the tie to A
+    # unbagged through fit, as `ens blend --method caruana` with [blend] bags = 0 calls it
+    fitted = blenders.fit("caruana", oof, Y2, iterations=4, bags=0)
+    np.testing.assert_array_equal(fitted.weights, [3 / 5, 2 / 5, 0.0])
+    np.testing.assert_allclose(fitted.combine(oof), (3 * oof[0] + 2 * oof[1]) / 5, atol=1e-15)
+    # an uneven problem too: every iteration count agrees with the hand computation
+    uneven = {"A": ("0.85", "0.2"), "B": ("0.25", "0.75"), "C": ("0.5", "0.45")}  # C first, then B and A by turns
+    oof = _two_row_oof(uneven)
+    seen = set()
+    for iterations in range(13):
+        expected = _greedy_by_hand(uneven, iterations + 1)
+        seen.add(tuple(expected))
+        np.testing.assert_array_equal(blenders.caruana_weights(oof, Y2, iterations=iterations), np.array(expected) / (iterations + 1), err_msg=f"{iterations=}")
+    assert len({tuple(np.array(c) / sum(c)) for c in seen}) > 5  # not one member picked every time: the counts tell iteration counts apart
+
+
+def test_bagged_caruana_is_the_mean_over_bags_of_exact_selections_on_seeded_subsets():
+    uneven = {"A": ("0.85", "0.2"), "B": ("0.25", "0.75"), "C": ("0.5", "0.45"), "D": ("0.6", "0.5")}
+    oof = _two_row_oof(uneven)
+    names = list(uneven)
+    rng = np.random.default_rng(4)
+    expected = np.zeros(4)
+    for _ in range(6):  # bags of ceil(0.5 * 4) = 2 members drawn as the blender draws them
+        subset = np.sort(rng.choice(4, size=2, replace=False))
+        counts = _greedy_by_hand({names[k]: uneven[names[k]] for k in subset}, 7 + 1)
+        expected[subset] += np.array(counts) / 8
+    assert np.count_nonzero(expected) >= 3 and (expected % 1 != 0).any()  # the bags differ, and some mix their members
+    np.testing.assert_allclose(blenders.bagged_caruana_weights(oof, Y2, iterations=7, bags=6, bag_fraction=0.5, seed=4), expected / 6, atol=1e-15)

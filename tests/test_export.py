@@ -116,3 +116,72 @@ def test_refusals_name_the_fix(exported, tiny_trained, tmp_path, monkeypatch):
     monkeypatch.setattr(export.importlib, "import_module", without_openvino)
     with pytest.raises(export.ExportError, match=r"needs the openvino package.*pip install -e '\.\[deploy\]'"):
         export.export(r, "openvino", tmp_path / "nothing")
+
+
+# ---- a multilabel member of two seeds with time-shift TTA, exported ----
+
+ML_SHIFTS = [-0.1, 0.1]
+
+
+@pytest.fixture(scope="module")
+def multilabel_export(strong_source, tiny_recipe_text, tmp_path_factory):
+    """The multilabel task (emotion plus ``strong``, one sigmoid per class) on the 48 real clips: one
+    member of two seeds (test_resnet, test_resnet@7) x 2 folds x 1 epoch with time-shift TTA, blended
+    by the mean and exported as ONNX and OpenVINO through the CLI."""
+    root = tmp_path_factory.mktemp("export_multilabel")
+    comp = root / "comp"
+    text = tiny_recipe_text(comp, root / "runs", root / "subs").replace("[competition]\n", '[competition]\ntask = "multilabel"\n')
+    text = text.replace('"surprised"]', '"surprised", "strong"]').replace('["test_efficientnet", "test_resnet"]', '["test_resnet", "test_resnet@7"]')
+    recipe_path = root / "ml.toml"
+    recipe_path.write_text(text + f'metric = "lwlrap"\ntta_shifts = {ML_SHIFTS}\n[blend]\nmethod = "mean"\n')
+    cli_ok(["data", "ravdess", "--source", str(strong_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2", "--labels", "emotion_intensity"])
+    cli_ok(["train", "--recipe", str(recipe_path), "--quiet"])
+    cli_ok(["blend", "--recipe", str(recipe_path)])
+    for fmt in export.FORMATS:
+        cli_ok(["export", "--recipe", str(recipe_path), "--format", fmt])
+    r = recipe_mod.load(recipe_path)
+    c = competition.load(r.competition)
+    return {"recipe": r, "clips": c.audio_paths(c.test)}
+
+
+def _sigmoids_by_hand(r, images: np.ndarray, shifts) -> np.ndarray:
+    """The mean over both seeds and both folds of each saved model's sigmoids (torch eager, CPU), each
+    the mean over the image and the image rolled along time by round(shift * frames) for each shift."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ensemble import models
+
+    x = torch.from_numpy(images.astype(np.float32))
+    rolls = [0, *(round(s * images.shape[-1]) for s in shifts)]
+    out = []
+    for entry in ("test_resnet", "test_resnet@7"):
+        for fold in range(2):
+            model = models.build(r, entry, len(r.competition.classes))
+            model.load_state_dict(load_file(run_store.run_dir(r, entry, fold) / run_store.MODEL))
+            with torch.no_grad():
+                out.append(np.mean([torch.sigmoid(model.eval()(torch.roll(x, k, dims=-1))).numpy() for k in rolls], axis=0))
+    return np.mean(out, axis=0)
+
+
+@pytest.mark.parametrize("engine", export.FORMATS)
+def test_an_exported_multilabel_member_gives_the_seeds_and_folds_mean_sigmoids_with_tta(multilabel_export, engine):
+    import torch
+
+    from ensemble import audio, features
+
+    r = multilabel_export["recipe"]
+    ensemble = predict.load_ensemble(r, engine=engine)
+    assert [m.name for m in ensemble.members] == ["test_resnet"] and ensemble.members[0].entries == ("test_resnet", "test_resnet@7")
+    clips = [audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0] for p in multilabel_export["clips"][:8]]
+    images = features.model_inputs(clips, r.features)
+    (graph,) = ensemble.models["test_resnet"]
+    assert isinstance(graph, export.ExportedModel)
+    # the graph alone: the four models' sigmoids averaged, no TTA
+    plain = _sigmoids_by_hand(r, images, ())
+    np.testing.assert_allclose(graph(torch.from_numpy(images.astype(np.float32))).numpy(), plain, atol=1e-4)
+    assert np.abs(plain.sum(axis=1) - 1).max() > 0.1  # sigmoids: a softmax would sum to 1
+    # through ens predict's path with the recipe's time-shift TTA
+    with_tta = _sigmoids_by_hand(r, images, ML_SHIFTS)
+    np.testing.assert_allclose(ensemble.predict_waveforms(clips), with_tta, atol=1e-4)
+    assert np.abs(with_tta - plain).max() > 1e-4  # the shifts change it

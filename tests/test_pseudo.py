@@ -17,7 +17,7 @@ from ensemble import pseudo, runs, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
 
-from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
+from .conftest import BASIC_LR, cli_ok, one_backbone_recipe, ravdess_clip
 
 MEMBERS = (
     BASIC_LR
@@ -215,3 +215,79 @@ def tabular_row(rounds, path: str) -> np.ndarray:
     r = rounds["r"]
     clip = audio.load_trimmed(rounds["comp"] / path, r.features.sample_rate, r.features.trim_db)[0]  # a functionals-only ensemble takes the recording whole
     return functionals.extract([clip], r.features.sample_rate, "ens_basic").astype(np.float64)
+
+
+# ---- the automatic threshold ([pseudo] threshold = 0, the default) through ens train ----
+
+AUTO_PRECISION = 0.3
+"""The precision the automatic-threshold recipe asks for: on its 128 training clips, the two logistic
+regressions' OOF reaches it at a confidence below 1 on each fold's other fold (measured 0.49 and 0.22),
+and pooling both folds would choose another (0.26)."""
+
+
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory):
+    """Two ens_basic logistic regressions on 160 real clips (actors 1-10, 8 emotions x 2 statements;
+    actors 9 and 10 held out, 2 folds of 64 training clips: over MIN_KEPT on each side), then one
+    pseudo round with [pseudo] left at its defaults but for ``precision``: the threshold chosen per fold."""
+    root = tmp_path_factory.mktemp("pseudo_auto")
+    for actor in range(1, 11):
+        folder = root / "source" / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True)
+        for emotion in range(1, 9):
+            for statement in (1, 2):
+                clip = ravdess_clip(actor, emotion, statement)
+                (folder / clip.name).symlink_to(clip)
+    comp = root / "comp"
+    cli_ok(["data", "ravdess", "--source", str(root / "source"), "--out", str(comp), "--test-actors", "9,10", "--folds", "2"])
+    recipe = root / "auto.toml"
+    recipe.write_text(
+        f'name = "auto"\nbackbones = []\n[paths]\nruns_dir = "{root / "runs"}"\nsubmissions_dir = "{root / "subs"}"\n'
+        f'[competition]\ndir = "{comp}"\n[folds]\nn_splits = 2\n[pseudo]\nprecision = {AUTO_PRECISION}\n'
+        + BASIC_LR
+        + '\n[[functionals]]\nname = "basic_lr1"\nset = "ens_basic"\nmodel = "logreg"\nc = 1.0\n'
+    )
+    output = cli_ok(["train", "--recipe", str(recipe), "--quiet", "--pseudo-label"])
+    return {"recipe": recipe, "r": recipe_mod.load(recipe, {"pseudo": {"rounds": 1}}), "comp": comp, "root": root, "train": output}
+
+
+def _threshold_by_hand(confidence: np.ndarray, correct: np.ndarray, precision: float, min_kept: int) -> float:
+    """The lowest confidence t at which the clips with confidence >= t (at least ``min_kept``) are right
+    at least ``precision`` of the time, tried at every confidence; 1.0 when none is."""
+    ok = [t for t in np.unique(confidence) if (confidence >= t).sum() >= min_kept and correct[confidence >= t].mean() >= precision]
+    return float(min(ok)) if ok else 1.0
+
+
+def test_the_automatic_threshold_is_chosen_on_the_other_folds_oof_only(auto):
+    r, comp = auto["r"], auto["comp"]
+    assert r.pseudo.threshold == 0 and r.pseudo.precision == AUTO_PRECISION
+    train = pd.read_csv(comp / "train.csv", dtype=str)
+    fold_of = pd.read_csv(comp / "folds.csv", dtype=str).set_index("id").loc[train["id"], "fold"].astype(int).to_numpy()
+    teachers = ("basic_lr", "basic_lr1")
+    # the teachers' OOF straight from their fold tables, in train.csv order, averaged over the teachers
+    oof = []
+    for name in teachers:
+        frame = pd.concat([pd.read_csv(runs.run_dir(r, name, k) / runs.OOF, dtype={"id": str}) for k in (0, 1)]).set_index("id")
+        oof.append(frame.loc[train["id"]].drop(columns="fold"))
+    classes = list(oof[0].columns)
+    oof = sum(o.to_numpy() for o in oof) / len(oof)
+    confidence, correct = oof.max(axis=1), oof.argmax(axis=1) == train["label"].map(classes.index).to_numpy()
+    split = split_mod.load_split(r)
+    test_ids = split.competition.test["id"].astype(str).to_numpy()
+    dropped = []
+    for fold in (0, 1):
+        other = fold_of != fold
+        expected = _threshold_by_hand(confidence[other], correct[other], AUTO_PRECISION, pseudo.MIN_KEPT)
+        leaked = _threshold_by_hand(confidence, correct, AUTO_PRECISION, pseudo.MIN_KEPT)  # fold k's own OOF included
+        assert 0 < expected < 1 and expected != leaked  # not vacuous: a threshold is chosen, and the leak would choose another
+        labels = pseudo.fold_labels(r, split, 1, fold)
+        assert labels.threshold == pytest.approx(expected, abs=1e-12)
+        # the clips kept: the teachers' fold-k test mean at or above it, as written by ens train --pseudo-label
+        mean = sum(pd.read_csv(runs.run_dir(r, name, fold) / runs.TEST, dtype={"id": str}).set_index("id")[classes] for name in teachers) / 2
+        kept = set(mean.index[mean.max(axis=1) >= expected])
+        assert kept and {test_ids[row] for row in labels.rows} == kept
+        dropped.append(len(test_ids) - len(kept))
+        written = pd.read_csv(pseudo.labels_path(r, 1, fold), dtype={"id": str})
+        assert set(written["id"]) == kept and np.allclose(written["threshold"], expected, atol=1e-9)
+        assert f"round 1 fold {fold}:" in auto["train"] and f"confidence >= {expected:.3f}" in auto["train"]
+    assert max(dropped) > 0  # some test clip fell below a threshold

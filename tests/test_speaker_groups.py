@@ -171,3 +171,41 @@ def test_predict_normalises_with_the_speakers_recordings_or_warns_and_uses_the_p
         predict.predict(ensemble, files, speaker=[speaker_dir], same_speaker=True)
     output = cli_ok(["predict", str(files[0]), "--recipe", str(speaker_run["recipe"])])
     assert "warning: members ['test_resnet'] were trained on speaker-normalised images; with no other recording of the speaker (--speaker-dir DIR)" in output
+
+
+def _cmvn_by_hand(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``x`` ``(n, channels, height, frames)`` standardised per channel and row by the mean and standard
+    deviation of ``reference``'s clips and frames (float64), as [0, 1] pixels: 0.5 + z / 6, clipped."""
+    ref = reference.astype(np.float64)
+    mean, std = ref.mean(axis=(0, 3), keepdims=True), ref.std(axis=(0, 3), keepdims=True)
+    return np.clip(0.5 + (x.astype(np.float64) - mean) / np.maximum(std, 1e-6) / 6, 0, 1)
+
+
+def test_test_images_are_normalised_per_inferred_test_speaker_and_augmented_copies_by_their_clean_speaker(comp_dir):
+    """By value: each inferred test speaker's images by that speaker's own statistics (not the test set
+    pooled), and each augmented copy of a training clip by its speaker's clean-clip statistics."""
+    r = _recipe(comp_dir, norm="speaker", test="auto")
+    r.augment.copies = 1
+    normed = data_mod.load_data(r, progress=False)
+    plain_recipe = _recipe(comp_dir)
+    plain_recipe.augment.copies = 1
+    plain = data_mod.load_data(plain_recipe, progress=False)
+    found = normed.test_speakers
+    assert found.how == "inferred" and found.k >= 2
+    groups = found.groups
+    for speaker in set(groups):
+        rows = groups == speaker
+        assert 2 <= rows.sum() < len(groups)
+        expected = _cmvn_by_hand(plain.x_test[rows], plain.x_test[rows])
+        np.testing.assert_allclose(normed.x_test[rows].astype(np.float64), expected, atol=2e-3)
+        # not vacuous: the test set pooled gives other pixels
+        pooled = _cmvn_by_hand(plain.x_test[rows], plain.x_test)
+        assert np.abs(pooled - expected).max() > 0.05
+    train = speaker_groups.train_groups(plain.competition)
+    assert plain.x_aug.shape == (1, *plain.x_train.shape) and not np.array_equal(plain.x_aug[0], plain.x_train)
+    for speaker in set(train):
+        rows = train == speaker
+        expected = _cmvn_by_hand(plain.x_aug[0][rows], plain.x_train[rows])  # the clean clips' statistics
+        np.testing.assert_allclose(normed.x_aug[0][rows].astype(np.float64), expected, atol=2e-3)
+        own = _cmvn_by_hand(plain.x_aug[0][rows], plain.x_aug[0][rows])  # what normalising the copy by itself would give
+        assert np.abs(own - expected).max() > 0.05

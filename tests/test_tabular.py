@@ -216,3 +216,43 @@ def test_importance_ranks_the_functionals_a_logistic_regression_and_lightgbm_lea
     page = report.top_functionals(r, top=5)
     assert f"<td>{shares.index[0]}</td>" in page and "egemaps_svm (svm): an RBF SVM has no per-feature weights" in page
     assert page.count("<tr>") == 2 * (5 + 1)  # basic_lr and basic_gbm: a header row and 5 functionals each
+
+
+def test_ens_predict_z_normalises_functionals_per_speaker_as_training_did(mixed):
+    """A speaker-normalised functionals member at predict time, by value: the clips' functionals
+    standardised by their speaker's (the clips given together) mean and standard deviation, or
+    without them by the training population's, then the saved fold pipelines' mean probability."""
+    from ensemble import audio
+
+    r = recipe_mod.load(mixed["recipe"])
+    ensemble = predict.load_ensemble(r)
+    spec = [m for m in ensemble.members if m.name == "basic_lr"]
+    alone = dataclasses.replace(ensemble, members=spec, weights={"basic_lr": 1.0})
+    comp = mixed["comp"]
+    # one inferred test speaker's clips, as ens train found them
+    speakers_of = pd.read_csv(comp / "test_speakers.csv", dtype=str).set_index("id")["speaker"]
+    test = pd.read_csv(comp / "test.csv", dtype=str)
+    one = test[test["id"].map(speakers_of) == speakers_of.iloc[0]]
+    assert 2 <= len(one) < len(test)
+    rate = ensemble.sample_rate
+    clips = [audio.load_trimmed(comp / p, rate, ensemble.trim_db)[0] for p in one["path"]]
+    x = functionals.extract(clips, rate, "ens_basic").astype(np.float64)
+    pipelines = [joblib.load(runs.run_dir(r, "basic_lr", k) / tabular.MODEL) for k in (0, 1)]
+
+    def proba(rows):
+        return np.mean([m.predict_proba(rows) for m in pipelines], axis=0)
+
+    by_speaker = proba((x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-6))
+    np.testing.assert_allclose(alone.predict_waveforms(clips, speaker_clips=clips), by_speaker, atol=1e-5)
+    # the same rows ens train wrote for these test clips (normalised there by the same inferred speaker)
+    written = np.mean([pd.read_csv(runs.run_dir(r, "basic_lr", k) / runs.TEST, dtype={"id": str}).set_index("id") for k in (0, 1)], axis=0)
+    written = pd.DataFrame(written, index=pd.read_csv(runs.run_dir(r, "basic_lr", 0) / runs.TEST, dtype={"id": str})["id"])
+    np.testing.assert_allclose(written.loc[one["id"]].to_numpy(), by_speaker, atol=1e-5)
+    # without the speaker's other clips: the training population's statistics, every training clip pooled
+    train = pd.read_csv(comp / "train.csv", dtype=str)
+    x_train = functionals.extract([audio.load_trimmed(comp / p, rate, ensemble.trim_db)[0] for p in train["path"]], rate, "ens_basic").astype(np.float64)
+    by_population = proba((x - x_train.mean(axis=0)) / np.maximum(x_train.std(axis=0), 1e-6))
+    with pytest.warns(predict.SpeakerNormWarning):
+        got = np.stack([p.proba for p in predict.predict(alone, [comp / p for p in one["path"]])])
+    np.testing.assert_allclose(got, by_population, atol=1e-4)
+    assert not np.allclose(proba(x), by_speaker, atol=1e-3) and not np.allclose(by_population, by_speaker, atol=1e-3)  # not vacuous
