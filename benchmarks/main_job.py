@@ -102,9 +102,9 @@ def measured(train_output: str, runs_dir: Path, plan: dict[str, float]) -> dict[
 
 def results_table(clone: Path) -> pd.DataFrame:
     """The README's results table from the clone's run store: each member (pooled OOF; hidden test:
-    the mean of its fold models) and the blends of every member by mean, geometric mean and Caruana
-    selection (cross-validated OOF: fitted on the other folds; hidden test: fitted on all OOF rows);
-    accuracy, macro-F1 and UAR each. The hidden test labels come from ``solution.csv``."""
+    the mean of its fold models) and the blends of every member by mean, geometric mean, Caruana
+    selection and ``auto`` (the method with the best cross-validated ``[train].metric``); blends: cross-validated
+    OOF (fitted on the other folds), hidden test fitted on all OOF rows; accuracy, macro-F1 and UAR each. The hidden test labels come from ``solution.csv``."""
     recipe = ens.load_recipe(
         clone / "recipes" / "ravdess.toml",
         {"competition": {"dir": str(clone / "data" / "ravdess")}, "paths": {"runs_dir": str(clone / "runs")}},
@@ -120,9 +120,10 @@ def results_table(clone: Path) -> pd.DataFrame:
 
     for member in runs.members(recipe):
         row(member.name, *runs.read_member(member, split))
-    for method in ("mean", "geometric", "caruana"):
+    for method in ("mean", "geometric", "caruana", blend.AUTO):
         result = blend.blend(recipe, method=method, split=split)
-        row(f"blend: {method}{' (default)' if method == recipe.blend.method else ''}", result.oof, result.test)
+        label = f"{method}: {result.method}" if method == blend.AUTO else method
+        row(f"blend: {label}{' (default)' if method == recipe.blend.method else ''}", result.oof, result.test)
     return pd.DataFrame(rows)
 
 

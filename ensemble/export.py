@@ -26,7 +26,10 @@ rounding), per-speaker normalisation (:func:`ensemble.speaker_groups.normalise_w
 long files; the three-channel images (log-Mel, chroma, log-STFT with per-clip dB references) are
 not ONNX's STFT alone, and ens renders them with the exact code the models were trained on.
 Functionals members (:mod:`ensemble.tabular`, scikit-learn pipelines) are not exported: they run
-from their runs' ``model.joblib``.
+from their runs' ``model.joblib``. Nor is a speech-encoder member's frozen transformer
+(:mod:`ensemble.encoders`): it runs through torch under every runtime, because it sees each clip at
+its own length with the position table cut to it (a graph exported at one length would compute
+something else for the next clip), and its cost is a few hundredths of a second per clip (docs/results.md).
 
 The ONNX graphs come from torch's ``torch.export``-based exporter (``torch.onnx.export(...,
 dynamo=True)``, which needs ``onnxscript``): the TorchScript exporter (``dynamo=False``) also works

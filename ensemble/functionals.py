@@ -20,6 +20,11 @@ classical models such as scikit-learn's. Three sets, by name (:data:`SETS`):
   frontend (:func:`ensemble.audioset.embed`; weights from :func:`ensemble.weights.weights_dir`'s
   folder, i.e. ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``). torch is imported on first use only.
 
+- a speech-pretrained transformer encoder (Whisper, wav2vec2, HuBERT, WavLM, any transformers audio
+  encoder) named by its weights folder, a path or a hub id (``"whisper_base"``): the mean and standard
+  deviation over the clip's frames of every hidden state, frozen (:mod:`ensemble.encoders`; a member
+  picks its states with ``[[functionals]].layers``). transformers and torch are imported on first use.
+
 The two openSMILE sets need the ``opensmile`` package, an optional extra (``pip install
 "ens[opensmile]"``) under the audEERING Research License: free for research and education, NOT
 for commercial use. It is imported on first use; without it they raise :class:`FunctionalsError`.
@@ -399,9 +404,11 @@ def extract(
     ``yamnet_embedding`` / ``mn04_embedding``: :func:`ensemble.audioset.embed` (the waveform
     resampled to the network's frontend rate, its log-mel, the frozen network in eval mode, mean
     and max over time); weights from ``weights_dir``, else ``$ENS_WEIGHTS_DIR`` or ``../shared/weights``.
+    An encoder set: :func:`ensemble.encoders.embed` (states x 2 x width values).
 
     Returns:
-        float32 ``(len(waveforms), d)``: d = 6373, 88, 319, 2048 or 768; columns named by :func:`names`.
+        float32 ``(len(waveforms), d)``: d = 6373, 88, 319, 2048, 768, or an encoder's states x 2 x width
+        (Whisper base: 7168); columns named by :func:`names`.
 
     Raises:
         FunctionalsError: an unknown set; an openSMILE set without the opensmile package (the

@@ -1,5 +1,6 @@
-"""The default recipe's whole shape in one go on real RAVDESS clips: recipes/ravdess.toml itself (extended,
-so its members, speaker normalisation and blend are today's), cut to 2 folds and 1 epoch on the 48
+"""The mixed recipe's whole shape in one go on real RAVDESS clips: recipes/ravdess_mixed.toml itself (the
+default until the speech-encoder members, the base of recipes/ravdess_gpu.toml; extended, so its members,
+speaker normalisation and blend are today's), cut to 2 folds and 1 epoch on the 48
 clips, with an ImageNet image member at 16 kHz (its first backbone, tf_mobilenetv3_small_100) beside
 the AudioSet frontend member efficientat_mn04 at 32 kHz, its three functionals members (openSMILE
 ComParE_2016 and eGeMAPSv02, ens_basic) and the geometric blend, through ``ens train``, ``ens blend``
@@ -34,7 +35,7 @@ def default_run(small_source, tmp_path_factory):
     cli_ok(["data", "ravdess", "--source", str(small_source), "--out", str(comp), "--test-actors", "5,6", "--folds", "2"])
     recipe = root / "default.toml"
     recipe.write_text(
-        f'extends = "{ROOT / "recipes" / "ravdess.toml"}"\nname = "default_shape"\nbackbones = ["{IMAGE}", "{AUDIOSET}"]\n'
+        f'extends = "{ROOT / "recipes" / "ravdess_mixed.toml"}"\nname = "default_shape"\nbackbones = ["{IMAGE}", "{AUDIOSET}"]\n'
         f'[paths]\nruns_dir = "{root / "runs"}"\nsubmissions_dir = "{root / "subs"}"\nweights_dir = "{WEIGHTS}"\n'
         f'[competition]\ndir = "{comp}"\n[folds]\nn_splits = 2\n[train]\nepochs = 1\nbatch_size = 8\n[augment]\ncopies = 0\n'
         "[by_backbone.efficientat_mn04.train]\nepochs = 1\n"

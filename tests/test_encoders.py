@@ -182,7 +182,7 @@ def encoder_member(small_source, tiny_recipe_text, tiny_whisper, tmp_path_factor
     path, comp = one_backbone_recipe(root, small_source, tiny_recipe_text, extra, speaker_norm=True)
     train_output = cli_ok(["train", "--recipe", str(path)])
     blend_output = cli_ok(["blend", "--recipe", str(path), "--method", "auto"])
-    return {"recipe": path, "comp": comp, "root": root, "train": train_output, "blend": blend_output}
+    return {"recipe": path, "comp": comp, "root": root, "set": tiny_whisper, "train": train_output, "blend": blend_output}
 
 
 def test_an_encoder_member_trains_on_its_chosen_layer_and_its_tables_match_its_pipelines(encoder_member):
@@ -226,3 +226,15 @@ def test_blend_auto_takes_the_method_with_the_best_cross_validated_metric(encode
     assert weights["requested"] == "auto" and weights["method"] == best
     assert f"auto: {best} has the best cross-validated {r.train.metric}" in encoder_member["blend"]
     assert (encoder_member["root"] / "subs" / "tiny-auto.csv").is_file()
+
+
+def test_ens_report_shows_which_hidden_states_carry_an_encoder_members_weight(encoder_member):
+    r = recipe.load(encoder_member["recipe"])
+    shares = tabular.importance(
+        [tabular.load_pipeline(runs.run_dir(r, "whisper_lr", k)) for k in range(2)],
+        list(np.asarray(encoders.names(str(encoder_member["set"])))[tabular.columns(r.functionals_member("whisper_lr"))]),
+    )
+    assert set(encoders.layer_of(list(shares.index))) == {1} and shares.sum() == pytest.approx(1.0)
+    cli_ok(["report", "--recipe", str(encoder_member["recipe"])])
+    page = (encoder_member["root"] / "runs" / "tiny" / "report.html").read_text()
+    assert "<h3>whisper_lr (" in page and "hidden state" in page

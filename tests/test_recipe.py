@@ -5,9 +5,9 @@ from ensemble import recipe
 from .conftest import ROOT
 
 
-def test_shipped_default_recipe_mixes_backbones_functionals_and_speaker_normalisation():
-    r = recipe.load(ROOT / "recipes" / "ravdess.toml")
-    assert r.name == "ravdess" and r.backbones == ["tf_mobilenetv3_small_100", "regnetx_002", "efficientat_mn04"]
+def test_shipped_mixed_recipe_mixes_backbones_functionals_and_speaker_normalisation():
+    r = recipe.load(ROOT / "recipes" / "ravdess_mixed.toml")
+    assert r.name == "ravdess_mixed" and r.backbones == ["tf_mobilenetv3_small_100", "regnetx_002", "efficientat_mn04"]
     assert [m.name for m in r.functionals] == ["compare_lr", "egemaps_svm", "basic_lr"]
     assert (r.speakers.norm, r.speakers.test, r.blend.method) == ("speaker", "auto", "geometric")
     mn04, regnetx = r.for_backbone("efficientat_mn04"), r.for_backbone("regnetx_002")
