@@ -116,7 +116,7 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
     task = split.competition.task
     methods, score = task.blend_methods, task.scores
     if requested not in (*methods, AUTO):
-        raise OptionError(f"blend method {requested!r} is not one of {(*methods, AUTO)}, the methods for a {task.name} task.")
+        raise OptionError(f"blend method {requested!r} is not one of {methods}, the methods for a {task.name} task, or {AUTO!r} (the best cross-validated).")
     options = method_options(recipe, task)
     members, oofs, tests, skipped = collect(recipe, split)
     oof, test = np.stack(oofs), np.stack(tests)

@@ -5,6 +5,18 @@ from ensemble import recipe
 from .conftest import ROOT
 
 
+def test_shipped_default_recipe_is_the_whisper_member_on_speaker_normalised_inputs_blended_by_auto():
+    r = recipe.load(ROOT / "recipes" / "ravdess.toml")
+    assert (
+        r.name == "ravdess"
+        and r.backbones == []
+        and [(m.name, m.set, m.layers, m.model, m.c) for m in r.functionals] == [("whisper_lr", "whisper_base", "all", "logreg", 0.01)]
+    )
+    assert (r.speakers.norm, r.speakers.test, r.blend.method, r.features.sample_rate, r.features.trim_db) == ("speaker", "auto", "auto", 16000, 40.0)
+    gpu = recipe.load(ROOT / "recipes" / "ravdess_gpu.toml")
+    assert gpu.blend.method == "auto" and "whisper_base:pad30" in {m.set for m in gpu.functionals} and "efficientat_mn04" in gpu.backbones
+
+
 def test_shipped_mixed_recipe_mixes_backbones_functionals_and_speaker_normalisation():
     r = recipe.load(ROOT / "recipes" / "ravdess_mixed.toml")
     assert r.name == "ravdess_mixed" and r.backbones == ["tf_mobilenetv3_small_100", "regnetx_002", "efficientat_mn04"]
