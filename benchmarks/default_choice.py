@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--time-clips", type=int, default=30)
     args = parser.parse_args()
     base = ens.load_recipe(args.recipe, {"runtime": {"threads": 2}})
+    cpu = machine("cpu")  # the load average before this benchmark's own work
     ens.train_runs(base)  # the candidates' unfinished runs; finished ones are skipped
     split = split_mod.load_split(base)
     task = split.competition.task
@@ -145,9 +146,8 @@ def main() -> None:
     eligible = table[table["est. min"] <= BUDGET_MIN]
     top = eligible["CV OOF acc auto"].max()
     chosen = eligible[eligible["CV OOF acc auto"] >= top - 0.001].sort_values("members", kind="stable").iloc[0]
-    cpu = machine("cpu")
     header = (
-        f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores. Rule: the best cross-validated OOF accuracy of the blend "
+        f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, load {cpu['load_average_1min']} at the start. Rule: the best cross-validated OOF accuracy of the blend "
         f'`[blend] method = "auto"` makes (the method with the best cross-validated {base.train.metric}) among candidates estimated within '
         f"{BUDGET_MIN:g} minutes, fewer members within 0.001. Chosen: **{chosen['candidate']}**, auto takes {chosen['auto takes']}, "
         f"CV OOF accuracy {chosen['CV OOF acc auto']:.4f} (est. {chosen['est. min']:.1f} min). The hidden-test column chose nothing."

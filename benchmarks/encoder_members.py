@@ -78,6 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     base = ens.load_recipe(args.recipe, {"runtime": {"threads": args.threads}})
     runtime.set_threads(args.threads)
+    cpu = machine("cpu")  # the load average before this benchmark's own work
     split = split_mod.load_split(base)
     y_test, _ = hidden_truth(split)
     f = base.features
@@ -103,7 +104,6 @@ def main() -> None:
     best_per = frame.loc[frame.groupby(["window", "layers"])["OOF accuracy"].idxmax()]  # each layer choice at its best C
     best_per = best_per.assign(order=best_per["layers"].map(LAYERS.index)).sort_values(["window", "order"]).drop(columns="order")
     best_per.insert(3, "s per clip", best_per["window"].map(per_clip))
-    cpu = machine("cpu")
     head = (
         f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, {args.threads} torch threads, load {cpu['load_average_1min']} at the start. "
         f"Whisper base encoder ({ENCODER}), per-speaker z-normalised mean+std of the chosen hidden states (0: the embeddings, 6: the last layer), "
