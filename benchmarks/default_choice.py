@@ -147,7 +147,8 @@ def main() -> None:
     top = eligible["CV OOF acc auto"].max()
     chosen = eligible[eligible["CV OOF acc auto"] >= top - 0.001].sort_values("members", kind="stable").iloc[0]
     header = (
-        f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, load {cpu['load_average_1min']} at the start. Rule: the best cross-validated OOF accuracy of the blend "
+        f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, load {cpu['load_average_1min']} at the start. "
+        "Rule: the best cross-validated OOF accuracy of the blend "
         f'`[blend] method = "auto"` makes (the method with the best cross-validated {base.train.metric}) among candidates estimated within '
         f"{BUDGET_MIN:g} minutes, fewer members within 0.001. Chosen: **{chosen['candidate']}**, auto takes {chosen['auto takes']}, "
         f"CV OOF accuracy {chosen['CV OOF acc auto']:.4f} (est. {chosen['est. min']:.1f} min). The hidden-test column chose nothing."
