@@ -73,7 +73,7 @@ CANDIDATES = {
     "whisper + mn04 + functionals (3)": (WHISPER + MN04 + FUNCTIONALS, ""),
     "whisper + mobilenetv3 + mn04 + functionals (3)": (WHISPER + IMAGES + MN04 + FUNCTIONALS, ""),
     "permissive: whisper + basic_lr": (WHISPER + ["basic_lr"], "no openSMILE (research licence)"),
-    "whisper pad30": (WHISPER_PAD30, "the clip padded to 30 s: 35x the clip window's seconds"),
+    "whisper pad30": (WHISPER_PAD30, "the clip padded to 30 s (seconds per clip: docs/results.md)"),
     "whisper pad30 + compare_lr": (WHISPER_PAD30 + COMPARE, ""),
     "whisper pad30 + functionals (3)": (WHISPER_PAD30 + FUNCTIONALS, ""),
 }
