@@ -52,6 +52,7 @@ class BlendResult:
 
     split: Split
     method: str
+    requested: str
     members: list[runs.Member]
     leaderboard: pd.DataFrame
     weights: dict[str, float] | None
@@ -59,7 +60,6 @@ class BlendResult:
     test: np.ndarray
     thresholds: np.ndarray | None = None
     skipped: dict[str, str] = field(default_factory=dict)
-    requested: str = ""
 
 
 def collect(recipe: Recipe, split: Split) -> tuple[list[runs.Member], list[np.ndarray], list[np.ndarray], dict[str, str]]:
@@ -138,9 +138,9 @@ def blend(recipe: Recipe, method: str | None = None, split: Split | None = None)
     chosen = fits[method]
     weights = None if chosen.weights is None else {m.name: float(x) for m, x in zip(members, chosen.weights)}
     return BlendResult(
-        requested=requested,
         split=split,
         method=method,
+        requested=requested,
         members=members,
         leaderboard=pd.DataFrame(rows),
         weights=weights,
@@ -180,12 +180,12 @@ def write(recipe: Recipe, result: BlendResult, name: str | None = None) -> Path:
     atomic.write_csv(out_dir / runs.OOF, runs.proba_frame(train_ids, result.oof, comp.classes))
     atomic.write_json(
         out_dir / runs.WEIGHTS,
-        {"method": result.method, "requested": result.requested or result.method, "members": [m.name for m in result.members], "weights": result.weights},
+        {"method": result.method, "requested": result.requested, "members": [m.name for m in result.members], "weights": result.weights},
     )
     if result.thresholds is not None:
         atomic.write_json(out_dir / runs.THRESHOLDS, dict(zip(comp.classes, map(float, result.thresholds))))
     test_ids = comp.test[comp.config.id_col].to_numpy()
-    stem = name or f"{recipe.name}-{result.requested or result.method}"
+    stem = name or f"{recipe.name}-{result.requested}"
     return submission.write(
         comp,
         test_ids,

@@ -36,6 +36,7 @@ Models are loaded once per process, source and device (CUDA when available), in 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -138,14 +139,20 @@ def layer_indices(layers: str, states: int) -> list[int]:
     return sorted(set(picked))
 
 
-def _config(set_name: str, weights_dir):
+@functools.cache
+def _config_at(where: str):
+    """transformers' config of the encoder at ``where`` (a folder or hub id), read once per process:
+    the vector cache asks for the set's size with every clip it computes."""
     from transformers import AutoConfig
 
+    return AutoConfig.from_pretrained(where)
+
+
+def _config(set_name: str, weights_dir):
+    where = source(set_name, weights_dir)
     try:
-        return AutoConfig.from_pretrained(source(set_name, weights_dir))
+        return _config_at(where)
     except (OSError, ValueError) as err:
-        if isinstance(err, EncoderError):
-            raise
         raise EncoderError(f"set={set_name!r}: transformers cannot read its config ({err}); check the folder or the hub id.") from err
 
 
