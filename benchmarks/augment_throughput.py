@@ -18,8 +18,8 @@ import pandas as pd
 from common import machine, median, save
 
 from ensemble import data as data_mod
+from ensemble import image_fit, runs, runtime
 from ensemble import recipe as recipe_mod
-from ensemble import runs, runtime, train
 
 ARMS = {
     "none": "recipes/ravdess_aug_none.toml",
@@ -43,7 +43,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for arm, r in recipes.items():
                 r.paths.runs_dir, r.train.epochs, r.name = tmp, 1, f"{arm}{repeat}"
-                train.train_fold(r, data[arm], args.backbone, 0, progress=False)
+                image_fit.train_fold(r, data[arm], args.backbone, 0, progress=False)
                 log = pd.read_csv(runs.run_dir(r, args.backbone, 0) / "log.csv")
                 speeds[arm].append(float(log["train_img_per_s"].iloc[0]))
                 print(f"repeat {repeat + 1}: {arm:12s} {speeds[arm][-1]:7.1f} img/s", flush=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table  # noqa: E402
@@ -34,7 +35,7 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, audio, encoders, functionals, recipe, runtime, tabular  # noqa: E402
+from ensemble import atomic, audio, encoders, functionals, recipe, tabular  # noqa: E402
 from ensemble import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     base = ens.load_recipe(args.recipe, {"runtime": {"threads": args.threads}})
-    runtime.set_threads(args.threads)
+    torch.set_num_threads(args.threads)  # this script owns its process
     cpu = machine("cpu")  # the load average before this benchmark's own work
     split = split_mod.load_split(base)
     y_test, _ = hidden_truth(split)

@@ -3,7 +3,7 @@
 Builds the features into a fresh cache (the competition's tables are copied into a temporary
 folder whose ``audio_root`` is the original one, so nothing is reused from earlier runs), then
 trains every (backbone, fold) of the recipe into a temporary runs folder with
-:func:`ensemble.train.train_fold`, exactly what ``ens train --recipe ...`` does. Reports the wall
+:func:`ensemble.image_fit.train_fold`, exactly what ``ens train --recipe ...`` does. Reports the wall
 time of the feature build and of each run, the total, and the peak resident memory of the process
 during the feature build and during training.
 ``--backbones``, ``--folds`` and ``--epochs`` shrink the grid (for a CPU); the JSON says which grid ran.
@@ -26,8 +26,8 @@ from pathlib import Path
 from common import machine, peak_rss_mib, reset_peak, save
 
 from ensemble import data as data_mod
+from ensemble import image_fit, runtime
 from ensemble import recipe as recipe_mod
-from ensemble import runtime, train
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
         for backbone in backbones:
             for fold in folds:
                 t0 = time.perf_counter()
-                metrics = train.train_fold(recipe, data, backbone, fold)
+                metrics = image_fit.train_fold(recipe, data, backbone, fold)
                 runs[f"{backbone}/fold{fold}"] = {"seconds": round(time.perf_counter() - t0, 1), recipe.train.metric: round(metrics[recipe.train.metric], 4)}
                 result["peak_rss_mib"]["training"] = peak_rss_mib()
                 save(result, args.out, echo=False)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from common import machine, median, save
 
-from ensemble import atomic, audio, competition, export, loop, predict, tasks
+from ensemble import atomic, audio, competition, engines, export, loop, predict, tasks
 from ensemble import recipe as recipe_mod
 
 
@@ -49,11 +49,11 @@ def _member_graph(ensemble: predict.Ensemble, images: np.ndarray, folder: Path, 
     member = next(m for m in ensemble.members if m.name not in ensemble.functionals)
     task = tasks.get(ensemble.recipe.competition.task)
     path = folder / "member.onnx"
-    export.SAVERS["onnx"](export.MemberGraph(ensemble.models[member.name], task.activation).eval(), torch.from_numpy(images[:2]), path)
-    whole = export.RUNNERS["onnx"](path, threads)
+    engines.SAVERS["onnx"](engines.MemberGraph(ensemble.models[member.name], task.activation).eval(), torch.from_numpy(images[:2]), path)
+    whole = engines.RUNNERS["onnx"](path, threads)
     for k, model in enumerate(ensemble.models[member.name]):
-        export.SAVERS["onnx"](model, torch.from_numpy(images[:2]), path.parent / f"fold{k}.onnx")
-    folds = [export.ExportedModel(export.RUNNERS["onnx"](path.parent / f"fold{k}.onnx", threads), path) for k in range(len(ensemble.models[member.name]))]
+        engines.SAVERS["onnx"](model, torch.from_numpy(images[:2]), path.parent / f"fold{k}.onnx")
+    folds = [engines.ExportedModel(engines.RUNNERS["onnx"](path.parent / f"fold{k}.onnx", threads), path) for k in range(len(ensemble.models[member.name]))]
     cpu = torch.device("cpu")
     one, per_fold = [], []
     for _ in range(repeats):
@@ -70,9 +70,9 @@ def _openvino_modes(folder: Path, images: dict[str, np.ndarray], threads: int, r
 
     out = {}
     for name, x in images.items():
-        xml = folder / f"{name}{export.SUFFIX['openvino']}"
+        xml = folder / f"{name}{engines.SUFFIX['openvino']}"
         request = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
-        streams = export.RUNNERS["openvino"](xml, threads)
+        streams = engines.RUNNERS["openvino"](xml, threads)
         batches = [x[i : i + 64] for i in range(0, len(x), 64)]
         latency, throughput = [], []
         for _ in range(repeats):
@@ -102,10 +102,10 @@ def main() -> None:
     files = predict.audio_files([args.clips]) if args.clips else c.audio_paths(c.test)
     result: dict = {"recipe": str(args.recipe), "clips": len(files), "threads": args.threads, "machine": machine("cpu")}
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {fmt: Path(tmp) / fmt for fmt in export.FORMATS}
-        result["export_s"] = {fmt: round(_seconds(lambda f=fmt: export.export(recipe, f, folders[f])), 1) for fmt in export.FORMATS}
+        folders = {fmt: Path(tmp) / fmt for fmt in engines.FORMATS}
+        result["export_s"] = {fmt: round(_seconds(lambda f=fmt: export.export(recipe, f, folders[f])), 1) for fmt in engines.FORMATS}
         ensembles, load_s = {}, {}
-        for engine in export.RUNTIMES:
+        for engine in engines.RUNTIMES:
             started = time.perf_counter()
             ensembles[engine] = predict.load_ensemble(recipe, "cpu", engine, folders.get(engine))
             load_s[engine] = round(time.perf_counter() - started, 2)
@@ -118,7 +118,7 @@ def main() -> None:
         images_only = {engine: _image_members(ens) for engine, ens in ensembles.items()}
 
         probas = {engine: np.stack([p.proba for p in predict.predict(ens, files)]) for engine, ens in ensembles.items()}  # also the warm-up
-        result["max_abs_diff_vs_torch"] = {e: float(np.abs(probas[e] - probas["torch"]).max()) for e in export.FORMATS}
+        result["max_abs_diff_vs_torch"] = {e: float(np.abs(probas[e] - probas["torch"]).max()) for e in engines.FORMATS}
         throughput = {e: [] for e in ensembles}
         image_throughput = {e: [] for e in ensembles}
         latency = {e: [] for e in ensembles}

@@ -1,6 +1,6 @@
 """Data-path efficiency: steady-state images/s of `ens train`'s loop against a bare timm loop, side by side.
 
-The ens loop is :func:`ensemble.train.train_fold` on fold 0 of ``--recipe`` (memory-mapped cache,
+The ens loop is :func:`ensemble.image_fit.train_fold` on fold 0 of ``--recipe`` (memory-mapped cache,
 gather of clean or augmented renderings, albumentations / SpecAugment / mixup as the recipe says,
 prefetch, optimizer, scheduler and EMA steps): its ``train_img_per_s`` of epoch 2 (epoch 1 warms
 up). The bare loop is what the hardware can do with no data path: ``timm.create_model`` of the same
@@ -25,8 +25,8 @@ from common import machine, median, peak_rss_mib, save
 from train_step import run_steps
 
 from ensemble import data as data_mod
+from ensemble import image_fit, runs, runtime
 from ensemble import recipe as recipe_mod
-from ensemble import runs, runtime, train
 
 
 def bare_loop(backbone: str, shape: tuple[int, ...], classes: int, steps: int, recipe: recipe_mod.Recipe, device: torch.device) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             recipe.paths.runs_dir, recipe.name = tmp, f"round{repeat}"
-            train.train_fold(recipe, data, args.backbone, 0, progress=False)
+            image_fit.train_fold(recipe, data, args.backbone, 0, progress=False)
             ens.append(float(pd.read_csv(runs.run_dir(recipe, args.backbone, 0) / "log.csv")["train_img_per_s"].iloc[1]))
             bare.append(bare_loop(args.backbone, shape, len(data.competition.classes), steps, recipe, device))
             print(f"round {repeat + 1}: ens {ens[-1]:.1f} img/s, bare timm {bare[-1]:.1f} img/s", flush=True)

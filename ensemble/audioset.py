@@ -132,7 +132,7 @@ def _weights_file(name: str, folder: str, weights_dir: str | os.PathLike | None)
     Raises:
         BackboneError: no weights folder is set or found, or the file is not in it.
     """
-    from .models import BackboneError
+    from .errors import BackboneError
     from .weights import WEIGHTS_ENV
     from .weights import weights_dir as find
 

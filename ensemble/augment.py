@@ -158,14 +158,3 @@ class SpecAugment(nn.Module):
 def spec_augment(config: AugmentConfig) -> SpecAugment:
     """The :class:`SpecAugment` of a recipe's ``[augment]`` section."""
     return SpecAugment(config.freq_mask, config.time_mask, config.n_masks, config.time_roll)
-
-
-def mixup(config: AugmentConfig, label_smoothing: float, num_classes: int):
-    """timm's ``Mixup`` (batch mode, no CutMix: pasting a patch of one spectrogram into another
-    cuts sounds off in time and frequency) or None when ``mixup_alpha`` is 0. Its targets are
-    soft ``(batch, classes)`` probabilities with label smoothing folded in."""
-    if config.mixup_alpha <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(mixup_alpha=config.mixup_alpha, cutmix_alpha=0.0, label_smoothing=label_smoothing, num_classes=num_classes)

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from .frontends import IMAGE
 
-if TYPE_CHECKING:
-    from .recipe import FeatureConfig
-
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 """Chroma's 12 rows, lowest first (``librosa.filters.chroma`` with its default ``base_c=True``)."""
+
+
+class Settings(Protocol):
+    """The ``[features]`` values a channel reads (a :class:`ensemble.recipe.FeatureConfig` has them)."""
+
+    frontend: str
+    top_db: float
+    n_mels: int
+    n_mfcc: int
+    sample_rate: int
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,13 @@ class Channel:
     name: str
     title: str
     axis: str
-    extent: Callable[[FeatureConfig], tuple[float, float]]
+    extent: Callable[[Settings], tuple[float, float]]
     value: str
     log: bool = False
     nearest: bool = False
     ticks: tuple[str, ...] = ()
 
-    def values(self, rows: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray, tuple[float, float]]:
+    def values(self, rows: np.ndarray, config: Settings) -> tuple[np.ndarray, tuple[float, float]]:
         """Pixel values ``rows`` (any shape) in the channel's own unit (:meth:`unit`), and the range
         to colour: dB under the clip's peak in ``(-top_db, 0)`` for a log channel of ens's images,
         else the values as they are in ``(0, 1)``; a pretrained frontend's log-mel
@@ -64,7 +71,7 @@ class Channel:
             return rows * config.top_db - config.top_db, (-config.top_db, 0.0)
         return rows, (0.0, 1.0)
 
-    def unit(self, config: FeatureConfig) -> str:
+    def unit(self, config: Settings) -> str:
         """What :meth:`values` measures, for a colour bar: :attr:`value`, or for a pretrained
         frontend's log-mel its own scale (:class:`ensemble.features.FrontendRenderer`: log mel
         energy above the frontend's silence floor, 0 = silence)."""

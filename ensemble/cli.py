@@ -14,6 +14,7 @@ import typer
 from . import atomic, competition, deps, runs, tasks
 from . import recipe as recipe_mod
 from .corpora import ravdess
+from .entry import Entry
 from .errors import EnsError
 from .split import ON_ERROR, SkippedClipsWarning
 
@@ -144,8 +145,7 @@ def _selected(path: Path, backbone: str | None, overrides: dict, pseudo_label: b
         r = _load_recipe(path, overrides)
     if listed is None:
         return r, None
-    images = list(dict.fromkeys(recipe_mod.pseudo_round(name)[0] for name in listed if r.functionals_member(name) is None))
-    return _load_recipe(path, {**overrides, "backbones": images}), listed
+    return _load_recipe(path, {**overrides, "backbones": r.backbone_entries(listed)}), listed
 
 
 @data_app.command("ravdess")
@@ -264,9 +264,8 @@ def train(
             return
         headline = "  ".join(f"{key} {value.metrics[key]:.4f}" for key in tasks.get(r.competition.task).headline)
         done = "  [already finished, skipped]" if value.skipped else ""
-        m = value.metrics  # a backbone's run reports its kept epoch, a functionals member its set and model
-        detail = f"epoch {m['epoch']}" if "epoch" in m else f"{m['set']}, {m['model']}"
-        typer.echo(f"{value.entry} fold {value.fold}: {headline}  ({detail}) -> {value.run}{done}")
+        detail = f"  ({value.detail})" if value.detail else ""
+        typer.echo(f"{value.entry} fold {value.fold}: {headline}{detail} -> {value.run}{done}")
 
     try:
         folds = _parse_folds(fold, r.folds.n_splits)
@@ -318,7 +317,7 @@ def blend(
 
     r, listed = _selected(recipe, backbone, {}, pseudo_label)
     if listed is not None:  # blend exactly the listed members (a model's listed seeds averaged)
-        members = list(dict.fromkeys(recipe_mod.member_name(n) for n in listed))
+        members = list(dict.fromkeys(Entry.parse(n).member for n in listed))
         r = _load_recipe(recipe, {"backbones": r.backbones, "pseudo": {"rounds": r.pseudo.rounds}, "blend": {"members": members}})
     try:
         result = blend_mod.blend(r, method)

@@ -17,3 +17,13 @@ class EnsError(Exception):
 
 class OptionError(EnsError, ValueError):
     """A library function was given a value it does not take (a fold number, a policy, a method name)."""
+
+
+class RecipeError(EnsError, ValueError):
+    """A recipe file is missing, unreadable, or has an unknown key or a bad value (raised by :mod:`ensemble.recipe`
+    and :mod:`ensemble.entry`)."""
+
+
+class BackboneError(EnsError, ValueError):
+    """A backbone that cannot be built: not a timm model, or its pretrained weights in neither the local weights folder nor the hub
+    (raised by :mod:`ensemble.models` and :mod:`ensemble.audioset`)."""

@@ -2,12 +2,12 @@
 process (:class:`Local`, the default), or each (member, fold[, seed]) run as one Ray task
 (:class:`Ray`) on a local Ray instance or an existing cluster.
 
-:func:`ensemble.train.train` keeps the grid's logic (finished runs skipped, pseudo-labelling rounds
+:func:`ensemble.train.train` and the image kind (:mod:`ensemble.image`) keep the grid's logic (finished runs skipped, pseudo-labelling rounds
 after their teachers, functionals members in the calling process): it hands an executor the
 :class:`Job` of each run still to train, one round at a time, and takes the reports back in the
 order given. A Ray task loads its feature setting's data from the feature cache the calling
 process filled (so the run store and the competition folder, cache included, must be on a
-filesystem every node sees at the same path) and calls :func:`ensemble.train.train_fold`, which
+filesystem every node sees at the same path) and calls :func:`ensemble.image_fit.train_fold`, which
 writes the run folder as it does locally: the results are the same files. Ray retries a task whose
 worker died (``max_retries``); the retry resumes the run from its last epoch's ``checkpoint.pt``.
 """
@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import runs
+from .data import load_data
 from .errors import EnsError
+from .image_fit import train_fold
 from .pseudo import PseudoLabels
 from .recipe import Recipe
 
@@ -34,7 +36,7 @@ class ExecutorError(EnsError, RuntimeError):
 
 @dataclass
 class Job:
-    """One image run of the grid: what :func:`ensemble.train.train_fold` is called with.
+    """One image run of the grid: what :func:`ensemble.image_fit.train_fold` is called with.
 
     Attributes:
         recipe: the grid's recipe. entry: a ``backbones`` entry (``name``, ``name@S``, ``name+plR``).
@@ -58,15 +60,11 @@ class Job:
 
     def run(self, data) -> dict:
         """Train the run on ``data`` (the :class:`ensemble.data.Data` of its feature setting); returns its ``metrics.json`` dict."""
-        from .train import train_fold
-
         return train_fold(self.recipe, data, self.entry, self.fold, force=self.force, progress=self.progress, resume=self.resume, pseudo=self.pseudo)
 
 
 def _run_loading(job: Job) -> dict:
     """``job`` run in a Ray worker: its data loaded from the feature cache (written by the calling process), then trained."""
-    from .data import load_data
-
     return job.run(load_data(job.recipe.for_backbone(job.entry), progress=False, on_error=job.on_error))
 
 

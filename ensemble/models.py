@@ -20,13 +20,10 @@ import torch
 from torch import nn
 
 from . import audioset, cnns  # noqa: F401  (registers the seed CNNs and the AudioSet CNNs with timm)
-from .errors import EnsError
-from .recipe import Recipe, split_backbone
+from .entry import Entry
+from .errors import BackboneError
+from .recipe import Recipe
 from .weights import WEIGHTS_ENV, weights_dir
-
-
-class BackboneError(EnsError, ValueError):
-    """An unknown backbone name, or pretrained weights that cannot be found anywhere."""
 
 
 def create(
@@ -139,5 +136,5 @@ def build(recipe: Recipe, entry: str, num_classes: int) -> Normalize:
     in_chans = len(recipe.for_backbone(entry).features.channels)
     t = recipe.train
     extra = {k: v for k, v in (("drop_rate", t.drop_rate), ("drop_path_rate", t.drop_path_rate)) if v > 0}
-    net = create(split_backbone(entry)[0], num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=recipe.paths.weights_dir or None, **extra)
+    net = create(Entry.parse(entry).model, num_classes, in_chans=in_chans, pretrained=t.pretrained, weights=recipe.paths.weights_dir or None, **extra)
     return Normalize(net, *normalization(net, in_chans))

@@ -21,8 +21,9 @@ each member's duration like a short clip, and the file's probabilities are the m
 The windows of consecutive files are rendered and predicted together, up to :data:`GROUP_CLIPS` at a
 time, so a folder of short clips goes through the models in full batches.
 
-The image members' fold models run in torch, or as the one graph per member ``ens export`` wrote, in
-ONNX Runtime or OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.export`); the rest is the same code.
+Each member is loaded and predicts as its kind says (:mod:`ensemble.kinds`). The image members'
+fold models run in torch, or as the one graph per member ``ens export`` wrote, in ONNX Runtime or
+OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.engines`); the rest is the same code.
 """
 
 from __future__ import annotations
@@ -41,16 +42,14 @@ import librosa
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from torch import nn
 
-from . import atomic, audio, features, loop, plots, runs, runtime, speaker_groups, speakers, tabular, tasks
-from . import models as models_mod
+from . import atomic, audio, features, kinds, loop, plots, runs, runtime, speakers
+from .engines import RUNTIMES, Exported, check_format
+from .entry import Entry
 from .errors import EnsError
-from .export import RUNTIMES, Exported, check_format
 from .features import model_inputs
-from .recipe import FeatureConfig, FunctionalsMember, Recipe, pseudo_round
+from .kind import Loaded
+from .recipe import FeatureConfig, Recipe
 from .split import SkippedClipsWarning, check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
@@ -75,20 +74,13 @@ class Ensemble:
         classes: class names in output-column order (from the runs' ``config.json``).
         members: the finished members with a positive weight (:class:`ensemble.runs.Member`).
         weights: member name -> weight; the weights sum to 1.
-        models: member name -> its fold models for every seed (eval mode, on the device; seeds
-            in entry order, folds in order).
-        trained_with: member name -> the recipe its runs were trained with (their
-            ``config.json``): its ``[features]`` render the member's input and its
-            ``[train].tta_shifts`` are its test-time augmentation, as in its OOF.
+        loaded: member name -> the member loaded by its kind (:class:`ensemble.kind.Loaded`: the
+            recipe its runs were trained with, its fold models, its speaker statistics).
         weights_from: where the weights come from: ``runs/<recipe>/blend/weights.json`` and its
             method, or equal weights and why.
         device: where the models run.
-        populations: member name -> the training population's statistics, for each member
-            trained with ``[speakers].norm = "speaker"`` (its runs' ``speaker_population.npz``).
-        functionals: member name -> its ``[[functionals]]`` settings, for each functionals member
-            (its ``models`` are fitted scikit-learn pipelines, :mod:`ensemble.tabular`).
         engine: ``torch``, or ``onnx`` / ``openvino``: then an image member's ``models`` is its one
-            exported graph (:class:`ensemble.export.ExportedModel`), which gives the mean of its
+            exported graph (:class:`ensemble.engines.ExportedModel`), which gives the mean of its
             fold models' activations itself.
     """
 
@@ -96,13 +88,28 @@ class Ensemble:
     classes: list[str]
     members: list[runs.Member]
     weights: dict[str, float]
-    models: dict[str, list[nn.Module]]
-    trained_with: dict[str, Recipe]
+    loaded: dict[str, Loaded]
     weights_from: str
     device: torch.device
-    populations: dict[str, speakers.Statistics] = dataclasses.field(default_factory=dict)
-    functionals: dict[str, FunctionalsMember] = dataclasses.field(default_factory=dict)
     engine: str = "torch"
+
+    @property
+    def models(self) -> dict[str, list]:
+        """Member name -> its fold models of every seed (seeds in entry order, folds in order), or its one exported graph."""
+        return {name: member.models for name, member in self.loaded.items()}
+
+    @property
+    def trained_with(self) -> dict[str, Recipe]:
+        """Member name -> the recipe its runs were trained with (their ``config.json``): its
+        ``[features]`` render the member's input and its ``[train].tta_shifts`` are its
+        test-time augmentation, as in its OOF."""
+        return {name: member.made_with for name, member in self.loaded.items()}
+
+    @property
+    def populations(self) -> dict[str, speakers.Statistics]:
+        """Member name -> the training population's statistics, for each member trained with
+        ``[speakers].norm = "speaker"`` (its runs' ``speaker_population.npz``)."""
+        return {name: member.population for name, member in self.loaded.items() if member.population is not None}
 
     @property
     def sample_rate(self) -> int:
@@ -127,89 +134,54 @@ class Ensemble:
 
     @property
     def duration(self) -> float | None:
-        """The shortest clip length in seconds an image member was trained on: the longest window
-        (None without image members: functionals members take a whole recording)."""
-        return min((self.trained_with[m.name].features.duration for m in self.members if m.name not in self.functionals), default=None)
+        """The shortest clip length in seconds a member was trained on: the longest window
+        (None when every member takes a whole recording, as functionals members do)."""
+        durations = [self.loaded[m.name].duration for m in self.members]
+        return min((d for d in durations if d is not None), default=None)
 
     def predict_waveforms(
         self, clips: Sequence[np.ndarray], batch_size: int = loop.PREDICT_BATCH, speaker_clips: Sequence[np.ndarray] | None = None
     ) -> np.ndarray:
-        """Blended probabilities of waveforms.
+        """Blended probabilities of waveforms, on ``[runtime].threads`` torch threads (restored after).
 
         Args:
             clips: each ``(samples,)`` at :attr:`sample_rate` Hz, silence trimmed; each member
-                resamples it to its own ``[features].sample_rate`` when that differs, centre-crops or
-                pads it to its own ``[features].duration`` and renders it with its
-                own ``[features]`` (:func:`model_inputs`, once per distinct feature setting).
+                gets it resampled to its own ``[features].sample_rate`` when that differs and
+                predicts it as its kind does (:meth:`ensemble.kind.Loaded.predict`: an image member
+                centre-crops or pads it to its ``[features].duration`` and renders it with its own
+                ``[features]``, once per distinct feature setting; a functionals member's pipelines
+                predict the clips' functionals, :func:`ensemble.tabular.predict`).
             speaker_clips: for members trained with ``[speakers].norm = "speaker"``: waveforms of
-                the same speaker as ``clips`` (they may include ``clips``) whose images give the
-                speaker's statistics; None normalises with the training population's
+                the same speaker as ``clips`` (they may include ``clips``) whose statistics
+                normalise them; None normalises with the training population's
                 (:func:`ensemble.speaker_groups.normalise_with`).
 
         Returns:
-            float64 ``(len(clips), classes)``: sum over members of weight x the mean of its models'
-            softmax (rows sum to 1), or for a multilabel task their sigmoids, each with the member's
-            time-shift TTA (:func:`ensemble.loop.predict`, batches of ``batch_size``); a functionals
-            member's pipelines predict the clips' functionals (:func:`ensemble.tabular.predict`).
+            float64 ``(len(clips), classes)``: sum over members of weight x the member's
+            probabilities (the mean of its models' softmax, rows summing to 1, or for a multilabel
+            task their sigmoids), each with the member's time-shift TTA (:func:`ensemble.loop.predict`,
+            batches of ``batch_size``).
         """
         total = np.zeros((len(clips), len(self.classes)))
-        task = tasks.get(self.recipe.competition.task)
-        rendered: dict[str, np.ndarray] = {}
-        normalised: dict[str, list] = {}
+        shared: dict = {}
         resampled: dict[int, list] = {}
         resampled_speaker: dict[int, list] = {}
-        for member in self.members:
-            made_with = self.trained_with[member.name]
-            rate = made_with.features.sample_rate
-            own, own_speaker = self._at_rate(clips, rate, resampled), self._at_rate(speaker_clips, rate, resampled_speaker)
-            if member.name in self.functionals:
-                population = self.populations.get(member.name)
-                r, models, spec = self.recipe, self.models[member.name], self.functionals[member.name]
-                proba = tabular.predict(models, spec, own, rate, len(self.classes), population, own_speaker, r.runtime.threads, r.paths.weights_dir)
-                total += self.weights[member.name] * proba
-                continue
-            key = made_with.features.key()
-            if key not in rendered:
-                rendered[key] = model_inputs(own, made_with.features)
-            images = rendered[key]
-            if member.name in self.populations:
-                images = self._normalised(images, own_speaker, made_with.features, self.populations[member.name], normalised)
-            shifts, precision = made_with.train.tta_shifts, runtime.precision_on(made_with.train, self.device)
-            activation = task.activation if self.engine == "torch" else _probabilities
-            probas = [
-                loop.predict(model, images, self.device, activation, batch_size, shifts=shifts, precision=precision) for model in self.models[member.name]
-            ]
-            total += self.weights[member.name] * np.mean(probas, axis=0)
+        with runtime.torch_threads(self.recipe.runtime.threads):
+            for member in self.members:
+                loaded = self.loaded[member.name]
+                rate = loaded.made_with.features.sample_rate
+                own, own_speaker = self._at_rate(clips, rate, resampled), self._at_rate(speaker_clips, rate, resampled_speaker)
+                total += self.weights[member.name] * loaded.predict(own, own_speaker, shared, batch_size)
         return total
 
-    @staticmethod
-    def _normalised(
-        images: np.ndarray, speaker_clips: Sequence[np.ndarray] | None, config: FeatureConfig, population: speakers.Statistics, done: dict[str, list]
-    ) -> np.ndarray:
-        """``images`` (rendered with ``config``) speaker-normalised as a member with the training
-        ``population`` normalises them (:func:`ensemble.speaker_groups.normalise_with`, with the
-        images of ``speaker_clips`` as the speaker's reference when given), once per feature setting
-        and population (``done``): members that share both share the result."""
-        key = config.key()
-        for seen, out in done.setdefault(key, []):
-            if np.array_equal(seen.mean, population.mean) and np.array_equal(seen.std, population.std):
-                return out
-        reference = None if speaker_clips is None else model_inputs(speaker_clips, config)
-        out, _ = speaker_groups.normalise_with(images, reference, population)
-        done[key].append((population, out))
-        return out
 
-
-def _probabilities(proba: torch.Tensor) -> torch.Tensor:
-    """An exported member graph's output as it is: it already holds the mean of the activations (:class:`ensemble.export.MemberGraph`)."""
-    return proba
-
-
-def _trained(member: runs.Member) -> bool:
-    """Whether every fold of every seed of ``member`` is finished and holds its model: a backbone's
-    weights (``model.safetensors``) or a functionals member's pipeline (``model.joblib``)."""
-    runs_ = [run for e in member.entries for run in member.runs(e)]
-    return member.unfinished() is None and all((run / runs.MODEL).is_file() or (run / tabular.MODEL).is_file() for run in runs_)
+def _trained(recipe: Recipe, member: runs.Member) -> bool:
+    """Whether every fold of every seed of ``member`` is finished and holds what its kind loads
+    (a backbone's ``model.safetensors``, a functionals member's ``model.joblib``)."""
+    if member.unfinished() is not None:
+        return False
+    kind = kinds.of(recipe, member.entries[0])
+    return all(kind.trained(run) for e in member.entries for run in member.runs(e))
 
 
 def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float], str]:
@@ -227,7 +199,7 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
     """
     path = runs.blend_dir(recipe) / runs.WEIGHTS
     known = {m.name: m for m in runs.members(recipe)}
-    done = [name for name, m in known.items() if _trained(m)]
+    done = [name for name, m in known.items() if _trained(recipe, m)]
     if not path.is_file():
         if not done:
             raise PredictError(
@@ -248,7 +220,7 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
         raise PredictError(f"{path} is not a blend's weights file ({err!r}); re-run `ens blend` or delete it for equal weights.") from err
     unknown = [b for b in weights if b not in known]
     if unknown:
-        rounds = " (pseudo-labelling students: set [pseudo].rounds, or pass --pseudo-label)" if any(pseudo_round(b)[1] for b in unknown) else ""
+        rounds = " (pseudo-labelling students: set [pseudo].rounds, or pass --pseudo-label)" if any(Entry.parse(b).round for b in unknown) else ""
         raise PredictError(f"{path} weights {unknown}, which are not members of recipe {recipe.name!r} ({list(known)}){rounds}; re-run `ens blend`.")
     unfinished = [b for b in weights if b not in done]
     if unfinished:
@@ -264,14 +236,16 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
 
 
 def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", export_dir: str | os.PathLike | None = None) -> Ensemble:
-    """Load every fold model of every seed of the recipe's ensemble (see the module docstring for which members).
+    """Load every member of the recipe's ensemble (see the module docstring for which members), each
+    by its kind (:meth:`ensemble.kind.Kind.load`, :func:`ensemble.kinds.of`).
 
-    With ``engine="torch"`` each model is :func:`ensemble.models.build` of the recipe its run was
-    trained with (its ``config.json``) with ``pretrained=False``, and the run's
+    With ``engine="torch"`` an image member's models are :func:`ensemble.models.build` of the recipe
+    its runs were trained with (their ``config.json``) with ``pretrained=False``, and each run's
     ``model.safetensors`` loaded strictly. With ``onnx`` or ``openvino`` an image member is the one
-    graph of its models that ``ens export`` wrote (:class:`ensemble.export.ExportedModel`, called
+    graph of its models that ``ens export`` wrote (:class:`ensemble.engines.ExportedModel`, called
     like a torch model), run on the CPU by ONNX Runtime or OpenVINO; rendering, speaker
-    normalisation, TTA, functionals members and blending are the same. ``[runtime].threads`` sets each runtime's CPU threads.
+    normalisation, TTA, functionals members and blending are the same. ``[runtime].threads`` sets
+    each runtime's CPU threads (torch's while :meth:`Ensemble.predict_waveforms` runs).
 
     Args:
         device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.runtime.resolve_device`); ``cpu`` for exported graphs.
@@ -280,11 +254,11 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
 
     Raises:
         PredictError: nothing is trained (names the runs folder); members read audio at other
-            sample rates or trimming thresholds; a run was trained with other classes (names
-            and order) than the recipe's ``[competition].classes`` (when it lists them) or than
-            the other runs; or its weights do not load.
-        RunError: a run's ``config.json`` cannot be read. TabularError: a functionals run's pipeline does not load.
-        ExportError: an unknown ``engine``, its package missing, or no export / a stale one for it.
+            trimming thresholds; a run was trained with other classes (names and order) than the
+            recipe's ``[competition].classes`` (when it lists them) or than the other runs.
+        RunError: a run's ``config.json`` cannot be read. ImageMemberError, TabularError: a run's
+            weights or pipeline do not load. ExportError: an unknown ``engine``, its package
+            missing, or no export / a stale one for it.
     """
     check_format(engine, RUNTIMES)
     members, weights, source = _member_weights(recipe)
@@ -292,19 +266,16 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
     if engine != "torch" and torch_device.type != "cpu":
         raise PredictError(f"exported graphs run on the CPU (engine={engine!r}); predict with device='cpu', or engine='torch' on {torch_device}.")
     exported = None if engine == "torch" else Exported(recipe, engine, export_dir, recipe.runtime.threads)
-    runtime.set_threads(recipe.runtime.threads)
-    classes, models, trained_with, populations, functionals = None, {}, {}, {}, {}
+    classes, loaded = None, {}
     for member in members:
-        models[member.name], exported_runs = [], []
+        trained, made_with = [], None
         for entry, fold in itertools.product(member.entries, range(member.n_splits)):
             run = member.runs(entry)[fold]
             fix = member.fix(entry, fold)
             config = runs.read_config(run, fix)
-            made_with = dataclasses.replace(runs.stored_recipe(run, fix), name=recipe.name)
-            made_with.train.pretrained = False
-            trained_with.setdefault(member.name, made_with)
-            if made_with.speakers.norm == "speaker" and member.name not in populations:
-                populations[member.name] = _population(run, fix)
+            if made_with is None:
+                made_with = dataclasses.replace(runs.stored_recipe(run, fix), name=recipe.name)
+                made_with.train.pretrained = False
             if classes is None:
                 classes = list(recipe.competition.classes) or config["classes"]  # the recipe's, when it lists them
             if config["classes"] != classes:
@@ -313,40 +284,16 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
                     + (f"{recipe.name!r} has [competition].classes = {classes}" if recipe.competition.classes else f"other runs of the ensemble with {classes}")
                     + f" (names and order); predict with the recipe it was trained with, or {fix}."
                 )
-            if "member" in config:  # a functionals member: its fitted scikit-learn pipeline
-                functionals[member.name] = FunctionalsMember(**config["member"])
-                models[member.name].append(tabular.load_pipeline(run))
-                continue
-            if exported is not None:
-                exported_runs.append((entry, fold, run))  # the member's one graph, below
-                continue
-            model = models_mod.build(made_with, entry, len(classes))
-            try:
-                model.load_state_dict(load_file(run / runs.MODEL))
-            except (RuntimeError, SafetensorError) as err:
-                raise PredictError(f"{run / runs.MODEL} does not load into {entry} ({str(err)[:200]}); {fix}.") from err
-            models[member.name].append(runtime.to_device(model, torch_device).eval())
-        if exported_runs:
-            models[member.name] = [exported.member(member.name, exported_runs)]
-    reading = {r.features.trim_db for r in trained_with.values()}
+            trained.append((entry, fold, run))
+        kind = kinds.of(recipe, member.entries[0])
+        loaded[member.name] = kind.load(recipe, member, made_with, trained, classes, torch_device, exported)
+    reading = {m.made_with.features.trim_db for m in loaded.values()}
     if len(reading) > 1:
         raise PredictError(
             f"the members of {recipe.name!r} trim silence at different [features].trim_db {sorted(reading)}; "
             "blend members that read audio alike to predict new files."
         )
-    return Ensemble(recipe, classes, members, weights, models, trained_with, source, torch_device, populations, functionals, engine)
-
-
-def _population(run: Path, fix: str) -> speakers.Statistics:
-    """The training population's statistics a speaker-normalised run saved (``speaker_population.npz``).
-
-    Raises:
-        PredictError: the file is missing or unreadable.
-    """
-    try:
-        return speakers.load_statistics(run / runs.POPULATION)
-    except (OSError, KeyError, ValueError) as err:
-        raise PredictError(f"{run / runs.POPULATION} cannot be read ({err}); the speaker-normalised run is damaged: {fix}.") from err
+    return Ensemble(recipe, classes, members, weights, loaded, source, torch_device, engine)
 
 
 def audio_files(paths: list[str | os.PathLike]) -> list[Path]:

@@ -1,7 +1,7 @@
 """Pseudo-labelling of the unlabelled test clips (``[pseudo]``, ``ens train --pseudo-label``): the
 labels each round's members are retrained with.
 
-Round ``r`` retrains members as new members ``"<entry>+pl<r>"`` (:func:`ensemble.recipe.pseudo_round`).
+Round ``r`` retrains members as new members ``"<entry>+pl<r>"`` (:class:`ensemble.entry.Entry`).
 Its teachers are round ``r - 1``'s members: for round 1 the recipe's blend members
 (:func:`ensemble.runs.members`), later the previous round's retrained members. For fold ``k`` the
 pseudo probabilities of every test clip are the mean over the teachers of their fold-``k`` models'
@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, runs
+from .entry import Entry
 from .errors import EnsError
-from .recipe import Recipe, member_name, pseudo_round
+from .recipe import Recipe
 from .split import Split
 
 MIN_KEPT = 20
@@ -86,7 +87,7 @@ def teachers(recipe: Recipe, round_: int) -> list[runs.Member]:
         raise PseudoError(f"pseudo-labelling rounds count from 1, not {round_}.")
     if round_ == 1:
         return runs.members(_without_rounds(recipe))
-    wanted = {member_name(e) for e in recipe.entries() if pseudo_round(e)[1] == round_ - 1}
+    wanted = {Entry.parse(e).member for e in recipe.entries() if Entry.parse(e).round == round_ - 1}
     chosen = [runs.Member(name, runs.root(recipe), tuple(entries), recipe.folds.n_splits) for name, entries in recipe.members().items() if name in wanted]
     if not chosen:
         raise PseudoError(f"round {round_ - 1} has no member to teach round {round_}; raise [pseudo].rounds or check [pseudo].members.")
@@ -95,7 +96,7 @@ def teachers(recipe: Recipe, round_: int) -> list[runs.Member]:
 
 def _without_rounds(recipe: Recipe) -> Recipe:
     """``recipe`` with no pseudo round, and none among ``[blend].members``."""
-    listed = [item for item in recipe.blend.members if pseudo_round(item)[1] == 0]
+    listed = [item for item in recipe.blend.members if Entry.parse(item).round == 0]
     return dataclasses.replace(recipe, pseudo=dataclasses.replace(recipe.pseudo, rounds=0), blend=dataclasses.replace(recipe.blend, members=listed))
 
 

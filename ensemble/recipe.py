@@ -7,7 +7,7 @@ weights folders), which are not part of any run's identity. Every key has a defa
 file is a valid recipe; unknown keys are refused (a typo must not silently fall back to a default).
 
 A ``backbones`` entry is a timm model name, or ``"name@S"`` for that model trained with
-``[train].seed = S`` (:func:`split_backbone`): ``["regnetx_002", "regnetx_002@43"]`` trains
+``[train].seed = S`` (:meth:`ensemble.entry.Entry.parse`): ``["regnetx_002", "regnetx_002@43"]`` trains
 regnetx_002 twice, with the recipe's seed and with seed 43, into ``runs/<recipe>/regnetx_002/``
 and ``runs/<recipe>/regnetx_002@43/``. Entries of one model are one blend member, the mean of
 its seeds (:meth:`Recipe.members`).
@@ -25,16 +25,13 @@ from pathlib import Path
 
 from . import encoders, frontends, tasks, waveform_augment
 from .channels import NAMES as CHANNELS
-from .errors import EnsError
+from .entry import ROUND_MARK, Entry, marks_round
+from .errors import RecipeError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class RecipeError(EnsError, ValueError):
-    """A recipe file is missing, unreadable, or has an unknown key or a bad value."""
 
 
 @dataclass
@@ -447,9 +444,10 @@ class Recipe:
         with this recipe's ``duration`` and ``trim_db``. Applying it twice changes nothing more.
 
         Raises:
-            RecipeError: a malformed entry (see :func:`split_backbone`).
+            RecipeError: a malformed entry (see :meth:`ensemble.entry.Entry.parse`).
         """
-        name, seed = split_backbone(backbone)
+        entry = Entry.parse(backbone)
+        name, seed = entry.model, entry.seed
         own = self.by_backbone.get(name, {})
         recipe = dataclasses.replace(
             self,
@@ -470,7 +468,7 @@ class Recipe:
         ``["regnetx_002", "regnetx_002@43"]`` gives ``[train.seed, 43]``.
 
         Raises:
-            RecipeError: a malformed entry (see :func:`split_backbone`).
+            RecipeError: a malformed entry (see :meth:`ensemble.entry.Entry.parse`).
         """
         return [self.for_backbone(entry).train.seed for entry in entries]
 
@@ -481,70 +479,36 @@ class Recipe:
         members (``"a+pl1" -> ["a+pl1", "a@7+pl1"]``).
 
         Raises:
-            RecipeError: a malformed entry (see :func:`split_backbone`).
+            RecipeError: a malformed entry (see :meth:`ensemble.entry.Entry.parse`).
         """
         groups: dict[str, list[str]] = {}
         for entry in self.entries():
-            groups.setdefault(member_name(entry), []).append(entry)
+            groups.setdefault(Entry.parse(entry).member, []).append(entry)
         return groups
 
     def entries(self) -> list[str]:
         """Every run folder name of the recipe: its ``backbones`` entries, then its functionals
         members' names, then for each ``[pseudo]`` round ``1..rounds`` the retrained entries
-        (``"<entry>+pl<round>"``, :func:`pseudo_round`) of ``[pseudo].members`` (every member when empty)."""
+        (``"<entry>+pl<round>"``, :class:`ensemble.entry.Entry`) of ``[pseudo].members`` (every member when empty)."""
         base = [*self.backbones, *(m.name for m in self.functionals)]
-        chosen = [e for e in base if not self.pseudo.members or member_name(e) in self.pseudo.members]
-        return base + [f"{e}{PSEUDO_MARK}{r}" for r in range(1, self.pseudo.rounds + 1) for e in chosen]
+        chosen = [Entry.parse(e) for e in base if not self.pseudo.members or Entry.parse(e).member in self.pseudo.members]
+        return base + [str(e.in_round(r)) for r in range(1, self.pseudo.rounds + 1) for e in chosen]
+
+    def backbone_entries(self, names: list[str]) -> list[str]:
+        """The ``backbones`` a command line's ``names`` select: each name that is no ``[[functionals]]``
+        member, without its pseudo round (``"a@7+pl1"`` -> ``"a@7"``: the round trains its own entry), once each.
+
+        Raises:
+            RecipeError: a malformed entry (see :meth:`ensemble.entry.Entry.parse`).
+        """
+        return list(dict.fromkeys(str(Entry.parse(name).base) for name in names if self.functionals_member(name) is None))
 
     def functionals_member(self, name: str) -> FunctionalsMember | None:
         """The ``[[functionals]]`` member called ``name`` (a pseudo round's ``"<name>+pl<round>"``: that
         member under this name), or None for a backbone entry."""
-        base, round_ = pseudo_round(name)
-        member = next((m for m in self.functionals if m.name == base), None)
-        return member if member is None or not round_ else dataclasses.replace(member, name=name)
-
-
-PSEUDO_MARK = "+pl"
-"""What marks a pseudo-labelling round's entry: ``"regnetx_002@7+pl2"`` is ``regnetx_002@7`` retrained in round 2."""
-
-
-def pseudo_round(entry: str) -> tuple[str, int]:
-    """An entry as ``(entry without its round, round)``: ``"a@7+pl2"`` -> ``("a@7", 2)``, ``"a"`` -> ``("a", 0)``."""
-    base, mark, round_ = entry.rpartition(PSEUDO_MARK)
-    if mark and base and round_.isascii() and round_.isdigit() and int(round_) > 0:
-        return base, int(round_)
-    return entry, 0
-
-
-def member_name(entry: str) -> str:
-    """The blend member an entry belongs to: its model name (without ``@seed``) and its round mark:
-    ``"a@7+pl1"`` -> ``"a+pl1"``, ``"a@7"`` -> ``"a"``.
-
-    Raises:
-        RecipeError: a malformed entry (see :func:`split_backbone`).
-    """
-    base, round_ = pseudo_round(entry)
-    name = split_backbone(base)[0]
-    return f"{name}{PSEUDO_MARK}{round_}" if round_ else name
-
-
-def split_backbone(entry: str) -> tuple[str, int | None]:
-    """A ``backbones`` entry as ``(timm model name, seed)``: ``"regnetx_002@43"`` -> ``("regnetx_002", 43)``,
-    ``"regnetx_002"`` -> ``("regnetx_002", None)`` (the recipe's ``[train].seed``); a pseudo round's
-    mark is dropped (``"regnetx_002@43+pl1"`` -> ``("regnetx_002", 43)``).
-
-    Raises:
-        RecipeError: naming the entry, when the name or the seed after ``@`` is missing or the seed
-            is not an integer in ``[0, 2**32)`` (NumPy's seed range): ``"regnetx_002@"``,
-            ``"regnetx_002@x"``, ``"@43"``.
-    """
-    base = pseudo_round(entry)[0]
-    name, at, seed = base.partition("@")
-    if not at:
-        return base, None
-    if not name or not (seed.isascii() and seed.isdigit() and int(seed) < 2**32):
-        raise RecipeError(f"backbones entry {entry!r}: write a timm model name, or name@seed with an integer seed in [0, 2**32), such as 'regnetx_002@43'.")
-    return name, int(seed)
+        entry = Entry.parse(name)
+        member = next((m for m in self.functionals if m.name == str(entry.base)), None)
+        return member if member is None or not entry.round else dataclasses.replace(member, name=name)
 
 
 _SECTIONS = {
@@ -750,7 +714,7 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
     path = Path(path)
     data = _read_toml(path)
     data.setdefault("name", path.stem)
-    models = {split_backbone(entry)[0] for entry in data.get("backbones", Recipe().backbones) if isinstance(entry, str)}
+    models = {Entry.parse(entry).model for entry in data.get("backbones", Recipe().backbones) if isinstance(entry, str)}
     stray = sorted(set(data.get("by_backbone") or {}) - models) if isinstance(data.get("by_backbone"), dict) else []
     if stray:  # checked in the file, before a command line narrows backbones (ens train --backbone X)
         raise RecipeError(f"{path}: [by_backbone] tables {stray} name no model of backbones {sorted(models)}; fix the name or remove the table.")
@@ -790,7 +754,7 @@ def _frontend_problem(recipe: Recipe) -> str | None:
                 f"remove those keys or set them to the frontend's values {wrong} (or set frontend = 'image')"
             )
     for entry in recipe.backbones:
-        name = entry.partition("@")[0]
+        name = Entry.parse(entry).model
         frontend = frontends.for_model(name)
         if frontend is not None and recipe.augment.freq_mask > frontends.get(frontend).n_mels:
             bands = frontends.get(frontend).n_mels
@@ -818,9 +782,9 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         raise RecipeError(f"{source}: {err}") from err
     repeated = [entries for entries in members.values() if len(set(recipe.seeds(entries))) < len(entries)]
     functional_names = [m.name for m in recipe.functionals]
-    base_members = [split_backbone(e)[0] for e in recipe.backbones] + functional_names
+    base_members = [Entry.parse(e).model for e in recipe.backbones] + functional_names
     pl = recipe.pseudo
-    retrained_images = [e for e in recipe.backbones if not pl.members or split_backbone(e)[0] in pl.members]
+    retrained_images = [e for e in recipe.backbones if not pl.members or Entry.parse(e).model in pl.members]
     waveform_problem = waveform_augment.problem(a.waveform)
     frontend_problem = _frontend_problem(recipe)
     checks = [
@@ -879,7 +843,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         ),
         (bool(recipe.backbones) or bool(recipe.functionals), "backbones must name at least one timm model, or [[functionals]] one member"),
         (
-            len(set(functional_names)) == len(functional_names) and not set(functional_names) & {split_backbone(e)[0] for e in recipe.backbones},
+            len(set(functional_names)) == len(functional_names) and not set(functional_names) & {Entry.parse(e).model for e in recipe.backbones},
             f"[[functionals]] names {functional_names} must be unique and differ from the backbones' names",
         ),
         (task.name == "multiclass" or not recipe.functionals, "[[functionals]] members work for multiclass tasks only; remove them"),
@@ -904,8 +868,8 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             f"leave it out for the sets {FUNCTIONAL_SETS}",
         ),
         (
-            not any(PSEUDO_MARK in name for name in [*recipe.backbones, *functional_names]),
-            f"backbones and [[functionals]] names may not contain {PSEUDO_MARK!r}: it marks a pseudo-labelling round's members",
+            not any(marks_round(name) for name in [*recipe.backbones, *functional_names]),
+            f"backbones and [[functionals]] names may not contain {ROUND_MARK!r}: it marks a pseudo-labelling round's members",
         ),
         (
             pl.rounds >= 0 and 0 <= pl.threshold < 1 and 0 < pl.precision <= 1,

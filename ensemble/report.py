@@ -40,11 +40,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, encoders, features, functionals, metrics, plots, tabular
+from . import atomic, features, kinds, metrics, plots
 from . import competition as comp_mod
 from . import runs as run_store
+from .entry import Entry
 from .errors import EnsError
-from .recipe import Recipe, member_name
+from .kind import Section
+from .recipe import Recipe
 from .split import Split, load_split
 from .tasks import Task
 
@@ -54,11 +56,11 @@ SECTIONS = (
     "Per-class accuracy",
     "Training curves",
     "Blend weights",
-    "Top functionals",
     "Feature images",
     "Unfinished backbones",
 )
-"""The report's section headings, in order."""
+"""The report's own section headings, in order; the member kinds' sections (:meth:`ensemble.kind.Kind.report`,
+e.g. the functionals kind's "Top functionals") follow "Blend weights"."""
 
 DPI = 100  # a 13-inch-wide figure becomes 1300 px, about the page's width
 
@@ -300,40 +302,10 @@ ul.skipped li { margin: 4px 0; }
 """
 
 
-TOP_FUNCTIONALS = 15
-"""Functionals listed per member in the report."""
-
-
-def top_functionals(recipe: Recipe, top: int = TOP_FUNCTIONALS) -> str:
-    """HTML of the ``top`` functionals of each finished functionals member with per-feature weights
-    (:func:`ensemble.tabular.importance` over its fold pipelines), one table per member side by side;
-    a note for the others."""
-    tables, notes = [], []
-    for name in recipe.entries():
-        member = recipe.functionals_member(name)
-        folds = [run_store.run_dir(recipe, name, k) for k in range(recipe.folds.n_splits)]
-        if member is None or not all(run_store.is_finished(run) for run in folds):
-            continue
-        weights_dir = recipe.paths.weights_dir
-        column_names = list(np.asarray(functionals.names(member.set, weights_dir))[tabular.columns(member, weights_dir)])
-        shares = tabular.importance([tabular.load_pipeline(run) for run in folds], column_names)
-        if shares is None:
-            notes.append(f"{name} ({member.model}): an RBF SVM has no per-feature weights.")
-            continue
-        if functionals.is_encoder(member.set):  # single dimensions mean nothing: which hidden states carry the weight
-            by_state = shares.groupby(encoders.layer_of(list(shares.index))).sum().sort_values(ascending=False)
-            frame = pd.DataFrame({"hidden state": by_state.index, "share": by_state.to_numpy()})
-        else:
-            head = shares.head(top)
-            frame = pd.DataFrame({"functional": head.index, "share": head.to_numpy()})
-        tables.append(f"<div><h3>{html.escape(name)} ({html.escape(member.set)}, {html.escape(member.model)})</h3>{_table(frame, None)}</div>")
-    if not tables and not notes:
-        return _note("No finished functionals member.")
-    lead = _note(
-        "Share of each member's total importance (logistic regression: mean |coefficient| over classes on standardised "
-        "functionals; LightGBM: split gain), averaged over its folds."
-    )
-    return lead + "".join(_note(n) for n in notes) + '<div class="side">' + "".join(tables) + "</div>"
+def _kind_section(section: Section) -> str:
+    """HTML of a member kind's section: its notes, then its tables side by side."""
+    tables = "".join(f"<div><h3>{html.escape(caption)}</h3>{_table(frame, None)}</div>" for caption, frame in section.tables)
+    return "".join(_note(n) for n in section.notes) + (f'<div class="side">{tables}</div>' if tables else "")
 
 
 def _section(title: str, body: str) -> str:
@@ -395,7 +367,7 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         source = f"From {blend_dir / run_store.LEADERBOARD} (written by ens blend): OOF scores over all {len(y)} training clips."
         if weights:
             source += f" The last ens blend submitted {blend_name}, whose OOF probabilities blend/oof.csv holds."
-        late = [name for name in finished if member_name(name) not in set(board["model"].astype(str))]  # name@S: member name
+        late = [name for name in finished if Entry.parse(name).member not in set(board["model"].astype(str))]  # name@S: member name
         if late:
             source += f" Finished since the last ens blend and not in it: {', '.join(late)}; re-run ens blend to include them."
     else:
@@ -447,8 +419,10 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         members = ", ".join(weights.get("members", []))
         sections["Blend weights"] = _note(f"{blend_name} (members: {members}) is not a weighted mean of the members: it has no weights to show.")
 
-    # 6. top functionals
-    sections["Top functionals"] = top_functionals(recipe)
+    # 6. each member kind's own sections (the functionals kind's top functionals)
+    for kind in kinds.KINDS:
+        for section in kind.report(recipe, [e for e in entries if kinds.of(recipe, e) is kind]):
+            sections[section.title] = _kind_section(section)
 
     # 7. feature images
     fc = recipe.features
@@ -478,11 +452,12 @@ def build(recipe: Recipe, out: str | Path | None = None, clips_per_class: int = 
         f"Competition {competition.root}: {len(y)} training clips, {len(competition.test)} test clips, "
         f"{len(classes)} classes; {recipe.folds.n_splits} folds; backbones {', '.join(recipe.backbones)}. Generated {stamp}."
     )
-    nav = "".join(f'<a href="#{t.lower().replace(" ", "-")}">{html.escape(t)}</a>' for t in SECTIONS)
+    titles = [*SECTIONS[:5], *(t for t in sections if t not in SECTIONS), *SECTIONS[5:]]
+    nav = "".join(f'<a href="#{t.lower().replace(" ", "-")}">{html.escape(t)}</a>' for t in titles)
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ens report: {html.escape(recipe.name)}</title>'
         f"<style>{_CSS}</style></head><body>\n<h1>ens report: {html.escape(recipe.name)}</h1>\n"
-        f'<p class="meta">{html.escape(meta)}</p>\n<nav>{nav}</nav>\n' + "\n".join(_section(t, sections[t]) for t in SECTIONS) + "\n</body></html>\n"
+        f'<p class="meta">{html.escape(meta)}</p>\n<nav>{nav}</nav>\n' + "\n".join(_section(t, sections[t]) for t in titles) + "\n</body></html>\n"
     )
     path = Path(out) if out is not None else root / run_store.REPORT
     atomic.write_text(path, page)

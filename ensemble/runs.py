@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 
 from . import competition as comp_mod
+from .entry import Entry
 from .errors import EnsError
-from .recipe import Recipe, from_dict, member_name
+from .recipe import Recipe, from_dict
 from .tasks import Task
 
 CONFIG, METRICS, LOG, OOF, TEST, MODEL, CHECKPOINT = "config.json", "metrics.json", "log.csv", "oof.csv", "test.csv", "model.safetensors", "checkpoint.pt"
@@ -370,7 +371,7 @@ def members(recipe: Recipe) -> list[Member]:
             out.append(Member(item, root(recipe), tuple(own[item]), n_splits))
             continue
         store = Path(recipe.paths.runs_dir) / other
-        entries = sorted(p.name for p in store.glob(f"{name}*") if p.is_dir() and member_name(p.name) == name) if store.is_dir() else []
+        entries = sorted(p.name for p in store.glob(f"{name}*") if p.is_dir() and Entry.parse(p.name).member == name) if store.is_dir() else []
         if not entries:
             raise RunError(f"[blend].members item {item!r}: {store} has no run folder of {name!r}; train it with that recipe first.")
         out.append(Member(item, store, tuple(entries), n_splits))

@@ -4,7 +4,9 @@ exactly)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -20,10 +22,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int) -> None:
-    """torch's intra-op CPU threads: ``threads`` (``[runtime].threads``); 0 keeps torch's default (every core)."""
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` (``[runtime].threads``) for the block, and
+    restored after it (also when it raises); 0 keeps the count the process has (torch's default:
+    every core)."""
+    before = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def precision_on(t: TrainConfig, device: torch.device) -> str:

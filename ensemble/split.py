@@ -30,6 +30,13 @@ def check_on_error(on_error: str) -> None:
         raise OptionError(f"on_error={on_error!r}: use one of {ON_ERROR}.")
 
 
+def check_fold(recipe: Recipe, fold: int) -> None:
+    """Raises OptionError: ``fold`` is not one of the recipe's folds (``0 .. [folds].n_splits - 1``)."""
+    n_folds = recipe.folds.n_splits
+    if not 0 <= fold < n_folds:
+        raise OptionError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
+
+
 class SkippedClipsWarning(UserWarning):
     """Clips that cannot be loaded were skipped (``on_error="skip"``); the list is in :attr:`Split.skipped`."""
 

@@ -20,6 +20,7 @@ last, each atomically (:mod:`ensemble.runs` has the layout).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from . import atomic, encoders, functionals, runs, speaker_groups, speakers
+from .entry import Entry
 from .errors import EnsError
+from .kind import Kind, Outcome, Section, Session, Stage, vector_stage
 from .pseudo import PseudoLabels
-from .recipe import FunctionalsMember, Recipe, from_dict, pseudo_round
+from .recipe import FunctionalsMember, Recipe, from_dict
 from .split import Split
 
 MODEL = "model.joblib"
@@ -230,7 +233,7 @@ def train_fold(
     comp, task = split.competition, split.competition.task
     classes = comp.classes
     out = runs.run_dir(recipe, member.name, fold)
-    settings = dataclasses.asdict(dataclasses.replace(member, name=pseudo_round(member.name)[0]))  # a round's student: its teacher's table
+    settings = dataclasses.asdict(dataclasses.replace(member, name=str(Entry.parse(member.name).base)))  # a round's student: its teacher's table
     labels = None if pseudo is None else pseudo.identity()
     config = runs.run_config(identity(recipe), classes, split.folds_hash, member.name, fold, member=settings, pseudo=labels)
     if not force and (done := runs.finished_metrics(out, config)) is not None:
@@ -334,3 +337,117 @@ def load_pipeline(run: Path) -> Pipeline:
         return joblib.load(run / MODEL)
     except (OSError, EOFError, ValueError, AttributeError, ImportError) as err:
         raise TabularError(f"{run / MODEL} does not load ({err!r}); re-train the run with `ens train --force`.") from err
+
+
+TOP_FUNCTIONALS = 15
+"""Functionals listed per member in the report."""
+
+
+@dataclass
+class TabularMember:
+    """A functionals member loaded for prediction (:class:`ensemble.kind.Loaded`).
+
+    Attributes:
+        made_with: the recipe its runs were trained with. models: its fold pipelines of every seed.
+        population: the training population's statistics when it was speaker-normalised, else None.
+        spec: its ``[[functionals]]`` settings. n_classes: output columns.
+    """
+
+    made_with: Recipe
+    models: list[Pipeline]
+    population: speakers.Statistics | None
+    spec: FunctionalsMember
+    n_classes: int
+    duration = None
+    """It takes a whole recording."""
+
+    def predict(self, clips, speaker_clips, shared: dict, batch_size: int) -> np.ndarray:
+        """:func:`predict` with its pipelines, on ``made_with``'s ``[runtime].threads`` and ``[paths].weights_dir``."""
+        r = self.made_with
+        return predict(
+            self.models, self.spec, clips, r.features.sample_rate, self.n_classes, self.population, speaker_clips, r.runtime.threads, r.paths.weights_dir
+        )
+
+
+class TabularKind(Kind):
+    """Entries that are ``[[functionals]]`` members (and their pseudo rounds)."""
+
+    name = "functionals"
+
+    def owns(self, recipe: Recipe, entry: Entry) -> bool:
+        return recipe.functionals_member(str(entry)) is not None
+
+    def train(self, session: Session, entries: list[str]) -> Iterator[Outcome]:
+        """Each member's table (:func:`load_table`), then :func:`train_fold` per fold, in this process."""
+        recipe = session.recipe
+        for name in entries:
+            member = recipe.functionals_member(name)
+            table = load_table(recipe, session.split(), member, progress=session.progress)
+            for k in session.folds:
+                report, skipped = train_fold(recipe, session.split(), table, member, k, force=session.force, pseudo=session.pseudo(name, k))
+                yield Outcome(name, k, report, skipped)
+
+    def stages(self, recipe: Recipe, competition, todo: dict[str, list[int]]) -> list[Stage]:
+        """Extracting each functionals set the entries use (the fits are not estimated: seconds each
+        with logistic regression or an SVM on RAVDESS; a LightGBM ``tune`` grid can take many minutes)."""
+        sets = dict.fromkeys(recipe.functionals_member(e).set for e, folds in todo.items() if folds)
+        cache = functionals.FunctionalsCache(competition.root / ".ens_cache", recipe.runtime.threads, recipe.paths.weights_dir)
+        paths = competition.audio_paths(competition.train) + competition.audio_paths(competition.test)
+        f = recipe.features
+        return [vector_stage(f"functionals {name}", cache.cache(name), paths, f.sample_rate, f.trim_db) for name in sets]
+
+    def detail(self, metrics: dict) -> str:
+        return f"{metrics['set']}, {metrics['model']}"
+
+    def trained(self, run: Path) -> bool:
+        return (run / MODEL).is_file()
+
+    def load(self, recipe: Recipe, member: runs.Member, made_with: Recipe, trained, classes: list[str], device, exported) -> TabularMember:
+        """Its fold pipelines (``model.joblib``); ``exported`` changes nothing: pipelines are not exported.
+
+        Raises:
+            TabularError: a pipeline or the speaker statistics do not load.
+        """
+        entry, fold, run = trained[0]
+        config = runs.read_config(run, member.fix(entry, fold))
+        population = None
+        if made_with.speakers.norm == "speaker":
+            try:
+                population = speakers.load_statistics(run / runs.POPULATION)
+            except (OSError, KeyError, ValueError) as err:
+                raise TabularError(
+                    f"{run / runs.POPULATION} cannot be read ({err}); the speaker-normalised run is damaged: {member.fix(entry, fold)}."
+                ) from err
+        pipelines = [load_pipeline(run) for _, _, run in trained]
+        return TabularMember(made_with, pipelines, population, FunctionalsMember(**config["member"]), len(classes))
+
+    def report(self, recipe: Recipe, entries: list[str]) -> list[Section]:
+        """ "Top functionals": the :data:`TOP_FUNCTIONALS` functionals of each finished member with per-feature
+        weights (:func:`importance` over its fold pipelines; an encoder set's shares summed per hidden
+        state), one table per member side by side; a note for the others."""
+        tables, notes = [], []
+        weights_dir = recipe.paths.weights_dir
+        for name in entries:
+            member = recipe.functionals_member(name)
+            folds = [runs.run_dir(recipe, name, k) for k in range(recipe.folds.n_splits)]
+            if not all(runs.is_finished(run) for run in folds):
+                continue
+            column_names = list(np.asarray(functionals.names(member.set, weights_dir))[columns(member, weights_dir)])
+            shares = importance([load_pipeline(run) for run in folds], column_names)
+            if shares is None:
+                notes.append(f"{name} ({member.model}): an RBF SVM has no per-feature weights.")
+                continue
+            if functionals.is_encoder(member.set):  # single dimensions mean nothing: which hidden states carry the weight
+                by_state = shares.groupby(encoders.layer_of(list(shares.index))).sum().sort_values(ascending=False)
+                frame = pd.DataFrame({"hidden state": by_state.index, "share": by_state.to_numpy()})
+            else:
+                head = shares.head(TOP_FUNCTIONALS)
+                frame = pd.DataFrame({"functional": head.index, "share": head.to_numpy()})
+            tables.append((f"{name} ({member.set}, {member.model})", frame))
+        if not tables and not notes:
+            return [Section("Top functionals", ["No finished functionals member."])]
+        lead = (
+            "Share of each member's total importance (logistic regression: mean |coefficient| over classes on standardised "
+            "functionals; LightGBM: split gain), averaged over its folds."
+        )
+        return [Section("Top functionals", [lead, *notes], tables)]

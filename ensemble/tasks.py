@@ -205,12 +205,14 @@ class Multiclass(Task):
         return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=0.0 if mixup_alpha > 0 else label_smoothing)
 
     def mixup(self, alpha: float, label_smoothing: float, num_classes: int) -> Mix | None:
-        """timm's batch-mode ``Mixup`` without CutMix (:func:`ensemble.augment.mixup`): targets are
-        soft ``(batch, classes)`` probabilities with ``label_smoothing`` folded in."""
-        from .augment import mixup
-        from .recipe import AugmentConfig
+        """timm's batch-mode ``Mixup`` (Zhang et al. 2018) without CutMix (pasting a patch of one
+        spectrogram into another cuts sounds off in time and frequency), or None when ``alpha`` is 0:
+        targets are soft ``(batch, classes)`` probabilities with ``label_smoothing`` folded in."""
+        if alpha <= 0:
+            return None
+        from timm.data import Mixup
 
-        return mixup(AugmentConfig(mixup_alpha=alpha), label_smoothing, num_classes)
+        return Mixup(mixup_alpha=alpha, cutmix_alpha=0.0, label_smoothing=label_smoothing, num_classes=num_classes)
 
     def scores(self, y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
         """:func:`ensemble.metrics.scores`; ``y`` class indices ``(n,)``."""

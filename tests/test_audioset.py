@@ -5,6 +5,7 @@ missing weights, the frozen-embedding functionals sets and the recipe checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 from timm.layers import FrozenBatchNormAct2d
 from timm.optim import create_optimizer_v2
 
-from ensemble import audio, audioset, features, frontends, functionals, models, predict, recipe, train
+from ensemble import audio, audioset, features, frontends, functionals, image_fit, models, predict, recipe, train
 from ensemble import runs as run_store
 from ensemble.data import load_data
 
@@ -211,7 +212,7 @@ def test_one_training_step_of_each_audioset_backbone_through_train_fold(trained,
     for name in ("yamnet", "efficientat_mn04"):
         data = load_data(r.for_backbone(name), progress=False)
         assert data.x_train.shape[1:] == (1, frontends.get(frontends.for_model(name)).n_mels, features.frames(r.for_backbone(name).features))
-        report = train.train_fold(r, data, name, 0, force=True, progress=False)
+        report = image_fit.train_fold(r, data, name, 0, force=True, progress=False)
         assert report["epoch"] == 1 and 0.0 <= report["accuracy"] <= 1.0
         weights = load_file(run_store.run_dir(r, name, 0) / "model.safetensors")
         start = timm.create_model(name, pretrained=True, num_classes=8, weights_dir=WEIGHTS).state_dict()
@@ -247,7 +248,7 @@ def test_ens_predict_renders_an_audioset_member_as_it_was_trained(trained):
         member = [m for m in ensemble.members if m.name == name][0]
         expected = np.mean([torch.softmax(m(torch.from_numpy(images.astype(np.float32))), 1).detach().numpy() for m in ensemble.models[member.name]], 0)
         first = ensemble.members[0]  # the 16 kHz ImageNet member sets the rate audio is read at; weight 0
-        one = predict.Ensemble(r, ensemble.classes, [first, member], {first.name: 0.0, name: 1.0}, ensemble.models, ensemble.trained_with, "", ensemble.device)
+        one = dataclasses.replace(ensemble, members=[first, member], weights={first.name: 0.0, name: 1.0})
         np.testing.assert_allclose(one.predict_waveforms([y]), expected, atol=1e-5)
 
 

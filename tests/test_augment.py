@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, augment, features, waveform_augment
+from ensemble import audio, augment, features, image_fit, tasks, waveform_augment
 from ensemble import recipe as recipe_mod
 from ensemble.recipe import AugmentConfig, FeatureConfig
 
@@ -180,7 +180,7 @@ def test_mixup_mixes_each_image_with_its_partner_in_the_flipped_batch_as_its_tar
     batch. ``lam`` is read back from the targets and the images are checked against it."""
     classes, smoothing = 8, 0.1
     off, on = smoothing / classes, 1 - smoothing + smoothing / classes
-    mix = augment.mixup(AugmentConfig(mixup_alpha=0.4), label_smoothing=smoothing, num_classes=classes)
+    mix = tasks.MULTICLASS.mixup(0.4, label_smoothing=smoothing, num_classes=classes)
     y = torch.tensor([3, 0, 5, 1, 7, 2, 6, 4])  # every partner (the flipped batch) has another class
     lams = []
     saved = np.random.get_state()
@@ -205,7 +205,7 @@ def test_mixup_mixes_each_image_with_its_partner_in_the_flipped_batch_as_its_tar
     # batch, and most of them far from both images and from an even mix (where a swapped lam shows)
     assert len({round(lam, 6) for lam in lams}) == len(lams), lams
     assert sum(0.05 < lam < 0.95 and abs(lam - 0.5) > 0.05 for lam in lams) >= 3, lams
-    assert augment.mixup(AugmentConfig(), 0.1, 8) is None
+    assert tasks.MULTICLASS.mixup(0.0, 0.1, 8) is None
 
 
 @pytest.mark.parametrize(
@@ -251,10 +251,9 @@ def test_waveform_key_ignores_batch_settings():
 
 
 def test_balanced_class_weights_follow_inverse_frequency():
-    from ensemble import train
 
     r = recipe_mod.from_dict({"train": {"class_weights": "balanced"}})
-    w = train.class_weights(r, np.array([0, 0, 0, 1]), 2)
+    w = image_fit.class_weights(r, np.array([0, 0, 0, 1]), 2)
     torch.testing.assert_close(w, torch.tensor([4 / 6, 4 / 2]))
     with pytest.raises(ValueError, match="needs every class"):
-        train.class_weights(r, np.array([0, 0]), 2)
+        image_fit.class_weights(r, np.array([0, 0]), 2)

@@ -1,7 +1,7 @@
 """Blend safety and determinism (issue 6): runs that disagree with the competition are refused, or
 realigned explicitly, never mixed silently; `ens blend` writes the same bytes every time.
 
-The run folders are fabricated, not trained: ``config.json`` from ``train.run_config``, an empty
+The run folders are fabricated, not trained: ``config.json`` from ``image_fit.run_config``, an empty
 ``metrics.json``, and ``oof.csv`` / ``test.csv`` of seeded random probabilities, on a competition
 folder written here and read as a :class:`ensemble.split.Split` (blending reads no images)."""
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import blend, blenders, competition, tasks, train
+from ensemble import blend, blenders, competition, image_fit, tasks
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
 from ensemble import split as split_mod
@@ -84,7 +84,7 @@ def make_run(recipe: recipe_mod.Recipe, data: split_mod.Split, backbone: str, fo
     run.mkdir(parents=True)
     rng = np.random.default_rng([BACKBONES.index(backbone), fold])
     multilabel = data.competition.task is tasks.MULTILABEL
-    (run / "config.json").write_text(json.dumps(train.run_config(recipe, data, backbone, fold)))
+    (run / "config.json").write_text(json.dumps(image_fit.run_config(recipe, data, backbone, fold)))
     (run / "metrics.json").write_text("{}")
     ids = data.folds["id"][data.folds["fold"] == fold].to_numpy()
     oof = pd.DataFrame(probabilities(rng, len(ids), multilabel), columns=CLASSES)

@@ -155,14 +155,14 @@ def test_ens_train_names_resume_when_it_starts_an_interrupted_run_afresh_and_res
     only epochs 2 and 3 and ends with the same weights, tables and log as the uninterrupted run."""
     from safetensors.numpy import load_file
 
-    from ensemble import train
+    from ensemble import image_fit
 
     from .conftest import cli_ok, copy_tiny_runs
 
     recipe = copy_tiny_runs(tiny_trained, tmp_path, blend=False)
     run = tmp_path / "runs" / "tiny" / "test_resnet" / "fold0"
     args = ["train", "--recipe", str(recipe), "--backbone", "test_resnet", "--fold", "0", "--epochs", "3", "--quiet"]
-    saved, crash_now, real_save = [], [], train.torch.save
+    saved, crash_now, real_save = [], [], image_fit.torch.save
 
     def save_then_crash_at_epoch_2(obj, f):
         real_save(obj, f)
@@ -184,7 +184,7 @@ def test_ens_train_names_resume_when_it_starts_an_interrupted_run_afresh_and_res
         log = pd.read_csv(run / "log.csv").drop(columns=["train_img_per_s", "seconds"])
         return pd.read_csv(run / "oof.csv"), pd.read_csv(run / "test.csv"), log, load_file(run / "model.safetensors")
 
-    monkeypatch.setattr(train.torch, "save", save_then_crash_at_epoch_2)
+    monkeypatch.setattr(image_fit.torch, "save", save_then_crash_at_epoch_2)
     interrupted()
     output = cli_ok(args)
     assert "test_resnet fold 0: starting afresh; pass --resume to continue the interrupted run from its checkpoint." in output

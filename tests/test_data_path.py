@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble import data as data_mod
-from ensemble import features, loop, models, train
+from ensemble import features, image_fit, loop, models
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
 from ensemble.recipe import AugmentConfig, FeatureConfig
@@ -78,10 +78,10 @@ def test_torch_compile_trains_the_same_run(small_source, tiny_recipe_text, tmp_p
     monkeypatch.setattr(torch, "compile", spy)
     torch._dynamo.reset()
     counters.clear()
-    plain = train.train_fold(r, data, "test_resnet", 0, progress=False)
+    plain = image_fit.train_fold(r, data, "test_resnet", 0, progress=False)
     assert compiled_modules == [] and counters["frames"]["ok"] == 0  # compile is off by default
     r.runtime.compile, r.name = True, "compiled"
-    compiled = train.train_fold(r, data, "test_resnet", 0, progress=False)
+    compiled = image_fit.train_fold(r, data, "test_resnet", 0, progress=False)
     # the training model really was compiled, by inductor (the default backend), and the compiled
     # module is what trained: dynamo captured the forward pass into a graph and inductor compiled it
     [(model, kwargs, out)] = compiled_modules
@@ -100,9 +100,9 @@ def test_cpu_bf16_autocast_changes_the_arithmetic_not_the_run(small_source, tiny
     text = tiny_recipe_text(tmp_path / "comp", tmp_path / "runs", tmp_path / "subs")
     r = recipe_mod.load(tiny_competition(tmp_path / "tiny.toml", text, small_source))
     data = data_mod.load_data(r, progress=False)
-    train.train_fold(r, data, "test_resnet", 0, progress=False)
+    image_fit.train_fold(r, data, "test_resnet", 0, progress=False)
     r.train.cpu_precision, r.name = "bf16", "bf16"
-    train.train_fold(r, data, "test_resnet", 0, progress=False)
+    image_fit.train_fold(r, data, "test_resnet", 0, progress=False)
     assert json.loads((run_store.run_dir(r, "test_resnet", 0) / "config.json").read_text())["recipe"]["train"]["cpu_precision"] == "bf16"
     half = pd.read_csv(run_store.run_dir(r, "test_resnet", 0) / "oof.csv")[data.competition.classes].to_numpy()
     r.name = "tiny"

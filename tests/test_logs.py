@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ensemble import data as data_mod
+from ensemble import image_fit
 
 from .conftest import cli_ok
 
@@ -86,13 +87,13 @@ def test_log_file_gets_one_line_per_epoch_and_stage(tiny, tmp_path):
 def test_terminal_gets_bars(tiny, monkeypatch, capsys):
     """With stderr a terminal the bars are drawn there (and the render needs no summary line);
     the epoch lines still go to stdout, once per epoch."""
-    from ensemble import recipe, train
+    from ensemble import recipe
 
     stderr = TerminalStream()
     monkeypatch.setattr(sys, "stderr", stderr)
     r = recipe.load(tiny)
     data = data_mod.load_data(r, progress=True)
-    train.train_fold(r, data, BACKBONE, 0, progress=True)
+    image_fit.train_fold(r, data, BACKBONE, 0, progress=True)
     bars, out = stderr.getvalue(), capsys.readouterr().out
 
     assert "\r" in bars
@@ -111,7 +112,7 @@ def test_quiet_prints_no_progress(tiny, monkeypatch, capsys):
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and RESULT_LINE.match(lines[0]) and lines[0].startswith(f"{BACKBONE} fold 0:"), output
 
-    from ensemble import recipe, train
+    from ensemble import recipe
 
     stderr = TerminalStream()
     monkeypatch.setattr(sys, "stderr", stderr)
@@ -119,6 +120,6 @@ def test_quiet_prints_no_progress(tiny, monkeypatch, capsys):
     r.train.epochs = 1
     (Path(r.competition.dir) / ".ens_cache").rename(Path(r.competition.dir) / "old_cache")  # render again
     data = data_mod.load_data(r, progress=False)
-    train.train_fold(r, data, BACKBONE, 1, progress=False)
+    image_fit.train_fold(r, data, BACKBONE, 1, progress=False)
     assert stderr.getvalue() == ""
     assert capsys.readouterr().out == ""

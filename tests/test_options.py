@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
-from ensemble import audio, loop, metrics, models, predict, tasks, train
+from ensemble import audio, image_fit, loop, metrics, models, predict, tasks
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
@@ -95,7 +95,7 @@ def frozen(monkeypatch):
 
 def test_patience_stops_the_run_after_that_many_epochs_without_gain(tiny, tmp_path, frozen, capsys):
     r = _variant(tiny, tmp_path, "patient", epochs=6, patience=2, lr=0.0, min_lr=0.0)
-    report = train.train_fold(r, tiny["data"], BACKBONE, 0, progress=True)
+    report = image_fit.train_fold(r, tiny["data"], BACKBONE, 0, progress=True)
     log = _log(r)
     assert log["epoch"].tolist() == [1, 2, 3]  # epoch 1, then 2 epochs without gain: stopped before epoch 4 of 6
     assert log["selected"].tolist() == [True, False, False]
@@ -107,7 +107,7 @@ def test_patience_stops_the_run_after_that_many_epochs_without_gain(tiny, tmp_pa
 
     # the same run without patience trains all 6 epochs: the stop above is patience's doing
     r = _variant(tiny, tmp_path, "impatient", epochs=6, patience=0, lr=0.0, min_lr=0.0)
-    train.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
+    image_fit.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
     assert _log(r)["epoch"].tolist() == [1, 2, 3, 4, 5, 6] and _log(r)["valid_log_loss"].nunique() == 1
 
 
@@ -145,7 +145,7 @@ def epochs_seen(tiny, monkeypatch) -> list[dict]:
         return out
 
     monkeypatch.setattr(tasks.Multiclass, "scores", scores)
-    monkeypatch.setattr(train, "predict", spy)
+    monkeypatch.setattr(image_fit, "predict", spy)
     return epochs
 
 
@@ -159,7 +159,7 @@ def test_select_last_keeps_the_last_epoch_not_the_best(tiny, tmp_path, epochs_se
     runs = {}
     for select in ("best", "last"):
         r = _variant(tiny, tmp_path, select, epochs=3, select=select)
-        report = train.train_fold(r, data, BACKBONE, 0, progress=False)
+        report = image_fit.train_fold(r, data, BACKBONE, 0, progress=False)
         runs[select] = (r, report, list(epochs_seen))
     r_best, best_report, best_epochs = runs["best"]
     r_last, last_report, last_epochs = runs["last"]
@@ -201,7 +201,7 @@ def test_given_class_weights_reach_the_loss(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SpyLoss)  # undone after the test
     r = _variant(tiny, tmp_path, "weighted", epochs=1, class_weights="given", class_weight_values=GIVEN)
-    train.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
+    image_fit.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
     assert losses, "training did not use nn.CrossEntropyLoss"
     for weight, smoothing, logits, target, loss in losses:
         assert torch.equal(weight, torch.tensor(GIVEN)) and smoothing == pytest.approx(0.1)
@@ -217,7 +217,7 @@ def test_given_class_weights_of_the_wrong_length_are_refused(tiny, tmp_path):
         _variant(tiny, tmp_path, "short", epochs=1, class_weights="given", class_weight_values=[1.0, 2.0, 3.0])
     r = _variant(tiny, tmp_path, "short", epochs=1, class_weights="given", class_weight_values=[1.0, 2.0, 3.0], classes=[])
     with pytest.raises(ValueError, match=r"\[train\].class_weight_values has 3 values for 8 classes"):  # classes from the data
-        train.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
+        image_fit.train_fold(r, tiny["data"], BACKBONE, 0, progress=False)
     assert not (run_store.run_dir(r, BACKBONE, 0) / "metrics.json").exists()
 
     recipe_file = tmp_path / "short.toml"

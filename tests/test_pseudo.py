@@ -16,6 +16,7 @@ from ensemble import data as data_mod
 from ensemble import pseudo, runs, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import split as split_mod
+from ensemble.entry import Entry
 
 from .conftest import BASIC_LR, cli_ok, one_backbone_recipe, ravdess_clip
 
@@ -171,7 +172,7 @@ def test_round_entries_name_their_members():
     r = recipe_mod.from_dict({"backbones": ["a", "a@7", "b"], "functionals": [{"name": "f"}], "pseudo": {"rounds": 2, "members": ["a", "f"]}})
     assert r.entries() == ["a", "a@7", "b", "f", "a+pl1", "a@7+pl1", "f+pl1", "a+pl2", "a@7+pl2", "f+pl2"]
     assert r.members()["a+pl1"] == ["a+pl1", "a@7+pl1"] and r.members()["f+pl2"] == ["f+pl2"]
-    assert recipe_mod.split_backbone("a@7+pl2") == ("a", 7) and recipe_mod.pseudo_round("a@7+pl2") == ("a@7", 2)
+    assert Entry.parse("a@7+pl2") == Entry("a", 7, 2) and str(Entry.parse("a@7+pl2").base) == "a@7" and Entry.parse("a@7+pl2").member == "a+pl2"
     assert r.for_backbone("a@7+pl1").train.seed == 7
     assert [m.name for m in pseudo.teachers(r, 1)] == ["a", "b", "f"] and [m.name for m in pseudo.teachers(r, 2)] == ["a+pl1", "f+pl1"]
 
@@ -181,7 +182,7 @@ def test_ens_predict_predicts_with_the_students(rounds):
 
     ensemble = predict.load_ensemble(rounds["r"])  # after `ens blend --pseudo-label`: its weights name the students too
     names = [m.name for m in ensemble.members]
-    assert {"test_resnet+pl1", "basic_lr+pl1"} <= set(names) and "basic_lr+pl1" in ensemble.functionals
+    assert {"test_resnet+pl1", "basic_lr+pl1"} <= set(names) and isinstance(ensemble.loaded["basic_lr+pl1"], tabular.TabularMember)
     test = pd.read_csv(rounds["comp"] / "test.csv", dtype=str)
     (result,) = predict.predict(ensemble, [rounds["comp"] / test["path"][0]], same_speaker=True)
     assert result.proba.sum() == pytest.approx(1.0)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from ensemble import data as data_mod
+from ensemble import image_fit, tabular
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
 from ensemble import split as split_mod
-from ensemble import tabular, train
 from ensemble.corpora import ravdess
 
 from .conftest import ROOT
@@ -19,7 +19,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 
 
 def _first_run(path) -> str:
-    """What a recipe's first backbone's run is defined by (train.run_config's recipe part and the backbone);
+    """What a recipe's first backbone's run is defined by (image_fit.run_config's recipe part and the backbone);
     for a recipe of functionals members only, its first member's settings and the competition."""
     r = recipe_mod.load(path)
     if not r.backbones:
@@ -78,7 +78,7 @@ def test_recipe_builds_and_runs_one_epoch(path, competitions, tmp_path):
     assert data.x_train.shape[1] == len(r.for_backbone(r.backbones[0]).features.channels)
     if r.augment.copies:
         assert data.x_aug.shape == (1, *data.x_train.shape)
-    report = train.train_fold(r, data, r.backbones[0], 0, progress=False)
+    report = image_fit.train_fold(r, data, r.backbones[0], 0, progress=False)
     classes = {"gender_emotion": 10, "emotion_intensity": 9}.get(scheme, 8)
     assert len(report["per_class_ap" if r.competition.task == "multilabel" else "per_class_accuracy"]) == classes
     run = run_store.run_dir(r, r.backbones[0], 0)

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from ensemble import checkpoint as checkpoint_mod
 from ensemble import data as data_mod
+from ensemble import image_fit
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
-from ensemble import train
 from ensemble.checkpoint import Checkpoint
 from ensemble.cli import app
 
@@ -146,7 +146,7 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
     r = recipe_mod.load(path)
     data = data_mod.load_data(r, progress=False)
     saved, crashed = [], []
-    real_save = train.torch.save
+    real_save = image_fit.torch.save
 
     def save_then_crash_once_at_epoch_2(obj, f):
         real_save(obj, f)
@@ -155,13 +155,13 @@ def test_without_resume_an_interrupted_run_starts_afresh(setup, monkeypatch):
             crashed.append(True)
             raise Crash
 
-    monkeypatch.setattr(train.torch, "save", save_then_crash_once_at_epoch_2)
+    monkeypatch.setattr(image_fit.torch, "save", save_then_crash_once_at_epoch_2)
     with pytest.raises(Crash):
-        train.train_fold(r, data, "test_efficientnet", 0, progress=False)
+        image_fit.train_fold(r, data, "test_efficientnet", 0, progress=False)
     run = run_store.run_dir(r, "test_efficientnet", 0)
     assert (run / run_store.CHECKPOINT).exists() and len(pd.read_csv(run / "log.csv")) == 2
     saved.clear()
-    train.train_fold(r, data, "test_efficientnet", 0, progress=False)  # no resume: all four epochs again
+    image_fit.train_fold(r, data, "test_efficientnet", 0, progress=False)  # no resume: all four epochs again
     assert saved == [1, 2, 3, 4] and (run / "metrics.json").exists()
 
 
@@ -181,7 +181,7 @@ def _stop_before_the_weights_of(path, epoch, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint_mod, "save_file", crash_at_epoch)
         with pytest.raises(Crash):
-            train.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
+            image_fit.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
     run = run_store.run_dir(r, "test_efficientnet", 0)
     checkpoint = torch.load(run / run_store.CHECKPOINT, weights_only=False)
     assert (checkpoint["epoch"], checkpoint["best_epoch"]) == (epoch, epoch)
@@ -213,11 +213,11 @@ def test_stopped_after_an_epoch_that_did_not_improve_resume_keeps_the_earlier_be
             raise Crash
         real_save(obj, f)
 
-    real_save = train.torch.save
+    real_save = image_fit.torch.save
     with monkeypatch.context() as patch:
-        patch.setattr(train.torch, "save", crash_writing_epoch_3s_checkpoint)
+        patch.setattr(image_fit.torch, "save", crash_writing_epoch_3s_checkpoint)
         with pytest.raises(Crash):
-            train.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
+            image_fit.train_fold(r, data_mod.load_data(r, progress=False), "test_efficientnet", 0, progress=False)
     run = run_store.run_dir(r, "test_efficientnet", 0)
     checkpoint = torch.load(run / run_store.CHECKPOINT, weights_only=False)
     assert (checkpoint["epoch"], checkpoint["best_epoch"], Checkpoint(run, {}, "").saved_epoch()) == (2, 1, 1)

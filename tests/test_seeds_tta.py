@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import audio, blend, blenders, loop, metrics, models, predict, tasks, train
+from ensemble import audio, blend, blenders, image_fit, loop, metrics, models, predict, tasks
 from ensemble import data as data_mod
 from ensemble import recipe as recipe_mod
 from ensemble import runs as run_store
@@ -162,15 +162,15 @@ def test_a_run_finished_before_tta_shifts_existed_is_still_finished(trained):
     r, data = trained["recipe"], trained["data"]
     before = dataclasses.replace(r, name="before_tta", train=dataclasses.replace(r.train, tta_shifts=[]))
     run = run_store.run_dir(before, "test_resnet", 0)
-    config = train.run_config(before, data, "test_resnet", 0)
+    config = image_fit.run_config(before, data, "test_resnet", 0)
     del config["recipe"]["train"]["tta_shifts"]
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(config))
     (run / "metrics.json").write_text(json.dumps({"uar": 0.5}))
-    assert train.finished_run(before, data, "test_resnet", 0) == {"uar": 0.5}
+    assert image_fit.finished_run(before, data, "test_resnet", 0) == {"uar": 0.5}
     with_tta = dataclasses.replace(before, train=r.train)  # turning TTA on changes the run's predictions: a conflict
     with pytest.raises(run_store.RunConflictError, match="different configuration"):
-        train.finished_run(with_tta, data, "test_resnet", 0)
+        image_fit.finished_run(with_tta, data, "test_resnet", 0)
 
 
 @pytest.mark.parametrize(

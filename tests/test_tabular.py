@@ -84,12 +84,13 @@ def test_a_functionals_run_stays_valid_when_the_backbones_training_changes(mixed
 def test_ens_predict_predicts_with_functionals_members(mixed):
     r = recipe_mod.load(mixed["recipe"])
     ensemble = predict.load_ensemble(r)
-    assert set(ensemble.functionals) == {"basic_lr", "egemaps_svm", "basic_gbm"} and ensemble.duration == 2.0
+    tables = {name for name, member in ensemble.loaded.items() if isinstance(member, tabular.TabularMember)}
+    assert tables == {"basic_lr", "egemaps_svm", "basic_gbm"} and ensemble.duration == 2.0
     test = pd.read_csv(mixed["comp"] / "test.csv", dtype=str)
     files = [mixed["comp"] / p for p in test["path"][:2]]
     (first, second) = predict.predict(ensemble, files, same_speaker=True)
     assert first.proba.sum() == pytest.approx(1.0) and not np.allclose(first.proba, second.proba)
-    kept = [m for m in ensemble.members if m.name in ensemble.functionals]
+    kept = [m for m in ensemble.members if m.name in tables]
     alone = dataclasses.replace(ensemble, members=kept, weights={m.name: 1 / len(kept) for m in kept})  # functionals members only
     assert alone.duration is None
     (whole,) = predict.predict(alone, files[:1], same_speaker=True)  # no image member: the recording whole
@@ -193,7 +194,7 @@ def test_tune_refuses_training_folds_of_a_single_speaker(mixed):
         tabular.inner_folds(split, one_speaker)
 
 
-def test_importance_ranks_the_functionals_a_logistic_regression_and_lightgbm_lean_on(mixed):
+def test_importance_ranks_the_functionals_a_logistic_regression_and_lightgbm_lean_on(mixed, monkeypatch):
     r = recipe_mod.load(mixed["recipe"])
     names = functionals.names("ens_basic")
     lr = [tabular.load_pipeline(runs.run_dir(r, "basic_lr", k)) for k in (0, 1)]
@@ -213,7 +214,10 @@ def test_importance_ranks_the_functionals_a_logistic_regression_and_lightgbm_lea
     assert tabular.importance(svm, functionals.names("eGeMAPSv02")) is None
     from ensemble import report
 
-    page = report.top_functionals(r, top=5)
+    monkeypatch.setattr(tabular, "TOP_FUNCTIONALS", 5)
+    (section,) = tabular.TabularKind().report(r, [m.name for m in r.functionals])
+    assert section.title == "Top functionals"
+    page = report._kind_section(section)
     assert f"<td>{shares.index[0]}</td>" in page and "egemaps_svm (svm): an RBF SVM has no per-feature weights" in page
     assert page.count("<tr>") == 2 * (5 + 1)  # basic_lr and basic_gbm: a header row and 5 functionals each
 

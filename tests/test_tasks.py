@@ -1,7 +1,7 @@
 """ensemble.tasks: multiclass and multilabel, each in one place, chosen once from the competition.
 
-The loss and mixup are compared with what ``train.train_fold`` built before the task objects
-(``nn.CrossEntropyLoss`` / ``multilabel.bce_loss``, ``augment.mixup`` / ``multilabel.union_mixup``),
+The loss and mixup are compared with what ``image_fit.train_fold`` built before the task objects
+(``nn.CrossEntropyLoss`` / ``multilabel.bce_loss``, timm's ``Mixup`` / ``multilabel.union_mixup``),
 value for value, so moving a run onto its task cannot change a number.
 """
 
@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble import augment, blenders, competition, metrics, multilabel, recipe, tasks
+from ensemble import blenders, competition, metrics, multilabel, recipe, tasks
 from ensemble.errors import OptionError
-from ensemble.recipe import AugmentConfig, CompetitionConfig
+from ensemble.recipe import CompetitionConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -137,11 +137,13 @@ def test_multilabel_loss_is_bce_against_binary_smoothed_targets_and_takes_no_wei
         tasks.MULTILABEL.loss(0.1, torch.ones(4))
 
 
-def test_multiclass_mixup_is_augment_mixup_for_a_seeded_batch(batch):
+def test_multiclass_mixup_is_timms_batch_mixup_without_cutmix_for_a_seeded_batch(batch):
+    from timm.data import Mixup
+
     _, images = batch
     target = torch.tensor([0, 1, 2, 3, 1, 0])
     np.random.seed(7)
-    expected = augment.mixup(AugmentConfig(mixup_alpha=0.4), 0.1, 4)(images.clone(), target.clone())
+    expected = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=4)(images.clone(), target.clone())
     np.random.seed(7)
     mixed, soft = tasks.MULTICLASS.mixup(0.4, 0.1, 4)(images.clone(), target.clone())
     assert torch.equal(mixed, expected[0]) and torch.equal(soft, expected[1])
