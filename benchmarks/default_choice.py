@@ -40,7 +40,7 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, audio, blend, blenders, encoders, functionals, runs  # noqa: E402
+from ensemble import atomic, audio, blend, blenders, encoder_sets, functionals, runs  # noqa: E402
 from ensemble import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def member_seconds(recipe, split, clips: int) -> dict[str, float]:
             seconds[member.name] = sum(pd.read_csv(log)["seconds"].sum() for log in logs) + MEASURED[f"render {member.name}"]
         elif functionals.is_encoder(spec.set):
             per_clip = json.loads((OUT / "encoder_members.json").read_text())["seconds_per_clip"]
-            seconds[member.name] = per_clip[encoders.split_window(spec.set)[1]] * CLIPS
+            seconds[member.name] = per_clip[encoder_sets.split_window(spec.set)[1]] * CLIPS
         else:
             seconds[member.name] = set_seconds(recipe, split, spec.set, clips) * CLIPS
     return seconds

@@ -35,7 +35,7 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, audio, encoders, functionals, recipe, tabular  # noqa: E402
+from ensemble import atomic, audio, encoder_sets, encoders, functionals, recipe, tabular  # noqa: E402
 from ensemble import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def main() -> None:
     comp = split.competition
     timing_paths = comp.audio_paths(comp.train)[: args.time_clips]
     rows, per_clip = [], {}
-    for window in encoders.WINDOWS:
+    for window in encoder_sets.WINDOWS:
         set_name = ENCODER if window == "clip" else f"{ENCODER}:{window}"
         per_clip[window] = seconds_per_clip(timing_paths, set_name, f.sample_rate, f.trim_db)
         full = recipe.FunctionalsMember(name="whisper_lr", set=set_name, model="logreg")
@@ -99,7 +99,7 @@ def main() -> None:
                 rows.append({"window": window, "layers": layers, "C": c, **fold_scores(split, part, member, y_test)})
                 print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
-    states = {layers: len(encoders.layer_indices(layers, 7)) for layers in LAYERS}
+    states = {layers: len(encoder_sets.layer_indices(layers, 7)) for layers in LAYERS}
     best = frame.assign(states=frame["layers"].map(states)).sort_values(["OOF accuracy", "C", "states"], ascending=[False, True, True]).iloc[0]
     chosen = {"window": best["window"], "layers": best["layers"], "c": float(best["C"])}
     best_per = frame.loc[frame.groupby(["window", "layers"])["OOF accuracy"].idxmax()]  # each layer choice at its best C

@@ -43,14 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EnsError
-from .weights import weights_dir as find_weights
+from .encoder_sets import EncoderError, layer_indices, source, split_window
 
 VERSION = 1
 """Bumped whenever the pooled vector's definition changes, so cached vectors of the old one are not reused."""
-
-WINDOWS = ("clip", "pad30")
-"""Whisper's input windows (see the module docstring); ``<encoder>:pad30`` names the second."""
 
 WHISPER_CHUNK_S = 30.0
 """Whisper's input window, seconds (3000 frames of 10 ms, 1500 positions of 20 ms)."""
@@ -58,85 +54,7 @@ WHISPER_CHUNK_S = 30.0
 MIN_SAMPLES = 1600
 """Shorter clips are padded with silence to this many samples (0.1 s at 16 kHz), enough for a wav2vec2 convolutional stem (400 samples)."""
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_LAYERS = re.compile(r"all|\d+(-\d+)?(,\d+(-\d+)?)*")
 _MODELS: dict[tuple[str, str], tuple[object, object]] = {}
-
-
-class EncoderError(EnsError, ValueError):
-    """An encoder set cannot be found, loaded or used as asked; the message names the set and the fix."""
-
-
-def split_window(set_name: str) -> tuple[str, str]:
-    """``"whisper_base:pad30"`` -> ``("whisper_base", "pad30")``; no suffix: window ``"clip"``.
-
-    Raises:
-        EncoderError: an unknown window suffix.
-    """
-    name, _, window = set_name.partition(":")
-    window = window or "clip"
-    if window not in WINDOWS:
-        raise EncoderError(f"set={set_name!r}: the window {window!r} is not one of {WINDOWS}; write '{name}' or '{name}:pad30'.")
-    return name, window
-
-
-def source(set_name: str, weights_dir: str | os.PathLike | None = None) -> str:
-    """Where ``set_name``'s encoder is loaded from: ``<weights_dir>/<name>`` or a path when it holds
-    ``config.json``, else a hub id ``org/name`` as given.
-
-    Raises:
-        EncoderError: none of these (the message lists what was looked for).
-    """
-    name, _ = split_window(set_name)
-    root = find_weights(weights_dir)
-    for folder in ([root / name] if root is not None else []) + [Path(name).expanduser()]:
-        if (folder / "config.json").is_file():
-            return str(folder)
-    if _HUB_ID.fullmatch(name) and not Path(name).exists():
-        return name
-    where = f"{root}/{name}" if root is not None else f"<weights_dir>/{name} (no weights folder is set)"
-    raise EncoderError(
-        f"set={set_name!r} is not a functionals set and names no transformers encoder: no config.json in {where} or in {name}, "
-        "and it is not a model hub id 'org/name'; pass a folder of [paths].weights_dir (e.g. 'whisper_base'), a path, or a hub id."
-    )
-
-
-def check(set_name: str, weights_dir: str | os.PathLike | None = None) -> str | None:
-    """Why ``set_name`` cannot name an encoder set (torch-free, for recipe checks), or None when it can."""
-    try:
-        source(set_name, weights_dir)
-    except EncoderError as err:
-        return str(err)
-    return None
-
-
-def check_layers(layers: str) -> bool:
-    """Whether ``layers`` is a layer choice :func:`layer_indices` can read: ``all``, ``k``, ``a-b`` or a comma list of them."""
-    return isinstance(layers, str) and bool(_LAYERS.fullmatch(layers.replace(" ", "")))
-
-
-def layer_indices(layers: str, states: int) -> list[int]:
-    """The hidden states ``layers`` picks out of ``states`` (0 = the embeddings, ``states - 1`` = the last layer).
-
-    Args:
-        layers: ``"all"``, one index ``"3"``, a range ``"2-4"`` (both ends included) or a comma list ``"1,3-5"``.
-        states: the encoder's number of hidden states (layers + 1).
-
-    Raises:
-        EncoderError: unreadable, or an index outside ``0..states - 1``.
-    """
-    if not check_layers(layers):
-        raise EncoderError(f"layers={layers!r} is not a layer choice; write 'all', one index '3', a range '2-4' or a list '1,3-5'.")
-    text = layers.replace(" ", "")
-    if text == "all":
-        return list(range(states))
-    picked: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        picked += range(int(first), int(last or first) + 1)
-    if not picked or max(picked) >= states:
-        raise EncoderError(f"layers={layers!r} asks for hidden state {max(picked, default=-1)} of an encoder with {states} (0..{states - 1}); pick in range.")
-    return sorted(set(picked))
 
 
 @functools.cache
@@ -160,7 +78,7 @@ def shape(set_name: str, weights_dir: str | os.PathLike | None = None) -> tuple[
     """``(states, width)``: the encoder's hidden states (embeddings + layers) and their width ``d``, from its config.
 
     Raises:
-        EncoderError: see :func:`source`; a config transformers cannot read.
+        EncoderError: see :func:`ensemble.encoder_sets.source`; a config transformers cannot read.
     """
     config = _config(set_name, weights_dir)
     if config.model_type == "whisper":
@@ -182,10 +100,10 @@ def names(set_name: str, weights_dir: str | os.PathLike | None = None) -> list[s
 
 
 def columns(set_name: str, layers: str, weights_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """The vector's column indices of the hidden states ``layers`` picks (:func:`layer_indices`), in order.
+    """The vector's column indices of the hidden states ``layers`` picks (:func:`ensemble.encoder_sets.layer_indices`), in order.
 
     Raises:
-        EncoderError: see :func:`layer_indices` and :func:`shape`.
+        EncoderError: see :func:`ensemble.encoder_sets.layer_indices` and :func:`shape`.
     """
     states, width = shape(set_name, weights_dir)
     return np.concatenate([np.arange(k * 2 * width, (k + 1) * 2 * width) for k in layer_indices(layers, states)])
@@ -200,7 +118,7 @@ def identity(set_name: str, weights_dir: str | os.PathLike | None = None) -> str
     """The cache identity: ``encoder-<stem>-<window>-v<VERSION>-w<weights files' bytes>`` (a hub id: ``-hub``).
 
     Raises:
-        EncoderError: see :func:`source`.
+        EncoderError: see :func:`ensemble.encoder_sets.source`.
     """
     _, window = split_window(set_name)
     where = Path(source(set_name, weights_dir))
@@ -227,7 +145,7 @@ def load(set_name: str, weights_dir: str | os.PathLike | None = None):
     (it loads an encoder-only checkpoint strictly; the classifier it adds is dropped); others: ``AutoModel``.
 
     Raises:
-        EncoderError: see :func:`source`; weights transformers cannot load.
+        EncoderError: see :func:`ensemble.encoder_sets.source`; weights transformers cannot load.
     """
     import torch
     import transformers
@@ -260,7 +178,7 @@ def embed(waveforms, sample_rate: int, set_name: str, weights_dir: str | os.Path
     Args:
         waveforms: float waveforms ``(samples,)`` at ``sample_rate`` Hz (resampled to the encoder's rate with soxr).
         sample_rate: Hz.
-        set_name: an encoder set (:func:`source`), optionally ``:pad30`` for Whisper.
+        set_name: an encoder set (:func:`ensemble.encoder_sets.source`), optionally ``:pad30`` for Whisper.
         weights_dir: ``[paths].weights_dir`` (:func:`ensemble.weights.weights_dir`).
 
     Returns:

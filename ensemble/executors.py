@@ -19,10 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import runs
-from .data import load_data
 from .errors import EnsError
-from .image_fit import train_fold
-from .pseudo import PseudoLabels
 from .recipe import Recipe
 
 EXECUTORS = ("local", "ray")
@@ -36,12 +33,18 @@ class ExecutorError(EnsError, RuntimeError):
 
 @dataclass
 class Job:
-    """One image run of the grid: what :func:`ensemble.image_fit.train_fold` is called with.
+    """One run of the grid, as its kind hands it over: what ``fit`` is called with, and how a
+    worker loads the run's data. Executors run jobs and know nothing of what a run is: the image
+    kind (:mod:`ensemble.image`) makes them with :func:`ensemble.image_fit.train_fold` and
+    :func:`ensemble.data.load_data` (module-level functions: a Ray task pickles them by name).
 
     Attributes:
         recipe: the grid's recipe. entry: a ``backbones`` entry (``name``, ``name@S``, ``name+plR``).
         fold: the fold. force, resume, progress: as :func:`ensemble.train.train`'s.
-        pseudo: the round's pseudo-labels of this fold, or None. on_error: how loading treats bad clips.
+        pseudo: the round's pseudo-labels of this fold (:class:`ensemble.pseudo.PseudoLabels`), or None.
+        on_error: how loading treats bad clips.
+        fit: ``fit(recipe, data, entry, fold, force=, progress=, resume=, pseudo=) -> metrics.json dict``.
+        load: ``load(recipe, progress=, on_error=) -> data`` of the entry's recipe (``recipe.for_backbone(entry)``).
     """
 
     recipe: Recipe
@@ -50,8 +53,10 @@ class Job:
     force: bool
     resume: bool
     progress: bool
-    pseudo: PseudoLabels | None
+    pseudo: object | None
     on_error: str
+    fit: Callable[..., dict]
+    load: Callable[..., object]
 
     @property
     def name(self) -> str:
@@ -60,12 +65,12 @@ class Job:
 
     def run(self, data) -> dict:
         """Train the run on ``data`` (the :class:`ensemble.data.Data` of its feature setting); returns its ``metrics.json`` dict."""
-        return train_fold(self.recipe, data, self.entry, self.fold, force=self.force, progress=self.progress, resume=self.resume, pseudo=self.pseudo)
+        return self.fit(self.recipe, data, self.entry, self.fold, force=self.force, progress=self.progress, resume=self.resume, pseudo=self.pseudo)
 
 
 def _run_loading(job: Job) -> dict:
     """``job`` run in a Ray worker: its data loaded from the feature cache (written by the calling process), then trained."""
-    return job.run(load_data(job.recipe.for_backbone(job.entry), progress=False, on_error=job.on_error))
+    return job.run(job.load(job.recipe.for_backbone(job.entry), progress=False, on_error=job.on_error))
 
 
 class Local:

@@ -48,7 +48,7 @@ import librosa
 import numpy as np
 import scipy.fft
 
-from . import encoders
+from . import encoder_sets, encoders
 from .errors import EnsError
 from .threads import resolve, thread_map
 from .vectors import VectorCache
@@ -166,12 +166,12 @@ def _set(set_name: str, weights_dir: str | os.PathLike | None = None) -> Functio
         raise FunctionalsError(f"set_name={set_name!r} is not a set of functionals; choose one of {sorted(SETS)} or a transformers encoder.")
     if set_name in SETS:
         return SETS[set_name]
-    if (why := encoders.check(set_name, weights_dir)) is not None:
+    if (why := encoder_sets.check(set_name, weights_dir)) is not None:
         raise FunctionalsError(f"set_name={set_name!r} is not a set of functionals; choose one of {sorted(SETS)} or a transformers encoder ({why})")
     return FunctionalSet(
         set_name,
         encoders.size(set_name, weights_dir),
-        f"transformers encoder {encoders.source(set_name, weights_dir)}: mean and std over the clip's tokens of every hidden state (ensemble.encoders)",
+        f"transformers encoder {encoder_sets.source(set_name, weights_dir)}: mean and std over the clip's tokens of every hidden state (ensemble.encoders)",
         "the encoder's own (its folder's README or model card)",
     )
 

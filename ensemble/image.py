@@ -29,7 +29,7 @@ from .engines import INPUT, SAVERS, SUFFIX, MemberGraph, sha1
 from .entry import Entry
 from .errors import EnsError
 from .executors import Job
-from .image_fit import finished_run
+from .image_fit import finished_run, train_fold
 from .kind import Kind, Outcome, Session, Stage, timed
 from .recipe import Recipe
 
@@ -149,7 +149,7 @@ class ImageKind(Kind):
                 done = None if session.force else finished_run(recipe, data, entry, k, extra)
                 if not done and not session.resume and (runs.run_dir(recipe, entry, k) / runs.CHECKPOINT).exists():
                     session.event("afresh", f"{entry} fold {k}")
-                job = None if done else Job(recipe, entry, k, session.force, session.resume, session.progress, extra, session.on_error)
+                job = None if done else Job(recipe, entry, k, session.force, session.resume, session.progress, extra, session.on_error, train_fold, load_data)
                 grid.append((entry, k, done, job))
         reports = session.executor.map([job for *_, job in grid if job is not None], data_of)
         for entry, k, done, _ in grid:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import encoders, frontends, tasks, waveform_augment
+from . import encoder_sets, frontends, tasks, waveform_augment
 from .channels import NAMES as CHANNELS
 from .entry import ROUND_MARK, Entry, marks_round
 from .errors import RecipeError
@@ -289,7 +289,7 @@ class FunctionalsMember:
             fold by an inner speaker-grouped cross-validation on that fold's training clips only
             (:func:`ensemble.tabular.tune`, grids :data:`ensemble.tabular.GRIDS`); the values
             above are then ignored, and each fold's choice is in its ``metrics.json``.
-        layers: an encoder set's hidden states the model sees (:func:`ensemble.encoders.layer_indices`):
+        layers: an encoder set's hidden states the model sees (:func:`ensemble.encoder_sets.layer_indices`):
             ``all``, one index (0: the embeddings), a range ``2-4`` or a list ``1,3-5``.
     """
 
@@ -723,7 +723,7 @@ def load(path: str | Path, overrides: dict | None = None) -> Recipe:
 
 def _encoder_problems(recipe: Recipe) -> str:
     """What is wrong with the recipe's encoder sets, for the check's message ("none" when nothing)."""
-    problems = [why for m in recipe.functionals if m.set not in FUNCTIONAL_SETS and (why := encoders.check(m.set, recipe.paths.weights_dir))]
+    problems = [why for m in recipe.functionals if m.set not in FUNCTIONAL_SETS and (why := encoder_sets.check(m.set, recipe.paths.weights_dir))]
     return " ".join(problems) or "none found"
 
 
@@ -849,7 +849,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
         (task.name == "multiclass" or not recipe.functionals, "[[functionals]] members work for multiclass tasks only; remove them"),
         (
             all(
-                (m.set in FUNCTIONAL_SETS or encoders.check(m.set, recipe.paths.weights_dir) is None)
+                (m.set in FUNCTIONAL_SETS or encoder_sets.check(m.set, recipe.paths.weights_dir) is None)
                 and m.model in FUNCTIONAL_MODELS
                 and m.c > 0
                 and m.trees >= 1
@@ -863,7 +863,7 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
             "trees >= 1, learning_rate > 0 and leaves >= 2",
         ),
         (
-            all(encoders.check_layers(m.layers) and (m.layers == "all" or m.set not in FUNCTIONAL_SETS) for m in recipe.functionals),
+            all(encoder_sets.check_layers(m.layers) and (m.layers == "all" or m.set not in FUNCTIONAL_SETS) for m in recipe.functionals),
             "[[functionals]] layers picks an encoder set's hidden states: 'all', one index '3', a range '2-4' or a list '1,3-5'; "
             f"leave it out for the sets {FUNCTIONAL_SETS}",
         ),

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from ensemble import audio, encoders, functionals, predict, recipe, runs, tabular
+from ensemble import audio, encoder_sets, encoders, functionals, predict, recipe, runs, tabular
 from ensemble import split as split_mod
 
 from .conftest import cli_ok, one_backbone_recipe, ravdess_clip
@@ -73,7 +73,7 @@ def test_a_waveform_encoder_gives_its_hidden_states_mean_and_std_as_transformers
         with torch.no_grad():
             hidden = model(**extractor(y, sampling_rate=16000, return_tensors="pt"), output_hidden_states=True).hidden_states
         np.testing.assert_allclose(x[k], _pooled([h[0] for h in hidden]), rtol=1e-4, atol=1e-5)
-    with pytest.raises(encoders.EncoderError, match="pad30 window is Whisper's"):
+    with pytest.raises(encoder_sets.EncoderError, match="pad30 window is Whisper's"):
         functionals.extract(waves[:1], 16000, f"{tiny_waveform_encoder}:pad30")
 
 
@@ -146,13 +146,13 @@ def test_the_real_whisper_base_loads_strictly_and_is_cached_per_clip(tmp_path):
     [("all", 3, [0, 1, 2]), ("2", 7, [2]), ("2-4", 7, [2, 3, 4]), ("0, 3-4,3", 7, [0, 3, 4]), ("6", 7, [6])],
 )
 def test_layer_choices(layers, states, expected):
-    assert encoders.layer_indices(layers, states) == expected
+    assert encoder_sets.layer_indices(layers, states) == expected
 
 
 @pytest.mark.parametrize(("layers", "message"), [("7", "hidden state 7 of an encoder with 7"), ("last", "not a layer choice"), ("3-", "not a layer choice")])
 def test_bad_layer_choices_are_refused_naming_the_range(layers, message):
-    with pytest.raises(encoders.EncoderError, match=message):
-        encoders.layer_indices(layers, 7)
+    with pytest.raises(encoder_sets.EncoderError, match=message):
+        encoder_sets.layer_indices(layers, 7)
 
 
 def test_columns_pick_the_chosen_states_mean_and_std(tiny_whisper):
@@ -170,8 +170,8 @@ def test_recipe_checks_name_the_set_the_layers_and_the_fix(tiny_whisper):
         recipe.from_dict({"functionals": [{"name": "w", "set": "whispr_base"}], "paths": {"weights_dir": str(WEIGHTS)}})
     with pytest.raises(recipe.RecipeError, match="leave it out for the sets"):
         recipe.from_dict({"functionals": [{"name": "w", "set": "ens_basic", "layers": "2"}]})
-    with pytest.raises(encoders.EncoderError, match="window 'pad' is not one of"):
-        encoders.split_window("whisper_base:pad")
+    with pytest.raises(encoder_sets.EncoderError, match="window 'pad' is not one of"):
+        encoder_sets.split_window("whisper_base:pad")
 
 
 @pytest.fixture(scope="module")
