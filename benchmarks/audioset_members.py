@@ -33,8 +33,9 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, runs  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.core import atomic  # noqa: E402
+from ensemble.store import runs  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("accuracy", "macro_f1", "uar")

@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 from common import machine, median, save
 
-from ensemble import data as data_mod
-from ensemble import image_fit, runs, runtime
-from ensemble import recipe as recipe_mod
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, runtime
+from ensemble.store import runs
 
 ARMS = {
     "none": "recipes/ravdess_aug_none.toml",

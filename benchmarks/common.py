@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ensemble import atomic
+from ensemble.core import atomic
 
 
 def machine(device: str = "cpu") -> dict:

@@ -40,8 +40,12 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, audio, blend, blenders, encoder_sets, functionals, runs  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.blending import blend, blenders  # noqa: E402
+from ensemble.core import atomic, encoder_sets  # noqa: E402
+from ensemble.inputs import audio  # noqa: E402
+from ensemble.members import functionals  # noqa: E402
+from ensemble.store import runs  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"

@@ -5,7 +5,7 @@
     python benchmarks/durations.py --recipe recipes/X.toml
 
 Reads every training and test clip with the recipe's sample rate and ``trim_db``
-(:func:`ensemble.audio.load_trimmed`, exactly what the cache renders from), prints the
+(:func:`ensemble.inputs.audio.load_trimmed`, exactly what the cache renders from), prints the
 distribution and the share of clips that fit whole in ``duration``, and saves
 ``benchmarks/results/durations.json``.
 """
@@ -22,8 +22,10 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from ensemble import atomic, audio, competition  # noqa: E402
-from ensemble import recipe as recipe_mod
+from ensemble.core import atomic  # noqa: E402
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import audio  # noqa: E402
+from ensemble.store import competition  # noqa: E402
 
 
 def summary(seconds: np.ndarray) -> dict:

@@ -1,10 +1,10 @@
 """The Whisper base member on RAVDESS: window, hidden states and C, chosen on cross-validated OOF only.
 
-For each window of :mod:`ensemble.encoders` (``clip``: the encoder sees the trimmed clip alone, its
+For each window of :mod:`ensemble.members.encoders` (``clip``: the encoder sees the trimmed clip alone, its
 position table cut to the clip's tokens; ``pad30``: the clip padded to Whisper's 30 s, only the clip's
 tokens pooled), the cached vectors of every RAVDESS clip (computed when missing), speaker-normalised
 as ``recipes/ravdess.toml`` normalises (training speakers: the actors; test speakers: inferred, no
-test metadata), then a logistic regression per fold (:func:`ensemble.tabular.pipeline`, balanced
+test metadata), then a logistic regression per fold (:func:`ensemble.members.tabular.pipeline`, balanced
 class weights) on each choice of hidden states and each C. Each row: pooled OOF accuracy, macro-F1
 and UAR over the five speaker-grouped folds, and the hidden test (the mean of the five fold models;
 read from ``solution.csv``, reported, never used to choose). The choice: the best OOF accuracy (on a
@@ -35,8 +35,10 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, audio, encoder_sets, encoders, functionals, recipe, tabular  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.core import atomic, encoder_sets, recipe  # noqa: E402
+from ensemble.inputs import audio  # noqa: E402
+from ensemble.members import encoders, functionals, tabular  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"

@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 from common import machine, median, save
 
-from ensemble import executors, runs, train
-from ensemble import recipe as recipe_mod
-from ensemble.data import load_data
+from ensemble import train
+from ensemble.core import recipe as recipe_mod
+from ensemble.deploy import executors
+from ensemble.members.data import load_data
+from ensemble.store import runs
 
 
 def main() -> None:

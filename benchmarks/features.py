@@ -3,19 +3,19 @@
 On the same real RAVDESS clips (loaded once, fixed to ``[features].duration``), round-robin over
 ``--repeats`` rounds so every renderer sees the same machine load, reports clips/s of:
 
-- ``librosa_reference``: :func:`ensemble.reference.render`, one clip at a time (same images);
+- ``librosa_reference``: :func:`ensemble.inputs.reference.render`, one clip at a time (same images);
 - ``librosa_defaults``: what a notebook does per clip: ``melspectrogram``, ``chroma_stft`` (tuning
   estimated) and ``amplitude_to_db(|stft|)`` with librosa's default settings, each its own STFT;
-- ``torch_cpu_b<N>``: :func:`ensemble.features.render_batch` on CPU in batches of N clips;
+- ``torch_cpu_b<N>``: :func:`ensemble.inputs.features.render_batch` on CPU in batches of N clips;
 - ``torch_cpu_b8_dense_mel``: ``torch_cpu_b8`` with the mel filterbank multiplied in one band
   spanning every filter (the dense product) instead of 16 filters at a time: the ablation of
-  :func:`ensemble.features._bands`;
+  :func:`ensemble.inputs.features._bands`;
 - ``torch_stft_only_b8``: only the renderer's STFT (power spectrum) in batches of 8, the floor
   the renderer cannot go below on this device;
 - ``torch_cuda_all``: on CUDA (when present), every clip in batches of 256, waveforms already on
   the device, synchronised: the time for all ``--clips`` clips is reported too.
 
-Then the whole cache build (:meth:`ensemble.features.FeatureCache.get`: read + trim, render, write
+Then the whole cache build (:meth:`ensemble.inputs.features.FeatureCache.get`: read + trim, render, write
 the memory-mapped array) of the same clips into a temporary folder, in a fresh process, loading
 in that process and with one spawned worker per core: wall time (process start excluded, pool
 start included) and peak RAM of the building process and of its largest worker.
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from common import machine, median, peak_rss_mib, save
 
-from ensemble import audio, features
-from ensemble.recipe import FeatureConfig
-from ensemble.reference import render as reference_render
+from ensemble.core.recipe import FeatureConfig
+from ensemble.inputs import audio, features
+from ensemble.inputs.reference import render as reference_render
 
 RAVDESS = Path("../shared/data/ravdess")
 

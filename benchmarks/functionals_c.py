@@ -1,7 +1,7 @@
 """Choose each functionals member's C by cross-validation on the training folds only.
 
 For every ``[[functionals]]`` member of ``--recipe`` (default ``recipes/ravdess_speaker.toml``)
-and each C of ``--grid``, fits the member's pipeline (:func:`ensemble.tabular.pipeline`) on the
+and each C of ``--grid``, fits the member's pipeline (:func:`ensemble.members.tabular.pipeline`) on the
 training folds and scores the pooled OOF of the five validation folds, exactly as ``ens train``
 would, without writing runs. The chosen C is the one with the best OOF accuracy (the smaller C on
 a tie). The hidden test set is not read.
@@ -26,8 +26,9 @@ from common import machine, markdown_table  # noqa: E402
 from results import commit  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, tabular  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.core import atomic  # noqa: E402
+from ensemble.members import tabular  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

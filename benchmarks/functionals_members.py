@@ -8,7 +8,7 @@ backbones, of the functionals members and of all members, it scores the pooled O
 hidden test set; for the functionals members the test set is also re-scored from the same fold
 pipelines with the test speakers true (``solution.csv``'s actors, for reference) or pooled (the
 classic "test set as one pool" setting). The blender's cross-validated OOF of each method over
-all members comes from :func:`ensemble.blend.blend`. Settings are chosen on OOF only.
+all members comes from :func:`ensemble.blending.blend.blend`. Settings are chosen on OOF only.
 
     python benchmarks/functionals_members.py
 
@@ -29,8 +29,12 @@ from results import commit  # noqa: E402
 from speaker_ablation import hidden_truth  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, blend, functionals, runs, speakers, tabular  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.blending import blend  # noqa: E402
+from ensemble.core import atomic  # noqa: E402
+from ensemble.members import functionals, tabular  # noqa: E402
+from ensemble.speaker import speakers  # noqa: E402
+from ensemble.store import runs  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("accuracy", "macro_f1", "uar")

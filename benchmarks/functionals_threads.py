@@ -1,6 +1,6 @@
 """Functionals on threads: each set's extraction of real clips on one thread vs several
-(:func:`ensemble.threads.thread_map`, one clip per task), side by side in one run, medians of
-round-robin repeats; the ground for :func:`ensemble.functionals.workers` (threads for openSMILE only).
+(:func:`ensemble.core.threads.thread_map`, one clip per task), side by side in one run, medians of
+round-robin repeats; the ground for :func:`ensemble.members.functionals.workers` (threads for openSMILE only).
 
     python benchmarks/functionals_threads.py [--clips 120] [--threads 2] [--repeats 3]
 
@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 from common import machine, median, save
 
-from ensemble import atomic, audio, competition, functionals
-from ensemble import recipe as recipe_mod
-from ensemble.threads import thread_map
+from ensemble.core import atomic
+from ensemble.core import recipe as recipe_mod
+from ensemble.core.threads import thread_map
+from ensemble.inputs import audio
+from ensemble.members import functionals
+from ensemble.store import competition
 
 SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic")
 

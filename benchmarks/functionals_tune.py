@@ -1,6 +1,6 @@
 """``[[functionals]].tune`` against the fixed settings on RAVDESS: each functionals member of
 ``recipes/ravdess_speaker.toml`` trained with ``tune = true`` (each fold chooses its ``C`` or
-LightGBM size by an inner speaker-grouped CV on its own training clips, :func:`ensemble.tabular.tune`)
+LightGBM size by an inner speaker-grouped CV on its own training clips, :func:`ensemble.members.tabular.tune`)
 beside the same member with the recipe's fixed settings (chosen once by ``benchmarks/functionals_c.py``
 on pooled OOF). Pooled OOF accuracy / macro-F1 / UAR of both, the settings each fold chose, and
 the seconds of the tuned training (this machine, one process). The hidden test is not read.
@@ -24,8 +24,9 @@ from common import machine, markdown_table  # noqa: E402
 from results import commit  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, runs  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.core import atomic  # noqa: E402
+from ensemble.store import runs  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("accuracy", "macro_f1", "uar")

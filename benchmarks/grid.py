@@ -3,7 +3,7 @@
 Builds the features into a fresh cache (the competition's tables are copied into a temporary
 folder whose ``audio_root`` is the original one, so nothing is reused from earlier runs), then
 trains every (backbone, fold) of the recipe into a temporary runs folder with
-:func:`ensemble.image_fit.train_fold`, exactly what ``ens train --recipe ...`` does. Reports the wall
+:func:`ensemble.members.image_fit.train_fold`, exactly what ``ens train --recipe ...`` does. Reports the wall
 time of the feature build and of each run, the total, and the peak resident memory of the process
 during the feature build and during training.
 ``--backbones``, ``--folds`` and ``--epochs`` shrink the grid (for a CPU); the JSON says which grid ran.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from common import machine, peak_rss_mib, reset_peak, save
 
-from ensemble import data as data_mod
-from ensemble import image_fit, runtime
-from ensemble import recipe as recipe_mod
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, runtime
 
 
 def main() -> None:

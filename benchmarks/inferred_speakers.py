@@ -1,6 +1,6 @@
 """How well inferred training speakers stand in for real ones (``[speakers].train = "inferred"``,
 what ens does when ``train.csv`` has no group column), on RAVDESS's training actors 1-20 where the
-truth is known: k chosen by silhouette over :func:`ensemble.speaker_groups.train_k_range`, the
+truth is known: k chosen by silhouette over :func:`ensemble.speaker.speaker_groups.train_k_range`, the
 adjusted Rand index against the actors, and how many of the 5 folds each real actor lands in when
 the folds are grouped by the inferred speakers (1 with the real speakers; ungrouped folds: 5).
 And the test speakers as ``ens train`` writes them (``<competition>/test_speakers.csv``,
@@ -26,14 +26,15 @@ from common import machine  # noqa: E402
 from results import commit  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, speaker_groups, speakers  # noqa: E402
-from ensemble import competition as comp_mod  # noqa: E402
+from ensemble.core import atomic  # noqa: E402
+from ensemble.speaker import speaker_groups, speakers  # noqa: E402
+from ensemble.store import competition as comp_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ari_of_test_speakers(competition: comp_mod.Competition) -> tuple[int, float]:
-    """The number of test speakers in the written ``test_speakers.csv`` (:func:`ensemble.speaker_groups.write`)
+    """The number of test speakers in the written ``test_speakers.csv`` (:func:`ensemble.speaker.speaker_groups.write`)
     and their adjusted Rand index against ``solution.csv``'s group column (the true speakers).
 
     Raises:

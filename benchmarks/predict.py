@@ -38,7 +38,9 @@ def _ms(seconds: float) -> float:
 
 def untrained_ensemble(recipe, device: str):
     """The recipe's full ensemble (every backbone, ``n_splits`` fold models, equal weights) with random weights."""
-    from ensemble import competition, models, predict, runs, runtime
+    from ensemble import predict
+    from ensemble.members import models, runtime
+    from ensemble.store import competition, runs
 
     classes = competition.load(recipe.competition).classes
     untrained = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, pretrained=False))
@@ -70,8 +72,9 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    from ensemble import audio, predict
-    from ensemble import recipe as recipe_mod
+    from ensemble import predict
+    from ensemble.core import recipe as recipe_mod
+    from ensemble.inputs import audio
 
     import_s = time.perf_counter() - started
     recipe = recipe_mod.load(args.recipe)

@@ -103,7 +103,7 @@ def splice(tables: list[Table]) -> list[str]:
         SystemExit: a table's ``.md`` exists but it has no block in any of :data:`DOCS`.
     """
     sys.path.insert(0, str(ROOT))
-    from ensemble import atomic
+    from ensemble.core import atomic
 
     texts = {path: path.read_text() for path in DOCS}
     unmade = []

@@ -31,8 +31,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table  # noqa: E402
 
-from ensemble import atomic, competition, submission, tasks  # noqa: E402
-from ensemble import recipe as recipe_mod
+from ensemble.core import atomic, tasks  # noqa: E402
+from ensemble.core import recipe as recipe_mod
+from ensemble.store import competition, submission  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

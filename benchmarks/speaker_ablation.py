@@ -31,9 +31,12 @@ from common import machine, markdown_table  # noqa: E402
 from results import commit  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, loop, models, runs, runtime, speaker_groups, speakers  # noqa: E402
-from ensemble import data as data_mod  # noqa: E402
-from ensemble import split as split_mod  # noqa: E402
+from ensemble.core import atomic  # noqa: E402
+from ensemble.members import data as data_mod  # noqa: E402
+from ensemble.members import loop, models, runtime  # noqa: E402
+from ensemble.speaker import speaker_groups, speakers  # noqa: E402
+from ensemble.store import runs  # noqa: E402
+from ensemble.store import split as split_mod  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("accuracy", "macro_f1", "uar")

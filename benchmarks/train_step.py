@@ -1,12 +1,12 @@
 """Training-step speed by memory layout and autocast precision, each backbone side by side.
 
 For every backbone of each ``--recipes`` recipe: images/s of forward/backward/AdamW steps of the
-model ens trains (:func:`ensemble.models.build`, randomly initialised: speed does not depend
+model ens trains (:func:`ensemble.members.models.build`, randomly initialised: speed does not depend
 on the weights) on one resident random batch of the recipe's shape ``(batch_size, channels,
 height, frames)``, in three arms measured in alternation for ``--repeats`` rounds:
 
 - ``contiguous_fp32``: timm's default memory order, no autocast;
-- ``channels_last_fp32``: ens's memory order (:func:`ensemble.runtime.to_device`), no autocast;
+- ``channels_last_fp32``: ens's memory order (:func:`ensemble.members.runtime.to_device`), no autocast;
 - ``channels_last_bf16``: with bf16 autocast, ``[train].cpu_precision = "bf16"`` on a CPU
   (``[train].precision``'s default on CUDA).
 
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from common import machine, median, peak_rss_mib, save
 
-from ensemble import features, models, runtime
-from ensemble import recipe as recipe_mod
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import features
+from ensemble.members import models, runtime
 
 ARMS = {"contiguous_fp32": (False, "fp32"), "channels_last_fp32": (True, "fp32"), "channels_last_bf16": (True, "bf16")}
 
@@ -36,7 +37,7 @@ def run_steps(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, precision: str, recipe: recipe_mod.Recipe, optimizer: torch.optim.Optimizer
 ) -> float:
     """Seconds of ``steps`` training steps (cross-entropy with the recipe's label smoothing, under
-    :func:`ensemble.runtime.autocast` of ``precision``) of ``model`` on the resident batch ``x``,
+    :func:`ensemble.members.runtime.autocast` of ``precision``) of ``model`` on the resident batch ``x``,
     labels ``y``; waits for the device before and after."""
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.train.label_smoothing)
     model.train()

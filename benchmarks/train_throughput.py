@@ -1,11 +1,11 @@
 """Data-path efficiency: steady-state images/s of `ens train`'s loop against a bare timm loop, side by side.
 
-The ens loop is :func:`ensemble.image_fit.train_fold` on fold 0 of ``--recipe`` (memory-mapped cache,
+The ens loop is :func:`ensemble.members.image_fit.train_fold` on fold 0 of ``--recipe`` (memory-mapped cache,
 gather of clean or augmented renderings, albumentations / SpecAugment / mixup as the recipe says,
 prefetch, optimizer, scheduler and EMA steps): its ``train_img_per_s`` of epoch 2 (epoch 1 warms
 up). The bare loop is what the hardware can do with no data path: ``timm.create_model`` of the same
 backbone, one random batch of the same shape resident on the device, AdamW, cross-entropy, the
-same channels_last order and autocast (:func:`ensemble.runtime.precision_on`), for as many steps as an ens epoch; its second pass is
+same channels_last order and autocast (:func:`ensemble.members.runtime.precision_on`), for as many steps as an ens epoch; its second pass is
 timed. The two alternate for ``--repeats`` rounds; medians and their ratio are reported
 (ratio = ens / bare, the data-path efficiency; 1.0 means the data path costs nothing).
 
@@ -24,9 +24,10 @@ import torch
 from common import machine, median, peak_rss_mib, save
 from train_step import run_steps
 
-from ensemble import data as data_mod
-from ensemble import image_fit, runs, runtime
-from ensemble import recipe as recipe_mod
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, runtime
+from ensemble.store import runs
 
 
 def bare_loop(backbone: str, shape: tuple[int, ...], classes: int, steps: int, recipe: recipe_mod.Recipe, device: torch.device) -> float:

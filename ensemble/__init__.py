@@ -12,32 +12,32 @@ The Python API is what the ``ens`` command calls, for a notebook (``import ensem
 - ``load_ensemble`` then ``predict_files`` (files) or ``Ensemble.predict_waveforms``;
 - ``write_report``: the HTML report.
 
-The API names differ from the modules that hold them (:mod:`ensemble.train`, :mod:`ensemble.blend`,
+The API names differ from the modules that hold them (:mod:`ensemble.train`, :mod:`ensemble.blending.blend`,
 :mod:`ensemble.predict`, :mod:`ensemble.report`), so ``ensemble.train`` stays the module.
 
 Every refusal is an :class:`EnsError`. Names are imported on first use, so ``import ensemble``
-(and ``import ensemble.recipe``) does not import torch.
+(and ``import ensemble.core.recipe``) does not import torch.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .errors import EnsError
+from .core.errors import EnsError
 
 __version__ = "0.1.0"
 
 _API = {
-    "load_recipe": ("recipe", "load"),
-    "Recipe": ("recipe", "Recipe"),
-    "build_ravdess": ("corpora.ravdess", "build_competition"),
-    "load_competition": ("competition", "load"),
+    "load_recipe": ("core.recipe", "load"),
+    "Recipe": ("core.recipe", "Recipe"),
+    "build_ravdess": ("store.corpora.ravdess", "build_competition"),
+    "load_competition": ("store.competition", "load"),
     "train_runs": ("train", "train"),
     "RunResult": ("train", "RunResult"),
-    "blend_runs": ("blend", "blend"),
-    "write_blend": ("blend", "write"),
-    "BlendResult": ("blend", "BlendResult"),
-    "score": ("submission", "score_splits"),
+    "blend_runs": ("blending.blend", "blend"),
+    "write_blend": ("blending.blend", "write"),
+    "BlendResult": ("blending.blend", "BlendResult"),
+    "score": ("store.submission", "score_splits"),
     "export_ensemble": ("export", "export"),
     "load_ensemble": ("predict", "load_ensemble"),
     "predict_files": ("predict", "predict"),

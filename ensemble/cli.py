@@ -11,12 +11,13 @@ from typing import Optional
 import pandas as pd
 import typer
 
-from . import atomic, competition, deps, runs, tasks
-from . import recipe as recipe_mod
-from .corpora import ravdess
-from .entry import Entry
-from .errors import EnsError
-from .split import ON_ERROR, SkippedClipsWarning
+from .core import atomic, deps, tasks
+from .core import recipe as recipe_mod
+from .core.entry import Entry
+from .core.errors import EnsError
+from .store import competition, runs
+from .store.corpora import ravdess
+from .store.split import ON_ERROR, SkippedClipsWarning
 
 app = typer.Typer(
     help="ens: ImageNet-pretrained timm ensembles for audio classification competitions.", no_args_is_help=True, add_completion=False, rich_markup_mode=None
@@ -36,16 +37,16 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)
 
 
-OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.split.ON_ERROR)
+OnError = _choices("OnError", ON_ERROR)  # --on-error (ensemble.store.split.ON_ERROR)
 CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-precision
 Format = _choices("Format", ("onnx", "openvino"))  # ens export --format (ensemble.export.FORMATS)
 Runtime = _choices("Runtime", ("torch", "onnx", "openvino"))  # ens predict --runtime (ensemble.export.RUNTIMES)
-Executor = _choices("Executor", ("local", "ray"))  # ens train --executor (ensemble.executors.EXECUTORS)
+Executor = _choices("Executor", ("local", "ray"))  # ens train --executor (ensemble.deploy.executors.EXECUTORS)
 PseudoLabelOption = typer.Option(
     False,
     "--pseudo-label",
     help="Pseudo-labelling: with [pseudo].rounds = 0, one round of members retrained with the confident test clips as soft "
-    "targets ([pseudo] settings; ensemble.pseudo): train trains them, blend, report and predict include them.",
+    "targets ([pseudo] settings; ensemble.members.pseudo): train trains them, blend, report and predict include them.",
 )
 OnErrorOption = typer.Option(
     OnError.fail,
@@ -116,7 +117,7 @@ def _warnings_shown(categories: tuple[type[Warning], ...], call, *args, **kwargs
 
 
 def _load_recipe(path: Path, overrides: dict | None = None) -> recipe_mod.Recipe:
-    """:func:`ensemble.recipe.load` with the command line's ``overrides`` (sections as dicts, None values dropped)."""
+    """:func:`ensemble.core.recipe.load` with the command line's ``overrides`` (sections as dicts, None values dropped)."""
     changes = {}
     for key, value in (overrides or {}).items():
         value = {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
@@ -222,7 +223,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no per-epoch or per-stage lines; only each run's result line."),
     pseudo_label: bool = PseudoLabelOption,
     executor: Executor = typer.Option(
-        Executor.local, help="local: one run after another here; ray: each (backbone, fold) run as one Ray task (ensemble.executors)."
+        Executor.local, help="local: one run after another here; ray: each (backbone, fold) run as one Ray task (ensemble.deploy.executors)."
     ),
     address: Optional[str] = typer.Option(
         None, help="With --executor ray: an existing Ray cluster (auto, ray://HOST:10001); default a local Ray instance on this machine."
@@ -234,8 +235,9 @@ def train(
 
     Progress: bars when stderr is a terminal; otherwise (a log, a pipe) one line per epoch and
     per rendering stage; each finished run prints one result line."""
-    from . import executors, plan
+    from . import plan
     from . import train as train_mod
+    from .deploy import executors
 
     r, listed = _selected(
         recipe,
@@ -313,7 +315,7 @@ def blend(
 ) -> None:
     """Blend the finished runs' OOF predictions, print the leaderboard, write submissions/<name>.csv.
     Reads the runs' tables only (no audio, no feature cache)."""
-    from . import blend as blend_mod
+    from .blending import blend as blend_mod
 
     r, listed = _selected(recipe, backbone, {}, pseudo_label)
     if listed is not None:  # blend exactly the listed members (a model's listed seeds averaged)
@@ -351,7 +353,7 @@ def score(
 ) -> None:
     """Score a submission against the competition's hidden solution.csv (with a Usage column: also its
     Public and Private leaderboards, Ignored rows left out)."""
-    from . import submission
+    from .store import submission
 
     r = _load_recipe(recipe)
     try:
@@ -403,7 +405,7 @@ def _member_text(ensemble, member) -> str:
     """``name xN folds (weight)``, with the seeds when the member averages several."""
     seeds = member.seeds()
     shown = f" of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
-    return f"{member.name} x{len(member.entries) * member.n_splits} folds{shown} ({ensemble.weights[member.name]:.2f})"
+    return f"{member.name} x{len(member.entries) * member.n_splits} folds{shown} ({ensemble.core.weights[member.name]:.2f})"
 
 
 @app.command()

@@ -6,13 +6,13 @@
 
 - ``<member>.onnx`` (ONNX) or ``<member>.xml`` + ``<member>.bin`` (OpenVINO IR):
   :class:`MemberGraph`, the member's every fold model of every seed (each backbone with its input
-  normalisation, :class:`ensemble.models.Normalize`) and the mean of their activations (the task's
+  normalisation, :class:`ensemble.members.models.Normalize`) and the mean of their activations (the task's
   softmax or sigmoids). Input ``image`` float32 ``(batch, channels, height, frames)`` in [0, 1]
   (the batch axis dynamic), output ``proba`` float32 ``(batch, classes)``: what
   :meth:`ensemble.predict.Ensemble.predict_waveforms` averages over a member's torch models.
 - ``manifest.json``, written last (atomically): format, ens version, classes, the blend's weights
   and where they come from, and per member its kind, weight, ``[features]``, speaker
-  normalisation, time-shift TTA (applied outside the graph, by :func:`ensemble.loop.predict`), its
+  normalisation, time-shift TTA (applied outside the graph, by :func:`ensemble.members.loop.predict`), its
   graph file, and per run (seed entry and fold) the SHA-1 of the ``model.safetensors`` exported
   (a retrained run makes the export stale: refused).
 
@@ -21,13 +21,13 @@ default ensemble ran 1.06x to 1.29x faster (four runs) in ONNX Runtime as one av
 as five fold graphs (docs/benchmarks.md): one call per batch instead of one per fold. Not one graph for the
 whole ensemble: its members take different inputs (feature settings, sample rates, speaker
 normalisation) and its functionals members are scikit-learn pipelines. The frontend stays outside the graphs, as ens's documented preprocessing
-step: reading, trimming and rendering the clip (:func:`ensemble.features.model_inputs`, float16
-rounding), per-speaker normalisation (:func:`ensemble.speaker_groups.normalise_with`), windows of
+step: reading, trimming and rendering the clip (:func:`ensemble.inputs.features.model_inputs`, float16
+rounding), per-speaker normalisation (:func:`ensemble.speaker.speaker_groups.normalise_with`), windows of
 long files; the three-channel images (log-Mel, chroma, log-STFT with per-clip dB references) are
 not ONNX's STFT alone, and ens renders them with the exact code the models were trained on.
-Functionals members (:mod:`ensemble.tabular`, scikit-learn pipelines) are not exported: they run
+Functionals members (:mod:`ensemble.members.tabular`, scikit-learn pipelines) are not exported: they run
 from their runs' ``model.joblib``. Nor is a speech-encoder member's frozen transformer
-(:mod:`ensemble.encoders`): it runs through torch under every runtime, because it sees each clip at
+(:mod:`ensemble.members.encoders`): it runs through torch under every runtime, because it sees each clip at
 its own length with the position table cut to it (a graph exported at one length would compute
 something else for the next clip), and its cost is a few hundredths of a second per clip (docs/results.md).
 """
@@ -40,10 +40,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, atomic, kinds, runs
-from .engines import MANIFEST, OUTPUT, check_format, export_dir, require, runtime_module
+from . import __version__
+from .core import atomic
+from .core.recipe import Recipe
+from .deploy.engines import MANIFEST, OUTPUT, check_format, export_dir, require, runtime_module
+from .members import kinds
 from .predict import load_ensemble
-from .recipe import Recipe
+from .store import runs
 
 
 def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = None, on_model: Callable[[Path], None] | None = None) -> Path:
@@ -75,7 +78,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         loaded = ensemble.loaded[member.name]
         entry = {
             "name": member.name,
-            "weight": ensemble.weights[member.name],
+            "weight": ensemble.core.weights[member.name],
             "features": dataclasses.asdict(loaded.made_with.features),
             "speaker_norm": loaded.population is not None,
             "tta_shifts": list(loaded.made_with.train.tta_shifts),
@@ -87,7 +90,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         "recipe": recipe.name,
         "task": recipe.competition.task,
         "classes": ensemble.classes,
-        "weights": ensemble.weights,
+        "weights": ensemble.core.weights,
         "weights_from": ensemble.weights_from,
         "blend": _blend(recipe),
         "output": {"name": OUTPUT, "shape": ["batch", len(ensemble.classes)], "dtype": "float32", "means": "its models' activations"},

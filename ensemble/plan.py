@@ -16,10 +16,12 @@ to be low; ``benchmarks/main_job.py`` prints each stage's estimate beside its me
 
 from __future__ import annotations
 
-from . import competition as comp_mod
-from . import kinds, runs, speakers
-from .kind import Stage, vector_stage
-from .recipe import Recipe
+from .core.recipe import Recipe
+from .members import kinds
+from .members.kind import Stage, vector_stage
+from .speaker import speakers
+from .store import competition as comp_mod
+from .store import runs
 
 
 def estimate(recipe: Recipe, entries: list[str] | None = None, folds: list[int] | None = None, force: bool = False) -> list[Stage]:
@@ -28,7 +30,7 @@ def estimate(recipe: Recipe, entries: list[str] | None = None, folds: list[int] 
     with ``force`` finished runs count as to do, as the grid then re-trains them.
 
     Stages, in the order the grid runs them: voice embeddings (speaker normalisation's inferred
-    test speakers), then each member kind's (:meth:`ensemble.kind.Kind.stages`: the image kind's
+    test speakers), then each member kind's (:meth:`ensemble.members.kind.Kind.stages`: the image kind's
     rendering per feature setting and training per entry, the functionals kind's sets).
 
     Raises:

@@ -1,6 +1,6 @@
 """Predict new audio files with a recipe's trained ensemble.
 
-The ensemble is what ``ens blend`` blends: every member (:func:`ensemble.runs.members`) whose
+The ensemble is what ``ens blend`` blends: every member (:func:`ensemble.store.runs.members`) whose
 fold runs are all finished (``metrics.json`` and ``model.safetensors``) contributes the mean of its
 fold models' probabilities (over every seed, as in the blend), weighted by
 ``runs/<recipe>/blend/weights.json`` when ``ens blend`` wrote one (equally when there is none, or
@@ -8,12 +8,12 @@ when the blend method is not a weighted mean). Each member renders and predicts 
 trained (their ``config.json``): its own ``[features]`` (clip length, channels, ...) and its own
 time-shift TTA (``[train].tta_shifts``), the TTA its OOF and so the blend weights used.
 
-A file goes through the training pipeline: :func:`ensemble.audio.load_trimmed` (read, resample to
-``[features].sample_rate``, trim silence: the first steps of :func:`ensemble.audio.load`), then
-:func:`ensemble.features.model_inputs` with the member's ``[features]``
-(:func:`ensemble.audio.fix_length` to its ``duration``, :func:`ensemble.features.render_batch`,
+A file goes through the training pipeline: :func:`ensemble.inputs.audio.load_trimmed` (read, resample to
+``[features].sample_rate``, trim silence: the first steps of :func:`ensemble.inputs.audio.load`), then
+:func:`ensemble.inputs.features.model_inputs` with the member's ``[features]``
+(:func:`ensemble.inputs.audio.fix_length` to its ``duration``, :func:`ensemble.inputs.features.render_batch`,
 float16 rounding: the images the feature cache stores), and the backbone's input normalisation
-(:class:`ensemble.models.Normalize`, inside the model). A file whose trimmed audio fits in one
+(:class:`ensemble.members.models.Normalize`, inside the model). A file whose trimmed audio fits in one
 window (by default: is no longer than the shortest member duration) is thus one image identical
 to its cached training image. A longer file is cut into windows of ``window`` seconds every
 ``hop`` seconds (the last window ends at the end of the trimmed audio); each window is padded to
@@ -21,9 +21,9 @@ each member's duration like a short clip, and the file's probabilities are the m
 The windows of consecutive files are rendered and predicted together, up to :data:`GROUP_CLIPS` at a
 time, so a folder of short clips goes through the models in full batches.
 
-Each member is loaded and predicts as its kind says (:mod:`ensemble.kinds`). The image members'
+Each member is loaded and predicts as its kind says (:mod:`ensemble.members.kinds`). The image members'
 fold models run in torch, or as the one graph per member ``ens export`` wrote, in ONNX Runtime or
-OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.engines`); the rest is the same code.
+OpenVINO (``load_ensemble(engine=...)``, :mod:`ensemble.deploy.engines`); the rest is the same code.
 """
 
 from __future__ import annotations
@@ -43,14 +43,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import atomic, audio, features, kinds, loop, plots, runs, runtime, speakers
-from .engines import RUNTIMES, Exported, check_format
-from .entry import Entry
-from .errors import EnsError
-from .features import model_inputs
-from .kind import Loaded
-from .recipe import FeatureConfig, Recipe
-from .split import SkippedClipsWarning, check_on_error
+from .core import atomic
+from .core.entry import Entry
+from .core.errors import EnsError
+from .core.recipe import FeatureConfig, Recipe
+from .deploy.engines import RUNTIMES, Exported, check_format
+from .inputs import audio, features, plots
+from .inputs.features import model_inputs
+from .members import kinds, loop, runtime
+from .members.kind import Loaded
+from .speaker import speakers
+from .store import runs
+from .store.split import SkippedClipsWarning, check_on_error
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 GROUP_CLIPS = 256
@@ -72,15 +76,15 @@ class Ensemble:
     Attributes:
         recipe: the recipe whose blend it is.
         classes: class names in output-column order (from the runs' ``config.json``).
-        members: the finished members with a positive weight (:class:`ensemble.runs.Member`).
+        members: the finished members with a positive weight (:class:`ensemble.store.runs.Member`).
         weights: member name -> weight; the weights sum to 1.
-        loaded: member name -> the member loaded by its kind (:class:`ensemble.kind.Loaded`: the
+        loaded: member name -> the member loaded by its kind (:class:`ensemble.members.kind.Loaded`: the
             recipe its runs were trained with, its fold models, its speaker statistics).
         weights_from: where the weights come from: ``runs/<recipe>/blend/weights.json`` and its
             method, or equal weights and why.
         device: where the models run.
         engine: ``torch``, or ``onnx`` / ``openvino``: then an image member's ``models`` is its one
-            exported graph (:class:`ensemble.engines.ExportedModel`), which gives the mean of its
+            exported graph (:class:`ensemble.deploy.engines.ExportedModel`), which gives the mean of its
             fold models' activations itself.
     """
 
@@ -120,7 +124,7 @@ class Ensemble:
 
     def _at_rate(self, clips: Sequence[np.ndarray] | None, rate: int, done: dict) -> Sequence[np.ndarray] | None:
         """``clips`` (at :attr:`sample_rate`) resampled to ``rate`` Hz with soxr (``librosa.resample``, as
-        :mod:`ensemble.audio` resamples), once per rate (``done``)."""
+        :mod:`ensemble.inputs.audio` resamples), once per rate (``done``)."""
         if clips is None or rate == self.sample_rate:
             return clips
         if rate not in done:
@@ -147,19 +151,19 @@ class Ensemble:
         Args:
             clips: each ``(samples,)`` at :attr:`sample_rate` Hz, silence trimmed; each member
                 gets it resampled to its own ``[features].sample_rate`` when that differs and
-                predicts it as its kind does (:meth:`ensemble.kind.Loaded.predict`: an image member
+                predicts it as its kind does (:meth:`ensemble.members.kind.Loaded.predict`: an image member
                 centre-crops or pads it to its ``[features].duration`` and renders it with its own
                 ``[features]``, once per distinct feature setting; a functionals member's pipelines
-                predict the clips' functionals, :func:`ensemble.tabular.predict`).
+                predict the clips' functionals, :func:`ensemble.members.tabular.predict`).
             speaker_clips: for members trained with ``[speakers].norm = "speaker"``: waveforms of
                 the same speaker as ``clips`` (they may include ``clips``) whose statistics
                 normalise them; None normalises with the training population's
-                (:func:`ensemble.speaker_groups.normalise_with`).
+                (:func:`ensemble.speaker.speaker_groups.normalise_with`).
 
         Returns:
             float64 ``(len(clips), classes)``: sum over members of weight x the member's
             probabilities (the mean of its models' softmax, rows summing to 1, or for a multilabel
-            task their sigmoids), each with the member's time-shift TTA (:func:`ensemble.loop.predict`,
+            task their sigmoids), each with the member's time-shift TTA (:func:`ensemble.members.loop.predict`,
             batches of ``batch_size``).
         """
         total = np.zeros((len(clips), len(self.classes)))
@@ -237,18 +241,18 @@ def _member_weights(recipe: Recipe) -> tuple[list[runs.Member], dict[str, float]
 
 def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", export_dir: str | os.PathLike | None = None) -> Ensemble:
     """Load every member of the recipe's ensemble (see the module docstring for which members), each
-    by its kind (:meth:`ensemble.kind.Kind.load`, :func:`ensemble.kinds.of`).
+    by its kind (:meth:`ensemble.members.kind.Kind.load`, :func:`ensemble.members.kinds.of`).
 
-    With ``engine="torch"`` an image member's models are :func:`ensemble.models.build` of the recipe
+    With ``engine="torch"`` an image member's models are :func:`ensemble.members.models.build` of the recipe
     its runs were trained with (their ``config.json``) with ``pretrained=False``, and each run's
     ``model.safetensors`` loaded strictly. With ``onnx`` or ``openvino`` an image member is the one
-    graph of its models that ``ens export`` wrote (:class:`ensemble.engines.ExportedModel`, called
+    graph of its models that ``ens export`` wrote (:class:`ensemble.deploy.engines.ExportedModel`, called
     like a torch model), run on the CPU by ONNX Runtime or OpenVINO; rendering, speaker
     normalisation, TTA, functionals members and blending are the same. ``[runtime].threads`` sets
     each runtime's CPU threads (torch's while :meth:`Ensemble.predict_waveforms` runs).
 
     Args:
-        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.runtime.resolve_device`); ``cpu`` for exported graphs.
+        device: ``cpu``, ``cuda`` or ``auto`` (:func:`ensemble.members.runtime.resolve_device`); ``cpu`` for exported graphs.
         engine: ``torch``, ``onnx`` or ``openvino`` (``ens predict --runtime``).
         export_dir: the export's folder (default ``runs/<recipe>/export/<format>/``).
 
@@ -477,11 +481,11 @@ def table(predictions: list[FilePrediction], classes: list[str], timeline: bool 
 def save_image(path: str | os.PathLike, config: FeatureConfig, out: str | os.PathLike) -> Path:
     """Render ``path``'s feature image and write it as a PNG (matplotlib, Agg) atomically to ``out``.
 
-    One panel per ``config.channels`` entry with time in seconds (:func:`ensemble.plots.clip_figure`:
+    One panel per ``config.channels`` entry with time in seconds (:func:`ensemble.inputs.plots.clip_figure`:
     log-Mel and log-STFT in dB under the clip peak, chroma 0-1 with pitch-class ticks, MFCC scaled
     0-1). A file that fits in ``duration`` is drawn as the model's input
-    (:func:`ensemble.features.model_inputs`: trimmed and centre-padded); a longer one whole
-    (trimmed, :func:`ensemble.features.render_batch`), on one time axis.
+    (:func:`ensemble.inputs.features.model_inputs`: trimmed and centre-padded); a longer one whole
+    (trimmed, :func:`ensemble.inputs.features.render_batch`), on one time axis.
 
     Raises:
         AudioError: the file cannot be read as audio.

@@ -3,7 +3,7 @@
 ``runs/<recipe>/report.html`` (by default) has one section per heading of :data:`SECTIONS`:
 
 - **Leaderboard**: ``blend/leaderboard.csv`` when ``ens blend`` has run (its columns as they are),
-  else the pooled OOF scores (:func:`ensemble.metrics.scores`) of every finished backbone; the
+  else the pooled OOF scores (:func:`ensemble.core.metrics.scores`) of every finished backbone; the
   best row is highlighted (see :func:`best_row`: the cross-validated ``cv_<metric>`` column when
   the leaderboard has one, else the recipe's ``[train].metric``).
 - **Confusion matrix**: of the blend's OOF probabilities (``blend/oof.csv``), else of the best
@@ -12,10 +12,10 @@
 - **Training curves**: per backbone, one line per fold from ``log.csv`` (unfinished folds too).
 - **Blend weights**: ``blend/weights.json``.
 - **Top functionals**: for each finished ``[[functionals]]`` member with a linear or tree model,
-  the functionals it leans on most (:func:`ensemble.tabular.importance`, mean over its folds).
+  the functionals it leans on most (:func:`ensemble.members.tabular.importance`, mean over its folds).
 - **Feature images**: every channel of a few training clips per class, the images the backbones
-  see (:func:`ensemble.features.load_waveform` and :func:`ensemble.features.model_inputs`; the cache
-  is neither read nor written), drawn by :func:`ensemble.plots.clips_figure`.
+  see (:func:`ensemble.inputs.features.load_waveform` and :func:`ensemble.inputs.features.model_inputs`; the cache
+  is neither read nor written), drawn by :func:`ensemble.inputs.plots.clips_figure`.
 - **Unfinished backbones**: the recipe's backbones without every fold finished, with the reason.
 
 A backbone's pooled OOF is the union of its folds' ``oof.csv``: every training clip predicted by
@@ -40,15 +40,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from . import atomic, features, kinds, metrics, plots
-from . import competition as comp_mod
-from . import runs as run_store
-from .entry import Entry
-from .errors import EnsError
-from .kind import Section
-from .recipe import Recipe
-from .split import Split, load_split
-from .tasks import Task
+from .core import atomic, metrics
+from .core.entry import Entry
+from .core.errors import EnsError
+from .core.recipe import Recipe
+from .core.tasks import Task
+from .inputs import features, plots
+from .members import kinds
+from .members.kind import Section
+from .store import competition as comp_mod
+from .store import runs as run_store
+from .store.split import Split, load_split
 
 SECTIONS = (
     "Leaderboard",
@@ -59,7 +61,7 @@ SECTIONS = (
     "Feature images",
     "Unfinished backbones",
 )
-"""The report's own section headings, in order; the member kinds' sections (:meth:`ensemble.kind.Kind.report`,
+"""The report's own section headings, in order; the member kinds' sections (:meth:`ensemble.members.kind.Kind.report`,
 e.g. the functionals kind's "Top functionals") follow "Blend weights"."""
 
 DPI = 100  # a 13-inch-wide figure becomes 1300 px, about the page's width
@@ -94,7 +96,7 @@ class BackboneRuns:
 def backbone_runs(recipe: Recipe, split: Split) -> list[BackboneRuns]:
     """The runs of each of ``recipe.backbones`` and ``[[functionals]]`` members (see :class:`BackboneRuns`); never raises for an
     unfinished or inconsistent backbone, whose ``reason`` says what is wrong instead: its pooled
-    OOF is read by the same strict reader as the blend's (:func:`ensemble.runs.read_member`), so
+    OOF is read by the same strict reader as the blend's (:func:`ensemble.store.runs.read_member`), so
     the report shows a run the blend refuses with the blend's reason."""
     out = []
     n_splits = recipe.folds.n_splits

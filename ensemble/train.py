@@ -1,8 +1,8 @@
 """Training: the grid of a recipe's members x folds with skip / resume (:func:`train`), the
-function ``ens train`` and a notebook both call. Each member kind (:mod:`ensemble.kinds`) trains
-its own entries: an image member's run is :func:`ensemble.image_fit.train_fold`, a functionals
-member's :func:`ensemble.tabular.train_fold`; every run writes its folder in the run store
-(:mod:`ensemble.runs`), and a folder with ``metrics.json`` is finished.
+function ``ens train`` and a notebook both call. Each member kind (:mod:`ensemble.members.kinds`) trains
+its own entries: an image member's run is :func:`ensemble.members.image_fit.train_fold`, a functionals
+member's :func:`ensemble.members.tabular.train_fold`; every run writes its folder in the run store
+(:mod:`ensemble.store.runs`), and a folder with ``metrics.json`` is finished.
 """
 
 from __future__ import annotations
@@ -11,19 +11,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import competition as comp_mod
-from . import kinds, runs, speaker_groups
-from .entry import Entry
-from .executors import Local, Ray
-from .kind import Session
-from .recipe import Recipe
-from .split import check_fold
+from .core.entry import Entry
+from .core.recipe import Recipe
+from .deploy.executors import Local, Ray
+from .members import kinds
+from .members.kind import Session
+from .speaker import speaker_groups
+from .store import competition as comp_mod
+from .store import runs
+from .store.split import check_fold
 
 
 @dataclass
 class RunResult:
     """One run of the grid: its entry, fold, folder, ``metrics.json`` dict, whether it was already
-    finished (skipped) rather than trained now, and what its kind says of it (:meth:`ensemble.kind.Kind.detail`:
+    finished (skipped) rather than trained now, and what its kind says of it (:meth:`ensemble.members.kind.Kind.detail`:
     a backbone's kept epoch, a functionals member's set and model)."""
 
     entry: str
@@ -47,38 +49,38 @@ def train(
 ) -> list[RunResult]:
     """Train the grid: every entry of ``backbones`` (default the recipe's backbones, then its
     ``[[functionals]]`` members) x every fold of ``folds`` (default all), each round's entries by
-    their kind (:func:`ensemble.kinds.of`), the kinds in :data:`ensemble.kinds.KINDS` order. Backbones train on the
+    their kind (:func:`ensemble.members.kinds.of`), the kinds in :data:`ensemble.members.kinds.KINDS` order. Backbones train on the
     images of their feature setting (``recipe.for_backbone(entry).features``: the recipe's
     ``[features]``, or an AudioSet backbone's own frontend), each setting loaded once
-    (:func:`ensemble.data.load_data`) when its first entry trains, so one recipe can mix ImageNet
+    (:func:`ensemble.members.data.load_data`) when its first entry trains, so one recipe can mix ImageNet
     and AudioSet backbones; functionals members train on their cached functionals
-    (:mod:`ensemble.tabular`). A run already finished
+    (:mod:`ensemble.members.tabular`). A run already finished
     with the same configuration is skipped unless ``force``; an interrupted run starts afresh
     unless ``resume``. The folds are written to the competition folder (``folds.csv``) and the
     clips left out under ``on_error="skip"`` to the run store (``skipped.csv``) before training.
 
     ``on_event(kind, value)``, if given, hears ``("skipped", path of skipped.csv)`` when clips were
     left out, ``("speakers", description)`` when test speakers were found for speaker normalisation
-    (also written next to the competition, :func:`ensemble.speaker_groups.write`),
+    (also written next to the competition, :func:`ensemble.speaker.speaker_groups.write`),
     ``("afresh", "<entry> fold <K>")`` before an interrupted run is started afresh,
     ``("pseudo", description)`` when a pseudo-labelling round's labels of a fold are made and
     ``("run", RunResult)`` after each run.
 
     ``[pseudo]`` rounds (entries ``"<entry>+pl<r>"``) train after the entries they learn from: round
     ``r``'s labels of fold ``k`` are made from round ``r - 1``'s finished fold-``k`` runs
-    (:func:`ensemble.pseudo.fold_labels`) and written to the run store.
+    (:func:`ensemble.members.pseudo.fold_labels`) and written to the run store.
 
     ``executor`` trains the image runs of each round that are not finished
-    (:mod:`ensemble.executors`): :class:`ensemble.executors.Local` (the default) one after another
-    here, :class:`ensemble.executors.Ray` each as a Ray task; functionals members train here.
+    (:mod:`ensemble.deploy.executors`): :class:`ensemble.deploy.executors.Local` (the default) one after another
+    here, :class:`ensemble.deploy.executors.Ray` each as a Ray task; functionals members train here.
 
     Returns:
         one :class:`RunResult` per (entry, fold), in grid order.
 
     Raises:
         RecipeError: a malformed entry. OptionError: a fold outside ``0..n_splits-1``, or a bad
-        ``on_error``. And everything :func:`ensemble.data.load_data`, :func:`ensemble.image_fit.train_fold` and
-        :func:`ensemble.tabular.train_fold` raise.
+        ``on_error``. And everything :func:`ensemble.members.data.load_data`, :func:`ensemble.members.image_fit.train_fold` and
+        :func:`ensemble.members.tabular.train_fold` raise.
     """
     entries = list(backbones) if backbones is not None else recipe.entries()
     by_kind = kinds.split(recipe, entries)  # a malformed name@seed fails before any data loads

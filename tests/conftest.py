@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ensemble import data as data_mod
-from ensemble import loop, models, runtime
-from ensemble import runs as run_store
+from ensemble.members import data as data_mod
+from ensemble.members import loop, models, runtime
+from ensemble.store import runs as run_store
 
 ROOT = Path(__file__).resolve().parents[1]
 RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
@@ -167,7 +167,7 @@ def fold_mean(r, entries, images, shifts=()):
 def tiny_competition(recipe_path: Path, recipe_text: str, source: Path) -> Path:
     """Write ``recipe_text`` to ``recipe_path``, build its competition from the RAVDESS-layout
     ``source`` (actors 5 and 6 held out, 2 folds) and fill its feature cache. Returns ``recipe_path``."""
-    from ensemble import recipe
+    from ensemble.core import recipe
 
     recipe_path.write_text(recipe_text)
     r = recipe.load(recipe_path)

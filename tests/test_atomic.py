@@ -4,7 +4,7 @@ import stat
 import pandas as pd
 import pytest
 
-from ensemble import atomic
+from ensemble.core import atomic
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

@@ -18,9 +18,12 @@ from safetensors.torch import load_file
 from timm.layers import FrozenBatchNormAct2d
 from timm.optim import create_optimizer_v2
 
-from ensemble import audio, audioset, features, frontends, functionals, image_fit, models, predict, recipe, train
-from ensemble import runs as run_store
-from ensemble.data import load_data
+from ensemble import predict, train
+from ensemble.core import frontends, recipe
+from ensemble.inputs import audio, features
+from ensemble.members import audioset, functionals, image_fit, models
+from ensemble.members.data import load_data
+from ensemble.store import runs as run_store
 
 from .conftest import TINY_SHAPE, ravdess_clip, tiny_competition
 
@@ -246,7 +249,7 @@ def test_ens_predict_renders_an_audioset_member_as_it_was_trained(trained):
         own = y if made.sample_rate == 16000 else librosa.resample(y, orig_sr=16000, target_sr=made.sample_rate)
         images = features.model_inputs([own], made)
         member = [m for m in ensemble.members if m.name == name][0]
-        expected = np.mean([torch.softmax(m(torch.from_numpy(images.astype(np.float32))), 1).detach().numpy() for m in ensemble.models[member.name]], 0)
+        expected = np.mean([torch.softmax(m(torch.from_numpy(images.astype(np.float32))), 1).detach().numpy() for m in ensemble.members.models[member.name]], 0)
         first = ensemble.members[0]  # the 16 kHz ImageNet member sets the rate audio is read at; weight 0
         one = dataclasses.replace(ensemble, members=[first, member], weights={first.name: 0.0, name: 1.0})
         np.testing.assert_allclose(one.predict_waveforms([y]), expected, atol=1e-5)
@@ -333,7 +336,7 @@ EMBEDDINGS = [("mn04_embedding", "efficientat_mn04", _efficientat_reference), ("
 @pytest.mark.parametrize("set_name,model_name,reference", EMBEDDINGS)
 def test_an_embedding_is_the_pretrained_models_time_features_of_its_frontend_mean_then_max(set_name, model_name, reference):
     """One real clip's embedding recomputed independently: read at 16 kHz as the functionals cache reads
-    it, resampled to the frontend's rate (soxr, as ensemble.audio), the frontend's own log-mel from the
+    it, resampled to the frontend's rate (soxr, as ensemble.inputs.audio), the frontend's own log-mel from the
     NumPy reference above (its documented steps: no floor removed, no normalisation), the pretrained
     model's time_features, then the mean over time followed by the max over time."""
     y = audio.load_trimmed(ravdess_clip(2, 5), 16000, 40.0)[0]

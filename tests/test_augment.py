@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, augment, features, image_fit, tasks, waveform_augment
-from ensemble import recipe as recipe_mod
-from ensemble.recipe import AugmentConfig, FeatureConfig
+from ensemble.core import recipe as recipe_mod
+from ensemble.core import tasks, waveform_augment
+from ensemble.core.recipe import AugmentConfig, FeatureConfig
+from ensemble.inputs import audio, augment, features
+from ensemble.members import image_fit
 
 from .conftest import ravdess_clip
 

@@ -23,7 +23,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ensemble import audio
+from ensemble.inputs import audio
 
 SR = 16000
 DURATION = 2.0

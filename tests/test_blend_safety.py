@@ -3,7 +3,7 @@ realigned explicitly, never mixed silently; `ens blend` writes the same bytes ev
 
 The run folders are fabricated, not trained: ``config.json`` from ``image_fit.run_config``, an empty
 ``metrics.json``, and ``oof.csv`` / ``test.csv`` of seeded random probabilities, on a competition
-folder written here and read as a :class:`ensemble.split.Split` (blending reads no images)."""
+folder written here and read as a :class:`ensemble.store.split.Split` (blending reads no images)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import blend, blenders, competition, image_fit, tasks
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
-from ensemble import split as split_mod
-from ensemble.blend import BlendError
-from ensemble.runs import RunError
+from ensemble.blending import blend, blenders
+from ensemble.blending.blend import BlendError
+from ensemble.core import recipe as recipe_mod
+from ensemble.core import tasks
+from ensemble.members import image_fit
+from ensemble.store import competition
+from ensemble.store import runs as run_store
+from ensemble.store import split as split_mod
+from ensemble.store.runs import RunError
 
 CLASSES = ["calm", "happy", "sad"]
 BACKBONES = ["m1", "m2"]

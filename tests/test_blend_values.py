@@ -9,7 +9,7 @@ method's definition in docs/blending.md. The submissions are written for competi
 probability layout, the class columns in another order than the recipe's classes), so a
 submission in ``test.csv`` order or class order would fail too.
 
-Only the weights of caruana and optimize come from :func:`ensemble.blenders.fit` (their search is
+Only the weights of caruana and optimize come from :func:`ensemble.blending.blenders.fit` (their search is
 tested on constructed data in test_blenders.py); what is checked here is that the blend pairs
 them with the right members, uses the chosen method's, and combines the test probabilities with
 them (and that the checks are sensitive: swapped weights give another submission on this data).
@@ -27,8 +27,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 
-from ensemble import blenders, multilabel, tasks
-from ensemble import recipe as recipe_mod
+from ensemble.blending import blenders
+from ensemble.core import multilabel, tasks
+from ensemble.core import recipe as recipe_mod
 
 from .conftest import cli_ok, copy_tiny_runs
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ensemble import blenders
+from ensemble.blending import blenders
 
 
 def _dirichlet(rng, n, c, alpha=0.5):

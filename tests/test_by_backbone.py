@@ -10,8 +10,9 @@ import json
 import pandas as pd
 import pytest
 
-from ensemble import recipe as recipe_mod
-from ensemble import runs, train
+from ensemble import train
+from ensemble.core import recipe as recipe_mod
+from ensemble.store import runs
 
 from .conftest import cli_ok
 

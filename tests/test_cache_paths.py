@@ -8,10 +8,10 @@ loaded by one worker per core (4800 augmented clips, at least ``POOL_MIN_AUGMENT
 dozen real clips make 3 to 5 chunks, an uneven last chunk included, in seconds: the chunk loop
 does not depend on the chunk's size, and more (and smaller) chunks give more boundaries, each
 with the next chunk loaded while this one renders, where rows could be misplaced. A spy on
-:func:`ensemble.features.render_batch` checks the chunks really are ``CHUNK`` clips each.
+:func:`ensemble.inputs.features.render_batch` checks the chunks really are ``CHUNK`` clips each.
 
 Every row is checked against the image of its own clip (or augmented copy) rendered alone:
-:func:`ensemble.features.load_waveform` then :func:`ensemble.features.render_batch` of that one
+:func:`ensemble.inputs.features.load_waveform` then :func:`ensemble.inputs.features.render_batch` of that one
 waveform, in float16 as the cache stores it, and equal to it bit for bit (as in test_data_path).
 Before the exact comparison each row is matched to its nearest reference image, so misplaced
 rows are reported as such (row -> the rendering whose image it holds).
@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, features, waveform_augment
-from ensemble.recipe import AugmentConfig, FeatureConfig
+from ensemble.core import waveform_augment
+from ensemble.core.recipe import AugmentConfig, FeatureConfig
+from ensemble.inputs import audio, features
 
 from .conftest import ravdess_clip
 

@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 
-from ensemble import channels, features, recipe, reference
+from ensemble.core import channels, recipe
+from ensemble.inputs import features, reference
 
 from .conftest import ROOT
 
@@ -33,5 +34,5 @@ def test_axis_facts_follow_the_feature_settings():
 
 
 def test_the_channel_and_waveform_modules_the_recipe_imports_load_without_torch():
-    code = "import sys, ensemble.channels, ensemble.waveform_augment; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ensemble.core.channels, ensemble.core.waveform_augment; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import competition, predict
-from ensemble import split as split_mod
+from ensemble import predict
 from ensemble.cli import app
+from ensemble.store import competition
+from ensemble.store import split as split_mod
 
 from .conftest import ravdess_clip
 
@@ -50,9 +51,13 @@ def test_an_unknown_cpu_precision_is_refused_by_typer():
 
 def test_every_refusal_is_an_ens_error():
     """One ``except EnsError`` catches every error class ens raises on purpose."""
-    from ensemble import EnsError, audio, augment, blend, deps, errors, models, recipe, report
-    from ensemble import runs as run_store
-    from ensemble.corpora import ravdess
+    from ensemble import EnsError, report
+    from ensemble.blending import blend
+    from ensemble.core import deps, errors, recipe
+    from ensemble.inputs import audio, augment
+    from ensemble.members import models
+    from ensemble.store import runs as run_store
+    from ensemble.store.corpora import ravdess
 
     refusals = [
         recipe.RecipeError,
@@ -75,7 +80,7 @@ def test_every_refusal_is_an_ens_error():
 
 
 def test_the_cli_prints_ens_errors_and_keeps_the_traceback_of_anything_else(tmp_path, monkeypatch):
-    from ensemble import recipe
+    from ensemble.core import recipe
 
     (tmp_path / "r.toml").write_text("")
     for raised, code in ((recipe.RecipeError("bad setting; fix it"), 2), (ValueError("a bug"), 1)):

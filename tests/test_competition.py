@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import competition
-from ensemble.corpora import ravdess
-from ensemble.recipe import CompetitionConfig, FoldsConfig
+from ensemble.core.recipe import CompetitionConfig, FoldsConfig
+from ensemble.store import competition
+from ensemble.store.corpora import ravdess
 
 from .conftest import RAVDESS
 

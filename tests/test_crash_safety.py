@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import atomic, features
-from ensemble import runs as run_store
 from ensemble.cli import app
-from ensemble.recipe import FeatureConfig
+from ensemble.core import atomic
+from ensemble.core.recipe import FeatureConfig
+from ensemble.inputs import features
+from ensemble.store import runs as run_store
 
 from .conftest import RAVDESS
 
@@ -29,7 +30,7 @@ BUILD = """
 import sys
 from pathlib import Path
 from ensemble import features
-from ensemble.recipe import FeatureConfig
+from ensemble.core.recipe import FeatureConfig
 paths = [Path(line) for line in sys.stdin.read().split()]
 features.FeatureCache(sys.argv[1], FeatureConfig(duration=2.0, height=32, hop_length=640)).get(paths, progress=False)
 """
@@ -155,7 +156,7 @@ def test_ens_train_names_resume_when_it_starts_an_interrupted_run_afresh_and_res
     only epochs 2 and 3 and ends with the same weights, tables and log as the uninterrupted run."""
     from safetensors.numpy import load_file
 
-    from ensemble import image_fit
+    from ensemble.members import image_fit
 
     from .conftest import cli_ok, copy_tiny_runs
 

@@ -8,11 +8,12 @@ import threading
 import numpy as np
 import pandas as pd
 
-from ensemble import data as data_mod
-from ensemble import features, image_fit, loop, models
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
-from ensemble.recipe import AugmentConfig, FeatureConfig
+from ensemble.core import recipe as recipe_mod
+from ensemble.core.recipe import AugmentConfig, FeatureConfig
+from ensemble.inputs import features
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, loop, models
+from ensemble.store import runs as run_store
 
 from .conftest import ravdess_clip, tiny_competition
 

@@ -18,8 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ensemble import audio, features, models, runs, speaker_groups
-from ensemble import recipe as recipe_mod
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import audio, features
+from ensemble.members import models
+from ensemble.speaker import speaker_groups
+from ensemble.store import runs
 
 from .conftest import ROOT, cli_ok
 
@@ -82,7 +85,7 @@ def test_the_default_recipe_shape_trains_every_member_on_every_fold(default_run)
 
 
 def test_the_geometric_blend_is_the_members_tables_geometric_mean(default_run):
-    from ensemble import blend
+    from ensemble.blending import blend
 
     r, comp = default_run["r"], default_run["comp"]
     train_ids = pd.Index(pd.read_csv(comp / "train.csv", dtype=str)["id"])

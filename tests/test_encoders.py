@@ -1,4 +1,4 @@
-"""Speech-encoder sets (ensemble.encoders): tiny randomly initialised Whisper, wav2vec2, HuBERT and WavLM
+"""Speech-encoder sets (ensemble.members.encoders): tiny randomly initialised Whisper, wav2vec2, HuBERT and WavLM
 configs written here (no such weights exist offline, except Whisper base), their pooled hidden states
 checked against transformers run independently, the layer choice, the recipe checks, and a member
 trained, blended and predicted through the real CLI."""
@@ -14,8 +14,12 @@ import pytest
 import torch
 import transformers
 
-from ensemble import audio, encoder_sets, encoders, functionals, predict, recipe, runs, tabular
-from ensemble import split as split_mod
+from ensemble import predict
+from ensemble.core import encoder_sets, recipe
+from ensemble.inputs import audio
+from ensemble.members import encoders, functionals, tabular
+from ensemble.store import runs
+from ensemble.store import split as split_mod
 
 from .conftest import cli_ok, one_backbone_recipe, ravdess_clip
 

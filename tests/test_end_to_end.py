@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import atomic, blenders
-from ensemble import recipe as recipe_mod
+from ensemble.blending import blenders
 from ensemble.cli import app
+from ensemble.core import atomic
+from ensemble.core import recipe as recipe_mod
 
 from .conftest import cli_ok as _ok
 from .conftest import copy_tiny_runs
@@ -128,7 +129,7 @@ def test_bad_options_are_clear_errors(pipeline):
 
 
 def test_blend_skips_a_backbone_with_an_unfinished_fold(pipeline, tmp_path):
-    from ensemble import blend
+    from ensemble.blending import blend
 
     r = recipe_mod.load(copy_tiny_runs(pipeline, tmp_path))  # blend writes its leaderboard and weights into the copy
     r.backbones = ["test_efficientnet", "test_resnet", "test_convnext"]

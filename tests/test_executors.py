@@ -12,8 +12,10 @@ import pytest
 import ray
 import torch
 
-from ensemble import executors, recipe, train
-from ensemble import runs as run_store
+from ensemble import train
+from ensemble.core import recipe
+from ensemble.deploy import executors
+from ensemble.store import runs as run_store
 
 from .conftest import cli_ok, tiny_competition
 
@@ -41,8 +43,8 @@ def _blocking_after_first_checkpoint(blocked: Path):
     run_loading = executors._run_loading
 
     def run(job):
-        from ensemble import atomic
-        from ensemble.checkpoint import Checkpoint
+        from ensemble.core import atomic
+        from ensemble.members.checkpoint import Checkpoint
 
         if (job.entry, job.fold) == KILLED and not blocked.exists():
             save = Checkpoint.save

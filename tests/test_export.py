@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import competition, engines, export, predict
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
+from ensemble import export, predict
 from ensemble.cli import app
+from ensemble.core import recipe as recipe_mod
+from ensemble.deploy import engines
+from ensemble.store import competition
+from ensemble.store import runs as run_store
 
 from .conftest import cli_ok, copy_tiny_runs
 
@@ -54,7 +56,7 @@ def test_exported_graphs_give_torch_probabilities_on_real_clips(exported, engine
     r, clips = exported["recipe"], exported["clips"]
     eager = predict.predict(predict.load_ensemble(r), clips)
     ensemble = predict.load_ensemble(r, engine=engine)
-    assert all(len(models) == 1 and isinstance(models[0], engines.ExportedModel) for models in ensemble.models.values())
+    assert all(len(models) == 1 and isinstance(models[0], engines.ExportedModel) for models in ensemble.members.models.values())
     got = predict.predict(ensemble, clips)
     diff = np.max(np.abs(np.stack([p.proba for p in got]) - np.stack([p.proba for p in eager])))
     assert diff < 1e-4, f"{engine}: max abs difference {diff} from torch eager"
@@ -150,7 +152,7 @@ def _sigmoids_by_hand(r, images: np.ndarray, shifts) -> np.ndarray:
     import torch
     from safetensors.torch import load_file
 
-    from ensemble import models
+    from ensemble.members import models
 
     x = torch.from_numpy(images.astype(np.float32))
     rolls = [0, *(round(s * images.shape[-1]) for s in shifts)]
@@ -168,14 +170,14 @@ def _sigmoids_by_hand(r, images: np.ndarray, shifts) -> np.ndarray:
 def test_an_exported_multilabel_member_gives_the_seeds_and_folds_mean_sigmoids_with_tta(multilabel_export, engine):
     import torch
 
-    from ensemble import audio, features
+    from ensemble.inputs import audio, features
 
     r = multilabel_export["recipe"]
     ensemble = predict.load_ensemble(r, engine=engine)
     assert [m.name for m in ensemble.members] == ["test_resnet"] and ensemble.members[0].entries == ("test_resnet", "test_resnet@7")
     clips = [audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0] for p in multilabel_export["clips"][:8]]
     images = features.model_inputs(clips, r.features)
-    (graph,) = ensemble.models["test_resnet"]
+    (graph,) = ensemble.members.models["test_resnet"]
     assert isinstance(graph, engines.ExportedModel)
     # the graph alone: the four models' sigmoids averaged, no TTA
     plain = _sigmoids_by_hand(r, images, ())

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import audio, features, reference
-from ensemble.recipe import FeatureConfig
+from ensemble.core.recipe import FeatureConfig
+from ensemble.inputs import audio, features, reference
 
 from .conftest import ravdess_clip
 

@@ -13,11 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import data as data_mod
-from ensemble import loop, metrics, models, runtime
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
 from ensemble.cli import app
+from ensemble.core import metrics
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import data as data_mod
+from ensemble.members import loop, models, runtime
+from ensemble.store import runs as run_store
 
 from .conftest import cli_ok, copy_tiny_runs
 

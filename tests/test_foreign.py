@@ -36,9 +36,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from ensemble import competition, runs, speaker_groups, speakers
-from ensemble import recipe as recipe_mod
-from ensemble import split as split_mod
+from ensemble.core import recipe as recipe_mod
+from ensemble.speaker import speaker_groups, speakers
+from ensemble.store import competition, runs
+from ensemble.store import split as split_mod
 
 from .conftest import BASIC_LR, EGEMAPS_SVM, TINY_SHAPE, cli_ok, ravdess_clip
 

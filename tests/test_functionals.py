@@ -1,4 +1,4 @@
-"""Acoustic functionals (ensemble.functionals) and the vector cache under them (ensemble.vectors), on
+"""Acoustic functionals (ensemble.members.functionals) and the vector cache under them (ensemble.inputs.vectors), on
 real RAVDESS clips: sizes and names of the three sets, ens_basic against hand computations and known
 pitches, openSMILE's numbers against its own process_file, the cache, and the refusals.
 
@@ -19,9 +19,10 @@ import opensmile
 import pytest
 import soundfile as sf
 
-from ensemble import audio, functionals
-from ensemble.functionals import SETS, FunctionalsCache, FunctionalsError
-from ensemble.vectors import VectorCache, VectorError
+from ensemble.inputs import audio
+from ensemble.inputs.vectors import VectorCache, VectorError
+from ensemble.members import functionals
+from ensemble.members.functionals import SETS, FunctionalsCache, FunctionalsError
 
 from .conftest import ravdess_clip
 
@@ -184,7 +185,7 @@ def test_without_opensmile_its_sets_say_how_to_install_it_and_its_licence(monkey
 
 
 def test_importing_functionals_imports_neither_opensmile_nor_torch():
-    code = "import sys, ensemble.functionals; print(sorted({'opensmile', 'torch'} & set(sys.modules)))"
+    code = "import sys, ensemble.members.functionals; print(sorted({'opensmile', 'torch'} & set(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"

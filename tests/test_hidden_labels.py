@@ -16,8 +16,8 @@ import contextlib
 import os
 import sys
 
-from ensemble import competition
-from ensemble.recipe import CompetitionConfig
+from ensemble.core.recipe import CompetitionConfig
+from ensemble.store import competition
 
 from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
 

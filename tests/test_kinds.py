@@ -1,4 +1,4 @@
-"""Member kinds as one protocol (ensemble.kind, ensemble.kinds): a new kind is one class plus one
+"""Member kinds as one protocol (ensemble.members.kind, ensemble.members.kinds): a new kind is one class plus one
 registration, and ens train / blend / predict / report / export then handle its entries with no
 other change. Shown with a class-prior member, registered here, beside a functionals member, on
 real RAVDESS clips through the real CLI."""
@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import atomic, entry, kinds, predict, runs, tabular
-from ensemble import recipe as recipe_mod
-from ensemble.kind import Kind, Outcome, Section, Stage
+from ensemble import predict
+from ensemble.core import atomic, entry
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import kinds, tabular
+from ensemble.members.kind import Kind, Outcome, Section, Stage
+from ensemble.store import runs
 
 from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
 
@@ -139,12 +142,14 @@ def test_ens_blend_and_ens_predict_take_the_new_kind_as_a_member(with_prior):
     predicted = pd.read_csv(with_prior["predicted"])
     classes = with_prior["r"].competition.classes
     rate, trim = ensemble.sample_rate, ensemble.trim_db
-    from ensemble import audio
+    from ensemble.inputs import audio
 
     clips = [audio.load_trimmed(p, rate, trim)[0] for p in with_prior["clips"]]
-    expected = ensemble.weights["prior"] * prior_member.predict(clips, None, {}, 1) + ensemble.weights["basic_lr"] * lr_member.predict(clips, None, {}, 1)
+    expected = ensemble.core.weights["prior"] * prior_member.predict(clips, None, {}, 1) + ensemble.core.weights["basic_lr"] * lr_member.predict(
+        clips, None, {}, 1
+    )
     np.testing.assert_allclose(predicted[classes].to_numpy(), expected, atol=1e-6)
-    assert ensemble.weights["prior"] == pytest.approx(0.5)  # mean blend: equal weights
+    assert ensemble.core.weights["prior"] == pytest.approx(0.5)  # mean blend: equal weights
 
 
 def test_ens_report_shows_the_new_kinds_section_in_place(with_prior):
@@ -155,7 +160,7 @@ def test_ens_report_shows_the_new_kinds_section_in_place(with_prior):
 
 
 def test_no_module_but_the_entry_module_parses_entry_names():
-    """``@`` and ``+pl`` are read in :mod:`ensemble.entry` alone (issue: one Entry type)."""
+    """``@`` and ``+pl`` are read in :mod:`ensemble.core.entry` alone (issue: one Entry type)."""
     import pathlib
     import re
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ensemble import data as data_mod
-from ensemble import image_fit
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit
 
 from .conftest import cli_ok
 
@@ -87,7 +87,7 @@ def test_log_file_gets_one_line_per_epoch_and_stage(tiny, tmp_path):
 def test_terminal_gets_bars(tiny, monkeypatch, capsys):
     """With stderr a terminal the bars are drawn there (and the render needs no summary line);
     the epoch lines still go to stdout, once per epoch."""
-    from ensemble import recipe
+    from ensemble.core import recipe
 
     stderr = TerminalStream()
     monkeypatch.setattr(sys, "stderr", stderr)
@@ -112,7 +112,7 @@ def test_quiet_prints_no_progress(tiny, monkeypatch, capsys):
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and RESULT_LINE.match(lines[0]) and lines[0].startswith(f"{BACKBONE} fold 0:"), output
 
-    from ensemble import recipe
+    from ensemble.core import recipe
 
     stderr = TerminalStream()
     monkeypatch.setattr(sys, "stderr", stderr)

@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import blend, features, predict, runs
-from ensemble import recipe as recipe_mod
+from ensemble import predict
+from ensemble.blending import blend
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import features
+from ensemble.store import runs
 
 from .conftest import cli_ok, copy_tiny_runs
 

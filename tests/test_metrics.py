@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble import metrics
+from ensemble.core import metrics
 
 
 def test_nll_is_the_mean_negative_log_probability_of_the_truth_floored_at_1e_15():

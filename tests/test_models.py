@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ensemble import models
 from ensemble.cli import as_flags
+from ensemble.members import models
 
 from .conftest import ROOT
 

@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, label_ranking_average_precision_score
 from typer.testing import CliRunner
 
-from ensemble import multilabel
 from ensemble.cli import app
+from ensemble.core import multilabel
 
 from .conftest import cli_ok
 

@@ -23,11 +23,14 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
-from ensemble import audio, image_fit, loop, metrics, models, predict, tasks
-from ensemble import data as data_mod
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
+from ensemble import predict
 from ensemble.cli import app
+from ensemble.core import metrics, tasks
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import audio
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, loop, models
+from ensemble.store import runs as run_store
 
 from .conftest import cli_ok, copy_tiny_runs, fold_mean, ravdess_clip, tiny_competition
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from ensemble import plan
-from ensemble import recipe as recipe_mod
+from ensemble.core import recipe as recipe_mod
 
 from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
 

@@ -1,4 +1,4 @@
-"""Feature images drawn by ensemble.plots (ens predict --save-image, the report) on real RAVDESS clips:
+"""Feature images drawn by ensemble.inputs.plots (ens predict --save-image, the report) on real RAVDESS clips:
 every channel, time in seconds, each channel's frequency axis, colours in its own unit."""
 
 import io
@@ -6,8 +6,9 @@ import io
 import numpy as np
 import pytest
 
-from ensemble import audio, channels, features, frontends, plots
-from ensemble.recipe import FeatureConfig
+from ensemble.core import channels, frontends
+from ensemble.core.recipe import FeatureConfig
+from ensemble.inputs import audio, features, plots
 
 from .conftest import ravdess_clip
 
@@ -21,7 +22,7 @@ def images():
 
 
 def _check_panel(ax, name, rows):
-    """``ax`` shows channel ``name``'s ``rows`` as :mod:`ensemble.channels` describes it."""
+    """``ax`` shows channel ``name``'s ``rows`` as :mod:`ensemble.core.channels` describes it."""
     channel = channels.CHANNELS[name]
     step = CONFIG.hop_length / CONFIG.sample_rate
     assert ax.get_ylabel() == channel.axis

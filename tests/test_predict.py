@@ -9,9 +9,11 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from ensemble import audio, competition, features, plots, predict
-from ensemble import recipe as recipe_mod
+from ensemble import predict
 from ensemble.cli import app
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import audio, features, plots
+from ensemble.store import competition
 
 from .conftest import cli_ok as _ok
 from .conftest import copy_tiny_runs, fold_mean, ravdess_clip
@@ -62,7 +64,7 @@ def test_blend_weights_weight_the_members(trained):
         weights_json.parent.mkdir(exist_ok=True)
         weights_json.write_text(json.dumps({"method": "caruana", "weights": {"test_efficientnet": 0.25, "test_resnet": 0.75}}))
         ensemble = predict.load_ensemble(r)
-        shown = [(m.name, ensemble.weights[m.name], len(ensemble.models[m.name])) for m in ensemble.members]
+        shown = [(m.name, ensemble.core.weights[m.name], len(ensemble.members.models[m.name])) for m in ensemble.members]
         assert shown == [("test_efficientnet", 0.25, 2), ("test_resnet", 0.75, 2)]
         waveform = audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0]
         np.testing.assert_allclose(ensemble.predict_waveforms([waveform]), 0.25 * a + 0.75 * b, atol=1e-6)

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import data as data_mod
-from ensemble import pseudo, runs, tabular
-from ensemble import recipe as recipe_mod
-from ensemble import split as split_mod
-from ensemble.entry import Entry
+from ensemble.core import recipe as recipe_mod
+from ensemble.core.entry import Entry
+from ensemble.members import data as data_mod
+from ensemble.members import pseudo, tabular
+from ensemble.store import runs
+from ensemble.store import split as split_mod
 
 from .conftest import BASIC_LR, cli_ok, one_backbone_recipe, ravdess_clip
 
@@ -211,7 +212,8 @@ def test_the_cli_predicts_and_reports_with_the_students_only_when_told(rounds, t
 
 def tabular_row(rounds, path: str) -> np.ndarray:
     """ens_basic functionals of one test clip, written out (no speaker normalisation in this recipe)."""
-    from ensemble import audio, functionals
+    from ensemble.inputs import audio
+    from ensemble.members import functionals
 
     r = rounds["r"]
     clip = audio.load_trimmed(rounds["comp"] / path, r.features.sample_rate, r.features.trim_db)[0]  # a functionals-only ensemble takes the recording whole

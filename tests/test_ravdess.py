@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from ensemble.corpora import ravdess
+from ensemble.store.corpora import ravdess
 
 from .conftest import RAVDESS
 

@@ -1,6 +1,6 @@
 import pytest
 
-from ensemble import recipe
+from ensemble.core import recipe
 
 from .conftest import ROOT
 

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from ensemble import data as data_mod
-from ensemble import image_fit, tabular
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
-from ensemble import split as split_mod
-from ensemble.corpora import ravdess
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, tabular
+from ensemble.store import runs as run_store
+from ensemble.store import split as split_mod
+from ensemble.store.corpora import ravdess
 
 from .conftest import ROOT
 

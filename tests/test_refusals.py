@@ -370,7 +370,7 @@ AUDIO_FIXES = {  # the file, then the problem and the fix as docs/reliability.md
 
 @pytest.mark.parametrize("case", list(AUDIO_FIXES))
 def test_audio_refusals_name_the_file_the_problem_and_the_fix(tmp_path, case):
-    from ensemble import audio
+    from ensemble.inputs import audio
 
     make, parts = AUDIO_FIXES[case]
     path = tmp_path / "clip 1.wav"
@@ -389,8 +389,8 @@ def _tables(root: Path, train: str) -> Path:
 
 
 def test_table_refusals_name_the_fix(tmp_path):
-    from ensemble import competition
-    from ensemble.recipe import CompetitionConfig, FoldsConfig
+    from ensemble.core.recipe import CompetitionConfig, FoldsConfig
+    from ensemble.store import competition
 
     root = _tables(tmp_path / "comp", "id,path,label,group\nc1,1.wav,a,s1\nc2,2.wav,b,s2\nc3,3.wav,c,s3\nc4,4.wav,d,s4\n")
     (root / "train.csv").rename(root / "train.old")

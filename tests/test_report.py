@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import metrics, report
-from ensemble import recipe as recipe_mod
-from ensemble import split as split_mod
+from ensemble import report
 from ensemble.cli import app
+from ensemble.core import metrics
+from ensemble.core import recipe as recipe_mod
+from ensemble.store import split as split_mod
 
 from .conftest import cli_ok as _ok
 from .conftest import copy_tiny_runs

@@ -21,13 +21,13 @@ import torch
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from ensemble import checkpoint as checkpoint_mod
-from ensemble import data as data_mod
-from ensemble import image_fit
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
-from ensemble.checkpoint import Checkpoint
 from ensemble.cli import app
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import checkpoint as checkpoint_mod
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit
+from ensemble.members.checkpoint import Checkpoint
+from ensemble.store import runs as run_store
 
 from .conftest import cli_ok, tiny_competition
 

@@ -9,9 +9,10 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, log_loss
 from typer.testing import CliRunner
 
-from ensemble import competition, recipe, submission
 from ensemble.cli import app
-from ensemble.competition import CompetitionError
+from ensemble.core import recipe
+from ensemble.store import competition, submission
+from ensemble.store.competition import CompetitionError
 
 from .conftest import cli_ok
 

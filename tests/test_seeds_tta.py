@@ -12,11 +12,15 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ensemble import audio, blend, blenders, image_fit, loop, metrics, models, predict, tasks
-from ensemble import data as data_mod
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
+from ensemble import predict
+from ensemble.blending import blend, blenders
 from ensemble.cli import app
+from ensemble.core import metrics, tasks
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import audio
+from ensemble.members import data as data_mod
+from ensemble.members import image_fit, loop, models
+from ensemble.store import runs as run_store
 
 from .conftest import cli_ok as _ok
 from .conftest import fold_mean, tiny_competition

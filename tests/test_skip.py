@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from ensemble import blend, blenders, competition, features
-from ensemble import data as data_mod
-from ensemble import recipe as recipe_mod
-from ensemble import runs as run_store
-from ensemble import split as split_mod
+from ensemble.blending import blend, blenders
 from ensemble.cli import app
+from ensemble.core import recipe as recipe_mod
+from ensemble.inputs import features
+from ensemble.members import data as data_mod
+from ensemble.store import competition
+from ensemble.store import runs as run_store
+from ensemble.store import split as split_mod
 
 from .conftest import cli_ok, ravdess_clip, tiny_competition
 

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import competition, predict, speaker_groups
-from ensemble import data as data_mod
-from ensemble import recipe as recipe_mod
+from ensemble import predict
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import data as data_mod
+from ensemble.speaker import speaker_groups
+from ensemble.store import competition
 
 from .conftest import ROOT, cli_ok
 

@@ -1,4 +1,4 @@
-"""Speaker inference and per-speaker normalisation (ensemble.speakers): voice embeddings of real
+"""Speaker inference and per-speaker normalisation (ensemble.speaker.speakers): voice embeddings of real
 RAVDESS clips, their clustering into speakers, the embedding cache, and SpeakerNorm checked against
 NumPy by hand."""
 
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from ensemble import audio, speakers
-from ensemble.speakers import EPS, EmbeddingCache, SpeakerError, SpeakerNorm
+from ensemble.inputs import audio
+from ensemble.speaker import speakers
+from ensemble.speaker.speakers import EPS, EmbeddingCache, SpeakerError, SpeakerNorm
 
 from .conftest import ravdess_clip
 
@@ -402,5 +403,5 @@ def test_it_is_a_scikit_learn_estimator():
 
 def test_importing_speakers_imports_no_torch():
     """Inferring and normalising need no torch; only embedding loads the encoder (and torch)."""
-    code = "import sys, ensemble.speakers; assert 'torch' not in sys.modules and 'resemblyzer' not in sys.modules"
+    code = "import sys, ensemble.speaker.speakers; assert 'torch' not in sys.modules and 'resemblyzer' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import competition, submission
-from ensemble.recipe import CompetitionConfig
+from ensemble.core.recipe import CompetitionConfig
+from ensemble.store import competition, submission
 
 
 def _competition(tmp_path, sample_columns, task="multiclass"):

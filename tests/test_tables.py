@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ensemble import competition, tasks
-from ensemble.competition import CompetitionError
-from ensemble.recipe import CompetitionConfig, FoldsConfig
+from ensemble.core import tasks
+from ensemble.core.recipe import CompetitionConfig, FoldsConfig
+from ensemble.store import competition
+from ensemble.store.competition import CompetitionError
 
 TRAIN = "id,path,label,group\nc1,1.wav,a,s1\nc2,2.wav,b,s2\nc3,3.wav,a,s3\nc4,4.wav,b,s4\n"
 TEST = "id,path\nt1,x.wav\nt2,y.wav\n"

@@ -12,9 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble import blend, functionals, predict, runs, tabular
-from ensemble import recipe as recipe_mod
-from ensemble import split as split_mod
+from ensemble import predict
+from ensemble.blending import blend
+from ensemble.core import recipe as recipe_mod
+from ensemble.members import functionals, tabular
+from ensemble.store import runs
+from ensemble.store import split as split_mod
 
 from .conftest import BASIC_LR, EGEMAPS_SVM, cli_ok, one_backbone_recipe
 
@@ -226,7 +229,7 @@ def test_ens_predict_z_normalises_functionals_per_speaker_as_training_did(mixed)
     """A speaker-normalised functionals member at predict time, by value: the clips' functionals
     standardised by their speaker's (the clips given together) mean and standard deviation, or
     without them by the training population's, then the saved fold pipelines' mean probability."""
-    from ensemble import audio
+    from ensemble.inputs import audio
 
     r = recipe_mod.load(mixed["recipe"])
     ensemble = predict.load_ensemble(r)

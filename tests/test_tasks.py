@@ -1,4 +1,4 @@
-"""ensemble.tasks: multiclass and multilabel, each in one place, chosen once from the competition.
+"""ensemble.core.tasks: multiclass and multilabel, each in one place, chosen once from the competition.
 
 The loss and mixup are compared with what ``image_fit.train_fold`` built before the task objects
 (``nn.CrossEntropyLoss`` / ``multilabel.bce_loss``, timm's ``Mixup`` / ``multilabel.union_mixup``),
@@ -19,9 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from ensemble import blenders, competition, metrics, multilabel, recipe, tasks
-from ensemble.errors import OptionError
-from ensemble.recipe import CompetitionConfig
+from ensemble.blending import blenders
+from ensemble.core import metrics, multilabel, recipe, tasks
+from ensemble.core.errors import OptionError
+from ensemble.core.recipe import CompetitionConfig
+from ensemble.store import competition
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
@@ -237,7 +239,8 @@ def test_the_recipe_takes_metric_names_and_blend_methods_from_the_task():
 
 
 def test_importing_the_recipe_or_the_tasks_does_not_import_torch():
-    code = "import sys, ensemble.recipe, ensemble.tasks, ensemble.competition, ensemble.blenders; assert 'torch' not in sys.modules, 'torch imported'"
+    modules = "ensemble.core.recipe, ensemble.core.tasks, ensemble.store.competition, ensemble.blending.blenders"
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

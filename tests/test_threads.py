@@ -1,4 +1,4 @@
-"""ensemble.threads: results in the items' order, an error at its item's place, nothing started after it."""
+"""ensemble.core.threads: results in the items' order, an error at its item's place, nothing started after it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ensemble.threads import resolve, thread_map
+from ensemble.core.threads import resolve, thread_map
 
 
 def test_results_come_in_order_and_on_several_threads():

@@ -1,0 +1,1 @@
+"""Who speaks in each clip: voice embeddings, inferred speakers and per-speaker normalisation."""
