@@ -14,7 +14,7 @@ import typer
 from .core import atomic, deps, tasks
 from .core import recipe as recipe_mod
 from .core.entry import Entry
-from .core.errors import EnsError
+from .core.errors import EnsError, EnsWarning, Param
 from .store import competition, runs
 from .store.corpora import ravdess
 from .store.split import ON_ERROR, SkippedClipsWarning
@@ -56,39 +56,28 @@ OnErrorOption = typer.Option(
 )
 
 
-FLAGS = {
-    "force=True": "--force",
-    "with resume=False": "without --resume",
-    "on_error='skip'": "--on-error skip",
-    "on_error='fail'": "--on-error fail",
-    "pretrained=False": "--no-pretrained",
-    "weights_dir=": "--weights-dir ",
-    "source=DIR": "--source DIR",
-    "download it": "--download",
-    "test_actors=": "--test-actors",
-    "window=": "--window ",
-    "hop=": "--hop ",
-    "speaker=DIR": "--speaker-dir DIR",
-    "speaker=": "--speaker-dir ",
-    "same_speaker=True": "--same-speaker",
-    "engine=": "--runtime ",
-    "device='cpu'": "--device cpu",
-    "executor='ray'": "--executor ray",
-    "resume=True": "--resume",
-    "address=": "--address ",
-}
-"""The library names its parameters in messages (``pass force=True``); the command line shows the flag that sets each."""
+FLAG_NAMES = {"speaker": "--speaker-dir", "engine": "--runtime"}
+"""Library parameters whose flag is not ``--`` + the name with dashes."""
 
 
-def as_flags(message: str) -> str:
-    """``message`` with each library parameter of :data:`FLAGS` replaced by its command-line flag."""
-    for parameter, flag in FLAGS.items():
-        message = message.replace(parameter, flag)
-    return message
+def flag(param: Param) -> str:
+    """How the command line shows a library parameter a message names: its flag (``--force``, ``--no-pretrained``
+    for a False switch, ``--on-error skip``, ``--speaker-dir DIR``; ``shown=""``: the flag alone)."""
+    name = FLAG_NAMES.get(param.name, "--" + param.name.replace("_", "-"))
+    if param.shown == "" or param.value is True and param.shown is None:
+        return name
+    if param.value is False and param.shown is None:
+        return "--no-" + name[2:]
+    return f"{name} {param.shown if param.shown is not None else param.value}"
+
+
+def shown(item: BaseException | Warning | str) -> str:
+    """An error's or warning's message for the terminal: its parameters as flags (:func:`flag`)."""
+    return item.render(flag) if isinstance(item, (EnsError, EnsWarning)) else str(item)
 
 
 def _fail(err: Exception) -> None:
-    typer.secho(f"error: {as_flags(str(err))}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {shown(err)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -103,14 +92,14 @@ def _startup() -> None:
 
 def _warnings_shown(categories: tuple[type[Warning], ...], call, *args, **kwargs):
     """``call(*args, **kwargs)``, each warning of ``categories`` it raises shown as a plain ``warning:`` line
-    (parameters named as flags, :func:`as_flags`); other warnings pass on unchanged."""
+    (parameters named as flags, :func:`shown`); other warnings pass on unchanged."""
     with warnings.catch_warnings(record=True) as caught:
         for category in categories:
             warnings.simplefilter("always", category)
         result = call(*args, **kwargs)
     for warning in caught:
         if issubclass(warning.category, categories):
-            typer.secho(f"warning: {as_flags(str(warning.message))}", fg=typer.colors.YELLOW, err=True)
+            typer.secho(f"warning: {shown(warning.message)}", fg=typer.colors.YELLOW, err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return result

@@ -45,7 +45,7 @@ import torch
 
 from .core import atomic
 from .core.entry import Entry
-from .core.errors import EnsError
+from .core.errors import EnsError, EnsWarning, Param
 from .core.recipe import FeatureConfig, Recipe
 from .deploy.engines import RUNTIMES, Exported, check_format
 from .inputs import audio, features, plots
@@ -65,7 +65,7 @@ class PredictError(EnsError, ValueError):
     """No trained ensemble, a path that is not audio, or a window/hop that does not fit the recipe."""
 
 
-class SpeakerNormWarning(UserWarning):
+class SpeakerNormWarning(EnsWarning):
     """Speaker-normalised members normalised a recording with the training population's statistics (no other recording of its speaker was given)."""
 
 
@@ -268,7 +268,15 @@ def load_ensemble(recipe: Recipe, device: str = "cpu", engine: str = "torch", ex
     members, weights, source = _member_weights(recipe)
     torch_device = runtime.resolve_device(device)
     if engine != "torch" and torch_device.type != "cpu":
-        raise PredictError(f"exported graphs run on the CPU (engine={engine!r}); predict with device='cpu', or engine='torch' on {torch_device}.")
+        raise PredictError(
+            "exported graphs run on the CPU (",
+            Param("engine", engine),
+            "); predict with ",
+            Param("device", "cpu"),
+            ", or ",
+            Param("engine", "torch"),
+            f" on {torch_device}.",
+        )
     exported = None if engine == "torch" else Exported(recipe, engine, export_dir, recipe.runtime.threads)
     classes, loaded = None, {}
     for member in members:
@@ -358,7 +366,7 @@ def _samples(value: float | None, default: float, name: str, rate: int) -> int:
     seconds = default if value is None else value
     n = int(round(seconds * rate))
     if n < 1:
-        raise PredictError(f"{name}={seconds}: give a positive number of seconds (at least one sample, 1/{rate} s).")
+        raise PredictError(Param(name, seconds), f": give a positive number of seconds (at least one sample, 1/{rate} s).")
     return n
 
 
@@ -404,14 +412,21 @@ def predict(
     window_n = sys.maxsize if whole else _samples(window, duration, "window", rate)
     if duration is not None and window_n > int(round(duration * rate)):
         raise PredictError(
-            f"window={window} s is longer than {duration} s, the shortest clip length ([features].duration) the models were "
-            f"trained on (each window would be cropped); give at most {duration}."
+            Param("window", window),
+            f" s is longer than {duration} s, the shortest clip length ([features].duration) the models were "
+            f"trained on (each window would be cropped); give at most {duration}.",
         )
     hop_n = window_n if whole else _samples(hop, window_n / 2 / rate, "hop", rate)
     if hop_n > window_n:
-        raise PredictError(f"hop={hop} s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
+        raise PredictError(Param("hop", hop), f" s is longer than the window ({window_n / rate} s): audio between windows would be skipped.")
     if speaker is not None and same_speaker:
-        raise PredictError("give either speaker= (other recordings of the speaker) or same_speaker=True (the files are one speaker), not both.")
+        raise PredictError(
+            "give either ",
+            Param("speaker", shown=""),
+            " (other recordings of the speaker) or ",
+            Param("same_speaker", True),
+            " (the files are one speaker), not both.",
+        )
     loaded, skipped = [], {}
     for path in audio_files(paths):
         try:
@@ -430,9 +445,13 @@ def predict(
         reference = [clip for *_, clips in loaded for clip in clips]
     if ensemble.populations and reference is None and loaded:
         warnings.warn(
-            f"members {sorted(ensemble.populations)} were trained on speaker-normalised images; with no other recording of the "
-            "speaker (speaker=DIR) and no same_speaker=True, each file is normalised with the training population's statistics.",
-            SpeakerNormWarning,
+            SpeakerNormWarning(
+                f"members {sorted(ensemble.populations)} were trained on speaker-normalised images; with no other recording of the speaker (",
+                Param("speaker", shown="DIR"),
+                ") and no ",
+                Param("same_speaker", True),
+                ", each file is normalised with the training population's statistics.",
+            ),
             stacklevel=2,
         )
     results = []

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ensemble.cli import as_flags
+from ensemble.cli import shown
 from ensemble.members import models
 
 from .conftest import ROOT
@@ -39,8 +39,8 @@ def test_missing_weights_error_names_both_ways_and_no_pretrained(tmp_path, monke
         models.create("test_resnet", num_classes=8, weights=tmp_path)
     message = str(err.value)  # the library names its parameters; the command line shows them as flags
     assert "weights_dir=DIR" in message and "ENS_WEIGHTS_DIR" in message and "hub" in message and "pretrained=False" in message
-    shown = as_flags(message)
-    assert "--weights-dir DIR" in shown and "--no-pretrained" in shown and "weights_dir=" not in shown
+    text = shown(err.value)
+    assert "--weights-dir DIR" in text and "--no-pretrained" in text and "weights_dir=" not in text
 
 
 def test_weights_dir_precedence(tmp_path, monkeypatch):

@@ -36,14 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import tasks
-from ..core.errors import OptionError
+from ..core.errors import EnsWarning, OptionError
 from ..core.tasks import Task
 
 METHODS = tasks.MULTICLASS.blend_methods  # every method; a multiclass task takes them all
 EPS = 1e-7
 
 
-class BlendWarning(UserWarning):
+class BlendWarning(EnsWarning):
     """A blend was fitted, but not as asked (e.g. the weight optimiser stopped early)."""
 
 

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ..core.errors import EnsError
+from ..core.errors import EnsError, Param
 from ..core.recipe import Recipe
 from ..store import runs
 
@@ -102,7 +102,9 @@ class Ray:
         try:
             import ray
         except ImportError as err:
-            raise ExecutorError(f"executor='ray' needs the ray package ({err}); install it: pip install -e '.[deploy]' (or pip install ray).") from err
+            raise ExecutorError(
+                Param("executor", "ray"), f" needs the ray package ({err}); install it: pip install -e '.[deploy]' (or pip install ray)."
+            ) from err
         import ensemble
 
         self.ray = ray
@@ -110,7 +112,9 @@ class Ray:
             try:
                 ray.init(address=address, num_cpus=None if address else num_cpus, runtime_env={"py_modules": [ensemble]}, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as err:
-                raise ExecutorError(f"no Ray cluster at address={address!r} ({err}); start one (`ray start --head`) or leave out the address.") from err
+                raise ExecutorError(
+                    "no Ray cluster at ", Param("address", address), f" ({err}); start one (`ray start --head`) or leave out the address."
+                ) from err
 
     def map(self, jobs: Sequence[Job], data_of: Callable) -> Iterator[dict]:
         """Submit every job at once, then yield their ``metrics.json`` dicts in order (each as it
@@ -139,7 +143,9 @@ class Ray:
             except self.ray.exceptions.RayError as err:  # the worker died on every try, or the cluster went away
                 raise ExecutorError(
                     f"{job.name}: its Ray task failed {RETRIES + 1} times ({type(err).__name__}: {str(err)[:300]}); "
-                    "see the workers' logs, then run ens train again (with resume=True to continue from its checkpoint)."
+                    "see the workers' logs, then run ens train again (with ",
+                    Param("resume", True),
+                    " to continue from its checkpoint).",
                 ) from err
 
 
@@ -153,6 +159,6 @@ def get(name: str, address: str | None = None) -> Local | Ray:
         raise ExecutorError(f"executor {name!r} is not one of {', '.join(EXECUTORS)}.")
     if name == "local":
         if address is not None:
-            raise ExecutorError(f"address={address!r} is for executor='ray'; leave it out for the local executor.")
+            raise ExecutorError(Param("address", address), " is for ", Param("executor", "ray"), "; leave it out for the local executor.")
         return Local()
     return Ray(address)

@@ -15,19 +15,20 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from ..core.errors import EnsError
+from ..core.errors import EnsError, Message
 
 
 class AudioError(EnsError, ValueError):
     """An audio file cannot be read or holds no usable signal; the message names the file."""
 
 
-def error_list(failed: dict[str | os.PathLike, str], fix: str, shown: int = 20) -> str:
-    """The message of an :class:`AudioError` over many files: a count, ``fix``, then one line per
-    file (the first ``shown``) with its problem."""
+def error_list(failed: dict[str | os.PathLike, str], fix: str | Message, shown: int = 20) -> Message:
+    """The message of an :class:`AudioError` over many files: a count, ``fix`` (words, or a
+    :class:`~ensemble.core.errors.Message` naming a parameter), then one line per file (the first
+    ``shown``) with its problem."""
     lines = [message if message.startswith(str(path)) else f"{path}: {message}" for path, message in list(failed.items())[:shown]]
     more = f"\n... and {len(failed) - shown} more" if len(failed) > shown else ""
-    return f"{len(failed)} audio file(s) cannot be used ({fix}):\n" + "\n".join(lines) + more
+    return Message(f"{len(failed)} audio file(s) cannot be used (", fix, "):\n" + "\n".join(lines) + more)
 
 
 #: sample rates (Hz) accepted; a rate outside this is a corrupt header, not a recording.

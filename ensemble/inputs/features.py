@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from ..core import atomic, frontends
 from ..core.channels import CHANNELS as FACTS
+from ..core.errors import Message, Param
 from ..core.recipe import AugmentConfig, FeatureConfig
 from . import audio
 from .augment import augment_waveform
@@ -473,7 +474,9 @@ class FeatureCache:
         images, failed = self._lookup(paths, copies, augment, progress, workers, device, skip=False)
         if failed:
             raise audio.AudioError(
-                audio.error_list({Path(paths[i]): message for i, message in failed.items()}, "fix or remove these files, or pass on_error='skip'")
+                audio.error_list(
+                    {Path(paths[i]): message for i, message in failed.items()}, Message("fix or remove these files, or pass ", Param("on_error", "skip"))
+                )
             )
         return images
 

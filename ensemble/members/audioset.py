@@ -132,7 +132,7 @@ def _weights_file(name: str, folder: str, weights_dir: str | os.PathLike | None)
     Raises:
         BackboneError: no weights folder is set or found, or the file is not in it.
     """
-    from ..core.errors import BackboneError
+    from ..core.errors import BackboneError, Param
     from ..core.weights import WEIGHTS_ENV
     from ..core.weights import weights_dir as find
 
@@ -141,9 +141,12 @@ def _weights_file(name: str, folder: str, weights_dir: str | os.PathLike | None)
     if path is None or not path.is_file():
         where = f"{path} does not exist" if path is not None else "no weights folder is set and ../shared/weights does not exist"
         raise BackboneError(
-            f"no pretrained weights for {name!r}: {where}. Pass weights_dir=DIR ([paths].weights_dir, --weights-dir) or set "
-            f"${WEIGHTS_ENV} to a folder holding {folder}/model.safetensors (../shared/weights/README.md lists the sources); "
-            "or set pretrained=False ([train].pretrained = false) to train from scratch."
+            f"no pretrained weights for {name!r}: {where}. Pass ",
+            Param("weights_dir", shown="DIR"),
+            f" ([paths].weights_dir) or set ${WEIGHTS_ENV} to a folder holding {folder}/model.safetensors (../shared/weights/README.md lists the "
+            "sources); or set ",
+            Param("pretrained", False),
+            " ([train].pretrained = false) to train from scratch.",
         )
     return path
 

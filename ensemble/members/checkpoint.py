@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..core import atomic
+from ..core.errors import Param
 from ..store import runs
 
 
@@ -46,7 +47,9 @@ class Checkpoint:
         """
         state = torch.load(self.path, map_location="cpu", weights_only=False)  # written by save()
         if runs.as_today(json.loads(json.dumps(state["config"])), self.path) != self.config:
-            raise runs.RunConflictError(f"{self.path} was saved by a run with a different configuration; train with resume=False to start afresh.")
+            raise runs.RunConflictError(
+                f"{self.path} was saved by a run with a different configuration; train again without ", Param("resume", True), " to start afresh."
+            )
         return state
 
     def save(self, state: dict) -> None:
@@ -90,7 +93,9 @@ class Checkpoint:
         elif (saved := self.saved_epoch()) != epoch:
             raise runs.RunConflictError(
                 f"{self.weights} holds {'no weights' if saved is None else f'epoch {saved}'}, not epoch {epoch}, the best "
-                f"epoch {self.path} was saved with; train with resume=False to start afresh."
+                f"epoch {self.path} was saved with; train again without ",
+                Param("resume", True),
+                " to start afresh.",
             )
         return epoch
 

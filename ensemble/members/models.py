@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..core.entry import Entry
-from ..core.errors import BackboneError
+from ..core.errors import BackboneError, Param
 from ..core.recipe import Recipe
 from ..core.weights import WEIGHTS_ENV, weights_dir
 from . import audioset
@@ -68,9 +68,12 @@ def create(
         return timm.create_model(backbone, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         raise BackboneError(
-            f"no pretrained weights for {backbone!r}: not in a local folder ({local or 'none set'}: "
-            f"pass weights_dir=DIR ([paths].weights_dir) or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
-            f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Set pretrained=False ([train].pretrained = false) to train from scratch."
+            f"no pretrained weights for {backbone!r}: not in a local folder ({local or 'none set'}: pass ",
+            Param("weights_dir", shown="DIR"),
+            f" ([paths].weights_dir) or set ${WEIGHTS_ENV} to a folder with {backbone}/config.json and model.safetensors) "
+            f"and not from the hub ({type(err).__name__}: {str(err)[:200]}). Set ",
+            Param("pretrained", False),
+            " ([train].pretrained = false) to train from scratch.",
         ) from err
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ..core import atomic, tasks
-from ..core.errors import EnsError
+from ..core.errors import EnsError, EnsWarning
 from ..core.recipe import CompetitionConfig, FoldsConfig
 from ..core.tasks import Task
 
@@ -29,7 +29,7 @@ class CompetitionError(EnsError, ValueError):
     """A competition table is missing or inconsistent; the message names the file, row and fix."""
 
 
-class LeakageWarning(UserWarning):
+class LeakageWarning(EnsWarning):
     """Folds are not grouped by speaker, so validation scores may be inflated."""
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.entry import Entry
-from ..core.errors import EnsError
+from ..core.errors import EnsError, Param
 from ..core.recipe import Recipe, from_dict
 from ..core.tasks import Task
 from . import competition as comp_mod
@@ -144,7 +144,9 @@ def finished_metrics(run: Path, config: dict) -> dict | None:
     if not is_finished(run):
         return None
     if as_today(json.loads((run / CONFIG).read_text()), run / CONFIG) != config:
-        raise RunConflictError(f"{run} holds a finished run with a different configuration; pass force=True to overwrite it, or give the recipe another name.")
+        raise RunConflictError(
+            f"{run} holds a finished run with a different configuration; pass ", Param("force", True), " to overwrite it, or give the recipe another name."
+        )
     return json.loads((run / METRICS).read_text())
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..core.errors import OptionError
+from ..core.errors import EnsWarning, OptionError, Param
 from ..core.recipe import Recipe
 from ..speaker import speaker_groups
 from . import competition as comp_mod
@@ -38,7 +38,7 @@ def check_fold(recipe: Recipe, fold: int) -> None:
         raise OptionError(f"fold {fold} is not one of 0..{n_folds - 1} (the recipe's [folds].n_splits = {n_folds}).")
 
 
-class SkippedClipsWarning(UserWarning):
+class SkippedClipsWarning(EnsWarning):
     """Clips that cannot be loaded were skipped (``on_error="skip"``); the list is in :attr:`Split.skipped`."""
 
 
@@ -99,7 +99,9 @@ class Split:
         n_bad = len(ids) - len(keep)
         if not len(keep):
             raise comp_mod.CompetitionError(
-                f"none of the {len(ids)} training clips of {comp.root / comp_mod.TRAIN} can be loaded; see the errors with on_error='fail'."
+                f"none of the {len(ids)} training clips of {comp.root / comp_mod.TRAIN} can be loaded; see the errors with ",
+                Param("on_error", "fail"),
+                ".",
             )
         folds = self.folds.iloc[keep].reset_index(drop=True)
         empty = sorted(set(self.folds["fold"]) - set(folds["fold"]))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...core import atomic
-from ...core.errors import EnsError
+from ...core.errors import EnsError, Param
 from ...core.recipe import CompetitionConfig, FoldsConfig
 from .. import competition
 from ..competition import SAMPLE, SOLUTION, TEST, TRAIN
@@ -108,7 +108,9 @@ def find_clips(source: str | os.PathLike) -> list[Path]:
     """
     source = Path(source)
     if not source.is_dir():
-        raise RavdessError(f"RAVDESS source {source} is not a folder; pass source=DIR (the folder with Actor_01 ...) or download it.")
+        raise RavdessError(
+            f"RAVDESS source {source} is not a folder; pass ", Param("source", shown="DIR"), " (the folder with Actor_01 ...) or ", Param("download", True), "."
+        )
     clips = sorted((p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()), key=lambda p: p.name)
     if not clips:
         raise RavdessError(f"no .wav or .flac files below {source}; pass the folder that holds Actor_01 ... Actor_24.")
@@ -160,9 +162,9 @@ def build(
     actors = set(table["actor"])
     missing = sorted(set(test_actors) - actors)
     if missing:
-        raise RavdessError(f"test actor(s) {missing} have no clips in {source}; choose test_actors= among {sorted(actors)}.")
+        raise RavdessError(f"test actor(s) {missing} have no clips in {source}; choose ", Param("test_actors", shown=""), f" among {sorted(actors)}.")
     if actors <= set(test_actors):
-        raise RavdessError("every actor is a test actor; leave some for training (test_actors=).")
+        raise RavdessError("every actor is a test actor; leave some for training (", Param("test_actors", shown=""), ").")
 
     is_test = table["actor"].isin(test_actors)
     train_rows, test_rows = table[~is_test].reset_index(drop=True), table[is_test].reset_index(drop=True)
@@ -212,8 +214,9 @@ def download(dest: str | os.PathLike, url: str = ZENODO_SPEECH_URL, timeout: flo
                 shutil.copyfileobj(response, fh)
         except (urllib.error.URLError, OSError) as err:
             raise RavdessError(
-                f"could not download RAVDESS from {url} ({err}); this machine may be offline. "
-                "Pass source=DIR with a local copy of the speech set (the folder holding Actor_01 ... Actor_24)."
+                f"could not download RAVDESS from {url} ({err}); this machine may be offline. Pass ",
+                Param("source", shown="DIR"),
+                " with a local copy of the speech set (the folder holding Actor_01 ... Actor_24).",
             ) from err
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(dest)
