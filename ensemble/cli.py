@@ -135,7 +135,11 @@ def _selected(path: Path, backbone: str | None, overrides: dict, pseudo_label: b
         r = _load_recipe(path, overrides)
     if listed is None:
         return r, None
-    return _load_recipe(path, {**overrides, "backbones": r.backbone_entries(listed)}), listed
+    try:
+        backbones = r.backbone_entries(listed)
+    except recipe_mod.RecipeError as err:
+        _fail(err)
+    return _load_recipe(path, {**overrides, "backbones": backbones}), listed
 
 
 @data_app.command("ravdess")

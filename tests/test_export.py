@@ -108,14 +108,14 @@ def test_refusals_name_the_fix(exported, tiny_trained, tmp_path, monkeypatch):
     with pytest.raises(engines.ExportError, match="of format 'onnx', not 'openvino'"):
         predict.load_ensemble(r, engine="openvino", export_dir=engines.export_dir(r, "onnx"))
 
-    real = export.importlib.import_module
+    real = engines.importlib.import_module
 
     def without_openvino(name, *args):
         if name == "openvino":
             raise ImportError("No module named 'openvino'")
         return real(name, *args)
 
-    monkeypatch.setattr(export.importlib, "import_module", without_openvino)
+    monkeypatch.setattr(engines.importlib, "import_module", without_openvino)
     with pytest.raises(engines.ExportError, match=r"needs the openvino package.*pip install -e '\.\[deploy\]'"):
         export.export(r, "openvino", tmp_path / "nothing")
 
