@@ -60,7 +60,8 @@ def test_a_parameter_inside_another_is_not_garbled():
     """The old rewrite replaced 'speaker=' inside 'same_speaker=True' ('same_--speaker-dir True')."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warnings.warn(SpeakerNormWarning("no other recording of the speaker (", Param("speaker", shown="DIR"), ") and no ", Param("same_speaker", True), "."), stacklevel=1)
+        parts = ("no other recording of the speaker (", Param("speaker", shown="DIR"), ") and no ", Param("same_speaker", True), ".")
+        warnings.warn(SpeakerNormWarning(*parts), stacklevel=1)
     (warning,) = caught
     assert str(warning.message) == "no other recording of the speaker (speaker=DIR) and no same_speaker=True."
     assert cli.shown(warning.message) == "no other recording of the speaker (--speaker-dir DIR) and no --same-speaker."
