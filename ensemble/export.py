@@ -16,9 +16,8 @@
   graph file, and per run (seed entry and fold) the SHA-1 of the ``model.safetensors`` exported
   (a retrained run makes the export stale: refused).
 
-One graph per member rather than one per fold model: in ``benchmarks/runtimes.py`` a member of the
-default ensemble ran 1.06x to 1.29x faster (four runs) in ONNX Runtime as one averaged graph than
-as five fold graphs (docs/benchmarks.md): one call per batch instead of one per fold. Not one graph for the
+One graph per member rather than one per fold model: one call per batch instead of one per fold,
+faster in ONNX Runtime than five fold graphs (``benchmarks/runtimes.py``; figures in docs/benchmarks.md). Not one graph for the
 whole ensemble: its members take different inputs (feature settings, sample rates, speaker
 normalisation) and its functionals members are scikit-learn pipelines. The frontend stays outside the graphs, as ens's documented preprocessing
 step: reading, trimming and rendering the clip (:func:`ensemble.inputs.features.model_inputs`, float16

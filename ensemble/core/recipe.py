@@ -203,9 +203,8 @@ class TrainConfig:
         precision: on CUDA, ``bf16`` (default) or ``fp16`` autocast (fp16 with a gradient
             scaler, ``torch.amp.GradScaler``), or ``fp32``.
         cpu_precision: on CPU, ``fp32`` (default) or ``bf16`` autocast. bf16 pays on CPUs with
-            AVX512-BF16 or AMX: on this project's 2-core AMD EPYC (AVX512-BF16) it trained ``seed_deep_cnn``
-            2.1x and four of the five ImageNet backbones 1.1x to 1.4x faster than fp32, but
-            ``tf_mobilenetv3_small_100`` 0.7x (``benchmarks/train_step.py``, docs/benchmarks.md).
+            AVX512-BF16 or AMX, and not for every backbone: ``benchmarks/train_step.py`` measures each
+            against fp32 on this project's CPU (docs/benchmarks.md).
             Without those instructions bf16 is emulated and slow.
         seed: seeds Python, NumPy and torch; the same seed gives the same run on CPU. A
             ``backbones`` entry ``"name@S"`` trains with seed ``S`` instead.

@@ -1,10 +1,9 @@
 """Work spread over threads: for per-clip work whose library releases Python's GIL while it
 computes (openSMILE's C library, called through ctypes), so threads run it on every core without
-the start-up and pickling of processes. Measured on this project's 2-core CPU
-(``benchmarks/functionals_threads.py``): openSMILE's ComParE_2016 and eGeMAPSv02 functionals of 120
-RAVDESS clips 1.8-1.9x faster on two threads than on one, the same rows; ens_basic (librosa and
-NumPy, which hold the GIL for most of a short clip) 0.91-0.97x (two runs), so it stays on one
-(docs/benchmarks.md, "Functionals on threads")."""
+the start-up and pickling of processes. ``benchmarks/functionals_threads.py`` measures openSMILE's
+sets faster on two threads than on one, with the same rows, and ens_basic (librosa and NumPy, which
+hold the GIL for most of a short clip) no faster, so it stays on one (docs/benchmarks.md,
+"Functionals on threads")."""
 
 from __future__ import annotations
 

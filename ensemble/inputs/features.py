@@ -451,10 +451,10 @@ class FeatureCache:
                 rendering under ``augment``'s waveform settings (cached separately per setting);
                 default all 0.
             workers: audio-loading processes; 1 loads in this process. Default: 1, or one per CPU
-                core when at least :attr:`POOL_MIN_AUGMENTED` augmented renderings are due. Measured
-                on 2 cores: 1440 clean clips in 4.7 s in-process vs 9.1 s with 2 spawned workers
-                (``cache_build`` of ``benchmarks/features.py``, docs/benchmarks.md); augmenting a
-                clip costs several times its loading, so only large augmented builds repay a pool's start-up.
+                core when at least :attr:`POOL_MIN_AUGMENTED` augmented renderings are due: clean clips
+                load faster in-process than through spawned workers (``cache_build`` of
+                ``benchmarks/features.py``; figures in docs/benchmarks.md), while augmenting a clip
+                costs several times its loading, so only large augmented builds repay a pool's start-up.
             device: where :func:`render_batch` renders.
             progress: report a render (nothing is reported when every clip is cached): tqdm's
                 "render features" bar when stderr is a terminal (or in a notebook), otherwise one

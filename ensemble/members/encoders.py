@@ -21,7 +21,7 @@ et al. 2021) and EmoBox (Ma et al. 2024); middle layers often carry more emotion
 Whisper's encoder only accepts 30 s of input (3000 log-mel frames, 1500 positions). Two windows:
 
 - ``"<encoder>"`` (the default, ``clip``): the encoder sees the clip alone: its position table is cut
-  to the clip's own tokens (20 ms each) and nothing is padded; 14x cheaper than 30 s per RAVDESS clip here;
+  to the clip's own tokens (20 ms each) and nothing is padded: far cheaper than 30 s per short clip (docs/results.md);
 - ``"<encoder>:pad30"``: the clip padded with silence to 30 s as in Whisper's pretraining, and only
   the tokens that hold the clip pooled.
 

@@ -30,9 +30,8 @@ The two openSMILE sets need the ``opensmile`` package, an optional extra (``pip 
 for commercial use. It is imported on first use; without it they raise :class:`FunctionalsError`.
 
 :class:`FunctionalsCache` computes each clip's functionals once and keeps them on disk
-(:class:`ensemble.inputs.vectors.VectorCache`). Measured on this project's 2-core CPU, one process, reading
-and caching included, all 1440 RAVDESS clips (16 kHz, 3.7 s on average): ens_basic 32 s,
-ComParE_2016 77 s, eGeMAPSv02 87 s; a cached set reads back in 0.1 s.
+(:class:`ensemble.inputs.vectors.VectorCache`); a cached set reads back in a fraction of a second. What
+each set costs per clip on this project's CPU: docs/benchmarks.md ("Functionals on threads").
 """
 
 from __future__ import annotations
@@ -393,7 +392,7 @@ def extract(
 
     Nothing is NaN or Inf: a clip without a voiced frame has its six F0 functionals 0 and a
     ``voiced_fraction`` of 0 (which tells it apart); a slope over fewer than two frames is 0; silence has
-    finite levels by the floors above. Measured on this project's 2-core CPU: about 19 ms per 3 s of audio (1440 RAVDESS clips, loading included, in 32 s).
+    finite levels by the floors above. librosa and NumPy only: the cheapest set (docs/benchmarks.md).
 
     Args:
         waveforms: float waveforms, each ``(samples,)`` at ``sample_rate`` Hz (a sequence, or a

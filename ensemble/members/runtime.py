@@ -50,8 +50,8 @@ def autocast(device: torch.device, precision: str = "fp32") -> torch.autocast:
 
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in channels_last memory order, the order :func:`batch_to` gives
-    the images. On this project's 2-core CPU the five ImageNet backbones trained 1.3x to 1.6x
-    faster channels_last than in the default order (``benchmarks/train_step.py``, docs/benchmarks.md)."""
+    the images: the ImageNet backbones train faster channels_last than in the default order on this
+    project's CPU (``benchmarks/train_step.py``; figures in docs/benchmarks.md)."""
     return model.to(device, memory_format=torch.channels_last)
 
 

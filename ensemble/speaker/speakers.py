@@ -123,8 +123,7 @@ def embed(waveforms: Sequence[np.ndarray] | np.ndarray, sample_rate: int) -> np.
     :func:`infer`.
 
     The encoder runs on one CPU thread (torch's thread count is restored afterwards): its small
-    LSTM steps gain nothing from more, and lose much when the cores are shared (measured on this
-    project's 2-core machine beside another job: a 10 s clip in 0.11 s on 1 thread, 0.55-0.77 s on 2).
+    LSTM steps gain nothing from more, and lose much when the cores are shared.
 
     Args:
         waveforms: float waveforms, each ``(samples,)`` at ``sample_rate`` Hz (a sequence, or a
