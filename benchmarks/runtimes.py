@@ -32,6 +32,7 @@ from ensemble.core import recipe as recipe_mod
 from ensemble.deploy import engines
 from ensemble.inputs import audio
 from ensemble.members import loop
+from ensemble.members.image import ImageMember
 from ensemble.store import competition
 
 
@@ -43,24 +44,22 @@ def _seconds(call) -> float:
 
 def _image_members(ensemble: predict.Ensemble) -> predict.Ensemble:
     """``ensemble`` without its functionals members, the image members' weights scaled to sum to 1."""
-    members = [m for m in ensemble.members if m.name not in ensemble.members.functionals]
-    total = sum(ensemble.core.weights[m.name] for m in members)
-    return dataclasses.replace(ensemble, members=members, weights={m.name: ensemble.core.weights[m.name] / total for m in members})
+    members = [m for m in ensemble.members if isinstance(ensemble.loaded[m.name], ImageMember)]
+    total = sum(ensemble.weights[m.name] for m in members)
+    return dataclasses.replace(ensemble, members=members, weights={m.name: ensemble.weights[m.name] / total for m in members})
 
 
 def _member_graph(ensemble: predict.Ensemble, images: np.ndarray, folder: Path, threads: int, repeats: int) -> dict:
     """Seconds for the first image member's folds on ``images`` as one averaged ONNX graph (what
     ``ens export`` writes) vs one ONNX Runtime session per fold (medians)."""
-    member = next(m for m in ensemble.members if m.name not in ensemble.members.functionals)
-    task = tasks.get(ensemble.core.recipe.competition.task)
+    member = next(m for m in ensemble.members if isinstance(ensemble.loaded[m.name], ImageMember))
+    task = tasks.get(ensemble.recipe.competition.task)
     path = folder / "member.onnx"
-    engines.SAVERS["onnx"](engines.MemberGraph(ensemble.members.models[member.name], task.activation).eval(), torch.from_numpy(images[:2]), path)
+    engines.SAVERS["onnx"](engines.MemberGraph(ensemble.models[member.name], task.activation).eval(), torch.from_numpy(images[:2]), path)
     whole = engines.RUNNERS["onnx"](path, threads)
-    for k, model in enumerate(ensemble.members.models[member.name]):
+    for k, model in enumerate(ensemble.models[member.name]):
         engines.SAVERS["onnx"](model, torch.from_numpy(images[:2]), path.parent / f"fold{k}.onnx")
-    folds = [
-        engines.ExportedModel(engines.RUNNERS["onnx"](path.parent / f"fold{k}.onnx", threads), path) for k in range(len(ensemble.members.models[member.name]))
-    ]
+    folds = [engines.ExportedModel(engines.RUNNERS["onnx"](path.parent / f"fold{k}.onnx", threads), path) for k in range(len(ensemble.models[member.name]))]
     cpu = torch.device("cpu")
     one, per_fold = [], []
     for _ in range(repeats):

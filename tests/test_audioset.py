@@ -249,7 +249,7 @@ def test_ens_predict_renders_an_audioset_member_as_it_was_trained(trained):
         own = y if made.sample_rate == 16000 else librosa.resample(y, orig_sr=16000, target_sr=made.sample_rate)
         images = features.model_inputs([own], made)
         member = [m for m in ensemble.members if m.name == name][0]
-        expected = np.mean([torch.softmax(m(torch.from_numpy(images.astype(np.float32))), 1).detach().numpy() for m in ensemble.members.models[member.name]], 0)
+        expected = np.mean([torch.softmax(m(torch.from_numpy(images.astype(np.float32))), 1).detach().numpy() for m in ensemble.models[member.name]], 0)
         first = ensemble.members[0]  # the 16 kHz ImageNet member sets the rate audio is read at; weight 0
         one = dataclasses.replace(ensemble, members=[first, member], weights={first.name: 0.0, name: 1.0})
         np.testing.assert_allclose(one.predict_waveforms([y]), expected, atol=1e-5)

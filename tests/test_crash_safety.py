@@ -29,7 +29,7 @@ CONFIG = FeatureConfig(duration=2.0, height=32, hop_length=640)
 BUILD = """
 import sys
 from pathlib import Path
-from ensemble import features
+from ensemble.inputs import features
 from ensemble.core.recipe import FeatureConfig
 paths = [Path(line) for line in sys.stdin.read().split()]
 features.FeatureCache(sys.argv[1], FeatureConfig(duration=2.0, height=32, hop_length=640)).get(paths, progress=False)

@@ -56,7 +56,7 @@ def test_exported_graphs_give_torch_probabilities_on_real_clips(exported, engine
     r, clips = exported["recipe"], exported["clips"]
     eager = predict.predict(predict.load_ensemble(r), clips)
     ensemble = predict.load_ensemble(r, engine=engine)
-    assert all(len(models) == 1 and isinstance(models[0], engines.ExportedModel) for models in ensemble.members.models.values())
+    assert all(len(models) == 1 and isinstance(models[0], engines.ExportedModel) for models in ensemble.models.values())
     got = predict.predict(ensemble, clips)
     diff = np.max(np.abs(np.stack([p.proba for p in got]) - np.stack([p.proba for p in eager])))
     assert diff < 1e-4, f"{engine}: max abs difference {diff} from torch eager"
@@ -177,7 +177,7 @@ def test_an_exported_multilabel_member_gives_the_seeds_and_folds_mean_sigmoids_w
     assert [m.name for m in ensemble.members] == ["test_resnet"] and ensemble.members[0].entries == ("test_resnet", "test_resnet@7")
     clips = [audio.load_trimmed(p, r.features.sample_rate, r.features.trim_db)[0] for p in multilabel_export["clips"][:8]]
     images = features.model_inputs(clips, r.features)
-    (graph,) = ensemble.members.models["test_resnet"]
+    (graph,) = ensemble.models["test_resnet"]
     assert isinstance(graph, engines.ExportedModel)
     # the graph alone: the four models' sigmoids averaged, no TTA
     plain = _sigmoids_by_hand(r, images, ())

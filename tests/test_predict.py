@@ -64,7 +64,7 @@ def test_blend_weights_weight_the_members(trained):
         weights_json.parent.mkdir(exist_ok=True)
         weights_json.write_text(json.dumps({"method": "caruana", "weights": {"test_efficientnet": 0.25, "test_resnet": 0.75}}))
         ensemble = predict.load_ensemble(r)
-        shown = [(m.name, ensemble.core.weights[m.name], len(ensemble.members.models[m.name])) for m in ensemble.members]
+        shown = [(m.name, ensemble.weights[m.name], len(ensemble.models[m.name])) for m in ensemble.members]
         assert shown == [("test_efficientnet", 0.25, 2), ("test_resnet", 0.75, 2)]
         waveform = audio.load_trimmed(trained["clip"], r.features.sample_rate, r.features.trim_db)[0]
         np.testing.assert_allclose(ensemble.predict_waveforms([waveform]), 0.25 * a + 0.75 * b, atol=1e-6)

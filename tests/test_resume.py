@@ -248,7 +248,7 @@ def test_resume_refuses_weights_of_another_epoch_than_the_checkpoints_best(tmp_p
     with pytest.raises(
         run_store.RunConflictError,
         match=r"model.safetensors holds no weights, not epoch 2, the best epoch .*checkpoint.pt was saved "
-        r"with; train with resume=False to start afresh",
+        r"with; train again without resume=True to start afresh",
     ):
         saved.restore_best(checkpoint, model)
     saved.save_best(model.state_dict(), 3)

@@ -23,7 +23,7 @@ from ..core.entry import Entry
 from ..core.errors import BackboneError, Param
 from ..core.recipe import Recipe
 from ..core.weights import WEIGHTS_ENV, weights_dir
-from . import audioset
+from . import audioset, cnns  # noqa: F401  (registers the seed CNNs and the AudioSet CNNs with timm)
 
 
 def create(
