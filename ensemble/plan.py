@@ -25,7 +25,7 @@ import numpy as np
 
 from . import competition as comp_mod
 from . import data as data_mod
-from . import features, functionals, loop, models, runs, runtime, speakers
+from . import features, functionals, guards, loop, models, runs, runtime, speakers
 from .recipe import Recipe, pseudo_round, split_backbone
 
 SAMPLE = 8
@@ -64,6 +64,7 @@ def estimate(recipe: Recipe, entries: list[str] | None = None, folds: list[int] 
     entries = recipe.entries() if entries is None else entries
     folds = list(range(recipe.folds.n_splits)) if folds is None else folds
     competition = comp_mod.load(recipe.competition)
+    recipe = guards.speaker_norm(recipe, competition).recipe  # as the grid will train it (said there)
     train_paths, test_paths = competition.audio_paths(competition.train), competition.audio_paths(competition.test)
     todo = {e: [k for k in folds if force or not (runs.run_dir(recipe, e, k) / runs.METRICS).exists()] for e in entries}
     images = [e for e in entries if recipe.functionals_member(e) is None and todo[e]]

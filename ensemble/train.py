@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from . import atomic, models, runs, runtime, speaker_groups, speakers, tabular
+from . import atomic, guards, models, runs, runtime, speaker_groups, speakers, tabular
 from . import competition as comp_mod
 from .augment import image_pipeline, spec_augment
 from .checkpoint import Checkpoint
@@ -378,6 +379,10 @@ def train(
     competition, inferred = speaker_groups.with_train_speakers(comp_mod.load(recipe.competition), recipe, progress)
     if inferred is not None and on_event is not None:
         on_event("speakers", inferred.describe())
+    decision = guards.speaker_norm(recipe, competition)  # groups too small, or clips not speech: norm = "clip", said
+    recipe = decision.recipe
+    for message in filter(None, (decision.reason, decision.note)):
+        warnings.warn(message, guards.SpeakerNormWarning, stacklevel=2)
     speaker_groups.check_folds(competition, comp_mod.write_folds(competition, recipe.folds))
     loaded: dict[str, Data] = {}  # data_key -> its data
 
@@ -432,4 +437,6 @@ def train(
             table = tabular.load_table(recipe, split_of(), member, progress=progress)
             for k in folds:
                 done_run(member.name, k, *tabular.train_fold(recipe, split_of(), table, member, k, force=force, pseudo=pseudo_labels(member.name, k)))
+    for message in guards.constant_members(results):
+        warnings.warn(message, guards.ConstantMemberWarning, stacklevel=2)
     return results
