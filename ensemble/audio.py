@@ -72,8 +72,10 @@ def read(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
     Returns and raises as :func:`_decode`.
     """
-    with decoder_noise.quiet(path):
-        return _decode(path)
+    with decoder_noise.quiet(path) as heard:
+        y, rate = _decode(path)
+        heard.decoded = len(y) / rate
+    return y, rate
 
 
 def _decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -42,9 +42,13 @@ class DecoderWarning(UserWarning):
 
 @dataclass
 class Captured:
-    """What descriptor 2 received inside :func:`captured` (``text``, set when the block ends)."""
+    """What descriptor 2 received inside :func:`captured` (``text``, set when the block ends); in
+    :func:`quiet`, also the seconds the file's header lists and those the reader says it decoded
+    (``decoded``, set by the reader inside the block), None when unknown."""
 
     text: str = ""
+    listed: float | None = None
+    decoded: float | None = None
 
     @property
     def lines(self) -> list[str]:
@@ -98,23 +102,34 @@ def captured() -> Iterator[Captured]:
 
 
 @contextlib.contextmanager
-def quiet(path: str | os.PathLike) -> Iterator[None]:
+def quiet(path: str | os.PathLike) -> Iterator[Captured]:
     """Read ``path`` in the block: an MPEG file (:func:`is_mpeg`) with descriptor 2 captured
     (:func:`captured`) and, when its decoder wrote anything, one :class:`DecoderWarning` the first
-    time this process reads it (later reads of the same file are quiet); any other file as it is."""
+    time this process reads it (later reads of the same file are quiet), saying how much of the
+    length its header lists was decoded when the reader sets ``decoded``; any other file as it is.
+    Yields a :class:`Captured` (the reader may set ``decoded``, in seconds)."""
     if not is_mpeg(path):
-        yield
+        yield Captured()
         return
     with captured() as noise:
-        yield
+        try:
+            import soundfile
+
+            noise.listed = soundfile.info(str(path)).duration
+        except (RuntimeError, OSError):
+            pass  # the reader names the problem
+        yield noise
     lines = noise.lines
     key = os.path.abspath(path)
     if lines and key not in _REPORTED:
         _REPORTED.add(key)
+        length = ""
+        if noise.listed and noise.decoded is not None:
+            length = f"; {noise.decoded:.2f} s decoded of the {noise.listed:.2f} s its header lists"
         warnings.warn(
             f"{path}: read, but its MPEG decoder (libmpg123, through libsndfile) complained in {len(lines)} line(s), "
-            f"first {lines[0]!r}: the stream has damaged or foreign bytes and part of it may be skipped; "
-            "re-encode the file (e.g. to FLAC) to read it cleanly. Listed once per file.",
+            f"first {lines[0]!r}{length}: the stream holds damaged or foreign bytes, and the decoder drops what it cannot "
+            "resynchronise on. Re-encode the file (e.g. to FLAC) to read it whole and quietly. Listed once per file.",
             DecoderWarning,
             stacklevel=3,
         )

@@ -36,7 +36,7 @@ MODEL = "yamnet"
 """The tagger: YAMNet's AudioSet head (``<weights_dir>/yamnet_mobilenetv1_100``)."""
 SPEECH_CLASS = 0
 """AudioSet class 0, "Speech" (``ensemble.audioset.SPEECH``)."""
-SAMPLE = 24
+SAMPLE = 16
 """Training clips tagged, spread over the labels (:func:`sample_rows`)."""
 CLIP_THRESHOLD = 0.5
 """P(Speech) from which a clip counts as speech (the sigmoid's even odds)."""
