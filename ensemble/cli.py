@@ -15,6 +15,8 @@ from .core import atomic, deps, tasks
 from .core import recipe as recipe_mod
 from .core.entry import Entry
 from .core.errors import EnsError, EnsWarning, Param
+from .inputs import decoder_noise
+from .members import guards
 from .store import competition, runs
 from .store.corpora import ravdess
 from .store.split import ON_ERROR, SkippedClipsWarning
@@ -175,6 +177,45 @@ def data_ravdess(
     )
 
 
+def _prompt(question: str, choices: list[str], default: str) -> str:
+    """Ask on the terminal (``ens init``), one of ``choices``."""
+    import click
+
+    return typer.prompt(question, default=default, type=click.Choice(choices))
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(..., help="Competition folder: train.csv, test.csv, sample_submission.csv (folds.csv, solution.csv if any) and the audio."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Recipe file to write (default recipes/<folder name>.toml)."),
+    weights_dir: Optional[str] = typer.Option(None, help="Folder of pretrained weights; default $ENS_WEIGHTS_DIR or ../shared/weights."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing recipe file."),
+    plan: bool = typer.Option(True, "--plan/--no-plan", help="Estimate training it on this machine and write the plan into the recipe."),
+) -> None:
+    """Write a commented recipe for a competition folder: columns, classes, task, sample rate, clip duration,
+    speech or not (speaker settings), tuned members and the time plan. What the folder leaves open is asked
+    on a terminal, otherwise marked in the recipe."""
+    import sys
+
+    from . import scaffold
+
+    ask = _prompt if sys.stdin.isatty() else None
+    try:
+        written = _warnings_shown((decoder_noise.DecoderWarning,), scaffold.write, folder, out, ask=ask, weights_dir=weights_dir, force=force, plan=plan)
+    except REFUSED as err:
+        _fail(err)
+    f = written.findings
+    for key, choice in f.choices.items():
+        typer.echo(f"{key}: {choice.value!r}  ({choice.why})")
+    for note in f.notes:
+        typer.echo(note)
+    for line in written.plan[:1]:
+        typer.echo(line)
+    if f.unsure:
+        typer.secho(f"ens init could not tell {', '.join(f.unsure)}: check the lines marked in {written.path}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {written.path}\nnext: ens train --recipe {written.path} && ens blend --recipe {written.path}")
+
+
 def _parse_actors(test_actors: str) -> tuple[int, ...]:
     try:
         return tuple(int(a) for a in test_actors.split(",") if a.strip())
@@ -272,7 +313,7 @@ def train(
             planned = sum(s.seconds for s in stages)
             typer.echo(plan.describe(stages), err=True)
         _warnings_shown(
-            (SkippedClipsWarning,),
+            (SkippedClipsWarning, guards.SpeakerNormWarning, guards.ConstantMemberWarning, decoder_noise.DecoderWarning),
             train_mod.train,
             r,
             listed,
@@ -398,7 +439,7 @@ def _member_text(ensemble, member) -> str:
     """``name xN folds (weight)``, with the seeds when the member averages several."""
     seeds = member.seeds()
     shown = f" of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
-    return f"{member.name} x{len(member.entries) * member.n_splits} folds{shown} ({ensemble.weights[member.name]:.2f})"
+    return f"{member.name} x{len(member.entries) * member.n_splits} folds{shown} ({ensemble.core.weights[member.name]:.2f})"
 
 
 @app.command()

@@ -17,7 +17,7 @@ to be low; ``benchmarks/main_job.py`` prints each stage's estimate beside its me
 from __future__ import annotations
 
 from .core.recipe import Recipe
-from .members import kinds
+from .members import guards, kinds
 from .members.kind import Stage, vector_stage
 from .speaker import speakers
 from .store import competition as comp_mod
@@ -40,6 +40,7 @@ def estimate(recipe: Recipe, entries: list[str] | None = None, folds: list[int] 
     entries = recipe.entries() if entries is None else entries
     folds = list(range(recipe.folds.n_splits)) if folds is None else folds
     competition = comp_mod.load(recipe.competition)
+    recipe = guards.speaker_norm(recipe, competition).recipe  # as the grid will train it (said there)
     todo = {e: [k for k in folds if force or not (runs.run_dir(recipe, e, k) / runs.METRICS).exists()] for e in entries}
     by_kind = kinds.split(recipe, [e for e in entries if todo[e]])
     stages = []

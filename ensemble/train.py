@@ -7,6 +7,7 @@ member's :func:`ensemble.members.tabular.train_fold`; every run writes its folde
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from .core.entry import Entry
 from .core.recipe import Recipe
 from .deploy.executors import Local, Ray
-from .members import kinds
+from .members import guards, kinds
 from .members.kind import Session
 from .speaker import speaker_groups
 from .store import competition as comp_mod
@@ -90,6 +91,10 @@ def train(
     competition, inferred = speaker_groups.with_train_speakers(comp_mod.load(recipe.competition), recipe, progress)
     if inferred is not None and on_event is not None:
         on_event("speakers", inferred.describe())
+    decision = guards.speaker_norm(recipe, competition)  # groups too small, or clips not speech: norm = "clip", said
+    recipe = decision.recipe
+    for message in filter(None, (decision.reason, decision.note)):
+        warnings.warn(message, guards.SpeakerNormWarning, stacklevel=2)
     speaker_groups.check_folds(competition, comp_mod.write_folds(competition, recipe.folds))
     session = Session(recipe, folds, force, resume, progress, on_error, on_event, executor or Local())
     results = []
@@ -99,4 +104,6 @@ def train(
                 run = runs.run_dir(recipe, outcome.entry, outcome.fold)
                 results.append(RunResult(outcome.entry, outcome.fold, run, outcome.metrics, outcome.skipped, kind.detail(outcome.metrics)))
                 session.event("run", results[-1])
+    for message in guards.constant_members(results):
+        warnings.warn(message, guards.ConstantMemberWarning, stacklevel=2)
     return results

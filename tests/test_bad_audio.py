@@ -16,6 +16,7 @@ a file the OS will not open.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -387,3 +388,66 @@ def test_fuzz_any_small_valid_wav_loads_to_the_clip_shape(tmp_path, frames, chan
     # one quantisation step (libsndfile may truncate rather than round) plus float32 rounding
     assert np.abs(y - x.mean(axis=1)).max() <= SUBTYPE_STEP[subtype] + 2.0**-22
     assert_clip(audio.load(path, SR, DURATION, trim_db))
+
+
+# ---- MPEG data whose decoder complains on C stderr (issue 33) ----
+
+
+def mp3_in_wav(path, y: np.ndarray, junk: bool) -> bytes:
+    """Write ``y`` (16 kHz) as MPEG Layer III inside a RIFF/WAVE file (format tag 0x55), encoded by
+    libsndfile's own LAME; with ``junk``, 512 foreign bytes in the middle of the MPEG stream, which
+    libmpg123 (libsndfile's MP3 decoder) reports as ``Illegal Audio-MPEG-Header`` and resyncs over.
+    Returns the MPEG stream."""
+    import struct
+
+    buffer = io.BytesIO()
+    sf.write(buffer, y, SR, format="MP3", subtype="MPEG_LAYER_III")
+    stream = buffer.getvalue()
+    if junk:
+        stream = stream[: len(stream) // 2] + bytes(range(256)) * 2 + stream[len(stream) // 2 :]
+    fmt = struct.pack("<HHIIHHH", 0x55, 1, SR, 4000, 1, 0, 12) + struct.pack("<HIHHH", 1, 2, 417, 1, 1393)  # MPEGLAYER3WAVEFORMAT
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(stream)) + stream
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return stream
+
+
+def test_mp3_inside_a_wav_reads_and_a_clean_one_says_nothing(tmp_path, capfd):
+    y = tone(SR, 2.0)
+    path = tmp_path / "clean.wav"
+    mp3_in_wav(path, y, junk=False)
+    assert sf.info(str(path)).format == "WAV" and sf.info(str(path)).subtype == "MPEG_LAYER_III"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean stream: no DecoderWarning
+        z, rate = audio.read(path)
+    assert rate == SR and abs(len(z) - len(y)) < SR // 10
+    assert capfd.readouterr().err == ""
+
+
+def test_an_mpeg_stream_with_junk_is_read_quietly_and_named_once(tmp_path, capfd):
+    from ensemble.inputs import decoder_noise
+
+    path = tmp_path / "junk.wav"
+    mp3_in_wav(path, tone(SR, 2.0), junk=True)
+    sf.read(str(path))  # libsndfile alone: libmpg123's notes go to file descriptor 2, past Python's sys.stderr
+    raw = capfd.readouterr().err
+    assert "Illegal Audio-MPEG-Header" in raw and "Trying to resync" in raw, raw
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, rate = audio.read(path)
+        again, _ = audio.read(path)  # listed once per file, however often it is read
+        y = audio.load(path, SR, DURATION)
+    assert capfd.readouterr().err == ""  # nothing reached the log
+    assert_clip(y)
+    assert rate == SR and len(first) == len(again) > 0 and np.isfinite(first).all()
+    named = [w for w in caught if issubclass(w.category, decoder_noise.DecoderWarning)]
+    assert len(named) == 1, [str(w.message) for w in caught]
+    message = str(named[0].message)
+    assert message.startswith(str(path)) and "line(s)" in message and "s decoded of the" in message and "Re-encode" in message
+
+
+def test_only_mpeg_files_are_captured():
+    from ensemble.inputs import decoder_noise
+    from tests.conftest import ravdess_clip
+
+    assert not decoder_noise.is_mpeg(ravdess_clip(1, 1))  # FLAC
+    assert not decoder_noise.is_mpeg("/nonexistent/file.wav")

@@ -324,6 +324,11 @@ class SpeakersConfig:
             ``train_speakers.csv``), ``none`` (no speakers: ungrouped folds, with a
             ``LeakageWarning``; ``norm = "speaker"`` is then refused), or ``auto``: ``given``
             when ``train.csv`` has the group column, else ``inferred``.
+        require_speech: with ``norm = "speaker"``, ``ens train`` first asks whether the clips are
+            speech (:mod:`ensemble.members.speech`: an AudioSet tagger on a sample of training clips) and
+            switches speaker normalisation off, with a warning, when they are not
+            (:mod:`ensemble.members.guards`); false normalises per group whatever the clips are. Groups too
+            small for statistics switch it off either way (:data:`ensemble.members.guards.MIN_CLIPS_PER_SPEAKER`).
     """
 
     norm: str = "clip"
@@ -332,6 +337,7 @@ class SpeakersConfig:
     k_min: int = 2
     k_max: int = 8
     train: str = "auto"
+    require_speech: bool = True
 
 
 @dataclass

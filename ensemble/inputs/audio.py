@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from ..core.errors import EnsError, Message
+from . import decoder_noise
 
 
 class AudioError(EnsError, ValueError):
@@ -65,6 +66,20 @@ def _why_undecodable(path: str | os.PathLike, size: int, err: sf.LibsndfileError
 
 
 def read(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read an audio file as mono float32 (:func:`_decode`). An MPEG file (MP3, or MPEG data in a
+    ``.wav``) is decoded with C stderr caught: the notes libmpg123 prints about a damaged stream
+    become one :class:`ensemble.inputs.decoder_noise.DecoderWarning` per file instead of lines in the log
+    (:func:`ensemble.inputs.decoder_noise.quiet`).
+
+    Returns and raises as :func:`_decode`.
+    """
+    with decoder_noise.quiet(path) as heard:
+        y, rate = _decode(path)
+        heard.decoded = len(y) / rate
+    return y, rate
+
+
+def _decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Read an audio file as mono float32.
 
     Integer PCM (8/16/24/32-bit) is scaled by libsndfile to [-1, 1); channels are averaged. Float
