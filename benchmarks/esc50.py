@@ -15,13 +15,17 @@ for the candidates of ``recipes/esc50_candidates.toml`` (every one on the offici
 
 Each row: the mean and standard deviation over the five folds of the fold accuracy (the protocol's
 figure; five folds of 400 clips, so also the pooled OOF accuracy) and the mean fold macro-F1 of the OOF
-(a blend: its cross-validated OOF); seconds on this CPU: the set's extraction estimated from
-``--time-clips`` clips timed here x 2000 (reading included, the model loaded first) plus the member's
-five fits as trained in step 2; a blend, the sum of its members'. The anchors are published
+(a blend: its cross-validated OOF). Seconds on this CPU: ``s extract (est.)``, the set's extraction
+estimated from ``--time-clips`` clips timed here x 2000 (reading included, the model loaded first);
+``s fit``, the wall time of the member's ``ens train`` in step 2 (its five fits; empty when its runs
+were finished before and reused); a blend, the sum of its members'. Rows ``not trained: plan
+estimate``: what fine-tuning each ``--plan`` backbone for ``--plan-epochs`` epochs on the five folds
+would take here, by ``ens train``'s own plan (:func:`ensemble.plan.estimate`: a few real training steps
+timed, its feature rendering included); nothing is trained for them. The anchors are published
 5-fold accuracies on the 44.1 kHz originals (:data:`ANCHORS`); this copy is 16 kHz Ogg Vorbis
 (``../shared/data/esc50/README.md``), so they compare with that caveat.
 
-    python benchmarks/esc50.py [--recipe recipes/esc50_candidates.toml] [--grid 0.01,0.03,0.1,0.3,1] [--force]
+    python benchmarks/esc50.py [--recipe recipes/esc50_candidates.toml] [--grid 0.01,0.03,0.1,0.3,1] [--force] [--plan efficientat_mn04,tf_efficientnet_lite0]
 
 Prints and saves ``benchmarks/results/esc50.{md,json}``.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -44,7 +49,7 @@ from common import machine, markdown_table, save  # noqa: E402
 from results import commit  # noqa: E402
 
 import ensemble as ens  # noqa: E402
-from ensemble import atomic, audio, blend, blenders, functionals, runs, runtime, tabular  # noqa: E402
+from ensemble import atomic, audio, blend, blenders, functionals, plan, runs, runtime, tabular  # noqa: E402
 from ensemble import split as split_mod  # noqa: E402
 from ensemble.corpora import esc50  # noqa: E402
 
@@ -118,6 +123,8 @@ def main() -> None:
     parser.add_argument("--time-clips", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="re-train finished runs")
+    parser.add_argument("--plan", default="efficientat_mn04,tf_efficientnet_lite0", help="fine-tuned backbones to estimate (not train), comma-separated")
+    parser.add_argument("--plan-epochs", type=int, default=10)
     args = parser.parse_args()
     cpu = machine("cpu")  # the load average before this benchmark's own work
     runtime.set_threads(args.threads)
@@ -129,15 +136,16 @@ def main() -> None:
     task, fold_of = split.competition.task, split.folds["fold"].to_numpy()
     grid = [float(c) for c in args.grid.split(",")]
 
-    c_rows, notes, seconds = [], [], {}
+    c_rows, notes, extract, fit = [], [], {}, {}
     for member in base.functionals:
         best, rows = choose_c(base, split, member, grid)
         c_rows += rows
         if best != member.c:
             notes.append(f"{member.name}: the best C on OOF is {best:g}, the recipe has {member.c:g}; set c = {best:g}.")
-        seconds[member.name] = extraction_seconds(base, split, member.set, args.time_clips)
+        extract[member.name] = extraction_seconds(base, split, member.set, args.time_clips)
     for name in runs.members(base):
-        seconds[name.name] = seconds.get(name.name, 0.0) + train_seconds(base, name.name, args.force)
+        fit[name.name] = train_seconds(base, name.name, args.force)
+    seconds = {name: extract.get(name, 0.0) + fit[name] for name in fit}
 
     members, oofs, _, unfinished = blend.collect(base, split)
     if unfinished:
@@ -146,7 +154,10 @@ def main() -> None:
     rows = []
     for name, oof in zip(names, oofs):
         c = base.functionals_member(name).c if base.functionals_member(name) else ""
-        rows.append({"model": name, "kind": "member", "C": c, **fold_metrics(task, split.y, oof, fold_of), "s (this CPU)": round(seconds[name], 1)})
+        scores = fold_metrics(task, split.y, oof, fold_of)
+        rows.append(
+            {"model": name, "kind": "member", "C": c, **scores, "s extract (est.)": extract.get(name), "s fit": fit[name], "s (this CPU)": seconds[name]}
+        )
     options = blend.method_options(base, task)
     for size in range(2, len(names) + 1):
         for subset in itertools.combinations(range(len(names)), size):
@@ -160,7 +171,7 @@ def main() -> None:
                     "kind": "blend",
                     "C": "",
                     **fold_metrics(task, split.y, cv[auto], fold_of),
-                    "s (this CPU)": round(sum(seconds[names[k]] for k in subset), 1),
+                    "s (this CPU)": sum(seconds[names[k]] for k in subset),
                 }
             )
             print(rows[-1], flush=True)
@@ -169,10 +180,22 @@ def main() -> None:
     sizes = table["model"].map(lambda m: m.count(" + ") + 1)
     chosen = table[table["5-fold accuracy"] >= top - 0.001].assign(size=sizes).sort_values(["size", "5-fold accuracy"], ascending=[True, False]).iloc[0]
     table["chosen"] = np.where(table["model"] == chosen["model"], "yes", "")
+    planned = []
+    for name in [n for n in args.plan.split(",") if n]:
+        trial = dataclasses.replace(base, backbones=[name], functionals=[], train=dataclasses.replace(base.train, epochs=args.plan_epochs))
+        stages = plan.estimate(trial, entries=[name], force=True)
+        print(plan.describe(stages), flush=True)
+        planned.append(
+            {"model": f"{name}, fine-tuned {args.plan_epochs} epochs", "kind": "not trained: plan estimate", "s (this CPU)": sum(s.seconds for s in stages)}
+        )
     anchors = pd.DataFrame([{"model": f"{name} ({source})", "kind": "published, 44.1 kHz", "5-fold accuracy": acc} for name, acc, source in ANCHORS])
-    shown = pd.concat([table, anchors], ignore_index=True)
+    shown = pd.concat([table, pd.DataFrame(planned), anchors], ignore_index=True)
+    for column in ("s extract (est.)", "s fit", "s (this CPU)"):
+        shown[column] = shown[column].map(lambda v: "" if v is None or v != v else f"{v:.0f}")
+    end_load = round(os.getloadavg()[0], 2)
     header = (
-        f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, {args.threads} torch threads, load {cpu['load_average_1min']} at the start. "
+        f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, {args.threads} torch threads, "
+        f"load {cpu['load_average_1min']} at the start, {end_load} at the end. "
         f"ESC-50 on the official 5 folds (2000 clips; this copy 16 kHz Ogg Vorbis, the published rows 44.1 kHz WAV: nothing above 8 kHz here). "
         f"5-fold accuracy: mean over the folds (std: their spread); macro-F1: mean over the folds. Members' C chosen on OOF over {grid}; "
         f'blends as `[blend] method = "auto"` blends (the method in brackets), cross-validated. Chosen on OOF: **{chosen["model"]}**, '
@@ -181,7 +204,18 @@ def main() -> None:
     text = header + "\n\n" + markdown_table(shown, digits=4) + "\n" + "".join(f"\n{n}" for n in notes)
     print(text)
     save(
-        {"commit": commit(), "machine": cpu, "chosen": chosen["model"], "c_grid": c_rows, "seconds": seconds, "rows": rows, "notes": notes},
+        {
+            "commit": commit(),
+            "machine": cpu,
+            "load_at_end": end_load,
+            "chosen": chosen["model"],
+            "c_grid": c_rows,
+            "extract": extract,
+            "fit": fit,
+            "rows": rows,
+            "planned": planned,
+            "notes": notes,
+        },
         OUT / "esc50.json",
         echo=False,
     )
