@@ -81,6 +81,7 @@ TABLES = (
         0.3,
     ),
     Table("functionals_threads", ("benchmarks/functionals_threads.py",), 0.05),
+    Table("esc50", ("benchmarks/esc50.py",), 0.5),
     _recipes("ravdess_images", "ravdess_images", methods="mean,caruana", backbones="tf_mobilenetv3_small_100,regnetx_002"),
     _recipes("augmentation", "ravdess_aug_none,ravdess_aug_wave,ravdess_aug_spec,ravdess_aug_both", hours=4.0),
     _recipes("seed_systems", "seed_mfcc_cnn,seed_mfcc_noise_shift,seed_deep_cnn,seed_pretrained_ensemble", hours=7.0),

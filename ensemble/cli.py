@@ -18,7 +18,7 @@ from .core.errors import EnsError, EnsWarning, Param
 from .inputs import decoder_noise
 from .members import guards
 from .store import competition, runs
-from .store.corpora import ravdess
+from .store.corpora import esc50, ravdess
 from .store.split import ON_ERROR, SkippedClipsWarning
 
 app = typer.Typer(
@@ -175,6 +175,40 @@ def data_ravdess(
         f"{out}: {len(tables[competition.TRAIN])} training clips in {n_splits} speaker-grouped folds, "
         f"{len(tables[competition.TEST])} test clips of actors {list(actors)} (labels in {competition.SOLUTION})."
     )
+
+
+@data_app.command("esc50")
+def data_esc50(
+    source: Optional[Path] = typer.Option(None, help="Folder holding meta/esc50.csv and audio/ (.wav or .ogg). Default: ../shared/data/esc50 when it exists."),
+    out: Optional[Path] = typer.Option(None, help="Competition folder to write. Default: data/esc50, or data/esc50_test<K> with --test-fold K."),
+    download: bool = typer.Option(False, "--download", help="Fetch the official archive from GitHub (about 600 MB; needs internet)."),
+    test_fold: Optional[int] = typer.Option(
+        None, help="Hold this official fold (1-5) out as a hidden test with solution.csv, CV on the other four. Default: 5-fold CV over all 2000 clips."
+    ),
+    seed: int = typer.Option(42, help="Seed of the hidden test ids' order."),
+) -> None:
+    """Write an ESC-50 competition folder on the official folds (train/test/sample_submission/folds, solution with --test-fold)."""
+    out = out or Path("data/esc50" if test_fold is None else f"data/esc50_test{test_fold}")
+    try:
+        if download:
+            source = esc50.download(out / "source")
+        elif source is None:
+            source = Path("../shared/data/esc50")
+            if not source.is_dir():
+                raise esc50.Esc50Error(
+                    "no ESC-50 source: ../shared/data/esc50 does not exist; pass ", Param("source", shown="DIR"), " or ", Param("download", True), "."
+                )
+        tables = esc50.build_competition(source, out, test_fold, seed)
+    except REFUSED as err:
+        _fail(err)
+    n_train, n_test = len(tables[competition.TRAIN]), len(tables[competition.TEST])
+    if test_fold is None:
+        typer.echo(
+            f"{out}: {n_train} clips in the 5 official folds; no hidden test (test.csv lists the same clips, no {competition.SOLUTION}): "
+            "the protocol's score is the cross-validated OOF accuracy `ens blend` prints (cv_accuracy, the mean fold accuracy)."
+        )
+    else:
+        typer.echo(f"{out}: {n_train} training clips in 4 official folds, {n_test} test clips of fold {test_fold} (labels in {competition.SOLUTION}).")
 
 
 def _prompt(question: str, choices: list[str], default: str) -> str:

@@ -49,6 +49,7 @@ def test_every_recipe_is_covered():
     assert {"ravdess", "seed_mfcc_cnn", "seed_deep_cnn", "seed_gender_emotion", "seed_mfcc_noise_shift", "seed_pretrained_ensemble"} <= names
     twins = {p.stem: FIRST_RUNS[_first_run(p)].stem for p in RECIPES if p not in TRAINED}
     assert twins == {
+        "esc50_candidates": "esc50",
         "ravdess_images": "ravdess_aug_wave",
         "ravdess_mixed": "ravdess_candidates",
         "ravdess_speaker": "ravdess_candidates",
