@@ -1,0 +1,202 @@
+"""ens bundle: a tiny trained ensemble (test_resnet + an ens_basic logistic-regression member, speaker-normalised)
+bundled for ONNX Runtime, installed into a fresh virtual environment from the bundle alone (pip --no-index, in a
+network namespace with no network where the machine allows one), predicting real RAVDESS clips as `ens predict`
+does; windows in BirdCLEF's row ids; the budget check; which wheels a prediction needs.
+
+The bundle's wheelhouse (torch and its CUDA libraries among them, about 2.8 GB) is downloaded once per test run
+and installed once: this file takes about three minutes (tests/test_bundle.py's docstring in the report)."""
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from ensemble import bundle, competition
+from ensemble import recipe as recipe_mod
+
+from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
+
+NOT_NEEDED = ("torchaudio", "audiomentations", "albumentations", "resemblyzer", "ray", "onnx", "onnxscript", "pytest", "opensmile", "ens")
+"""Training-, export- and test-only distributions (and ens, installed from its own wheel): in no requirements.txt of a recipe without openSMILE."""
+
+
+def _no_network() -> list[str]:
+    """``unshare -n`` (a new network namespace: no interface but loopback) where this machine lets us make one, else nothing."""
+    try:
+        ok = subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+    except OSError:
+        ok = False
+    return ["unshare", "-n"] if ok else []
+
+
+@pytest.fixture(scope="module")
+def built(small_source, tiny_recipe_text, tmp_path_factory):
+    """The tiny ensemble trained and blended through the CLI, bundled for onnx through the CLI, and installed
+    from the bundle alone into a fresh virtual environment."""
+    root = tmp_path_factory.mktemp("bundle")
+    recipe_path, comp = one_backbone_recipe(root, small_source, tiny_recipe_text, BASIC_LR, speaker_norm=True)
+    cli_ok(["train", "--recipe", str(recipe_path), "--quiet"])
+    cli_ok(["blend", "--recipe", str(recipe_path)])
+    out = root / "bundle"
+    output = cli_ok(["bundle", "--recipe", str(recipe_path), "--runtime", "onnx", "--out", str(out)])
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    isolated = _no_network()
+    install = subprocess.run([*isolated, str(venv / "bin" / "python"), str(out / "predict.py"), "--install-only"], capture_output=True, text=True)
+    assert install.returncode == 0, install.stdout + install.stderr
+    r = recipe_mod.load(recipe_path)
+    c = competition.load(r.competition)
+    return {
+        "root": root,
+        "recipe_path": recipe_path,
+        "recipe": r,
+        "out": out,
+        "output": output,
+        "venv": venv,
+        "clips": c.audio_paths(c.test),
+        "isolated": isolated,
+    }
+
+
+def _bundle_predict(built, *args) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [*built["isolated"], str(built["venv"] / "bin" / "python"), str(built["out"] / "predict.py"), "--no-install", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=built["root"],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_the_bundle_holds_the_runs_graphs_wheels_and_a_manifest_of_them(built):
+    out, r = built["out"], built["recipe"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runtime"] == "onnx" and manifest["recipe"] == "tiny" and len(manifest["ens_commit"]) == 40
+    assert {m["name"]: m["kind"] for m in manifest["members"]} == {"test_resnet": "image", "basic_lr": "functionals"}
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == files
+    for name in ("predict.py", "requirements.txt", "recipe.json", "README.md", "runs/tiny/blend/weights.json", "export/onnx/test_resnet.onnx"):
+        assert name in files
+    for fold in range(r.folds.n_splits):  # what predict reads of each run, and nothing else
+        held = {Path(f).name for f in files if f.startswith(f"runs/tiny/test_resnet/fold{fold}/")}
+        assert held == {"config.json", "metrics.json", "model.safetensors", "speaker_population.npz"}
+        held = {Path(f).name for f in files if f.startswith(f"runs/tiny/basic_lr/fold{fold}/")}
+        assert held == {"config.json", "metrics.json", "model.joblib", "speaker_population.npz"}
+    some = sorted(files)[::7]
+    assert all(bundle.sha256(out / f) == manifest["files"][f]["sha256"] for f in some)
+    pins = dict(line.split("==") for line in (out / "requirements.txt").read_text().split())
+    assert {"torch", "timm", "librosa", "onnxruntime", "scikit-learn"} <= set(pins) and not set(NOT_NEEDED) & set(pins)
+    assert pins == bundle.requirements(r, "onnx", Path(bundle.__file__).parents[1] / "requirements.lock")
+    wheels = {bundle._wheel_key(w) for w in (out / "wheels").glob("*.whl")}
+    assert wheels == {(n, v) for n, v in pins.items()} | {("ens", "0.1.0")}
+    assert "opensmile" not in manifest["licences"]
+    with zipfile.ZipFile(out.with_name("bundle.zip")) as archive:
+        assert set(archive.namelist()) == {f"bundle/{f}" for f in files | {"manifest.json"}}
+    assert "wrote" in built["output"] and " MB" in built["output"]
+
+
+def test_the_installed_environment_holds_exactly_the_locked_wheels(built):
+    listed = subprocess.run([str(built["venv"] / "bin" / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True)
+    got = {bundle._canonical(d["name"]): d["version"] for d in json.loads(listed.stdout) if d["name"] not in ("pip", "setuptools")}
+    pins = dict(line.split("==") for line in (built["out"] / "requirements.txt").read_text().split())
+    pins = {k: v for k, v in pins.items() if k != "setuptools"}
+    assert got == {**pins, "ens": "0.1.0"}
+
+
+def test_the_bundle_predicts_as_ens_predict_on_real_clips(built, tmp_path):
+    clips, recipe = built["clips"], str(built["recipe_path"])
+    expected_csv = tmp_path / "ens.csv"
+    cli_ok(["predict", *map(str, clips), "--recipe", recipe, "--runtime", "onnx", "--out", str(expected_csv)])
+    expected = pd.read_csv(expected_csv)
+    test_dir = Path(clips[0]).parent
+    _bundle_predict(built, test_dir, "--out", tmp_path / "submission.csv", "--verify")
+    got = pd.read_csv(tmp_path / "submission.csv")
+    classes = built["recipe"].competition.classes
+    assert list(got.columns) == ["id", *classes]
+    assert got["id"].tolist() == [Path(p).stem for p in expected["path"]]  # RAVDESS's test files are named by their id
+    diff = np.abs(got[classes].to_numpy() - expected[classes].to_numpy()).max()
+    assert diff < 1e-5, f"bundle vs ens predict: max abs difference {diff}"
+
+
+def test_windows_are_rows_named_by_their_end_second(built, tmp_path):
+    clips = built["clips"][:3]
+    waves = [sf.read(c)[0] for c in clips]
+    rate = sf.info(clips[0]).samplerate
+    long = tmp_path / "soundscape_01.wav"
+    sf.write(long, np.concatenate(waves), rate)  # three real clips, one after another (about 10 s)
+    _bundle_predict(built, long, "--window", 2, "--hop", 2, "--out", tmp_path / "windows.csv")
+    got = pd.read_csv(tmp_path / "windows.csv")
+    cli_ok(
+        [
+            "predict",
+            str(long),
+            "--recipe",
+            str(built["recipe_path"]),
+            "--runtime",
+            "onnx",
+            "--window",
+            "2",
+            "--hop",
+            "2",
+            "--timeline",
+            "--out",
+            str(tmp_path / "ens.csv"),
+        ]
+    )
+    timeline = pd.read_csv(tmp_path / "ens.csv").dropna(subset=["start_s"])
+    assert got.columns[0] == "row_id" and len(got) == len(timeline) > 3
+    assert got["row_id"].tolist() == [f"soundscape_01_{int(round(end))}" for end in timeline["end_s"]]
+    classes = built["recipe"].competition.classes
+    np.testing.assert_allclose(got[classes].to_numpy(), timeline[classes].to_numpy(), atol=1e-5)
+
+
+def test_the_budget_check_times_the_installed_bundle(built):
+    b = bundle.measure_budget(built["out"], built["clips"][:4], clips=700, minutes=90, venv=built["venv"])
+    assert b.sample == 4 and b.predict_s > 0 and b.install_s > 0 and b.fixed_s > 0
+    assert b.estimate_s == pytest.approx(b.install_s + b.fixed_s + 700 * b.predict_s / 4)
+    assert b.fits == (b.estimate_s <= 90 * 60) and b.margin_s == pytest.approx(90 * 60 - b.estimate_s)
+    assert ("fits" if b.fits else "does NOT fit") in b.describe() and "files/s" in b.describe()
+    tight = bundle.measure_budget(built["out"], built["clips"][:2], clips=10**7, minutes=1, venv=built["venv"])
+    assert not tight.fits and tight.margin_s < 0
+
+
+def test_refusals_name_the_fix(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from ensemble.cli import app
+
+    alone = CliRunner().invoke(app, ["bundle", "--recipe", str(built["recipe_path"]), "--budget-clips", "10"])
+    assert alone.exit_code == 2 and "--budget-clips and --budget-minutes together" in alone.output
+    with pytest.raises(bundle.BundleError, match="not one of openvino, onnx, torch"):
+        bundle.roots(built["recipe"], "tflite")
+    with pytest.raises(bundle.BundleError, match="give the folder `ens bundle` wrote"):
+        bundle.read_manifest(tmp_path)
+    with pytest.raises(bundle.BundleError, match="positive number"):
+        bundle.measure_budget(built["out"], built["clips"][:1], clips=0, minutes=1)
+    lock = tmp_path / "requirements.lock"
+    lock.write_text((Path(bundle.__file__).parents[1] / "requirements.lock").read_text().replace("\ntimm==", "\ntimm==0.0.1\n#"))
+    with pytest.raises(bundle.BundleError, match=r"timm \S+ \(lock: 0\.0\.1\).*pip install -c requirements.lock"):
+        bundle.requirements(built["recipe"], "torch", lock)
+
+
+def test_the_needed_wheels_cover_what_a_prediction_imports():
+    """What ``import ensemble.predict`` (and the members' modules) loads, in a fresh interpreter, is within the torch bundle's wheels."""
+    probe = (
+        "import sys, json, importlib.metadata as md\n"
+        "import ensemble.predict, ensemble.tabular, ensemble.functionals, ensemble.encoders, ensemble.export\n"
+        "names = md.packages_distributions()\n"
+        "print(json.dumps(sorted({d for m in list(sys.modules) for d in names.get(m.split('.')[0], [])})))\n"
+    )
+    root = Path(bundle.__file__).parents[1]
+    imported = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=root).stdout)
+    recipe = recipe_mod.load(root / "recipes" / "ravdess.toml")
+    needed = bundle.requirements(recipe, "torch", root / "requirements.lock")
+    assert {bundle._canonical(d) for d in imported} - {"ens"} <= set(needed)
+    assert not set(NOT_NEEDED) & set(needed)
