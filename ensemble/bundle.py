@@ -57,13 +57,30 @@ from . import __version__, atomic
 from .errors import EnsError
 
 RUNTIMES = ("openvino", "onnx", "torch")
-PREDICT_NEEDS = ("torch", "timm", "librosa", "soundfile", "numpy", "pandas", "scipy", "scikit-learn", "joblib", "lightgbm", "safetensors", "tqdm", "matplotlib")
+PREDICT_NEEDS = (
+    "torch",
+    "timm",
+    "librosa",
+    "soundfile",
+    "numpy",
+    "pandas",
+    "scipy",
+    "scikit-learn",
+    "joblib",
+    "lightgbm",
+    "safetensors",
+    "tqdm",
+    "matplotlib",
+    "audiomentations",
+)
 """The distributions ``import ensemble.predict`` and a prediction import, besides ens: torch (the renderer,
-the models, the encoders), timm (the backbones; torchvision through it), librosa and soundfile (reading,
+the models, the encoders), torchaudio (the image renderer's mel and MFCC transforms,
+:class:`ensemble.features.Renderer`), timm (the backbones; torchvision through it), librosa and soundfile (reading,
 resampling, filterbanks, functionals), numpy / pandas / scipy, scikit-learn and joblib (functionals
 members' pipelines), lightgbm (:mod:`ensemble.tabular` imports it), safetensors (fold weights), tqdm
-(:mod:`ensemble.features`' progress) and matplotlib (:mod:`ensemble.plots`, which :mod:`ensemble.predict`
-imports for ``--save-image``). Not: typer, torchaudio, audiomentations, albumentations, resemblyzer
+(:mod:`ensemble.features`' progress), matplotlib (:mod:`ensemble.plots`, which :mod:`ensemble.predict`
+imports for ``--save-image``) and audiomentations (loading any recipe, a run's stored one included, checks its
+``[augment].waveform`` list by building the transforms: :func:`ensemble.waveform_augment.problem`). Not: albumentations, resemblyzer
 (test speakers are inferred in training only), ray, onnx / onnxscript (exporting), pytest."""
 RUNTIME_NEEDS = {"torch": (), "onnx": ("onnxruntime",), "openvino": ("openvino",)}
 ENCODER_NEEDS = ("transformers",)
@@ -558,7 +575,8 @@ ENS_WHEEL = HERE / "wheels" / "{ens_wheel_name}"
 def install():
     env = {{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}}
     env["PIP_CONFIG_FILE"] = os.devnull
-    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(HERE / "wheels"), "--no-warn-script-location", "-q"]
+    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(HERE / "wheels")]
+    pip += ["--no-warn-script-location", "--no-compile", "-q"]
     subprocess.run([*pip, "-r", str(HERE / "requirements.txt")], check=True, env=env)
     subprocess.run([*pip, "--force-reinstall", str(ENS_WHEEL)], check=True, env=env)
     importlib.invalidate_caches()
@@ -845,6 +863,7 @@ def _run(command: list[str], what: str) -> None:
     Raises:
         BundleError: it failed; names ``what`` and shows the end of its output.
     """
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed bundle's ens, not a checkout's
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise BundleError(f"{what} failed (exit {done.returncode}): {(done.stdout + done.stderr)[-1500:]}")

@@ -7,8 +7,11 @@ The bundle's wheelhouse (torch and its CUDA libraries among them, about 2.8 GB) 
 and installed once: this file takes about three minutes (tests/test_bundle.py's docstring in the report)."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -22,8 +25,12 @@ from ensemble import recipe as recipe_mod
 
 from .conftest import BASIC_LR, cli_ok, one_backbone_recipe
 
-NOT_NEEDED = ("torchaudio", "audiomentations", "albumentations", "resemblyzer", "ray", "onnx", "onnxscript", "pytest", "opensmile", "ens")
+NOT_NEEDED = ("albumentations", "resemblyzer", "ray", "onnx", "onnxscript", "pytest", "opensmile", "ens")
 """Training-, export- and test-only distributions (and ens, installed from its own wheel): in no requirements.txt of a recipe without openSMILE."""
+
+
+CLEAN = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+"""The environment of the virtual environment's processes: without PYTHONPATH, so they import the installed ens, not this checkout."""
 
 
 def _no_network() -> list[str]:
@@ -40,19 +47,25 @@ def built(small_source, tiny_recipe_text, tmp_path_factory):
     """The tiny ensemble trained and blended through the CLI, bundled for onnx through the CLI, and installed
     from the bundle alone into a fresh virtual environment."""
     root = tmp_path_factory.mktemp("bundle")
-    recipe_path, comp = one_backbone_recipe(root, small_source, tiny_recipe_text, BASIC_LR, speaker_norm=True)
+    seconds, started = {}, time.monotonic()
+    recipe_path, comp = one_backbone_recipe(root, small_source, tiny_recipe_text, BASIC_LR + '[blend]\nmethod = "mean"\n', speaker_norm=True)
     cli_ok(["train", "--recipe", str(recipe_path), "--quiet"])
     cli_ok(["blend", "--recipe", str(recipe_path)])
+    cli_ok(["export", "--recipe", str(recipe_path), "--format", "onnx"])  # ens predict --runtime onnx's own graphs, the reference
+    seconds["train"], started = time.monotonic() - started, time.monotonic()
     out = root / "bundle"
-    output = cli_ok(["bundle", "--recipe", str(recipe_path), "--runtime", "onnx", "--out", str(out)])
+    output = cli_ok(["bundle", "--recipe", str(recipe_path), "--runtime", "onnx", "--out", str(out), "--no-zip"])
+    seconds["bundle"], started = time.monotonic() - started, time.monotonic()
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     isolated = _no_network()
-    install = subprocess.run([*isolated, str(venv / "bin" / "python"), str(out / "predict.py"), "--install-only"], capture_output=True, text=True)
+    install = subprocess.run([*isolated, str(venv / "bin" / "python"), str(out / "predict.py"), "--install-only"], capture_output=True, text=True, env=CLEAN)
     assert install.returncode == 0, install.stdout + install.stderr
+    seconds["venv and install"] = time.monotonic() - started
+    print(f"test_bundle set-up seconds: {seconds}")
     r = recipe_mod.load(recipe_path)
     c = competition.load(r.competition)
-    return {
+    yield {
         "root": root,
         "recipe_path": recipe_path,
         "recipe": r,
@@ -62,6 +75,8 @@ def built(small_source, tiny_recipe_text, tmp_path_factory):
         "clips": c.audio_paths(c.test),
         "isolated": isolated,
     }
+    shutil.rmtree(out)  # about 8 GB of wheels and installed packages: not left in pytest's kept temporary folders
+    shutil.rmtree(venv)
 
 
 def _bundle_predict(built, *args) -> subprocess.CompletedProcess:
@@ -70,6 +85,7 @@ def _bundle_predict(built, *args) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=built["root"],
+        env=CLEAN,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -97,9 +113,18 @@ def test_the_bundle_holds_the_runs_graphs_wheels_and_a_manifest_of_them(built):
     wheels = {bundle._wheel_key(w) for w in (out / "wheels").glob("*.whl")}
     assert wheels == {(n, v) for n, v in pins.items()} | {("ens", "0.1.0")}
     assert "opensmile" not in manifest["licences"]
-    with zipfile.ZipFile(out.with_name("bundle.zip")) as archive:
-        assert set(archive.namelist()) == {f"bundle/{f}" for f in files | {"manifest.json"}}
+    assert not out.with_name("bundle.zip").exists()  # --no-zip
     assert "wrote" in built["output"] and " MB" in built["output"]
+
+
+def test_the_zip_holds_the_folder_under_its_name_weights_stored(built, tmp_path):
+    runs = built["out"] / "runs"
+    archive = bundle.write_zip(runs, tmp_path / "runs.zip")
+    with zipfile.ZipFile(archive) as z:
+        names = {i.filename: i.compress_type for i in z.infolist()}
+        assert set(names) == {f"runs/{p.relative_to(runs)}" for p in runs.rglob("*") if p.is_file()}
+        assert all((t == zipfile.ZIP_STORED) == name.endswith((".safetensors", ".joblib", ".npz")) for name, t in names.items())
+        assert z.read("runs/tiny/blend/weights.json") == (runs / "tiny" / "blend" / "weights.json").read_bytes()
 
 
 def test_the_installed_environment_holds_exactly_the_locked_wheels(built):
@@ -108,6 +133,10 @@ def test_the_installed_environment_holds_exactly_the_locked_wheels(built):
     pins = dict(line.split("==") for line in (built["out"] / "requirements.txt").read_text().split())
     pins = {k: v for k, v in pins.items() if k != "setuptools"}
     assert got == {**pins, "ens": "0.1.0"}
+    where = subprocess.run(
+        [str(built["venv"] / "bin" / "python"), "-c", "import ensemble; print(ensemble.__file__)"], capture_output=True, text=True, env=CLEAN
+    )
+    assert where.stdout.startswith(str(built["venv"])), where.stdout + where.stderr  # the bundle's ens wheel, not this checkout
 
 
 def test_the_bundle_predicts_as_ens_predict_on_real_clips(built, tmp_path):
