@@ -59,6 +59,7 @@ from .errors import EnsError
 RUNTIMES = ("openvino", "onnx", "torch")
 PREDICT_NEEDS = (
     "torch",
+    "torchaudio",
     "timm",
     "librosa",
     "soundfile",
