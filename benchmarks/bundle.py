@@ -61,7 +61,8 @@ def main() -> None:
         python = Path(scratch) / "venv" / "bin" / "python"
         subprocess.run([str(python), str(built.folder / "predict.py"), "--no-install", str(Path(clips[0]).parent), "--out", str(sub)], check=True)
         got = pd.read_csv(sub)
-        ensemble = predict.load_ensemble(r, "cpu", args.runtime)
+        graphs = None if args.runtime == "torch" else built.folder / bundle.EXPORT / args.runtime  # the bundle's graphs, checked against its runs
+        ensemble = predict.load_ensemble(r, "cpu", args.runtime, graphs)
         expected = predict.predict(ensemble, clips)
         by_stem = {Path(p.path).stem: p.proba for p in expected}
         diff = float(np.abs(got[ensemble.classes].to_numpy() - np.stack([by_stem[i] for i in got[r.competition.id_col]])).max())
