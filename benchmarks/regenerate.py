@@ -80,6 +80,14 @@ TABLES = (
         ),
         0.3,
     ),
+    Table(
+        "bundle",
+        (
+            "benchmarks/bundle.py",
+            *("--recipe", f"{MAIN_JOB}/recipes/ravdess.toml", "--runs-dir", f"{MAIN_JOB}/runs", "--competition", f"{MAIN_JOB}/data/ravdess"),
+        ),
+        0.1,
+    ),
     Table("functionals_threads", ("benchmarks/functionals_threads.py",), 0.05),
     Table("esc50", ("benchmarks/esc50.py",), 0.5),
     _recipes("ravdess_images", "ravdess_images", methods="mean,caruana", backbones="tf_mobilenetv3_small_100,regnetx_002"),

@@ -44,6 +44,7 @@ CpuPrecision = _choices("CpuPrecision", recipe_mod.CPU_PRECISIONS)  # --cpu-prec
 Format = _choices("Format", ("onnx", "openvino"))  # ens export --format (ensemble.export.FORMATS)
 Runtime = _choices("Runtime", ("torch", "onnx", "openvino"))  # ens predict --runtime (ensemble.export.RUNTIMES)
 Executor = _choices("Executor", ("local", "ray"))  # ens train --executor (ensemble.deploy.executors.EXECUTORS)
+BundleRuntime = _choices("BundleRuntime", ("openvino", "onnx", "torch"))  # ens bundle --runtime (ensemble.bundle.RUNTIMES)
 PseudoLabelOption = typer.Option(
     False,
     "--pseudo-label",
@@ -540,3 +541,47 @@ def predict(
         typer.echo(f"wrote {out}")
     if save_image is not None:
         typer.echo(f"wrote {len(predictions)} image(s) to {save_image}")
+
+
+@app.command("bundle")
+def bundle_cmd(
+    recipe: Path = RecipeOption,
+    runtime: BundleRuntime = typer.Option(
+        BundleRuntime.openvino, help="What runs the image members in the bundle: openvino or onnx (exported graphs) or torch (fold weights)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bundle folder to write (default runs/<recipe>/bundle-<runtime>); the zip is <folder>.zip."),
+    zip_: bool = typer.Option(True, "--zip/--no-zip", help="Also write <folder>.zip (what Kaggle unpacks into a dataset)."),
+    budget_clips: Optional[int] = typer.Option(None, help="With --budget-minutes: the competition's number of test files, to check against its time limit."),
+    budget_minutes: Optional[float] = typer.Option(None, help="The competition's time limit in minutes (with --budget-clips)."),
+    budget_audio: Optional[list[Path]] = typer.Option(
+        None, help="Representative test files or folders to time (repeatable; default the first 32 test clips of the recipe's competition)."
+    ),
+    venv: Optional[Path] = typer.Option(None, help="Virtual environment the budget check installs the bundle into (default a fresh temporary one)."),
+    pseudo_label: bool = PseudoLabelOption,
+) -> None:
+    """Write a self-contained offline inference bundle (locked wheels, ens's wheel, the ensemble's runs, graphs and
+    weights, predict.py, manifest.json) for a Kaggle code competition; with --budget-clips / --budget-minutes, install it
+    into a virtual environment, time its predict.py and say whether the clips fit the limit."""
+    from . import bundle as bundle_mod
+
+    r = _selected(recipe, None, {}, pseudo_label)[0]
+    if (budget_clips is None) != (budget_minutes is None):
+        _fail(bundle_mod.BundleError("give --budget-clips and --budget-minutes together."))
+    try:
+        built = bundle_mod.build(r, runtime.value, out, make_zip=zip_, on_step=lambda line: typer.echo(line, err=True))
+        sizes = built.sizes
+        parts = ", ".join(f"{part} {sizes[part] / 1e6:.1f} MB" for part in ("wheels", "ens", "runs", "export", "weights"))
+        typer.echo(f"wrote {built.folder}: {sizes['total'] / 1e6:.1f} MB ({parts})")
+        if built.zip is not None:
+            typer.echo(f"wrote {built.zip}: {sizes['zip'] / 1e6:.1f} MB")
+        if budget_clips is not None:
+            audio = budget_audio or _test_clips(r, 32)
+            typer.echo(bundle_mod.measure_budget(built.folder, audio, budget_clips, budget_minutes, venv).describe())
+    except REFUSED as err:
+        _fail(err)
+
+
+def _test_clips(r: recipe_mod.Recipe, n: int) -> list[Path]:
+    """The first ``n`` test clips of the recipe's competition (what the budget check times by default)."""
+    c = competition.load(r.competition)
+    return list(c.audio_paths(c.test))[:n]
