@@ -135,7 +135,11 @@ def test_the_installed_environment_holds_exactly_the_locked_wheels(built):
     pins = {k: v for k, v in pins.items() if k != "setuptools"}
     assert got == {**pins, "ens": "0.1.0"}
     where = subprocess.run(
-        [str(built["venv"] / "bin" / "python"), "-c", "import ensemble; print(ensemble.__file__)"], capture_output=True, text=True, env=CLEAN
+        [str(built["venv"] / "bin" / "python"), "-c", "import ensemble; print(ensemble.__file__)"],
+        capture_output=True,
+        text=True,
+        env=CLEAN,
+        cwd=built["root"],  # not this checkout's folder: `python -c` imports from its working directory first
     )
     assert where.stdout.startswith(str(built["venv"])), where.stdout + where.stderr  # the bundle's ens wheel, not this checkout
 
