@@ -398,7 +398,7 @@ def _member_text(ensemble, member) -> str:
     """``name xN folds (weight)``, with the seeds when the member averages several."""
     seeds = member.seeds()
     shown = f" of seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
-    return f"{member.name} x{len(member.entries) * member.n_splits} folds{shown} ({ensemble.core.weights[member.name]:.2f})"
+    return f"{member.name} x{len(member.entries) * member.n_splits} folds{shown} ({ensemble.weights[member.name]:.2f})"
 
 
 @app.command()

@@ -77,7 +77,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         loaded = ensemble.loaded[member.name]
         entry = {
             "name": member.name,
-            "weight": ensemble.core.weights[member.name],
+            "weight": ensemble.weights[member.name],
             "features": dataclasses.asdict(loaded.made_with.features),
             "speaker_norm": loaded.population is not None,
             "tta_shifts": list(loaded.made_with.train.tta_shifts),
@@ -89,7 +89,7 @@ def export(recipe: Recipe, fmt: str = "onnx", out: str | os.PathLike | None = No
         "recipe": recipe.name,
         "task": recipe.competition.task,
         "classes": ensemble.classes,
-        "weights": ensemble.core.weights,
+        "weights": ensemble.weights,
         "weights_from": ensemble.weights_from,
         "blend": _blend(recipe),
         "output": {"name": OUTPUT, "shape": ["batch", len(ensemble.classes)], "dtype": "float32", "means": "its models' activations"},
