@@ -307,16 +307,25 @@ def pretrained(recipe: Recipe, entry: str, classes: int) -> tuple[FinetunedEncod
 
 
 def _freeze(net: FinetunedEncoder, recipe: Recipe) -> None:
-    """Freeze the encoder below its top ``[finetune].train_layers`` layers (0: none) and its stem when asked."""
+    """Freeze the encoder below its top ``[finetune].train_layers`` layers (0: none) with its whole stem,
+    and with ``[finetune].freeze_feature_encoder`` the feature encoder (Whisper's two convolutions, a
+    waveform encoder's convolutional feature encoder: transformers' ``freeze_feature_encoder``)."""
     ft = recipe.finetune
     layers = net.layers
     frozen = len(layers) - ft.train_layers if 0 < ft.train_layers < len(layers) else 0
-    stem = re.compile(net.group_matcher()["stem"])
-    for name, param in net.named_parameters():
-        if stem.match(name) and (ft.freeze_feature_encoder or frozen):
-            param.requires_grad_(False)
-    for layer in layers[:frozen]:
-        layer.requires_grad_(False)
+    if frozen:
+        stem = re.compile(net.group_matcher()["stem"])
+        for name, param in net.named_parameters():
+            if stem.match(name):
+                param.requires_grad_(False)
+        for layer in layers[:frozen]:
+            layer.requires_grad_(False)
+    if ft.freeze_feature_encoder:
+        if net.whisper:
+            net.encoder.conv1.requires_grad_(False)
+            net.encoder.conv2.requires_grad_(False)
+        else:
+            net.encoder.freeze_feature_encoder()
     if net.whisper:
         net.encoder.embed_positions.requires_grad_(False)  # Whisper's sinusoidal table is never trained
 
