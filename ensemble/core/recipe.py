@@ -1,7 +1,8 @@
 """Recipes: one TOML file holds every setting of a competition run (data, folds, features, training, blend).
 
 A recipe has the experiment sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]``,
-``[augment]``, ``[speakers]`` and ``[blend]`` plus a top-level ``backbones`` list, and two machine sections kept
+``[augment]``, ``[speakers]``, ``[blend]``, ``[pseudo]`` and ``[finetune]`` (the fine-tune kind's settings) plus a
+top-level ``backbones`` list, and two machine sections kept
 apart from them: ``[runtime]`` (device, compile, workers) and ``[paths]`` (runs, submissions and
 weights folders), which are not part of any run's identity. Every key has a default, so an empty
 file is a valid recipe; unknown keys are refused (a typo must not silently fall back to a default).
