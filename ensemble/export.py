@@ -24,6 +24,9 @@ step: reading, trimming and rendering the clip (:func:`ensemble.inputs.features.
 rounding), per-speaker normalisation (:func:`ensemble.speaker.speaker_groups.normalise_with`), windows of
 long files; the three-channel images (log-Mel, chroma, log-STFT with per-clip dB references) are
 not ONNX's STFT alone, and ens renders them with the exact code the models were trained on.
+A fine-tuned encoder member (:mod:`ensemble.members.finetune`) is one graph as well, of its own
+making (:meth:`ensemble.members.finetune.FinetuneKind.export`: inputs the encoder's features and each
+clip's length; its clip length, and so Whisper's cut position table, is fixed per member).
 Functionals members (:mod:`ensemble.members.tabular`, scikit-learn pipelines) are not exported: they run
 from their runs' ``model.joblib``. Nor is a speech-encoder member's frozen transformer
 (:mod:`ensemble.members.encoders`): it runs through torch under every runtime, because it sees each clip at

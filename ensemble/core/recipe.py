@@ -1,7 +1,8 @@
 """Recipes: one TOML file holds every setting of a competition run (data, folds, features, training, blend).
 
 A recipe has the experiment sections ``[competition]``, ``[folds]``, ``[features]``, ``[train]``,
-``[augment]``, ``[speakers]`` and ``[blend]`` plus a top-level ``backbones`` list, and two machine sections kept
+``[augment]``, ``[speakers]``, ``[blend]``, ``[pseudo]`` and ``[finetune]`` (the fine-tune kind's settings) plus a
+top-level ``backbones`` list, and two machine sections kept
 apart from them: ``[runtime]`` (device, compile, workers) and ``[paths]`` (runs, submissions and
 weights folders), which are not part of any run's identity. Every key has a default, so an empty
 file is a valid recipe; unknown keys are refused (a typo must not silently fall back to a default).
@@ -304,6 +305,35 @@ class FunctionalsMember:
 
 
 @dataclass
+class FinetuneConfig:
+    """How the fine-tune kind (:mod:`ensemble.members.finetune`) fine-tunes a transformers audio encoder
+    named in ``backbones`` (``[finetune]``; one section for every fine-tuned entry; its optimiser and
+    schedule are ``[train]`` and ``[by_backbone.<name>.train]`` like any backbone's). Not part of the
+    image or functionals members' run identity: a fine-tuned run records it beside its recipe.
+
+    Attributes:
+        train_layers: the encoder's top transformer layers that are trained (with the hidden-state
+            weights, the pooling and the head, always trained); the layers below stay frozen; 0
+            trains every layer.
+        freeze_feature_encoder: keep the encoder's stem frozen (Whisper's two convolutions; a
+            wav2vec2-family encoder's convolutional feature encoder), as transformers' audio
+            classification recipes do; a stem below frozen layers is frozen anyway.
+        pooling: ``attention`` (a learned score per frame, softmax over the clip's frames) or ``mean``
+            over the clip's frames; padding frames are masked out either way.
+        accumulate: micro-batches of ``[train].batch_size`` whose gradients are summed before each
+            optimiser step (gradient accumulation): the effective batch is ``batch_size * accumulate``.
+        seconds: the clip length the encoder sees (silence-trimmed clips centre-cropped to it, shorter
+            ones padded at the end and masked); 0 takes ``[features].duration``.
+    """
+
+    train_layers: int = 0
+    freeze_feature_encoder: bool = True
+    pooling: str = "attention"
+    accumulate: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
 class SpeakersConfig:
     """Speaker-aware normalisation (``[speakers]``; see :mod:`ensemble.speaker.speaker_groups`).
 
@@ -433,6 +463,7 @@ class Recipe:
     speakers: SpeakersConfig = field(default_factory=SpeakersConfig)
     functionals: list[FunctionalsMember] = field(default_factory=list)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     by_backbone: dict[str, dict[str, dict]] = field(default_factory=dict)
@@ -525,6 +556,7 @@ _SECTIONS = {
     "blend": BlendConfig,
     "speakers": SpeakersConfig,
     "pseudo": PseudoConfig,
+    "finetune": FinetuneConfig,
     "runtime": RuntimeConfig,
     "paths": PathsConfig,
 }
@@ -734,6 +766,7 @@ def _encoder_problems(recipe: Recipe) -> str:
 
 CPU_PRECISIONS = ("fp32", "bf16")  # [train].cpu_precision
 SPEAKER_NORMS = ("clip", "speaker")  # [speakers].norm
+POOLINGS = ("attention", "mean")  # [finetune].pooling (ensemble.members.finetune)
 FUNCTIONAL_SETS = ("ComParE_2016", "eGeMAPSv02", "ens_basic", "yamnet_embedding", "mn04_embedding")  # [[functionals]].set (ensemble.members.functionals)
 FUNCTIONAL_MODELS = ("logreg", "svm", "lightgbm")  # [[functionals]].model (ensemble.members.tabular)
 TEST_SPEAKERS = ("auto", "given", "inferred", "pool")  # [speakers].test
@@ -792,8 +825,14 @@ def validate(recipe: Recipe, source: str = "<recipe>") -> None:
     retrained_images = [e for e in recipe.backbones if not pl.members or Entry.parse(e).model in pl.members]
     waveform_problem = waveform_augment.problem(a.waveform)
     frontend_problem = _frontend_problem(recipe)
+    ft = recipe.finetune
     checks = [
         (frontend_problem is None, frontend_problem),
+        (
+            ft.train_layers >= 0 and ft.accumulate >= 1 and ft.seconds >= 0 and ft.pooling in POOLINGS,
+            f"[finetune] needs train_layers >= 0 (0: every layer), accumulate >= 1, seconds >= 0 (0: [features].duration) and pooling "
+            f"in {POOLINGS}, not train_layers = {ft.train_layers}, accumulate = {ft.accumulate}, seconds = {ft.seconds}, pooling = {ft.pooling!r}",
+        ),
         (0 <= t.layer_decay <= 1, f"[train].layer_decay = {t.layer_decay}: must be in (0, 1], or 0 for one learning rate"),
         (bool(f.channels) and all(c in CHANNELS for c in f.channels), f"[features].channels = {f.channels}: each must be one of {CHANNELS}"),
         (f.sample_rate > 0 and f.duration > 0, "[features].sample_rate and duration must be positive"),

@@ -11,11 +11,12 @@ from __future__ import annotations
 from ..core.entry import Entry
 from ..core.errors import RecipeError
 from ..core.recipe import Recipe
+from .finetune import FinetuneKind
 from .image import ImageKind
 from .kind import Kind
 from .tabular import TabularKind
 
-KINDS: list[Kind] = [ImageKind(), TabularKind()]
+KINDS: list[Kind] = [ImageKind(), TabularKind(), FinetuneKind()]
 """The kinds, in the order the grid trains a pseudo round's entries and the report shows them. An
 entry is of the last registered kind that owns it (:func:`of`): the image kind, first, owns every
 entry no later kind claims."""

@@ -80,8 +80,9 @@ def folds_hash(folds: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------- identity
 
-# a functionals run keeps its own member, a round its labels, a backbone its own [by_backbone] settings (Recipe.for_backbone)
-_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths", "functionals", "pseudo", "by_backbone")
+# a functionals run keeps its own member, a round its labels, a backbone its own [by_backbone] settings (Recipe.for_backbone),
+# a fine-tuned encoder's run its [finetune] settings (ensemble.members.finetune)
+_NOT_TRAINING = ("name", "backbones", "blend", "runtime", "paths", "functionals", "pseudo", "by_backbone", "finetune")
 _RUNTIME = {"competition": ("dir", "audio_root")}
 """Settings that place a recipe on a machine and change no number a model computes, besides the
 ``[runtime]`` and ``[paths]`` sections: where the competition folder and its audio are (the run
