@@ -138,7 +138,8 @@ def _key(paths: list[Path], weights_dir) -> str:
 
     root = find(weights_dir)
     weights = None if root is None else Path(root) / "yamnet_mobilenetv1_100" / "model.safetensors"
-    stamp = [str(weights), weights.stat().st_size if weights is not None and weights.is_file() else None]
+    known = weights is not None and weights.is_file()
+    stamp = [str(weights.resolve()) if known else None, weights.stat().st_size if known else None]
     files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     return hashlib.sha1(json.dumps([MODEL, stamp, files]).encode()).hexdigest()
 
