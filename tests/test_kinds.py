@@ -145,11 +145,9 @@ def test_ens_blend_and_ens_predict_take_the_new_kind_as_a_member(with_prior):
     from ensemble.inputs import audio
 
     clips = [audio.load_trimmed(p, rate, trim)[0] for p in with_prior["clips"]]
-    expected = ensemble.core.weights["prior"] * prior_member.predict(clips, None, {}, 1) + ensemble.core.weights["basic_lr"] * lr_member.predict(
-        clips, None, {}, 1
-    )
+    expected = ensemble.weights["prior"] * prior_member.predict(clips, None, {}, 1) + ensemble.weights["basic_lr"] * lr_member.predict(clips, None, {}, 1)
     np.testing.assert_allclose(predicted[classes].to_numpy(), expected, atol=1e-6)
-    assert ensemble.core.weights["prior"] == pytest.approx(0.5)  # mean blend: equal weights
+    assert ensemble.weights["prior"] == pytest.approx(0.5)  # mean blend: equal weights
 
 
 def test_ens_report_shows_the_new_kinds_section_in_place(with_prior):
