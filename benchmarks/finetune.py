@@ -120,7 +120,7 @@ def main() -> None:
         f"Commit {commit()}, {cpu['processor']}, {cpu['cpu_count']} cores, {args.threads} torch threads, load {cpu['load_average_1min']} at the start. "
         f"Folds {folds} of RAVDESS's five speaker-grouped folds (OOF pooled over them; hidden test: the mean of their models). Fine-tuned: "
         f"top {args.train_layers} of 6 layers, {args.epochs} epochs, batch 16, lr {args.lr:g}, layer decay {args.layer_decay:g}, "
-        "no waveform copies; wall seconds include reading the clips (fine-tuned) or their cached vectors (frozen)."
+        "no waveform copies; wall seconds include reading the clips (fine-tuned) or computing their vectors where not cached (frozen)."
     )
     text = head + "\n\n" + markdown_table(frame, digits=4)
     print(text)

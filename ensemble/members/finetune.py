@@ -725,7 +725,7 @@ class FinetuneKind(Kind):
         for entry in entries:
             clips = self._clips(session, entry)
             for k in session.folds:
-                if not session.resume and not session.force and (runs.run_dir(session.recipe, entry, k) / runs.CHECKPOINT).exists():
+                if not session.resume and (runs.run_dir(session.recipe, entry, k) / runs.CHECKPOINT).exists():
                     session.event("afresh", f"{entry} fold {k}")
                 report, skipped = train_fold(session.recipe, clips, entry, k, session.force, session.progress, session.resume, session.pseudo(entry, k))
                 yield Outcome(entry, k, report, skipped)
