@@ -7,6 +7,7 @@ code path (masking, pooling, layer-wise groups) checked against transformers."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +19,16 @@ import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file
+from typer.testing import CliRunner
 
 from ensemble import predict
+from ensemble.cli import app
 from ensemble.core import recipe as recipe_mod
 from ensemble.deploy import engines
 from ensemble.inputs import audio
-from ensemble.members import finetune, kinds
+from ensemble.members import finetune, kinds, pseudo
 from ensemble.store import runs
+from ensemble.store import split as split_mod
 
 from .conftest import cli_ok, one_backbone_recipe, ravdess_clip
 
@@ -209,3 +213,71 @@ def test_a_wav2vec2_encoder_pools_its_clip_frames_and_groups_its_layers(tmp_path
     groups = create_optimizer_v2(net, "adamw", lr=1.0, weight_decay=0.0, layer_decay=0.5).param_groups
     assert sorted({g["lr_scale"] for g in groups}) == [0.125, 0.25, 0.5, 1.0]  # the stem (its convolutions frozen), two layers, the head
     assert not any(p.requires_grad for p in net.encoder.feature_extractor.parameters())
+
+
+def test_seeds_and_a_pseudo_round_train_as_members_of_their_own(trained, weights):
+    """``whisper_tiny@7`` beside ``whisper_tiny`` and one ``[pseudo]`` round of both: the seed is its own
+    run (its own head and order), the students train on their fold's labels (every test clip at a 0.12
+    threshold: eight classes put the top probability at 1/8 or more) and the blend holds teacher and student."""
+    root = trained["root"]
+    text = trained["path"].read_text().replace('backbones = ["whisper_tiny"]', 'backbones = ["whisper_tiny", "whisper_tiny@7"]')
+    recipe = root / "rounds.toml"
+    recipe.write_text(text.replace(str(root / "runs"), str(root / "rounds_runs")) + "[pseudo]\nthreshold = 0.12\n")
+    output = cli_ok(["train", "--recipe", str(recipe), "--epochs", "1", "--pseudo-label"])
+    for entry in ("whisper_tiny", "whisper_tiny@7", "whisper_tiny+pl1", "whisper_tiny@7+pl1"):
+        assert f"{entry} fold 1:" in output
+    assert "round 1 fold 0: 16 test clips pseudo-labelled" in output
+    r = recipe_mod.load(recipe, {"pseudo": {"rounds": 1}, "train": {"epochs": 1}})
+    seeds = [load_file(runs.run_dir(r, entry, 0) / runs.MODEL) for entry in ("whisper_tiny", "whisper_tiny@7")]
+    assert not np.array_equal(seeds[0]["head.weight"], seeds[1]["head.weight"])
+    assert json.loads((runs.run_dir(r, "whisper_tiny@7", 0) / runs.CONFIG).read_text())["recipe"]["train"]["seed"] == 7
+    for k in range(2):
+        labels = pd.read_csv(pseudo.labels_path(r, 1, k))
+        config = json.loads((runs.run_dir(r, "whisper_tiny@7+pl1", k) / runs.CONFIG).read_text())
+        assert len(labels) == 16 and config["pseudo"]["n"] == 16 and config["pseudo"]["round"] == 1
+        assert json.loads((runs.run_dir(r, "whisper_tiny@7+pl1", k) / runs.METRICS).read_text())["pseudo_labelled"] == 16
+    # a student's run trains on its fold's training clips and the labelled test clips, with their soft targets
+    clips = finetune.load_clips(r, split_mod.load_split(r), 16000, 64000, progress=False)
+    made = pseudo.fold_labels(r, clips, 1, 0)
+    run = finetune._setup(r.for_backbone("whisper_tiny+pl1"), clips, "whisper_tiny+pl1", 0, made)
+    n_train = len(clips.train)
+    assert sorted(run.pool[run.pool >= n_train] - n_train) == sorted(made.rows) and len(made.rows) == 16
+    np.testing.assert_allclose(run.y[n_train:].numpy(), made.targets, atol=1e-6)
+    np.testing.assert_array_equal(run.y[:n_train].argmax(1).numpy(), clips.y)
+    cli_ok(["blend", "--recipe", str(recipe), "--method", "mean", "--pseudo-label"])
+    board = pd.read_csv(root / "rounds_runs" / "tiny" / "blend" / "leaderboard.csv")
+    assert {"whisper_tiny", "whisper_tiny+pl1"} <= set(board["model"])
+
+
+def test_unreadable_clips_stop_the_run_or_are_skipped_when_no_other_kind_read_them(trained, tmp_path):
+    """A fine-tune-only recipe whose first training clip is a text file and whose first test clip does not
+    exist: by default both are named and nothing trains; with ``--on-error skip`` the training row is left
+    out of the fold's tables, the test clip is predicted as the training prior, ``skipped.csv`` lists both."""
+    comp = tmp_path / "comp"
+    shutil.copytree(trained["comp"], comp, ignore=shutil.ignore_patterns(".ens_cache"))
+    (tmp_path / "notes.wav").write_text("recorded on the old phone, see notes")
+    bad = {}
+    for table, path in (("train", tmp_path / "notes.wav"), ("test", tmp_path / "gone.wav")):
+        frame = pd.read_csv(comp / f"{table}.csv", dtype=str, keep_default_na=False)
+        frame.loc[0, "path"], bad[table] = str(path), frame.loc[0, "id"]
+        frame.to_csv(comp / f"{table}.csv", index=False)
+    recipe = tmp_path / "broken.toml"
+    recipe.write_text(trained["path"].read_text().replace(str(trained["comp"]), str(comp)).replace(str(trained["root"] / "runs"), str(tmp_path / "runs")))
+    args = ["train", "--recipe", str(recipe), "--fold", "0", "--epochs", "1", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "2 audio file(s) cannot be used" in result.output and "--on-error skip" in result.output
+    assert "notes.wav" in result.output and "gone.wav: audio file does not exist" in result.output
+    assert not (tmp_path / "runs" / "tiny" / "whisper_tiny").exists()
+    output = cli_ok([*args, "--on-error", "skip"])
+    assert "skipped 1 training and 1 test clip(s)" in output
+    skipped = pd.read_csv(tmp_path / "runs" / "tiny" / runs.SKIPPED, dtype=str)
+    assert skipped[["table", "id"]].values.tolist() == [["train", bad["train"]], ["test", bad["test"]]]
+    r = recipe_mod.load(recipe)
+    split = split_mod.load_split(r)
+    run = runs.run_dir(r, "whisper_tiny", 0)
+    oof = pd.read_csv(run / runs.OOF, dtype={"id": str})
+    assert bad["train"] not in set(oof["id"]) and len(oof) == (split.folds["fold"] == 0).sum()
+    test = pd.read_csv(run / runs.TEST, dtype={"id": str}).set_index("id")
+    classes = r.competition.classes
+    np.testing.assert_allclose(test.loc[bad["test"], classes].to_numpy(dtype=float), split.prior)
+    assert not np.allclose(test.drop(index=bad["test"])[classes].to_numpy(dtype=float), split.prior)

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from ..core.recipe import Recipe
 from ..inputs import features
 from ..speaker import speaker_groups, speakers
 from ..store import competition as comp_mod
-from ..store import runs
-from ..store.split import SkippedClipsWarning, Split, check_on_error
+from ..store.split import Split, check_on_error
 from . import runtime
 
 
@@ -136,24 +133,14 @@ def _skip(data: Data, failed: dict[int, str], paths: list) -> Data:
     in ``paths`` -> problem; ``paths`` as :func:`load_data` lays them out: train, test, then each
     augmented copy of train), the failures listed in :attr:`Split.skipped`."""
     comp = data.competition
-    n_train, n_test, id_col = len(comp.train), len(comp.test), comp.config.id_col
+    n_train, n_test = len(comp.train), len(comp.test)
     problems: dict[tuple[str, int], str] = {}
     for i, message in sorted(failed.items()):  # one entry per clip, its first problem: clean renderings come first
         clip = ("train", i) if i < n_train else ("test", i - n_train) if i < n_train + n_test else ("train", (i - n_train - n_test) % n_train)
         problems.setdefault(clip, message)
+    located = {(table, row): (paths[row if table == "train" else n_train + row], message) for (table, row), message in problems.items()}
+    split = Split(comp, data.folds).skipping(located)
     train_bad = sorted(row for table, row in problems if table == "train")
-    test_bad = sorted(row for table, row in problems if table == "test")
-    skipped = pd.DataFrame(
-        [{"table": "train", "id": comp.train[id_col].iloc[i], "path": str(paths[i]), "error": problems["train", i]} for i in train_bad]
-        + [{"table": "test", "id": comp.test[id_col].iloc[i], "path": str(paths[n_train + i]), "error": problems["test", i]} for i in test_bad],
-        columns=runs.SKIPPED_COLUMNS,
-    )
-    split = Split(comp, data.folds).without(skipped)
-    warnings.warn(
-        f"skipped {len(train_bad)} training and {len(test_bad)} test clip(s) that cannot be loaded; the test clips are predicted as the training prior.",
-        SkippedClipsWarning,
-        stacklevel=3,
-    )
     keep = np.setdiff1d(np.arange(n_train), train_bad)
     x_aug = None if data.x_aug is None else data.x_aug[:, keep]
     return Data(split.competition, split.folds, split.skipped, x_train=data.x_train[keep], x_test=data.x_test, x_aug=x_aug)

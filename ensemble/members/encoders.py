@@ -80,7 +80,12 @@ def shape(set_name: str, weights_dir: str | os.PathLike | None = None) -> tuple[
     Raises:
         EncoderError: see :func:`ensemble.core.encoder_sets.source`; a config transformers cannot read.
     """
-    config = _config(set_name, weights_dir)
+    return dims(_config(set_name, weights_dir))
+
+
+def dims(config) -> tuple[int, int]:
+    """``(states, width)`` of a transformers encoder ``config``: its hidden states (the embeddings and each
+    layer; Whisper's ``encoder_layers``, others' ``num_hidden_layers``) and their width (``d_model`` / ``hidden_size``)."""
     if config.model_type == "whisper":
         return config.encoder_layers + 1, config.d_model
     return config.num_hidden_layers + 1, config.hidden_size
@@ -147,29 +152,43 @@ def load(set_name: str, weights_dir: str | os.PathLike | None = None):
     Raises:
         EncoderError: see :func:`ensemble.core.encoder_sets.source`; weights transformers cannot load.
     """
-    import torch
-    import transformers
 
     where, on = source(set_name, weights_dir), device()
     key = (where, on)
     if key not in _MODELS:
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # "newly initialized: classifier..." is about the head we drop
-        transformers.utils.logging.disable_progress_bar()  # a bar per load; ens reports the clips' progress itself
         try:
-            if _config(set_name, weights_dir).model_type == "whisper":
-                model = transformers.WhisperForAudioClassification.from_pretrained(where, num_labels=2, dtype=torch.float32).encoder
-            else:
-                model = transformers.AutoModel.from_pretrained(where, dtype=torch.float32)
-            extractor = transformers.AutoFeatureExtractor.from_pretrained(where)
+            model, extractor = pretrained(where)
         except (OSError, ValueError) as err:
             raise EncoderError(f"set={set_name!r}: transformers cannot load {where} ({err}); check the folder or the hub id.") from err
-        finally:
-            transformers.logging.set_verbosity(verbosity)
-            transformers.utils.logging.enable_progress_bar()
         model.requires_grad_(False)
         _MODELS[key] = (model.eval().to(on), extractor)
     return _MODELS[key]
+
+
+def pretrained(where: str | os.PathLike):
+    """A fresh ``(model, feature_extractor)`` of the encoder at ``where`` (a folder or hub id) in float32, in
+    eval mode as transformers loads it, every parameter trainable: Whisper's the encoder of ``WhisperForAudioClassification`` (it loads an encoder-only
+    checkpoint strictly; the classifier it adds is dropped), others ``AutoModel``'s. transformers' notes on
+    the dropped head and its progress bars are silenced for the load.
+
+    Raises:
+        OSError, ValueError: transformers cannot read the folder (callers name their own option in the message).
+    """
+    import torch
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialized: classifier..." is about the head we drop
+    transformers.utils.logging.disable_progress_bar()  # a bar per load; ens reports its own progress
+    try:
+        if transformers.AutoConfig.from_pretrained(where).model_type == "whisper":
+            model = transformers.WhisperForAudioClassification.from_pretrained(where, num_labels=2, dtype=torch.float32).encoder
+        else:
+            model = transformers.AutoModel.from_pretrained(where, dtype=torch.float32)
+        return model, transformers.AutoFeatureExtractor.from_pretrained(where)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.utils.logging.enable_progress_bar()
 
 
 def embed(waveforms, sample_rate: int, set_name: str, weights_dir: str | os.PathLike | None = None) -> np.ndarray:

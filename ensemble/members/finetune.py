@@ -71,23 +71,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..core import atomic, tasks
 from ..core.entry import Entry
-from ..core.errors import EnsError
+from ..core.errors import EnsError, Message, Param
 from ..core.recipe import Recipe
 from ..core.weights import weights_dir as find_weights
 from ..deploy.engines import OPSET, OUTPUT, SUFFIX, ExportError, runtime_module, sha1
 from ..inputs import audio
 from ..inputs.augment import SpecAugment, augment_waveform
 from ..store import runs
-from ..store.split import Split, check_fold
-from . import runtime
-from .checkpoint import Checkpoint
+from ..store.split import Split, check_fold, check_on_error
+from . import encoders, runtime
+from .checkpoint import Checkpoint, Selection
 from .image_fit import class_weights
 from .kind import Kind, Outcome, Session, Stage, timed
 from .pseudo import PseudoLabels
@@ -160,9 +159,8 @@ class FinetunedEncoder(nn.Module):
         super().__init__()
         config = encoder.config
         self.encoder, self.whisper, self.samples = encoder, whisper, samples
-        layers = config.encoder_layers if whisper else config.num_hidden_layers
-        width = config.d_model if whisper else config.hidden_size
-        self.layer_weights = nn.Parameter(torch.zeros(layers + 1))
+        states, width = encoders.dims(config)
+        self.layer_weights = nn.Parameter(torch.zeros(states))
         self.score = nn.Linear(width, 1) if pooling == "attention" else None
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(width, classes)
@@ -272,28 +270,16 @@ def pretrained(recipe: Recipe, entry: str, classes: int) -> tuple[FinetunedEncod
     Raises:
         FinetuneError: the entry names no encoder folder, or transformers cannot load it.
     """
-    import transformers
-
     model = Entry.parse(entry).model
     where = encoder_folder(recipe, model)
     if where is None:
         raise FinetuneError(f"backbones entry {entry!r}: no transformers encoder folder {model!r} in [paths].weights_dir; check the name.")
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "newly initialized: classifier..." is about the head dropped here
-    transformers.utils.logging.disable_progress_bar()  # a bar per load; the run prints its own lines
     try:
-        config = transformers.AutoConfig.from_pretrained(where)
-        whisper = config.model_type == "whisper"
-        if whisper:
-            encoder = transformers.WhisperForAudioClassification.from_pretrained(where, num_labels=2, dtype=torch.float32).encoder
-        else:
-            encoder = transformers.AutoModel.from_pretrained(where, dtype=torch.float32)
-        extractor = transformers.AutoFeatureExtractor.from_pretrained(where)
+        encoder, extractor = encoders.pretrained(where)
     except (OSError, ValueError) as err:
         raise FinetuneError(f"backbones entry {entry!r}: transformers cannot load {where} ({err}); check the folder.") from err
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        transformers.utils.logging.enable_progress_bar()
+    config = encoder.config
+    whisper = config.model_type == "whisper"
     rate = int(extractor.sampling_rate)
     samples = clip_samples(recipe, rate, whisper)
     if whisper:
@@ -365,18 +351,36 @@ class Clips(Split):
     rate: int = 16000
 
 
-def load_clips(recipe: Recipe, split: Split, rate: int, samples: int, progress: bool) -> Clips:
+def load_clips(recipe: Recipe, split: Split, rate: int, samples: int, progress: bool, on_error: str = "fail") -> Clips:
     """The clips of ``split`` read at ``rate`` Hz, trimmed at ``[features].trim_db`` and fitted to ``samples`` (:func:`fit`).
 
+    With ``on_error="skip"`` a clip that cannot be read is left out as the image kind leaves it out
+    (:meth:`ensemble.store.split.Split.skipping`: a training row dropped, a test clip predicted as the
+    training prior), so the kind trains on a corpus with bad files whether or not another kind read it first.
+
     Raises:
-        AudioError: a clip cannot be read (the image kind's ``on_error="skip"`` list, ``skipped.csv``, is honoured: those rows are not in ``split``).
+        AudioError: with ``on_error="fail"``, clips that cannot be read, every one listed with its problem.
+        CompetitionError: with ``skip``, no training clip or an empty fold would be left (:meth:`Split.without`).
+        OptionError: ``on_error`` is not ``fail`` or ``skip``.
     """
-    comp, trim = split.competition, recipe.features.trim_db
+    check_on_error(on_error)
+    comp, trim, n = split.competition, recipe.features.trim_db, len(split.competition.train)
     paths = comp.audio_paths(comp.train) + comp.audio_paths(comp.test)
     bar = tqdm(paths, desc=f"read clips at {rate} Hz", unit="clip", leave=False, disable=None if progress else True)
-    waves = [fit(audio.load_trimmed(p, rate, trim)[0], samples) for p in bar]
-    n = len(comp.train)
-    return Clips(split.competition, split.folds, split.skipped, train=waves[:n], test=waves[n:], rate=rate)
+    waves, failed = [], {}
+    for i, path in enumerate(bar):
+        try:
+            waves.append(fit(audio.load_trimmed(path, rate, trim)[0], samples))
+        except audio.AudioError as err:
+            failed["train" if i < n else "test", i if i < n else i - n] = (path, str(err))
+            waves.append(np.zeros(samples, dtype=np.float32))  # a skipped test clip's rows become the prior
+    if failed and on_error == "fail":
+        fix = Message("fix or remove these files, or pass ", Param("on_error", "skip"))
+        raise audio.AudioError(audio.error_list(dict(failed.values()), fix))
+    bad = {row for table, row in failed if table == "train"}
+    kept = split.skipping(failed) if failed else split
+    train = [w for row, w in enumerate(waves[:n]) if row not in bad]
+    return Clips(kept.competition, kept.folds, kept.skipped, train=train, test=waves[n:], rate=rate)
 
 
 # ---------------------------------------------------------------- one run
@@ -432,11 +436,7 @@ class _Run:
     batch_size: int
     steps: int
     updates: int
-    log: list = dataclasses.field(default_factory=list)
-    best_epoch: int = 0
-    best_score: float = -np.inf
-    best_proba: np.ndarray | None = None
-    stale: int = 0
+    selection: Selection = dataclasses.field(default_factory=Selection)
     start: int = 0
 
 
@@ -505,8 +505,8 @@ def _step(run: _Run, rows: np.ndarray, copies: np.ndarray | None) -> torch.Tenso
     return loss.detach()
 
 
-def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict]:
-    """Train one epoch and validate on the fold; returns the log row and the scores."""
+def _epoch(run: _Run, epoch: int, progress: bool) -> dict:
+    """Train one epoch, validate on the fold, record it in the selection; returns its scores."""
     t, a, task = run.recipe.train, run.recipe.augment, run.clips.competition.task
     started = time.time()
     order = torch.randperm(len(run.pool), generator=run.generator).numpy()[: run.steps * run.batch_size].reshape(run.steps, run.batch_size)
@@ -536,35 +536,20 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict]:
         "train_seconds": round(train_seconds, 2),
         "seconds": round(time.time() - started, 2),
     }
-    improved = t.select == "last" or scores[t.metric] > run.best_score
-    run.stale = 0 if improved else run.stale + 1
-    if improved:
-        run.best_epoch, run.best_score, run.best_proba = epoch + 1, scores[t.metric], proba
-    row["selected"] = bool(improved)
-    run.log.append(row)
-    return row, scores
+    run.selection.record(t, row, scores, proba)
+    return scores
 
 
-def _save(run: _Run, out: Path, checkpoint: Checkpoint, epoch: int, improved: bool) -> None:
-    """``log.csv``, then ``checkpoint.pt``, then (a new best epoch) ``model.safetensors``, as an image run saves."""
-    atomic.write_csv(out / runs.LOG, pd.DataFrame(run.log))
-    checkpoint.save(
-        {
-            "epoch": epoch + 1,
-            "model": run.net.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict(),
-            "rng": runtime.rng_state(run.generator, None),
-            "log": run.log,
-            "best_epoch": run.best_epoch,
-            "best_score": run.best_score,
-            "best_proba": run.best_proba,
-            "stale": run.stale,
-        }
-    )
-    if improved:
-        checkpoint.save_best(run.net.state_dict(), run.best_epoch)
+def _state(run: _Run, epoch: int) -> dict:
+    """What ``checkpoint.pt`` holds after ``epoch`` (0-based) besides the selection: weights, optimiser, schedule, scaler, random states."""
+    return {
+        "epoch": epoch + 1,
+        "model": run.net.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": runtime.rng_state(run.generator, None),
+    }
 
 
 def _resume(run: _Run, state: dict, checkpoint: Checkpoint) -> None:
@@ -574,8 +559,7 @@ def _resume(run: _Run, state: dict, checkpoint: Checkpoint) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     runtime.set_rng_state(state["rng"], run.generator, None)
-    run.log, run.best_score, run.best_proba, run.stale, run.start = (state[k] for k in ("log", "best_score", "best_proba", "stale", "epoch"))
-    run.best_epoch = checkpoint.restore_best(state, run.net)
+    run.selection, run.start = checkpoint.resumed(state, run.net), state["epoch"]
 
 
 def train_fold(
@@ -609,22 +593,20 @@ def train_fold(
         if state is not None:
             _resume(run, state, checkpoint)
         for epoch in range(run.start, t.epochs):
-            if t.patience and run.stale >= t.patience:
+            if run.selection.stops(t):
+                if progress:
+                    tqdm.write(f"{entry} fold {fold}: early stop, no {t.metric} gain in {t.patience} epochs")
                 break
-            row, scores = _epoch(run, epoch, progress)
-            _save(run, out, checkpoint, epoch, row["selected"])
+            scores = _epoch(run, epoch, progress)
+            checkpoint.save_epoch(run.selection, _state(run, epoch), run.net)
             if progress:
-                shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
-                tqdm.write(
-                    f"{entry} fold {fold} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
-                    f"{shown}  {row['seconds']:.1f} s{'  *' if row['selected'] else ''}"
-                )
+                tqdm.write(run.selection.line(f"{entry} fold {fold}", t.epochs, scores))
         run.net.load_state_dict(checkpoint.best_weights())
         ids = clips.competition.train[clips.competition.config.id_col].to_numpy()
-        atomic.write_csv(out / runs.OOF, runs.proba_frame(ids[run.valid_idx], run.best_proba, classes, fold=fold))
+        atomic.write_csv(out / runs.OOF, runs.proba_frame(ids[run.valid_idx], run.selection.best_proba, classes, fold=fold))
         test = clips.fill_skipped(_predict(run.net, run.spec, run.extractor, clips.test, run.device, task.activation, run.precision))
         atomic.write_csv(out / runs.TEST, runs.proba_frame(clips.competition.test[clips.competition.config.id_col].to_numpy(), test, classes))
-    report = {**task.report(clips.y[run.valid_idx], run.best_proba, classes), "backbone": entry, "fold": fold, "epoch": run.best_epoch}
+    report = {**task.report(clips.y[run.valid_idx], run.selection.best_proba, classes), "backbone": entry, "fold": fold, "epoch": run.selection.best_epoch}
     report.update(
         {"device": str(run.device), "encoder": run.spec.config["model_type"], "trainable": sum(p.numel() for p in run.net.parameters() if p.requires_grad)}
     )
@@ -717,7 +699,11 @@ class FinetuneKind(Kind):
         samples = clip_samples(recipe, rate, whisper)
         key = ("finetune", rate, recipe.features.trim_db, samples)
         if key not in session.loaded:
-            session.loaded[key] = load_clips(recipe, session.split(), rate, samples, session.progress)
+            base = session.split()
+            loaded = load_clips(recipe, base, rate, samples, session.progress, session.on_error)
+            if len(loaded.skipped) > len(base.skipped):  # clips this kind skipped: the blend leaves them out too
+                session.record_skipped(loaded)
+            session.loaded[key] = loaded
         return session.loaded[key]
 
     def train(self, session: Session, entries: list[str]) -> Iterator[Outcome]:

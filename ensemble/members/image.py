@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..core import atomic, tasks
+from ..core import tasks
 from ..core.entry import Entry
 from ..core.errors import EnsError
 from ..core.recipe import Recipe
@@ -50,12 +50,7 @@ class ImageMemberError(EnsError, ValueError):
 def _record(session: Session, data: Data) -> None:
     """Write what loading found: ``skipped.csv`` in the run store (or remove a stale one) and the test
     speakers next to the competition, each also told to the grid's listener."""
-    skipped = runs.root(session.recipe) / runs.SKIPPED
-    if len(data.skipped):
-        atomic.write_csv(skipped, data.skipped)
-        session.event("skipped", skipped)
-    else:  # a list from an earlier run with clips that load now would drop them from the blend
-        skipped.unlink(missing_ok=True)
+    session.record_skipped(data)
     if data.test_speakers is not None:
         speaker_groups.write(data.competition, data.test_speakers)
         session.event("speakers", data.test_speakers.describe())

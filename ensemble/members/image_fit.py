@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from timm.optim import create_optimizer_v2
@@ -31,7 +30,7 @@ from ..speaker import speakers
 from ..store import runs
 from ..store.split import check_fold
 from . import models, runtime
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, Selection
 from .data import Data
 from .loop import Updater, ahead, predict, train_one_epoch
 from .pseudo import PseudoLabels
@@ -95,12 +94,7 @@ class _Run:
     updater: Updater
     y: torch.Tensor
     test_rows: np.ndarray | None
-    # the training state a checkpoint carries
-    log: list = field(default_factory=list)
-    best_epoch: int = 0
-    best_score: float = -np.inf
-    best_proba: np.ndarray | None = None
-    stale: int = 0
+    selection: Selection = field(default_factory=Selection)
     start: int = 0
 
     @property
@@ -179,16 +173,15 @@ def _resume(run: _Run, state: dict, checkpoint: Checkpoint) -> None:
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
     runtime.set_rng_state(state["rng"], run.generator, run.images)
-    run.log, run.best_score, run.best_proba, run.stale, run.start = (state[k] for k in ("log", "best_score", "best_proba", "stale", "epoch"))
-    run.best_epoch = checkpoint.restore_best(state, run.evaluated)
+    run.selection, run.start = checkpoint.resumed(state, run.evaluated), state["epoch"]
 
 
 def _show_loss(bar: tqdm, loss: float) -> None:
     bar.set_postfix(loss=f"{loss:.3f}")
 
 
-def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict]:
-    """Train one epoch, validate on the fold (with TTA), update the selection; returns the log row and the scores."""
+def _epoch(run: _Run, epoch: int, progress: bool) -> dict:
+    """Train one epoch, validate on the fold (with TTA), record it in the selection; returns its scores."""
     t, data = run.recipe.train, run.data
     cuda = run.device.type == "cuda"
     copies = 0 if data.x_aug is None else len(data.x_aug)
@@ -227,37 +220,21 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict, dict]:
         "train_img_per_s": round(run.updates_per_epoch * run.batch_size / train_seconds, 1),
         "seconds": round(time.time() - started, 2),
     }
-    improved = t.select == "last" or scores[t.metric] > run.best_score
-    run.stale = 0 if improved else run.stale + 1
-    if improved:
-        run.best_epoch, run.best_score, run.best_proba = epoch + 1, scores[t.metric], proba
-    row["selected"] = bool(improved)
-    run.log.append(row)
-    return row, scores
+    run.selection.record(t, row, scores, proba)
+    return scores
 
 
-def _save(run: _Run, out, checkpoint: Checkpoint, epoch: int, improved: bool) -> None:
-    """After an epoch: ``log.csv``, then ``checkpoint.pt``, then (when the epoch is the new best) ``model.safetensors``.
-    The checkpoint first: stopped before the weights are written, the run is resumed with them restored (:meth:`Checkpoint.restore_best`)."""
-    atomic.write_csv(out / runs.LOG, pd.DataFrame(run.log))
-    checkpoint.save(
-        {
-            "epoch": epoch + 1,
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": run.updater.scaler.state_dict(),
-            "ema": None if run.ema is None else run.ema.state_dict(),
-            "rng": runtime.rng_state(run.generator, run.images),
-            "log": run.log,
-            "best_epoch": run.best_epoch,
-            "best_score": run.best_score,
-            "best_proba": run.best_proba,
-            "stale": run.stale,
-        }
-    )
-    if improved:
-        checkpoint.save_best(run.evaluated.state_dict(), run.best_epoch)
+def _state(run: _Run, epoch: int) -> dict:
+    """What ``checkpoint.pt`` holds after ``epoch`` (0-based) besides the selection: the model, optimiser, schedule, scaler, EMA and every random state."""
+    return {
+        "epoch": epoch + 1,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.updater.scaler.state_dict(),
+        "ema": None if run.ema is None else run.ema.state_dict(),
+        "rng": runtime.rng_state(run.generator, run.images),
+    }
 
 
 def _finish(run: _Run, out, checkpoint: Checkpoint, pseudo: PseudoLabels | None) -> dict:
@@ -267,14 +244,14 @@ def _finish(run: _Run, out, checkpoint: Checkpoint, pseudo: PseudoLabels | None)
     run.model.load_state_dict(checkpoint.best_weights())
     train_ids = data.competition.train[data.competition.config.id_col].to_numpy()
     test_ids = data.competition.test[data.competition.config.id_col].to_numpy()
-    atomic.write_csv(out / runs.OOF, runs.proba_frame(train_ids[run.valid_idx], run.best_proba, classes, fold=run.fold))
+    atomic.write_csv(out / runs.OOF, runs.proba_frame(train_ids[run.valid_idx], run.selection.best_proba, classes, fold=run.fold))
     test_proba = data.fill_skipped(predict(run.model, data.x_test, run.device, task.activation, shifts=t.tta_shifts, precision=run.precision))
     atomic.write_csv(out / runs.TEST, runs.proba_frame(test_ids, test_proba, classes))
     report = {
-        **task.report(data.y[run.valid_idx], run.best_proba, classes),
+        **task.report(data.y[run.valid_idx], run.selection.best_proba, classes),
         "backbone": run.entry,
         "fold": run.fold,
-        "epoch": run.best_epoch,
+        "epoch": run.selection.best_epoch,
         "device": str(run.device),
     }
     if pseudo is not None:
@@ -348,16 +325,12 @@ def train_fold(
         if state is not None:
             _resume(run, state, checkpoint)
         for epoch in range(run.start, t.epochs):
-            if t.patience and run.stale >= t.patience:
+            if run.selection.stops(t):
                 if progress:
                     tqdm.write(f"{run.desc}: early stop, no {t.metric} gain in {t.patience} epochs")
                 break
-            row, scores = _epoch(run, epoch, progress)
-            _save(run, out, checkpoint, epoch, row["selected"])
+            scores = _epoch(run, epoch, progress)
+            checkpoint.save_epoch(run.selection, _state(run, epoch), run.evaluated)
             if progress:
-                shown = "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if k != "log_loss")
-                tqdm.write(
-                    f"{run.desc} epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.3f}  valid loss {scores['log_loss']:.3f}  "
-                    f"{shown}  {row['seconds']:.1f} s{'  *' if row['selected'] else ''}"
-                )
+                tqdm.write(run.selection.line(run.desc, t.epochs, scores))
         return _finish(run, out, checkpoint, pseudo)

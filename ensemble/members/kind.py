@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from ..core import atomic
 from ..core.entry import Entry
 from ..core.recipe import Recipe
 from ..store import runs
@@ -117,6 +118,17 @@ class Session:
         """Tell the grid's listener, if there is one."""
         if self.on_event is not None:
             self.on_event(kind, value)
+
+    def record_skipped(self, split: Split) -> None:
+        """Write the clips ``split`` (a kind's freshly loaded data) skipped to the run store's ``skipped.csv``
+        and tell the listener; with none, remove a stale list (one from an earlier run, with clips that load
+        now, would drop them from the blend)."""
+        path = runs.root(self.recipe) / runs.SKIPPED
+        if len(split.skipped):
+            atomic.write_csv(path, split.skipped)
+            self.event("skipped", path)
+        else:
+            path.unlink(missing_ok=True)
 
     def split(self) -> Split:
         """The split labels and tables use: a kind's loaded data when there is some, else the competition's tables."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,29 @@ class Split:
             )
         kept = dataclasses.replace(comp, train=comp.train.iloc[keep].reset_index(drop=True))
         return Split(kept, folds, skipped.reset_index(drop=True))
+
+    def skipping(self, failed: dict[tuple[str, int], tuple[str, str]]) -> Split:
+        """This split without the clips of ``failed`` (``("train" or "test", row)`` -> ``(path, problem)``,
+        rows of this split's tables), recorded beside those it had skipped, with a :class:`SkippedClipsWarning`
+        (``on_error="skip"``: each kind that reads audio skips what it cannot read this way).
+
+        Raises:
+            CompetitionError: see :meth:`without`.
+        """
+        comp, id_col = self.competition, self.competition.config.id_col
+        rows = [
+            {"table": table, "id": (comp.train if table == "train" else comp.test)[id_col].iloc[row], "path": str(path), "error": error}
+            for (table, row), (path, error) in sorted(failed.items(), key=lambda item: (item[0][0] != "train", item[0][1]))
+        ]  # training rows first, as skipped.csv lists them
+        new = pd.DataFrame(rows, columns=runs.SKIPPED_COLUMNS)
+        skipped = pd.concat([self.skipped, new], ignore_index=True) if len(self.skipped) else new
+        n_train = sum(table == "train" for table, _ in failed)
+        warnings.warn(
+            f"skipped {n_train} training and {len(failed) - n_train} test clip(s) that cannot be loaded; the test clips are predicted as the training prior.",
+            SkippedClipsWarning,
+            stacklevel=3,
+        )
+        return self.without(skipped)
 
 
 def load_split(recipe: Recipe) -> Split:

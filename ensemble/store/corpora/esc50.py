@@ -36,10 +36,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -50,6 +46,7 @@ from ...core.errors import EnsError, Param
 from ...core.recipe import CompetitionConfig, FoldsConfig
 from .. import competition
 from ..competition import FOLDS, SAMPLE, SOLUTION, TEST, TRAIN
+from . import fetch
 
 GITHUB_URL = "https://github.com/karolpiczak/ESC-50/archive/refs/heads/master.zip"
 """The official repository's archive (about 600 MB: 44.1 kHz WAV, ``ESC-50-master/meta``, ``/audio``)."""
@@ -139,16 +136,6 @@ def _audio_file(folder: Path, name: str) -> Path | None:
     return next((p for p in (folder / (Path(name).stem + s) for s in AUDIO_SUFFIXES) if p.is_file()), None)
 
 
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (same file system) or copy it."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def build(source: str | os.PathLike, out: str | os.PathLike, test_fold: int | None = None, seed: int = 42) -> dict[str, pd.DataFrame]:
     """Write a competition folder from the ESC-50 folder ``source`` (official layout, :func:`read_meta`).
 
@@ -184,7 +171,7 @@ def build(source: str | os.PathLike, out: str | os.PathLike, test_fold: int | No
     kept = sorted(set(train_rows["fold"]))
     fold_table = pd.DataFrame({"id": train_rows["id"], "fold": train_rows["fold"].map(kept.index)})
     for src, rel in zip(train_rows["src"], train_rows["path"]):
-        _place(src, out / rel)
+        fetch.place(src, out / rel)
     classes = sorted(meta["category"].unique())
     columns = ["id", "path", "label", "group", "esc50_fold", "target", "esc10", "src_file", "take"]
     tables = {TRAIN: train_rows[columns]}
@@ -199,7 +186,7 @@ def build(source: str | os.PathLike, out: str | os.PathLike, test_fold: int | No
         test_rows["id"] = [f"test_{i:04d}" for i in range(len(test_rows))]
         test_rows["path"] = "test/" + test_rows["id"] + test_rows["src"].map(lambda p: p.suffix.lower())
         for src, rel in zip(test_rows["src"], test_rows["path"]):
-            _place(src, out / rel)
+            fetch.place(src, out / rel)
         tables[TEST] = test_rows[["id", "path"]]
         tables[SOLUTION] = test_rows.rename(columns={"category": "label", "fold": "esc50_fold"})[["id", "label", "esc50_fold", "esc10"]]
     tables[SAMPLE] = pd.DataFrame({"id": tables[TEST]["id"], "label": classes[0]})
@@ -245,18 +232,7 @@ def download(dest: str | os.PathLike, url: str = GITHUB_URL, timeout: float = 30
             to pass ``--source`` with a local copy instead), or it is not the ESC-50 archive.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        archive = Path(tmp) / "esc50.zip"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as fh:
-                shutil.copyfileobj(response, fh)
-        except (urllib.error.URLError, OSError) as err:
-            raise Esc50Error(
-                f"could not download ESC-50 from {url} ({err}); this machine may be offline. Pass ",
-                Param("source", shown="DIR"),
-                " with a local copy (the folder holding meta/esc50.csv and audio/).",
-            ) from err
+    with fetch.fetched(url, dest, "ESC-50", "the folder holding meta/esc50.csv and audio/", Esc50Error, timeout) as archive:
         return extract(archive, dest)
 
 

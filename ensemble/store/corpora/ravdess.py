@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -24,6 +20,7 @@ from ...core.errors import EnsError, Param
 from ...core.recipe import CompetitionConfig, FoldsConfig
 from .. import competition
 from ..competition import SAMPLE, SOLUTION, TEST, TRAIN
+from . import fetch
 
 EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fearful", 7: "disgust", 8: "surprised"}
 CLASSES = list(EMOTIONS.values())
@@ -117,17 +114,6 @@ def find_clips(source: str | os.PathLike) -> list[Path]:
     return clips
 
 
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (same file system) or copy it."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def build(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -181,7 +167,7 @@ def build(
 
     for frame in (train_rows, test_rows):
         for src, rel in zip(frame["src"], frame["path"]):
-            _place(src, out / rel)
+            fetch.place(src, out / rel)
 
     fields = ["emotion", "intensity", "statement", "repetition", "actor", "gender", "vocal_channel"]
     tables = {
@@ -206,18 +192,7 @@ def download(dest: str | os.PathLike, url: str = ZENODO_SPEECH_URL, timeout: flo
             says to pass ``--source`` with a local copy instead.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        archive = Path(tmp) / "ravdess.zip"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as fh:
-                shutil.copyfileobj(response, fh)
-        except (urllib.error.URLError, OSError) as err:
-            raise RavdessError(
-                f"could not download RAVDESS from {url} ({err}); this machine may be offline. Pass ",
-                Param("source", shown="DIR"),
-                " with a local copy of the speech set (the folder holding Actor_01 ... Actor_24).",
-            ) from err
+    with fetch.fetched(url, dest, "RAVDESS", "the speech set: the folder holding Actor_01 ... Actor_24", RavdessError, timeout) as archive:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(dest)
     return dest
