@@ -128,13 +128,14 @@ class Split:
         ]  # training rows first, as skipped.csv lists them
         new = pd.DataFrame(rows, columns=runs.SKIPPED_COLUMNS)
         skipped = pd.concat([self.skipped, new], ignore_index=True) if len(self.skipped) else new
+        kept = self.without(skipped)  # refused before any warning when nothing, or an empty fold, would be left
         n_train = sum(table == "train" for table, _ in failed)
         warnings.warn(
             f"skipped {n_train} training and {len(failed) - n_train} test clip(s) that cannot be loaded; the test clips are predicted as the training prior.",
             SkippedClipsWarning,
             stacklevel=3,
         )
-        return self.without(skipped)
+        return kept
 
 
 def load_split(recipe: Recipe) -> Split:
