@@ -795,6 +795,12 @@ class Budget:
     margin_s: float
     cores: int
 
+    @classmethod
+    def of(cls, clips: int, minutes: float, install_s: float, fixed_s: float, sample: int, predict_s: float) -> Budget:
+        """The budget of ``clips`` files in ``minutes`` from a measure (seconds, see the attributes) on this machine."""
+        estimate = install_s + fixed_s + clips * predict_s / sample
+        return cls(clips, minutes, install_s, fixed_s, sample, predict_s, estimate, estimate <= minutes * 60, minutes * 60 - estimate, os.cpu_count() or 0)
+
     @property
     def clips_per_s(self) -> float:
         """Files predicted per second once warm."""
@@ -844,19 +850,7 @@ def measure_budget(folder: str | os.PathLike, audio: list[str | os.PathLike], cl
         _run([str(python), str(folder / SCRIPT), "--no-install", *files, "--out", str(Path(scratch) / "sub.csv"), "--timing", str(timing_path)], "predicting")
         wall = time.monotonic() - started
         timing = json.loads(timing_path.read_text())
-    estimate = install_s + (wall - timing["predict_s"]) + clips * timing["predict_s"] / len(files)
-    return Budget(
-        clips,
-        minutes,
-        install_s,
-        wall - timing["predict_s"],
-        len(files),
-        timing["predict_s"],
-        estimate,
-        estimate <= minutes * 60,
-        minutes * 60 - estimate,
-        os.cpu_count() or 0,
-    )
+    return Budget.of(clips, minutes, install_s, wall - timing["predict_s"], len(files), timing["predict_s"])
 
 
 def _run(command: list[str], what: str) -> None:
