@@ -22,9 +22,10 @@ blend's cross-validated OOF).
 Finished runs of the same configuration are kept, as ``ens train`` keeps them (``--force`` trains them
 again), so a second call only scores and blends.
 
-    python benchmarks/finetune.py [--folds 0,1,2,3,4] [--epochs 3] [--lr 1e-3] [--train-layers 2] [--force]
+    python benchmarks/finetune.py [--folds 0,1,2,3,4] [--epochs 3] [--lr 1e-3] [--train-layers 2] [--force] [--tag e6]
 
-Prints and saves ``benchmarks/results/finetune.{md,json}``.
+Prints and saves ``benchmarks/results/finetune.{md,json}`` (with ``--tag T``: ``finetune_T``, its runs in the
+recipe ``finetune_cpu_T``, so another schedule keeps the first one's runs).
 """
 
 from __future__ import annotations
@@ -99,12 +100,13 @@ def main() -> None:
     parser.add_argument("--layer-decay", type=float, default=0.4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="train finished runs again")
+    parser.add_argument("--tag", default="", help="another schedule's runs and output: recipe finetune_cpu_<tag>, results/finetune_<tag>.{md,json}")
     args = parser.parse_args()
     folds = [int(k) for k in args.folds.split(",")]
     torch.set_num_threads(args.threads)  # this script owns its process
     cpu = machine("cpu")  # the load average before this benchmark's own work
     settings = {
-        "name": "finetune_cpu",
+        "name": "finetune_cpu" + (f"_{args.tag}" if args.tag else ""),
         "runtime": {"threads": args.threads},
         "train": {"epochs": args.epochs, "batch_size": 16, "lr": args.lr, "layer_decay": args.layer_decay, "warmup_epochs": 0.5},
         "augment": {"copies": 0},
@@ -151,10 +153,11 @@ def main() -> None:
     )
     text = head + "\n\n" + markdown_table(frame, digits=4)
     print(text)
-    atomic.write_text(OUT / "finetune.md", text + "\n")
+    stem = "finetune" + (f"_{args.tag}" if args.tag else "")
+    atomic.write_text(OUT / f"{stem}.md", text + "\n")
     result = {"commit": commit(), "machine": cpu, "args": vars(args), "rows": rows, "plan": [s.__dict__ for s in stages]}
     result["logs"] = [log.to_dict("list") for log in logs]
-    atomic.write_text(OUT / "finetune.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic.write_text(OUT / f"{stem}.json", json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
