@@ -69,7 +69,8 @@ TABLES = (
     Table("audioset", ("benchmarks/audioset_members.py", "--fine-tune", "--backbones", "efficientat_mn04,yamnet", "--norms", "clip,speaker"), 2.0),
     Table("inferred_speakers", ("benchmarks/inferred_speakers.py",), 0.1),
     Table("encoder_members", ("benchmarks/encoder_members.py",), 0.7),
-    Table("finetune", ("benchmarks/finetune.py",), 1.5),
+    Table("finetune", ("benchmarks/finetune.py",), 0.5),
+    Table("finetune_e6", ("benchmarks/finetune.py", "--epochs", "6", "--tag", "e6"), 0.8),
     Table("default_choice", ("benchmarks/default_choice.py",), 0.6),
     Table("main_job", ("benchmarks/main_job.py", "--keep"), 1.0),
     Table(

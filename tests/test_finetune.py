@@ -281,3 +281,12 @@ def test_unreadable_clips_stop_the_run_or_are_skipped_when_no_other_kind_read_th
     classes = r.competition.classes
     np.testing.assert_allclose(test.loc[bad["test"], classes].to_numpy(dtype=float), split.prior)
     assert not np.allclose(test.drop(index=bad["test"])[classes].to_numpy(dtype=float), split.prior)
+    # the training clip repaired: the next run reads it again (the earlier list does not keep it out) and lists the test clip alone
+    shutil.copy(ravdess_clip(1, 5), tmp_path / "notes.wav")
+    cli_ok([*args, "--on-error", "skip", "--force"])
+    skipped = pd.read_csv(tmp_path / "runs" / "tiny" / runs.SKIPPED, dtype=str)
+    assert skipped[["table", "id"]].values.tolist() == [["test", bad["test"]]]
+    again = split_mod.load_split(r)
+    assert bad["train"] in set(again.competition.train["id"]) and len(again.competition.train) == len(split.competition.train) + 1
+    oof = pd.read_csv(run / runs.OOF, dtype={"id": str})
+    assert sorted(oof["id"]) == sorted(again.folds.loc[again.folds["fold"] == 0, "id"])

@@ -84,7 +84,7 @@ from ..deploy.engines import OPSET, OUTPUT, SUFFIX, ExportError, runtime_module,
 from ..inputs import audio
 from ..inputs.augment import SpecAugment, augment_waveform
 from ..store import runs
-from ..store.split import Split, check_fold, check_on_error
+from ..store.split import Split, check_fold, check_on_error, load_split
 from . import encoders, runtime
 from .checkpoint import Checkpoint, Selection
 from .image_fit import class_weights
@@ -699,9 +699,10 @@ class FinetuneKind(Kind):
         samples = clip_samples(recipe, rate, whisper)
         key = ("finetune", rate, recipe.features.trim_db, samples)
         if key not in session.loaded:
-            base = session.split()
+            first = not session.loaded  # else another kind read the corpus first and recorded what it skipped
+            base = load_split(session.recipe, skipped=False) if first else session.split()
             loaded = load_clips(recipe, base, rate, samples, session.progress, session.on_error)
-            if len(loaded.skipped) > len(base.skipped):  # clips this kind skipped: the blend leaves them out too
+            if first:  # what this kind skips now, the blend leaves out too (an earlier run's stale list goes)
                 session.record_skipped(loaded)
             session.loaded[key] = loaded
         return session.loaded[key]

@@ -138,10 +138,11 @@ class Split:
         return kept
 
 
-def load_split(recipe: Recipe) -> Split:
+def load_split(recipe: Recipe, skipped: bool = True) -> Split:
     """The competition, its folds and the clips the recipe's training skipped (``skipped.csv`` in its
-    run store): what blending needs. Reads tables only (no audio, no feature cache), except where the
-    training speakers are to be inferred and ``train_speakers.csv`` is not written yet
+    run store; with ``skipped=False`` every clip, for a kind that reads the audio and finds them itself):
+    what blending needs. Reads tables only (no audio, no feature cache), except where the training speakers
+    are to be inferred and ``train_speakers.csv`` is not written yet
     (:func:`ensemble.speaker.speaker_groups.with_train_speakers`; ``ens train`` writes it first).
 
     Raises:
@@ -150,5 +151,5 @@ def load_split(recipe: Recipe) -> Split:
     """
     competition = speaker_groups.load_competition(recipe)
     split = Split(competition, comp_mod.folds(competition, recipe.folds))
-    skipped = runs.read_skipped(recipe)
-    return split.without(skipped) if len(skipped) else split
+    listed = runs.read_skipped(recipe) if skipped else []
+    return split.without(listed) if len(listed) else split
