@@ -91,6 +91,16 @@ def sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
+def graph_runs(member: runs.Member) -> list[dict]:
+    """The manifest's record of the runs a member's graph holds: each seed's folds in order, with the
+    path and SHA-1 of its ``model.safetensors`` (:meth:`Exported.graph` checks them when the graph is loaded)."""
+    return [
+        {"entry": name, "fold": fold, "weights": str(run / runs.MODEL), "sha1": sha1(run / runs.MODEL)}
+        for name in member.entries
+        for fold, run in enumerate(member.runs(name))
+    ]
+
+
 class MemberGraph(nn.Module):
     """A member's models as one graph: images ``(batch, channels, height, frames)`` -> the mean over
     ``models`` (its fold models of every seed, eval mode) of ``activation`` of their logits,
@@ -159,16 +169,21 @@ class ExportedModel(nn.Module):
         return torch.from_numpy(self.infer(np.ascontiguousarray(x.detach().float().cpu().numpy())))
 
 
-def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    """An ONNX Runtime CPU session of ``path`` as a function ``images -> proba``: ``threads``
-    intra-op threads (0: ONNX Runtime's default, one per physical core), idle threads not spinning
-    (the sessions of an ensemble take turns; spinning threads of one would slow the next)."""
+def onnx_session(path: Path, threads: int):
+    """An ONNX Runtime CPU ``InferenceSession`` of ``path``: ``threads`` intra-op threads (0: ONNX Runtime's
+    default, one per physical core), idle threads not spinning (the sessions of an ensemble take turns;
+    spinning threads of one would slow the next). Every kind's exported graph runs in one of these."""
     ort = runtime_module("onnx")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """An image graph's :func:`onnx_session` as a function ``images -> proba``."""
+    session = onnx_session(path, threads)
     return lambda x: session.run([OUTPUT], {INPUT: x})[0]
 
 
@@ -222,8 +237,8 @@ class Exported:
         if self.manifest.get("format") != fmt:
             raise ExportError(f"{path} is an export of format {self.manifest.get('format')!r}, not {fmt!r}; give the {fmt} export's folder.")
 
-    def member(self, name: str, trained: list[tuple[str, int, Path]]) -> ExportedModel:
-        """The graph of member ``name``, loaded in the runtime.
+    def graph(self, name: str, kind: str, trained: list[tuple[str, int, Path]]) -> Path:
+        """The graph file of member ``name`` of ``kind`` (``image``, ``finetune``), checked against its runs.
 
         Args:
             trained: the member's runs as the ensemble loads them: ``(entry, fold, run folder)`` of
@@ -234,7 +249,7 @@ class Exported:
                 run's ``model.safetensors`` is not the one exported (retrained since): re-run ``ens export``.
         """
         fix = f"re-run `ens export --format {self.fmt}`"
-        found = [m for m in self.manifest["members"] if m["name"] == name and m["kind"] == "image"]
+        found = [m for m in self.manifest["members"] if m["name"] == name and m["kind"] == kind]
         if not found:
             raise ExportError(f"{self.folder / MANIFEST} has no graph of member {name!r}, which the ensemble uses; {fix}.")
         path = self.folder / found[0]["file"]
@@ -244,4 +259,13 @@ class Exported:
         for (_, _, run), exported in zip(trained, found[0]["runs"]):
             if sha1(run / runs.MODEL) != exported["sha1"]:
                 raise ExportError(f"{path} was exported from other weights than {run / runs.MODEL} (retrained since); {fix}.")
+        return path
+
+    def member(self, name: str, trained: list[tuple[str, int, Path]]) -> ExportedModel:
+        """The image graph of member ``name``, loaded in the runtime (:meth:`graph` checks it).
+
+        Raises:
+            ExportError: see :meth:`graph`.
+        """
+        path = self.graph(name, "image", trained)
         return ExportedModel(RUNNERS[self.fmt](path, self.threads), path)

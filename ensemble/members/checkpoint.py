@@ -46,15 +46,17 @@ class Selection:
     KEYS = ("log", "best_epoch", "best_score", "best_proba", "stale")
     """Its entries in ``checkpoint.pt``."""
 
-    def record(self, train: TrainConfig, row: dict, scores: dict, proba: np.ndarray) -> bool:
-        """Log epoch ``row["epoch"]`` (1-based) with its fold ``scores`` and ``proba``: kept when ``[train].select``
-        is ``last`` or its ``[train].metric`` beats the best so far (``row["selected"]``). Returns whether it was kept."""
+    def record(self, train: TrainConfig, epoch: int, train_loss: float, scores: dict, proba: np.ndarray, lr: float, timing: dict) -> bool:
+        """Log epoch ``epoch`` (1-based) with its fold ``scores`` and ``proba``: its ``log.csv`` row is ``epoch``,
+        ``train_loss``, ``valid_<score>`` for each score, ``lr``, then ``timing`` (e.g. ``seconds``), then ``selected``.
+        The epoch is kept when ``[train].select`` is ``last`` or its ``[train].metric`` beats the best so far.
+        Returns whether it was kept."""
         kept = train.select == "last" or scores[train.metric] > self.best_score
         self.stale = 0 if kept else self.stale + 1
         if kept:
-            self.best_epoch, self.best_score, self.best_proba = row["epoch"], scores[train.metric], proba
-        row["selected"] = bool(kept)
-        self.log.append(row)
+            self.best_epoch, self.best_score, self.best_proba = epoch, scores[train.metric], proba
+        row = {"epoch": epoch, "train_loss": train_loss, **{f"valid_{k}": v for k, v in scores.items()}, "lr": lr, **timing}
+        self.log.append({**row, "selected": bool(kept)})
         return kept
 
     def stops(self, train: TrainConfig) -> bool:

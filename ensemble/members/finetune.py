@@ -80,7 +80,7 @@ from ..core.entry import Entry
 from ..core.errors import EnsError, Message, Param
 from ..core.recipe import Recipe
 from ..core.weights import weights_dir as find_weights
-from ..deploy.engines import OPSET, OUTPUT, SUFFIX, ExportError, runtime_module, sha1
+from ..deploy.engines import OPSET, OUTPUT, SUFFIX, graph_runs, onnx_session, runtime_module
 from ..inputs import audio
 from ..inputs.augment import SpecAugment, augment_waveform
 from ..store import runs
@@ -528,15 +528,8 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> dict:
     valid = [run.clips.train[i] for i in run.valid_idx]
     proba = _predict(run.net, run.spec, run.extractor, valid, run.device, task.activation, run.precision)
     scores = task.scores(run.clips.y[run.valid_idx], proba)
-    row = {
-        "epoch": epoch + 1,
-        "train_loss": torch.stack(losses).mean().item(),
-        **{f"valid_{k}": v for k, v in scores.items()},
-        "lr": run.optimizer.param_groups[-1]["lr"],
-        "train_seconds": round(train_seconds, 2),
-        "seconds": round(time.time() - started, 2),
-    }
-    run.selection.record(t, row, scores, proba)
+    timing = {"train_seconds": round(train_seconds, 2), "seconds": round(time.time() - started, 2)}
+    run.selection.record(t, epoch + 1, torch.stack(losses).mean().item(), scores, proba, run.optimizer.param_groups[-1]["lr"], timing)
     return scores
 
 
@@ -666,12 +659,10 @@ class FinetunedMember:
 
 
 def _runner(fmt: str, path: Path, threads: int) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
-    """The exported graph at ``path`` in ONNX Runtime or OpenVINO (CPU, float32) as ``(features, lengths) -> proba``."""
+    """The exported graph at ``path`` in ONNX Runtime (:func:`ensemble.deploy.engines.onnx_session`) or OpenVINO
+    (CPU, float32) as ``(features, lengths) -> proba``."""
     if fmt == "onnx":
-        ort = runtime_module("onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(path, threads)
         return lambda x, n: session.run([OUTPUT], {INPUTS[0]: x.numpy(), INPUTS[1]: n.numpy()})[0]
     ov = runtime_module("openvino")
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
@@ -764,7 +755,7 @@ class FinetuneKind(Kind):
             raise FinetuneError(f"{run / ENCODER} cannot be read ({err}); {member.fix(entry, fold)}.") from err
         made_with = dataclasses.replace(made_with, features=dataclasses.replace(made_with.features, sample_rate=spec.rate))
         if exported is not None:
-            return FinetunedMember(made_with, [self._exported(exported, member.name, trained)], spec, device, None)
+            return FinetunedMember(made_with, [_runner(exported.fmt, exported.graph(member.name, self.name, trained), exported.threads)], spec, device, None)
         models = []
         for entry, fold, run in trained:
             net = spec.build()
@@ -774,20 +765,6 @@ class FinetuneKind(Kind):
                 raise FinetuneError(f"{run / runs.MODEL} does not load into {entry}'s encoder ({str(err)[:200]}); {member.fix(entry, fold)}.") from err
             models.append(net.to(device).eval())
         return FinetunedMember(made_with, models, spec, device, tasks.get(recipe.competition.task).activation)
-
-    def _exported(self, exported, name: str, trained) -> Callable:
-        """The member's graph in ``exported`` (an :class:`ensemble.deploy.engines.Exported`), checked against its runs' weights."""
-        fix = f"re-run `ens export --format {exported.fmt}`"
-        found = [m for m in exported.manifest["members"] if m["name"] == name and m["kind"] == self.name]
-        if not found:
-            raise ExportError(f"{exported.folder} has no graph of member {name!r}, which the ensemble uses; {fix}.")
-        path = exported.folder / found[0]["file"]
-        held = [(r["entry"], r["fold"]) for r in found[0]["runs"]]
-        if held != [(entry, fold) for entry, fold, _ in trained] or any(
-            sha1(run / runs.MODEL) != r["sha1"] for (_, _, run), r in zip(trained, found[0]["runs"])
-        ):
-            raise ExportError(f"{path} was exported from other runs or weights than the ensemble's; {fix}.")
-        return _runner(exported.fmt, path, exported.threads)
 
     def export(self, loaded: FinetunedMember, member: runs.Member, out: Path, fmt: str, on_model) -> dict:
         """One graph of the member's fold models (:class:`FoldsGraph`) with inputs :data:`INPUTS`, saved as
@@ -801,13 +778,8 @@ class FinetuneKind(Kind):
         _save_graph(graph, example, path, fmt)
         if on_model is not None:
             on_model(path)
-        runs_ = [
-            {"entry": name, "fold": fold, "weights": str(run / runs.MODEL), "sha1": sha1(run / runs.MODEL)}
-            for name in member.entries
-            for fold, run in enumerate(member.runs(name))
-        ]
         shapes = [{"name": INPUTS[0], "shape": ["batch", *example[0].shape[1:]], "dtype": "float32"}, {"name": INPUTS[1], "shape": ["batch"], "dtype": "int64"}]
-        return {"kind": self.name, "file": path.name, "inputs": shapes, "samples": spec.samples, "sample_rate": spec.rate, "runs": runs_}
+        return {"kind": self.name, "file": path.name, "inputs": shapes, "samples": spec.samples, "sample_rate": spec.rate, "runs": graph_runs(member)}
 
 
 def _save_graph(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path, fmt: str) -> None:

@@ -26,7 +26,7 @@ from ..core import tasks
 from ..core.entry import Entry
 from ..core.errors import EnsError
 from ..core.recipe import Recipe
-from ..deploy.engines import INPUT, SAVERS, SUFFIX, MemberGraph, sha1
+from ..deploy.engines import INPUT, SAVERS, SUFFIX, MemberGraph, graph_runs
 from ..deploy.executors import Job
 from ..inputs import features
 from ..speaker import speaker_groups, speakers
@@ -209,13 +209,8 @@ class ImageKind(Kind):
         SAVERS[fmt](MemberGraph(loaded.models, task.activation).eval(), example, path)
         if on_model is not None:
             on_model(path)
-        runs_ = [
-            {"entry": name, "fold": fold, "weights": str(run / runs.MODEL), "sha1": sha1(run / runs.MODEL)}
-            for name in member.entries
-            for fold, run in enumerate(member.runs(name))
-        ]
         graph_input = {"name": INPUT, "shape": ["batch", *example.shape[1:]], "dtype": "float32"}
-        return {"kind": self.name, "file": path.name, "input": graph_input, "runs": runs_}
+        return {"kind": self.name, "file": path.name, "input": graph_input, "runs": graph_runs(member)}
 
 
 def _population(run: Path, fix: str) -> speakers.Statistics:

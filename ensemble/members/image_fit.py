@@ -212,15 +212,8 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> dict:
     task = data.competition.task
     proba = predict(run.evaluated, data.x_train[run.valid_idx], run.device, task.activation, shifts=t.tta_shifts, precision=run.precision)
     scores = task.scores(data.y[run.valid_idx], proba)
-    row = {
-        "epoch": epoch + 1,
-        "train_loss": train_loss,
-        **{f"valid_{k}": v for k, v in scores.items()},
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "train_img_per_s": round(run.updates_per_epoch * run.batch_size / train_seconds, 1),
-        "seconds": round(time.time() - started, 2),
-    }
-    run.selection.record(t, row, scores, proba)
+    timing = {"train_img_per_s": round(run.updates_per_epoch * run.batch_size / train_seconds, 1), "seconds": round(time.time() - started, 2)}
+    run.selection.record(t, epoch + 1, train_loss, scores, proba, run.optimizer.param_groups[0]["lr"], timing)
     return scores
 
 
