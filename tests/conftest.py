@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ensemble.members import data as data_mod
-from ensemble.members import loop, models, runtime
-from ensemble.store import runs as run_store
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the hub: set before huggingface_hub is imported (timm imports it), which reads it once
+from ensemble.members import data as data_mod  # noqa: E402
+from ensemble.members import loop, models, runtime  # noqa: E402
+from ensemble.store import runs as run_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
@@ -20,7 +21,6 @@ RAVDESS = ROOT.parent / "shared" / "data" / "ravdess"
 def pytest_configure(config):
     if not RAVDESS.is_dir():
         raise pytest.UsageError(f"the tests read real RAVDESS clips from {RAVDESS}; put the shared folder beside the checkout.")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the hub
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +100,40 @@ classes = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "su
 """
 
     return make
+
+
+def save_tiny_whisper(folder: Path) -> Path:
+    """Save a randomly initialised Whisper (2 encoder layers, width 16; torch seeded 0) and its feature
+    extractor into ``folder`` as transformers saves them; returns ``folder``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=24, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=24
+    )
+    transformers.WhisperForAudioClassification(config).save_pretrained(folder)
+    transformers.WhisperFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def killed_after_first_epoch(args: list[str], run: Path, timeout: float, env: dict | None = None) -> None:
+    """Start ``ens ARGS`` in a subprocess, SIGKILL it as soon as ``run`` holds ``checkpoint.pt`` (its first
+    epoch is saved), and assert it died by the signal before finishing (no ``metrics.json``)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-c", "from ensemble.cli import app; app()", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + timeout
+    while not (run / run_store.CHECKPOINT).exists():  # the first epoch is done
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.time() < deadline, f"no checkpoint after {timeout:g} s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (run / run_store.METRICS).exists(), "the run finished before it was killed"
 
 
 def cli_ok(args: list[str]) -> str:

@@ -21,7 +21,7 @@ from ensemble.members import encoders, functionals, tabular
 from ensemble.store import runs
 from ensemble.store import split as split_mod
 
-from .conftest import cli_ok, one_backbone_recipe, ravdess_clip
+from .conftest import cli_ok, one_backbone_recipe, ravdess_clip, save_tiny_whisper
 
 WEIGHTS = ravdess_clip(1, 1).parents[3] / "weights"
 CLIPS = [ravdess_clip(1, 1), ravdess_clip(2, 5), ravdess_clip(3, 8)]
@@ -41,14 +41,7 @@ def _pooled(hidden: list[torch.Tensor]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
     """A randomly initialised Whisper (2 encoder layers, width 16) saved as transformers saves it."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("whisper_tiny")
-    config = transformers.WhisperConfig(
-        d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=24, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=24
-    )
-    transformers.WhisperForAudioClassification(config).save_pretrained(folder)
-    transformers.WhisperFeatureExtractor().save_pretrained(folder)
-    return folder
+    return save_tiny_whisper(tmp_path_factory.mktemp("whisper_tiny"))
 
 
 @pytest.fixture(scope="module", params=["wav2vec2", "hubert", "wavlm"])

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -30,7 +26,7 @@ from ensemble.members import finetune, kinds, pseudo
 from ensemble.store import runs
 from ensemble.store import split as split_mod
 
-from .conftest import cli_ok, one_backbone_recipe, ravdess_clip
+from .conftest import cli_ok, killed_after_first_epoch, one_backbone_recipe, ravdess_clip, save_tiny_whisper
 
 EPOCHS = 3
 FINETUNE = f"""epochs = {EPOCHS}
@@ -53,13 +49,8 @@ gradient accumulation and layer-wise decay; clips up to 4 s (a RAVDESS clip, tri
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A weights folder holding ``whisper_tiny``: a randomly initialised Whisper (2 encoder layers, width 16) and its feature extractor."""
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("weights")
-    config = transformers.WhisperConfig(
-        d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=24, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=24
-    )
-    transformers.WhisperForAudioClassification(config).save_pretrained(root / "whisper_tiny")
-    transformers.WhisperFeatureExtractor().save_pretrained(root / "whisper_tiny")
+    save_tiny_whisper(root / "whisper_tiny")
     return root
 
 
@@ -159,15 +150,7 @@ def test_sigkill_mid_training_then_resume_matches_the_uninterrupted_run(trained)
     killed.write_text(trained["path"].read_text().replace(str(trained["root"] / "runs"), str(trained["root"] / "killed_runs")))
     run = runs.run_dir(recipe_mod.load(killed), "whisper_tiny", 0)
     args = ["train", "--recipe", str(killed), "--backbone", "whisper_tiny", "--fold", "0", "--quiet"]
-    process = subprocess.Popen([sys.executable, "-c", "from ensemble.cli import app; app()", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (run / runs.CHECKPOINT).exists():  # the first epoch is done
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.time() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert not (run / runs.METRICS).exists(), "the run finished before it was killed"
+    killed_after_first_epoch(args, run, timeout=120)
     assert 1 <= len(pd.read_csv(run / runs.LOG)) < EPOCHS
     cli_ok([*args, "--resume"])
     assert not (run / runs.CHECKPOINT).exists()

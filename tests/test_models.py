@@ -34,9 +34,7 @@ def test_unknown_backbone_suggests_names():
 
 
 def test_missing_weights_error_names_both_ways_and_no_pretrained(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import: the variable alone would come too late
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(models.BackboneError) as err:
         models.create("test_resnet", num_classes=8, weights=tmp_path)
     message = str(err.value)  # the library names its parameters; the command line shows them as flags

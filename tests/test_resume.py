@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -29,7 +25,7 @@ from ensemble.members import image_fit
 from ensemble.members.checkpoint import Checkpoint
 from ensemble.store import runs as run_store
 
-from .conftest import cli_ok, tiny_competition
+from .conftest import cli_ok, killed_after_first_epoch, tiny_competition
 
 # every random part of training is on: waveform copies, SpecAugment, time roll, mixup, an
 # albumentations transform, dropout, EMA, label smoothing and balanced class weights
@@ -113,16 +109,7 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(setup, un
     root, text = setup
     killed = _recipe(root, text, "killed")
     run = _run_dir(killed)
-    command = [sys.executable, "-c", "from ensemble.cli import app; app()", "train", "--recipe", str(killed), *RUN]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": "0"})
-    deadline = time.time() + 300
-    while not (run / run_store.CHECKPOINT).exists():  # the first epoch is done
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.time() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert not (run / "metrics.json").exists(), "the run finished before it was killed"
+    killed_after_first_epoch(["train", "--recipe", str(killed), *RUN], run, timeout=300, env={**os.environ, "PYTHONHASHSEED": "0"})
     epochs_done = len(pd.read_csv(run / "log.csv"))
     assert 1 <= epochs_done < EPOCHS
     assert "best" not in torch.load(run / run_store.CHECKPOINT, weights_only=False)  # the best weights are in model.safetensors only
